@@ -1,0 +1,48 @@
+//! Bearer-token authentication of the HTTP API.
+//!
+//! The admin token may do everything. Tokens are compared in constant time (on their SHA-256
+//! digests, so the length does not leak either). A missing or wrong token is 401; a valid
+//! token that may not do what it asks is 403.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::crypto;
+use crate::startup::App;
+
+/// Proof that the request carries the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+    let text = value.to_str().map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::unauthorized("Authorization header must be `Bearer <token>`")),
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if crypto::token_matches(token, &app.admin_token) {
+            Ok(Admin)
+        } else {
+            metrics::counter!("tenantd_http_auth_failures_total").increment(1);
+            Err(ApiError::unauthorized("invalid token"))
+        }
+    }
+}

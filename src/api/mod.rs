@@ -1,0 +1,92 @@
+//! The HTTP API (axum on hyper): routes, middleware and the server task.
+//!
+//! Every response body is JSON, errors included (404 and 405 too). Requests are counted and
+//! timed per route for `/metrics`; a panic in a handler is caught, logged and answered 500
+//! without taking the daemon down; the server stops accepting on shutdown and lets in-flight
+//! requests finish.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod servers;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use self::error::ApiError;
+use crate::startup::App;
+
+/// Builds the router of one daemon.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/servers", get(servers::list).post(servers::add))
+        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(app)
+}
+
+/// Serves the router on `listener` until shutdown, on the daemon's task tracker.
+pub fn spawn(app: Arc<App>, listener: tokio::net::TcpListener) {
+    let router = router(app.clone());
+    let token = app.shutdown.token().clone();
+    app.shutdown.spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Times out slow requests with a JSON 503 and records per-route metrics.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let limit = app.settings.http.request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%route, %method, ?limit, "request timed out");
+            ApiError::unavailable("timeout", format!("request took longer than {limit:?}"), 1).into_response()
+        }
+    };
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("tenantd_http_requests_total", &labels).increment(1);
+    metrics::histogram!("tenantd_http_request_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    metrics::counter!("tenantd_http_panics_total").increment(1);
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
+}

@@ -1,0 +1,50 @@
+//! `/v1/servers` (admin token).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use super::auth::Admin;
+use super::error::{ApiError, Json, Path};
+use crate::catalog::servers::{ServerPatch, ServerRecord};
+use crate::servers::{AddServer, Added};
+use crate::startup::App;
+
+/// `GET /v1/servers`: every server with health and tenant count; never a password.
+pub async fn list(_: Admin, State(app): State<Arc<App>>) -> Result<Json<Vec<ServerRecord>>, ApiError> {
+    Ok(Json(app.catalog.servers().await?))
+}
+
+/// `GET /v1/servers/{name}`.
+pub async fn show(_: Admin, State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<ServerRecord>, ApiError> {
+    Ok(Json(app.catalog.server(&name).await?))
+}
+
+/// `POST /v1/servers {name, url, weight?, max_tenants?, region?}`: verified, then stored.
+pub async fn add(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Json(req): Json<AddServer>,
+) -> Result<(StatusCode, Json<Added>), ApiError> {
+    let added = crate::servers::add(&app.catalog, &app.keyring, &req).await?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+/// `PATCH /v1/servers/{name} {status?, weight?, max_tenants?, region?}`.
+pub async fn patch(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Json(patch): Json<ServerPatch>,
+) -> Result<Json<ServerRecord>, ApiError> {
+    if patch.weight.is_some_and(|w| w < 1) {
+        return Err(ApiError::bad_request("invalid", "weight must be at least 1"));
+    }
+    if patch.max_tenants.is_some_and(|m| m < 0) {
+        return Err(ApiError::bad_request("invalid", "max_tenants must be 0 or more"));
+    }
+    let server = app.catalog.update_server(&name, &patch).await?;
+    tracing::info!(server = %name, ?patch, "server updated");
+    Ok(Json(server))
+}

@@ -1,0 +1,144 @@
+//! The master catalog: a PostgreSQL database in which tenantd keeps to schema `tenantd`.
+//!
+//! [`Catalog`] owns a small connection pool to it and is the only code that runs SQL on it;
+//! each table has a submodule of named query functions. The catalog's own schema is applied
+//! with refinery from `schema/` (embedded in the binary), under an advisory lock so that any
+//! number of daemons and CLI processes may start together.
+
+pub mod events;
+pub mod servers;
+
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+mod embedded_schema {
+    refinery::embed_migrations!("schema");
+}
+
+/// Advisory lock key serialising catalog migrations ("tenantd" + 1).
+const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74_6401;
+/// Channel of the catalog's change notifications.
+pub const CHANNEL: &str = "tenantd";
+
+/// A catalog problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The catalog URL cannot be parsed. The URL is not repeated: it may hold a password.
+    #[error("catalog URL is not a valid PostgreSQL URL (expected postgres://USER:PASSWORD@HOST:PORT/DBNAME)")]
+    BadUrl,
+    /// A query failed.
+    #[error("catalog query failed: {}", crate::pg::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    /// No connection could be had.
+    #[error("catalog unreachable: {}", describe_pool(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// Applying the catalog schema failed.
+    #[error("catalog schema migration failed: {0}")]
+    Migrate(#[from] refinery::Error),
+    /// The catalog server is too old.
+    #[error("catalog server runs PostgreSQL {0}; tenantd needs 13 or newer")]
+    TooOld(String),
+    /// A uniqueness rule of the catalog was hit (name taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// A row that should be there is not.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => crate::pg::describe(pg),
+        other => other.to_string(),
+    }
+}
+
+impl CatalogError {
+    /// True when the error is a unique violation in PostgreSQL.
+    fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
+        err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+/// A handle on the catalog database; cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("dbname", &self.config.get_dbname()).finish_non_exhaustive()
+    }
+}
+
+/// Parses a PostgreSQL URL or key=value string without ever echoing it.
+pub fn parse_pg_config(url: &SecretString) -> Result<tokio_postgres::Config, CatalogError> {
+    tokio_postgres::Config::from_str(url.expose_secret()).map_err(|_| CatalogError::BadUrl)
+}
+
+impl Catalog {
+    /// Opens a pool on the catalog; no connection is made until first use.
+    pub fn new(url: &SecretString, max_connections: usize) -> Result<Self, CatalogError> {
+        let mut config = parse_pg_config(url)?;
+        config.application_name("tenantd").connect_timeout(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(15)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|_| CatalogError::BadUrl)?;
+        Ok(Self { pool, config })
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, CatalogError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The catalog's connection settings (for the watcher's dedicated LISTEN connection).
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Applies the catalog schema. Safe to run from many processes at once: one applies, the
+    /// others wait on the advisory lock and then find nothing to do.
+    pub async fn migrate(&self) -> Result<(), CatalogError> {
+        let mut client = crate::pg::connect(&self.config, "catalog migration").await?;
+        let version: i32 =
+            client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+        if version < 130_000 {
+            return Err(CatalogError::TooOld(version.to_string()));
+        }
+        // The lock is released with the session if anything below fails.
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        client.batch_execute("CREATE SCHEMA IF NOT EXISTS tenantd").await?;
+        let mut runner = embedded_schema::migrations::runner();
+        runner.set_migration_table_name("tenantd.schema_history");
+        let report = runner.set_grouped(true).run_async(&mut client).await?;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        for m in report.applied_migrations() {
+            tracing::info!(version = m.version(), name = m.name(), "applied catalog migration");
+        }
+        Ok(())
+    }
+
+    /// Checks the catalog answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), CatalogError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! Queries on `tenantd.servers`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+
+use super::{Catalog, CatalogError};
+
+/// Administrative status of a server: only `active` servers receive new tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    /// Accepts new tenants.
+    Active,
+    /// Keeps its tenants, receives no new ones; tenants may be moved away.
+    Draining,
+    /// Temporarily out of placement.
+    Maintenance,
+}
+
+impl ServerStatus {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Maintenance => "maintenance",
+        }
+    }
+
+    /// Parses the catalog/CLI spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "draining" => Some(Self::Draining),
+            "maintenance" => Some(Self::Maintenance),
+            _ => None,
+        }
+    }
+}
+
+/// A server row as shown to operators. The sealed admin password is kept out of
+/// serialisation and Debug output.
+#[derive(Clone, Serialize)]
+pub struct ServerRecord {
+    /// Unique name.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Role tenantd logs in as (needs LOGIN CREATEDB CREATEROLE).
+    pub admin_user: String,
+    #[serde(skip)]
+    pub(crate) admin_password_sealed: String,
+    /// Database tenantd connects to for DDL.
+    pub maintenance_db: String,
+    /// Relative share of new tenants.
+    pub weight: i32,
+    /// Capacity; `None` means no limit.
+    pub max_tenants: Option<i32>,
+    /// Free-form region for placement.
+    pub region: Option<String>,
+    /// `active`, `draining` or `maintenance`.
+    pub status: ServerStatus,
+    /// `unknown`, `healthy` or `unhealthy`.
+    pub health: String,
+    /// Round trip of the last health check.
+    pub health_latency_ms: Option<f64>,
+    /// Time of the last health check.
+    pub health_checked_at: Option<DateTime<Utc>>,
+    /// Error of the last failed check.
+    pub health_error: Option<String>,
+    /// Tenants placed here (not deleted).
+    pub tenants: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ServerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerRecord")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("admin_user", &self.admin_user)
+            .field("status", &self.status)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new server row; the password is already sealed.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    /// Unique name.
+    pub name: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Admin role.
+    pub admin_user: String,
+    /// Sealed admin password (AAD = `server:<name>`).
+    pub admin_password_sealed: String,
+    /// Maintenance database.
+    pub maintenance_db: String,
+    /// Weight.
+    pub weight: i32,
+    /// Capacity.
+    pub max_tenants: Option<i32>,
+    /// Region.
+    pub region: Option<String>,
+    /// Health found while verifying it.
+    pub latency_ms: f64,
+}
+
+/// Changes to a server; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPatch {
+    /// New status.
+    pub status: Option<ServerStatus>,
+    /// New weight.
+    pub weight: Option<i32>,
+    /// New capacity (`null` in JSON is "no change"; use 0 to stop placement).
+    pub max_tenants: Option<i32>,
+    /// New region.
+    pub region: Option<String>,
+}
+
+const SELECT: &str = "SELECT s.name, s.host, s.port, s.admin_user, s.admin_password_sealed, \
+    s.maintenance_db, s.weight, s.max_tenants, s.region, s.status, s.health, s.health_latency_ms, \
+    s.health_checked_at, s.health_error, s.created_at, s.updated_at, \
+    (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
+    FROM tenantd.servers s";
+
+fn from_row(row: &Row) -> ServerRecord {
+    let port: i32 = row.get(2);
+    let status: String = row.get(9);
+    ServerRecord {
+        name: row.get(0),
+        host: row.get(1),
+        port: u16::try_from(port).unwrap_or_default(),
+        admin_user: row.get(3),
+        admin_password_sealed: row.get(4),
+        maintenance_db: row.get(5),
+        weight: row.get(6),
+        max_tenants: row.get(7),
+        region: row.get(8),
+        status: ServerStatus::parse(&status).unwrap_or(ServerStatus::Maintenance),
+        health: row.get(10),
+        health_latency_ms: row.get(11),
+        health_checked_at: row.get(12),
+        health_error: row.get(13),
+        created_at: row.get(14),
+        updated_at: row.get(15),
+        tenants: row.get(16),
+    }
+}
+
+impl Catalog {
+    /// Adds a server; a taken name is [`CatalogError::Conflict`].
+    pub async fn insert_server(&self, s: &NewServer) -> Result<ServerRecord, CatalogError> {
+        let client = self.client().await?;
+        let port = i32::from(s.port);
+        let inserted = client
+            .execute(
+                "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
+                 maintenance_db, weight, max_tenants, region, health, health_latency_ms, \
+                 health_checked_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'healthy',$10,now())",
+                &[
+                    &s.name,
+                    &s.host,
+                    &port,
+                    &s.admin_user,
+                    &s.admin_password_sealed,
+                    &s.maintenance_db,
+                    &s.weight,
+                    &s.max_tenants,
+                    &s.region,
+                    &s.latency_ms,
+                ],
+            )
+            .await;
+        match inserted {
+            Err(e) if CatalogError::is_unique_violation(&e) => {
+                Err(CatalogError::Conflict(format!("server {:?} already exists", s.name)))
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => self.server(&s.name).await,
+        }
+    }
+
+    /// Adds or refreshes a server's connection details (the embedded `local` server), keeping
+    /// its status, weight and capacity.
+    pub async fn upsert_server_connection(&self, s: &NewServer) -> Result<(), CatalogError> {
+        let port = i32::from(s.port);
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
+                 maintenance_db, weight, max_tenants, region) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+                 ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
+                 admin_user = EXCLUDED.admin_user, \
+                 admin_password_sealed = EXCLUDED.admin_password_sealed, \
+                 maintenance_db = EXCLUDED.maintenance_db",
+                &[
+                    &s.name,
+                    &s.host,
+                    &port,
+                    &s.admin_user,
+                    &s.admin_password_sealed,
+                    &s.maintenance_db,
+                    &s.weight,
+                    &s.max_tenants,
+                    &s.region,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// All servers, by name.
+    pub async fn servers(&self) -> Result<Vec<ServerRecord>, CatalogError> {
+        let rows = self.client().await?.query(&format!("{SELECT} ORDER BY s.name"), &[]).await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// One server.
+    pub async fn server(&self, name: &str) -> Result<ServerRecord, CatalogError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("{SELECT} WHERE s.name = $1"), &[&name])
+            .await?;
+        row.as_ref()
+            .map(from_row)
+            .ok_or_else(|| CatalogError::NotFound(format!("no server named {name:?}")))
+    }
+
+    /// Applies a patch; returns the updated row.
+    pub async fn update_server(&self, name: &str, patch: &ServerPatch) -> Result<ServerRecord, CatalogError> {
+        let status = patch.status.map(ServerStatus::as_str);
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tenantd.servers SET status = coalesce($2, status), \
+                 weight = coalesce($3, weight), max_tenants = coalesce($4, max_tenants), \
+                 region = coalesce($5, region) WHERE name = $1",
+                &[&name, &status, &patch.weight, &patch.max_tenants, &patch.region],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(CatalogError::NotFound(format!("no server named {name:?}")));
+        }
+        self.server(name).await
+    }
+
+    /// Records the result of a health check.
+    pub async fn record_server_health(
+        &self,
+        name: &str,
+        result: Result<f64, String>,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        match result {
+            Ok(latency_ms) => {
+                client
+                    .execute(
+                        "UPDATE tenantd.servers SET health = 'healthy', health_latency_ms = $2, \
+                         health_checked_at = now(), health_error = NULL WHERE name = $1",
+                        &[&name, &latency_ms],
+                    )
+                    .await?
+            }
+            Err(error) => {
+                client
+                    .execute(
+                        "UPDATE tenantd.servers SET health = 'unhealthy', health_latency_ms = NULL, \
+                         health_checked_at = now(), health_error = $2 WHERE name = $1",
+                        &[&name, &error],
+                    )
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// Replaces a server's sealed admin password (key rotation).
+    pub async fn reseal_server_password(&self, name: &str, sealed: &str) -> Result<(), CatalogError> {
+        self.client()
+            .await?
+            .execute("UPDATE tenantd.servers SET admin_password_sealed = $2 WHERE name = $1", &[&name, &sealed])
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The command line. Every command calls the same library functions as the HTTP API.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
+//! Output: human tables by default, `--json` for scripts; errors are one line on stderr.
+
+mod output;
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::catalog::Catalog;
+use crate::config::{ConfigError, Overrides, Settings};
+use crate::crypto::Keyring;
+use crate::startup::{self, StartupError};
+
+/// tenantd: a PostgreSQL database per tenant, provisioned, migrated and lent out.
+#[derive(Debug, Parser)]
+#[command(name = "tenantd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: TENANTD_CONFIG, else none).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded default.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (embedded PostgreSQL when TENANTD_CATALOG_URL is not set).
+    Serve {
+        /// Address of the HTTP API.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Print a new random master key (base64 of 32 bytes) for TENANTD_MASTER_KEY.
+    Keygen,
+    /// Database servers that receive tenants.
+    #[command(subcommand)]
+    Server(server::ServerCommand),
+}
+
+/// A failed command: the message and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    /// Exit code 1: the operation failed.
+    pub fn failed(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string(), code: 1 }
+    }
+
+    /// Exit code 2: bad usage or configuration.
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string(), code: 2 }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Self::usage(e)
+    }
+}
+
+impl From<StartupError> for Failure {
+    fn from(e: StartupError) -> Self {
+        match e {
+            StartupError::Config(c) => c.into(),
+            other => Self::failed(other),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli, &env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("tenantd: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
+    let mut overrides = Overrides { config_file: cli.config.clone(), values: Vec::new() };
+    if let Some(dir) = &cli.data_dir {
+        overrides.values.push(("data_dir", dir.display().to_string()));
+    }
+    if let Command::Serve { listen: Some(listen) } = &cli.command {
+        overrides.values.push(("listen", listen.clone()));
+    }
+    let settings = Settings::load(&overrides, env)?;
+    crate::telemetry::init_logging(settings.log_format);
+    match cli.command {
+        Command::Serve { .. } => Ok(startup::serve(settings).await?),
+        Command::Keygen => {
+            println!("{}", crate::crypto::generate_master_key().expose_secret());
+            Ok(())
+        }
+        Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
+    }
+}
+
+/// What a CLI command works with: the catalog and the keys, as the daemon has them.
+pub struct Context {
+    /// Effective settings.
+    pub settings: Settings,
+    /// Catalog (schema applied).
+    pub catalog: Catalog,
+    /// Master keys.
+    pub keyring: Keyring,
+}
+
+impl Context {
+    /// Opens the catalog named by the settings, or the running embedded one.
+    pub async fn open(mut settings: Settings) -> Result<Self, Failure> {
+        if settings.is_embedded() {
+            crate::embedded::attach(&mut settings).map_err(Failure::failed)?;
+        }
+        let keyring = startup::keyring(&settings)?;
+        let catalog = startup::open_catalog(&settings).await?;
+        Ok(Self { settings, catalog, keyring })
+    }
+}

@@ -1,0 +1,143 @@
+//! `tenantd server ...`.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use secrecy::SecretString;
+
+use super::{Context, Failure, output};
+use crate::catalog::servers::{ServerPatch, ServerRecord, ServerStatus};
+use crate::servers::{AddServer, ServerError};
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Register a server after checking that its admin role can CREATE DATABASE and CREATE ROLE.
+    Add {
+        /// Unique name (lowercase letters, digits, - and _).
+        name: String,
+        /// postgres://ADMIN[:PASSWORD]@HOST:PORT/MAINTENANCE_DB. Without a password in the
+        /// URL, it is read from TENANTD_SERVER_PASSWORD or, with --password-stdin, from stdin.
+        #[arg(long)]
+        url: String,
+        /// Read the admin password from stdin (keeps it out of the process list).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Relative share of new tenants.
+        #[arg(long)]
+        weight: Option<i32>,
+        /// Most tenants this server may hold.
+        #[arg(long)]
+        max_tenants: Option<i32>,
+        /// Region, for placement.
+        #[arg(long)]
+        region: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List servers with status, health and tenant counts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a server's status, weight, capacity or region.
+    Set {
+        /// Server name.
+        name: String,
+        /// active | draining | maintenance.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<ServerStatus>,
+        /// Relative share of new tenants.
+        #[arg(long)]
+        weight: Option<i32>,
+        /// Most tenants this server may hold.
+        #[arg(long)]
+        max_tenants: Option<i32>,
+        /// Region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Re-seal every stored server password with the current master key.
+    RotateKey,
+}
+
+fn parse_status(text: &str) -> Result<ServerStatus, String> {
+    ServerStatus::parse(text).ok_or_else(|| format!("{text:?} is not one of active, draining, maintenance"))
+}
+
+pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
+    match cmd {
+        ServerCommand::Add { name, url, password_stdin, weight, max_tenants, region, json } => {
+            let password = if password_stdin {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text).map_err(Failure::failed)?;
+                Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+            } else {
+                std::env::var("TENANTD_SERVER_PASSWORD").ok().map(SecretString::from)
+            };
+            let req = AddServer { name, url: SecretString::from(url), password, weight, max_tenants, region };
+            let added = crate::servers::add(&ctx.catalog, &ctx.keyring, &req).await.map_err(server_failure)?;
+            for warning in &added.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if json {
+                return output::json(&added);
+            }
+            println!("server {} added ({}:{}, {} ms)", added.server.name, added.server.host, added.server.port,
+                output::opt(added.server.health_latency_ms.map(|l| format!("{l:.1}"))));
+            Ok(())
+        }
+        ServerCommand::List { json } => {
+            let servers = ctx.catalog.servers().await.map_err(Failure::failed)?;
+            if json {
+                return output::json(&servers);
+            }
+            print_servers(&servers);
+            Ok(())
+        }
+        ServerCommand::Set { name, status, weight, max_tenants, region } => {
+            if status.is_none() && weight.is_none() && max_tenants.is_none() && region.is_none() {
+                return Err(Failure::usage("nothing to change: give --status, --weight, --max-tenants or --region"));
+            }
+            if weight.is_some_and(|w| w < 1) || max_tenants.is_some_and(|m| m < 0) {
+                return Err(Failure::usage("--weight must be at least 1 and --max-tenants 0 or more"));
+            }
+            let patch = ServerPatch { status, weight, max_tenants, region };
+            let server = ctx.catalog.update_server(&name, &patch).await.map_err(Failure::failed)?;
+            print_servers(&[server]);
+            Ok(())
+        }
+        ServerCommand::RotateKey => {
+            let changed = crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring).await.map_err(Failure::failed)?;
+            println!("re-sealed {changed} server password(s) with key {}", ctx.keyring.current_id());
+            Ok(())
+        }
+    }
+}
+
+fn server_failure(e: ServerError) -> Failure {
+    match e {
+        ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => Failure::usage(e),
+        other => Failure::failed(other),
+    }
+}
+
+fn print_servers(servers: &[ServerRecord]) {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{}:{}", s.host, s.port),
+                s.status.as_str().to_owned(),
+                s.health.clone(),
+                output::opt(s.health_latency_ms.map(|l| format!("{l:.1}"))),
+                s.weight.to_string(),
+                format!("{}/{}", s.tenants, output::opt(s.max_tenants)),
+                output::opt(s.region.clone()),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "REGION"], &rows);
+}

@@ -1,0 +1,34 @@
+//! The background health check of database servers.
+//!
+//! Every `workers.health_interval`, each server is checked (connect as admin, `SELECT 1`) and
+//! the result written to the catalog: `health`, latency, time, last error. Placement uses only
+//! healthy servers, so a server that goes down stops receiving tenants within one interval
+//! and gets them again once it answers. Several daemons may check the same servers; the last
+//! writer wins, which is harmless.
+
+use std::sync::Arc;
+
+use crate::startup::App;
+
+/// Runs one round of checks now, logging (not returning) a catalog failure.
+pub async fn check_now(app: &App) {
+    if let Err(error) = crate::servers::check_all(&app.catalog, &app.keyring).await {
+        metrics::counter!("tenantd_health_check_failures_total").increment(1);
+        tracing::error!(%error, "server health check could not record its results");
+    }
+}
+
+/// Starts the periodic check on the daemon's task tracker.
+pub fn spawn(app: Arc<App>) {
+    let shutdown = app.shutdown.clone();
+    shutdown.spawn(async move {
+        let mut ticks = tokio::time::interval(app.settings.workers.health_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = app.shutdown.token().cancelled() => break,
+                _ = ticks.tick() => check_now(&app).await,
+            }
+        }
+    });
+}

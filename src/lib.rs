@@ -1,0 +1,22 @@
+//! tenantd: a PostgreSQL database per tenant, provisioned, migrated, pooled and lent out.
+//!
+//! The binary (`src/main.rs`) only calls [`cli::main`]; the daemon ([`startup`]) and the CLI
+//! ([`cli`]) share every code path below.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod embedded;
+pub mod health;
+pub mod names;
+pub mod pg;
+pub mod pgcluster;
+pub mod servers;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;
+pub mod tenant_sql;

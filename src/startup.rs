@@ -1,0 +1,191 @@
+//! Building a running daemon from [`Settings`]: catalog, keys, background tasks, HTTP server.
+//!
+//! [`Daemon::start`] is what `tenantd serve` and the integration tests call; it returns once
+//! the HTTP listener is bound, so a test can talk to it at once. [`serve`] adds the embedded
+//! cluster and the signal handling of the command line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{ConfigError, Settings};
+use crate::crypto::{CryptoError, Keyring};
+use crate::embedded::{self, EmbeddedError};
+use crate::shutdown::Shutdown;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Bad or missing configuration (exit code 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The embedded cluster could not be started.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    /// The catalog could not be reached or migrated.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every handler and background task of one daemon.
+pub struct App {
+    /// Effective settings.
+    pub settings: Settings,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Master keys.
+    pub keyring: Keyring,
+    /// Admin bearer token.
+    pub admin_token: SecretString,
+    /// This daemon's identity as a lease owner and event actor: `host:pid:random`.
+    pub instance: String,
+    /// Shutdown of this daemon.
+    pub shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("instance", &self.instance).finish_non_exhaustive()
+    }
+}
+
+/// Opens the keyring from settings; the master key is required.
+pub fn keyring(settings: &Settings) -> Result<Keyring, ConfigError> {
+    let key = settings.master_key.as_ref().ok_or_else(|| {
+        ConfigError::new(
+            "TENANTD_MASTER_KEY",
+            "required when TENANTD_CATALOG_URL is set (base64 of 32 random bytes; \
+             `tenantd keygen` prints one)",
+        )
+    })?;
+    Keyring::new(key, &settings.old_master_keys).map_err(|e: CryptoError| {
+        let setting = match e {
+            CryptoError::BadKey(name) => name,
+            _ => "TENANTD_MASTER_KEY",
+        };
+        ConfigError::new(setting, e.to_string())
+    })
+}
+
+/// Opens the catalog and applies its schema.
+pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> {
+    let url = settings.catalog_url.as_ref().ok_or_else(|| {
+        ConfigError::new("TENANTD_CATALOG_URL", "not set and no embedded cluster is running")
+    })?;
+    let catalog = Catalog::new(url, settings.workers.concurrency + 6)
+        .map_err(|e| ConfigError::new("TENANTD_CATALOG_URL", e.to_string()))?;
+    catalog.migrate().await?;
+    Ok(catalog)
+}
+
+/// A unique identity for this process: host, pid and a random suffix.
+fn instance_id() -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
+}
+
+/// A running daemon: HTTP server and background tasks.
+#[derive(Debug)]
+pub struct Daemon {
+    app: Arc<App>,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts a daemon on an existing catalog (`settings.catalog_url` must be set).
+    pub async fn start(settings: Settings) -> Result<Daemon, StartupError> {
+        settings.validate()?;
+        let keyring = keyring(&settings)?;
+        let admin_token = settings.admin_token.clone().ok_or_else(|| {
+            ConfigError::new("TENANTD_ADMIN_TOKEN", "required when TENANTD_CATALOG_URL is set")
+        })?;
+        let catalog = open_catalog(&settings).await?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let app = Arc::new(App {
+            settings,
+            catalog,
+            keyring,
+            admin_token,
+            instance: instance_id(),
+            shutdown: Shutdown::new(),
+        });
+        crate::telemetry::metrics();
+        crate::health::spawn(app.clone());
+        crate::api::spawn(app.clone(), listener);
+        tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
+        Ok(Daemon { app, addr })
+    }
+
+    /// The address the HTTP API is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (tests use it to inspect the catalog).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, stops background tasks.
+    pub async fn stop(self) {
+        self.app.shutdown.shutdown().await;
+        tracing::info!(instance = %self.app.instance, "tenantd stopped");
+    }
+}
+
+/// `tenantd serve`: embedded cluster when no catalog URL, then the daemon until a signal.
+pub async fn serve(mut settings: Settings) -> Result<(), StartupError> {
+    let embedded = if settings.is_embedded() {
+        Some(embedded::start(&mut settings).await?)
+    } else {
+        None
+    };
+    let result = run_until_signal(settings, embedded.as_ref()).await;
+    if let Some(embedded) = embedded {
+        embedded.stop().await?;
+    }
+    result
+}
+
+async fn run_until_signal(settings: Settings, embedded: Option<&embedded::Embedded>) -> Result<(), StartupError> {
+    let data_dir = settings.data_dir.clone();
+    let token_from_file = embedded.is_some() && std::env::var_os("TENANTD_ADMIN_TOKEN").is_none();
+    let daemon = Daemon::start(settings).await?;
+    if let Some(embedded) = embedded {
+        embedded.register(&daemon.app.catalog, &daemon.app.keyring).await?;
+        crate::health::check_now(&daemon.app).await;
+        print_banner(&daemon, &data_dir, token_from_file);
+    }
+    crate::shutdown::signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    daemon.stop().await;
+    Ok(())
+}
+
+fn print_banner(daemon: &Daemon, data_dir: &std::path::Path, token_from_file: bool) {
+    let dir = data_dir.display();
+    let addr = daemon.local_addr();
+    println!("tenantd is running (embedded PostgreSQL in {dir}/pg)");
+    println!("  API:          http://{addr}");
+    if token_from_file {
+        println!("  admin token:  {dir}/admin-token");
+    }
+    println!("  master key:   {dir}/master-key (keep it safe: it opens every stored password)");
+    println!("  try:          curl -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{addr}/v1/servers");
+    println!("Ctrl-C stops tenantd and its PostgreSQL.");
+}

@@ -1,0 +1,134 @@
+//! All DDL that tenantd sends to tenant servers, built from quoted identifiers.
+//!
+//! Utility statements (`CREATE DATABASE`, `CREATE ROLE`, …) cannot take bind parameters, so
+//! this module is the one place where SQL text is assembled. Identifiers are always quoted
+//! (`"` doubled); the only literals are tenantd's own markers and SCRAM verifiers, quoted with
+//! [`quote_literal`]. Everything else — slugs, labels, user input — travels as parameters of
+//! ordinary queries, never through here.
+
+use uuid::Uuid;
+
+use crate::names::PgIdent;
+
+/// Quotes an identifier for PostgreSQL: wraps it in `"` and doubles any `"` inside.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal: `'` doubled; backslashes handled with the `E''` form.
+pub fn quote_literal(text: &str) -> String {
+    let doubled = text.replace('\'', "''");
+    if doubled.contains('\\') {
+        format!("E'{}'", doubled.replace('\\', "\\\\"))
+    } else {
+        format!("'{doubled}'")
+    }
+}
+
+/// The comment tenantd puts on every role and database it creates for a tenant.
+pub fn marker(tenant: Uuid) -> String {
+    format!("tenantd:{tenant}")
+}
+
+/// `CREATE ROLE` for a tenant: may log in, nothing else. The password is given as a SCRAM
+/// verifier so the clear password never reaches the server's statement log.
+pub fn create_role(role: &PgIdent, scram_verifier: &str) -> String {
+    format!(
+        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION \
+         NOBYPASSRLS PASSWORD {}",
+        quote_ident(role.as_str()),
+        quote_literal(scram_verifier)
+    )
+}
+
+/// Resets an adopted role's password and login attributes to what tenantd expects.
+pub fn reset_role(role: &PgIdent, scram_verifier: &str) -> String {
+    format!(
+        "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION \
+         NOBYPASSRLS PASSWORD {}",
+        quote_ident(role.as_str()),
+        quote_literal(scram_verifier)
+    )
+}
+
+/// Marks a role as tenantd's.
+pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
+    format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))
+}
+
+/// `CREATE DATABASE` from `template0`, owned by the admin role that runs it.
+pub fn create_database(database: &PgIdent) -> String {
+    format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(database.as_str()))
+}
+
+/// Marks a database as tenantd's.
+pub fn comment_on_database(database: &PgIdent, tenant: Uuid) -> String {
+    format!(
+        "COMMENT ON DATABASE {} IS {}",
+        quote_ident(database.as_str()),
+        quote_literal(&marker(tenant))
+    )
+}
+
+/// Database-level lock-down, run on the maintenance database: nobody but the tenant role (and
+/// the owner) may connect or create temporary tables.
+pub fn lock_down_database(database: &PgIdent, role: &PgIdent) -> String {
+    let db = quote_ident(database.as_str());
+    let role = quote_ident(role.as_str());
+    format!(
+        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
+    )
+}
+
+/// Schema-level grants, run inside the tenant database: the tenant role may use and create in
+/// `public`; PUBLIC may not create there.
+pub fn grant_schema(role: &PgIdent) -> String {
+    format!(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT USAGE, CREATE ON SCHEMA public TO {}",
+        quote_ident(role.as_str())
+    )
+}
+
+/// Renames a database (staging to final name).
+pub fn rename_database(from: &PgIdent, to: &PgIdent) -> String {
+    format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from.as_str()), quote_ident(to.as_str()))
+}
+
+/// Drops a database, ending its sessions (PostgreSQL 13+).
+pub fn drop_database(database: &PgIdent) -> String {
+    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database.as_str()))
+}
+
+/// Drops a role.
+pub fn drop_role(role: &PgIdent) -> String {
+    format!("DROP ROLE IF EXISTS {}", quote_ident(role.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("acme"), "\"acme\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("x\"; DROP DATABASE y; --"), "\"x\"\"; DROP DATABASE y; --\"");
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
+    }
+
+    #[test]
+    fn ddl_uses_quoted_names() {
+        let role = PgIdent::from_catalog("tenant_acme".into());
+        let id = Uuid::nil();
+        assert_eq!(
+            comment_on_role(&role, id),
+            "COMMENT ON ROLE \"tenant_acme\" IS 'tenantd:00000000-0000-0000-0000-000000000000'"
+        );
+        assert!(create_role(&role, "SCRAM-SHA-256$4096:abc").contains("PASSWORD 'SCRAM-SHA-256$4096:abc'"));
+    }
+}
