@@ -132,8 +132,13 @@ impl fmt::Display for PgIdent {
 /// Checks the prefix of tenant database/role names.
 pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
     let ok = prefix.len() <= MAX_PREFIX_LEN
-        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && prefix.bytes().next().is_none_or(|b| b.is_ascii_lowercase() || b == b'_')
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && prefix
+            .bytes()
+            .next()
+            .is_none_or(|b| b.is_ascii_lowercase() || b == b'_')
         && !prefix.starts_with("pg_");
     if ok {
         Ok(())
@@ -149,7 +154,11 @@ pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
 /// Shows a rejected name safely: quoted, escaped and cut to a readable length.
 fn printable(text: &str) -> String {
     let cut: String = text.chars().take(64).collect();
-    if cut.len() < text.len() { format!("{cut:?}… ({} bytes)", text.len()) } else { format!("{cut:?}") }
+    if cut.len() < text.len() {
+        format!("{cut:?}… ({} bytes)", text.len())
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +202,10 @@ mod tests {
         let slug = TenantSlug::parse(&"a".repeat(48)).unwrap();
         let db = PgIdent::for_tenant(&"p".repeat(MAX_PREFIX_LEN), &slug);
         assert!(db.as_str().len() <= 63);
-        assert_eq!(PgIdent::for_tenant("tenant_", &TenantSlug::parse("a-b").unwrap()).as_str(), "tenant_a_b");
+        assert_eq!(
+            PgIdent::for_tenant("tenant_", &TenantSlug::parse("a-b").unwrap()).as_str(),
+            "tenant_a_b"
+        );
         assert!(PgIdent::staging(Uuid::new_v4()).as_str().len() <= 63);
     }
 

@@ -56,7 +56,9 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("instance", &self.instance).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +83,10 @@ pub fn keyring(settings: &Settings) -> Result<Keyring, ConfigError> {
 /// Opens the catalog and applies its schema.
 pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> {
     let url = settings.catalog_url.as_ref().ok_or_else(|| {
-        ConfigError::new("TENANTD_CATALOG_URL", "not set and no embedded cluster is running")
+        ConfigError::new(
+            "TENANTD_CATALOG_URL",
+            "not set and no embedded cluster is running",
+        )
     })?;
     let catalog = Catalog::new(url, settings.workers.concurrency + 6)
         .map_err(|e| ConfigError::new("TENANTD_CATALOG_URL", e.to_string()))?;
@@ -91,7 +96,10 @@ pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> 
 
 /// A unique identity for this process: host, pid and a random suffix.
 fn instance_id() -> String {
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
@@ -109,13 +117,24 @@ impl Daemon {
         settings.validate()?;
         let keyring = keyring(&settings)?;
         let admin_token = settings.admin_token.clone().ok_or_else(|| {
-            ConfigError::new("TENANTD_ADMIN_TOKEN", "required when TENANTD_CATALOG_URL is set")
+            ConfigError::new(
+                "TENANTD_ADMIN_TOKEN",
+                "required when TENANTD_CATALOG_URL is set",
+            )
         })?;
         let catalog = open_catalog(&settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+            .map_err(|source| StartupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
         let app = Arc::new(App {
             settings,
             catalog,
@@ -162,12 +181,17 @@ pub async fn serve(mut settings: Settings) -> Result<(), StartupError> {
     result
 }
 
-async fn run_until_signal(settings: Settings, embedded: Option<&embedded::Embedded>) -> Result<(), StartupError> {
+async fn run_until_signal(
+    settings: Settings,
+    embedded: Option<&embedded::Embedded>,
+) -> Result<(), StartupError> {
     let data_dir = settings.data_dir.clone();
     let token_from_file = embedded.is_some() && std::env::var_os("TENANTD_ADMIN_TOKEN").is_none();
     let daemon = Daemon::start(settings).await?;
     if let Some(embedded) = embedded {
-        embedded.register(&daemon.app.catalog, &daemon.app.keyring).await?;
+        embedded
+            .register(&daemon.app.catalog, &daemon.app.keyring)
+            .await?;
         crate::health::check_now(&daemon.app).await;
         print_banner(&daemon, &data_dir, token_from_file);
     }
@@ -177,15 +201,29 @@ async fn run_until_signal(settings: Settings, embedded: Option<&embedded::Embedd
     Ok(())
 }
 
+/// Prints where things are. Written with `writeln!` rather than `println!`: a closed stdout
+/// (piped into `head`, detached) must not take the daemon down.
 fn print_banner(daemon: &Daemon, data_dir: &std::path::Path, token_from_file: bool) {
+    use std::io::Write;
     let dir = data_dir.display();
     let addr = daemon.local_addr();
-    println!("tenantd is running (embedded PostgreSQL in {dir}/pg)");
-    println!("  API:          http://{addr}");
+    let mut text = format!(
+        "tenantd is running (embedded PostgreSQL in {dir}/pg)\n  API:          http://{addr}\n"
+    );
     if token_from_file {
-        println!("  admin token:  {dir}/admin-token");
+        text.push_str(&format!("  admin token:  {dir}/admin-token\n"));
     }
-    println!("  master key:   {dir}/master-key (keep it safe: it opens every stored password)");
-    println!("  try:          curl -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{addr}/v1/servers");
-    println!("Ctrl-C stops tenantd and its PostgreSQL.");
+    text.push_str(&format!(
+        "  master key:   {dir}/master-key (keep it safe: it opens every stored password)\n"
+    ));
+    if token_from_file {
+        text.push_str(&format!(
+            "  try:          curl -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{addr}/v1/servers\n"
+        ));
+    }
+    text.push_str("Ctrl-C stops tenantd and its PostgreSQL.\n");
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(%error, "cannot print the start-up banner to stdout");
+    }
 }

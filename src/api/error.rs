@@ -25,7 +25,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// 400: the request is malformed or a value breaks a rule.
@@ -55,7 +60,10 @@ impl ApiError {
 
     /// 503 with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
-        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
     }
 
     /// 500: tenantd's own failure; logged here so that it is never lost.
@@ -76,10 +84,14 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -105,10 +117,16 @@ impl From<ServerError> for ApiError {
             ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => {
                 Self::bad_request("invalid", e.to_string())
             }
-            ServerError::Unreachable { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unreachable", e.to_string()),
-            ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
-            }
+            ServerError::Unreachable { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "server_unreachable",
+                e.to_string(),
+            ),
+            ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "server_unsuitable",
+                e.to_string(),
+            ),
             ServerError::Sealed { .. } => Self::internal(e.to_string()),
             ServerError::Catalog(c) => c.into(),
         }
@@ -119,7 +137,9 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let (status, code) = match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             _ => (StatusCode::BAD_REQUEST, "invalid_json"),
         };
         Self::new(status, code, r.body_text())

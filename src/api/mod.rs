@@ -32,7 +32,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/servers", get(servers::list).post(servers::add))
-        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
+        .route(
+            "/v1/servers/{name}",
+            get(servers::show).patch(servers::patch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
@@ -46,7 +49,9 @@ pub fn spawn(app: Arc<App>, listener: tokio::net::TcpListener) {
     let router = router(app.clone());
     let token = app.shutdown.token().clone();
     app.shutdown.spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "HTTP server failed");
         }
@@ -58,12 +63,19 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// Times out slow requests with a JSON 503 and records per-route metrics.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().to_string();
     let started = Instant::now();
     let limit = app.settings.http.request_timeout;
@@ -71,13 +83,15 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(%route, %method, ?limit, "request timed out");
-            ApiError::unavailable("timeout", format!("request took longer than {limit:?}"), 1).into_response()
+            ApiError::unavailable("timeout", format!("request took longer than {limit:?}"), 1)
+                .into_response()
         }
     };
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("tenantd_http_requests_total", &labels).increment(1);
-    metrics::histogram!("tenantd_http_request_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("tenantd_http_request_seconds", &labels[..2])
+        .record(started.elapsed().as_secs_f64());
     response
 }
 

@@ -57,12 +57,18 @@ pub struct Failure {
 impl Failure {
     /// Exit code 1: the operation failed.
     pub fn failed(message: impl std::fmt::Display) -> Self {
-        Self { message: message.to_string(), code: 1 }
+        Self {
+            message: message.to_string(),
+            code: 1,
+        }
     }
 
     /// Exit code 2: bad usage or configuration.
     pub fn usage(message: impl std::fmt::Display) -> Self {
-        Self { message: message.to_string(), code: 2 }
+        Self {
+            message: message.to_string(),
+            code: 2,
+        }
     }
 }
 
@@ -102,11 +108,19 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
-    let mut overrides = Overrides { config_file: cli.config.clone(), values: Vec::new() };
+    let mut overrides = Overrides {
+        config_file: cli.config.clone(),
+        values: Vec::new(),
+    };
     if let Some(dir) = &cli.data_dir {
-        overrides.values.push(("data_dir", dir.display().to_string()));
+        overrides
+            .values
+            .push(("data_dir", dir.display().to_string()));
     }
-    if let Command::Serve { listen: Some(listen) } = &cli.command {
+    if let Command::Serve {
+        listen: Some(listen),
+    } = &cli.command
+    {
         overrides.values.push(("listen", listen.clone()));
     }
     let settings = Settings::load(&overrides, env)?;
@@ -139,6 +153,10 @@ impl Context {
         }
         let keyring = startup::keyring(&settings)?;
         let catalog = startup::open_catalog(&settings).await?;
-        Ok(Self { settings, catalog, keyring })
+        Ok(Self {
+            settings,
+            catalog,
+            keyring,
+        })
     }
 }

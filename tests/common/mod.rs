@@ -1,0 +1,395 @@
+//! Test harness: real PostgreSQL clusters and in-process daemons.
+//!
+//! One throwaway cluster per test binary ([`shared_cluster`]), started from the local binaries
+//! (as the `postgres` OS user when the tests run as root) and removed when the test process
+//! exits, however it exits. Every test gets its own catalog database and its own name prefix,
+//! so tests run in parallel on one cluster without seeing each other. Tests that need a second
+//! server start their own cluster with [`TestCluster::start`]; it stops when dropped.
+//!
+//! Missing PostgreSQL binaries fail loudly with the install hint: no test is ever skipped.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tenantd::config::Settings;
+use tenantd::crypto;
+use tenantd::pgcluster::{Cluster, ClusterOptions, PgBinaries, RunningCluster};
+use tenantd::startup::Daemon;
+
+/// Password of the `tenantd_admin` role on test clusters (LOGIN CREATEDB CREATEROLE only).
+pub const ADMIN_ROLE: &str = tenantd::embedded::ADMIN_ROLE;
+
+/// A running throwaway cluster.
+pub struct TestCluster {
+    pub port: u16,
+    pub superuser_password: SecretString,
+    pub admin_password: SecretString,
+    _running: RunningCluster,
+}
+
+fn unique() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A short random lowercase suffix.
+pub fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+impl TestCluster {
+    /// initdb + start a fresh cluster in a temporary directory; panics with the install
+    /// hint when the binaries are missing.
+    pub fn start() -> TestCluster {
+        let bin = PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+        let root = std::env::temp_dir().join(format!("tenantd-test-{}", unique()));
+        let options = ClusterOptions {
+            throwaway: true,
+            max_connections: 300,
+            socket_in_data_dir: false,
+            ..Default::default()
+        };
+        let cluster = Cluster::new(bin, &root, options).expect("cluster directory");
+        let superuser_password = crypto::random_secret(18);
+        let admin_password = crypto::random_secret(18);
+        cluster
+            .init(&superuser_password)
+            .unwrap_or_else(|e| panic!("initdb failed: {e}"));
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = tenantd::pgcluster::free_port().expect("free port");
+            match cluster.start(port, true) {
+                Ok(running) => {
+                    let (su, admin) = (superuser_password.clone(), admin_password.clone());
+                    // Bootstrap on a runtime of its own: we may be inside a test's runtime.
+                    std::thread::spawn(move || {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap()
+                            .block_on(tenantd::embedded::prepare_cluster(port, &su, &admin))
+                    })
+                    .join()
+                    .expect("bootstrap thread")
+                    .unwrap_or_else(|e| panic!("cluster bootstrap failed: {e}"));
+                    return TestCluster {
+                        port,
+                        superuser_password,
+                        admin_password,
+                        _running: running,
+                    };
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            last_error.map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+
+    /// URL as `tenantd_admin` to `db`.
+    pub fn admin_url(&self, db: &str) -> String {
+        format!(
+            "postgres://{ADMIN_ROLE}:{}@127.0.0.1:{}/{db}",
+            self.admin_password.expose_secret(),
+            self.port
+        )
+    }
+
+    /// URL as any role.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A connection as the superuser `postgres` (for inspecting what tenantd did).
+    pub async fn superuser(&self, db: &str) -> tokio_postgres::Client {
+        let url = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            self.superuser_password.expose_secret(),
+            self.port
+        );
+        connect(&url).await.expect("superuser connection")
+    }
+
+    /// Creates an empty database owned by `tenantd_admin` and returns its name.
+    pub async fn create_database(&self, prefix: &str) -> String {
+        let name = format!("{prefix}_{}", random_suffix());
+        self.superuser("postgres")
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {ADMIN_ROLE}"))
+            .await
+            .expect("create database");
+        name
+    }
+}
+
+/// Connects with a URL; the driver runs on its own task.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The cluster shared by every test of this binary.
+pub fn shared_cluster() -> &'static TestCluster {
+    static SHARED: OnceLock<TestCluster> = OnceLock::new();
+    SHARED.get_or_init(TestCluster::start)
+}
+
+/// A daemon running in-process on a random port, with its own catalog database.
+pub struct TestApp {
+    pub daemon: Option<Daemon>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub admin_token: String,
+    pub master_key: SecretString,
+    pub catalog_url: String,
+    pub catalog_db: String,
+    pub settings: Settings,
+    pub cluster: &'static TestCluster,
+}
+
+/// A change to the settings of a test daemon.
+type Configure = Box<dyn FnOnce(&mut Settings)>;
+
+/// How to build a [`TestApp`].
+pub struct AppBuilder {
+    register_server: Option<String>,
+    configure: Vec<Configure>,
+}
+
+impl AppBuilder {
+    /// Do not register the shared cluster as a server.
+    pub fn without_server(mut self) -> Self {
+        self.register_server = None;
+        self
+    }
+
+    /// Adjust the settings before start.
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings) + 'static) -> Self {
+        self.configure.push(Box::new(f));
+        self
+    }
+
+    /// Starts the daemon.
+    pub async fn spawn(self) -> TestApp {
+        let cluster = shared_cluster();
+        let catalog_db = cluster.create_database("catalog").await;
+        let catalog_url = cluster.admin_url(&catalog_db);
+        let master_key = crypto::generate_master_key();
+        let admin_token = crypto::random_secret(32);
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            catalog_url: Some(SecretString::from(catalog_url.clone())),
+            master_key: Some(master_key.clone()),
+            admin_token: Some(admin_token.clone()),
+            ..Settings::default()
+        };
+        settings.names.prefix = format!("t{}_", random_suffix());
+        for f in self.configure {
+            f(&mut settings);
+        }
+        let daemon = Daemon::start(settings.clone())
+            .await
+            .unwrap_or_else(|e| panic!("daemon start: {e}"));
+        let base = format!("http://{}", daemon.local_addr());
+        let app = TestApp {
+            daemon: Some(daemon),
+            base,
+            http: reqwest::Client::new(),
+            admin_token: admin_token.expose_secret().to_owned(),
+            master_key,
+            catalog_url,
+            catalog_db,
+            settings,
+            cluster,
+        };
+        if let Some(name) = self.register_server {
+            let (status, body) = app
+                .post(
+                    "/v1/servers",
+                    &serde_json::json!({ "name": name, "url": cluster.admin_url("postgres") }),
+                )
+                .await;
+            assert_eq!(status, 201, "registering the test server: {body}");
+        }
+        app
+    }
+}
+
+/// A daemon on the shared cluster, registered as server `pg1`.
+pub async fn spawn_app() -> TestApp {
+    app().spawn().await
+}
+
+/// A builder for a daemon with non-default settings.
+pub fn app() -> AppBuilder {
+    AppBuilder {
+        register_server: Some("pg1".into()),
+        configure: Vec::new(),
+    }
+}
+
+impl TestApp {
+    /// Sends a request with the admin token; returns status and JSON body (Null if none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.request_as(method, path, body, Some(&self.admin_token))
+            .await
+    }
+
+    /// Sends a request with a given token (or none).
+    pub async fn request_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let response = req.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("HTTP body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    /// A connection to this test's catalog database as `tenantd_admin`.
+    pub async fn catalog(&self) -> tokio_postgres::Client {
+        connect(&self.catalog_url)
+            .await
+            .expect("catalog connection")
+    }
+
+    /// Environment for running the `tenantd` binary against this test's catalog.
+    pub fn cli_env(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("TENANTD_CATALOG_URL".to_owned(), self.catalog_url.clone()),
+            (
+                "TENANTD_MASTER_KEY".to_owned(),
+                self.master_key.expose_secret().to_owned(),
+            ),
+            (
+                "TENANTD_NAMES_PREFIX".to_owned(),
+                self.settings.names.prefix.clone(),
+            ),
+        ])
+    }
+
+    /// Runs the `tenantd` binary with this test's catalog.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        cli(args, &self.cli_env(), None).await
+    }
+
+    /// Stops the daemon gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop().await;
+        }
+    }
+}
+
+/// What a CLI run printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `tenantd` binary with exactly the given `TENANTD_*` environment (others removed).
+pub async fn cli(
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&std::path::Path>,
+) -> CliOutput {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
+        cmd.env_remove(name);
+    }
+    cmd.args(args)
+        .envs(env)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().await.expect("run tenantd");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh directory that the `postgres` OS user can traverse (0755).
+pub fn traversable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tenantd-it-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// Path helper for test data.
+pub fn path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
