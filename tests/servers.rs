@@ -433,3 +433,48 @@ async fn servers_over_the_cli() {
         "CLI and HTTP share the catalog"
     );
 }
+
+#[tokio::test]
+async fn master_key_rotation_reseals_every_server_password() {
+    let mut app = spawn_app().await;
+    app.stop().await;
+    let old_key = secrecy::ExposeSecret::expose_secret(&app.master_key).to_owned();
+    let new_key = secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key()).to_owned();
+    let mut env = app.cli_env();
+    env.insert("TENANTD_MASTER_KEY".into(), new_key.clone());
+
+    // With only the new key, the old envelope does not open: the check says which key is missing.
+    let catalog = app.catalog().await;
+    let before: String =
+        catalog.query_one("SELECT admin_password_sealed FROM tenantd.servers", &[]).await.unwrap().get(0);
+    let without_old = common::cli(&["server", "rotate-key"], &env, None).await;
+    assert_eq!(without_old.code, 1, "{without_old:?}");
+    assert!(without_old.stderr.contains("TENANTD_OLD_MASTER_KEYS"), "{}", without_old.stderr);
+
+    env.insert("TENANTD_OLD_MASTER_KEYS".into(), old_key);
+    let rotated = common::cli(&["server", "rotate-key"], &env, None).await;
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    assert!(rotated.stdout.contains("re-sealed 1 server password"), "{}", rotated.stdout);
+    let after: String =
+        catalog.query_one("SELECT admin_password_sealed FROM tenantd.servers", &[]).await.unwrap().get(0);
+    assert_ne!(before, after);
+
+    // A daemon with only the new key can use the server again.
+    let settings = tenantd::config::Settings {
+        master_key: Some(secrecy::SecretString::from(new_key)),
+        ..app.settings.clone()
+    };
+    let daemon = tenantd::startup::Daemon::start(settings).await.unwrap();
+    let http = reqwest::Client::new();
+    let ready: Value = http
+        .get(format!("http://{}/readyz?deep=true", daemon.local_addr()))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["servers"][0]["healthy"], true, "{ready}");
+    daemon.stop().await;
+}
