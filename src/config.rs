@@ -31,10 +31,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            setting: setting.into(),
-            problem: problem.into(),
-        }
+        Self { setting: setting.into(), problem: problem.into() }
     }
 }
 
@@ -169,10 +166,7 @@ impl Default for Settings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            body_limit_bytes: 1024 * 1024,
-            request_timeout: Duration::from_secs(60),
-        }
+        Self { body_limit_bytes: 1024 * 1024, request_timeout: Duration::from_secs(60) }
     }
 }
 
@@ -182,10 +176,7 @@ impl Default for WorkerSettings {
             concurrency: 4,
             poll_interval: Duration::from_secs(5),
             lease: Duration::from_secs(30),
-            backoff: [1, 5, 30, 120, 600]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
+            backoff: [1, 5, 30, 120, 600].into_iter().map(Duration::from_secs).collect(),
             max_attempts: 8,
             health_interval: Duration::from_secs(10),
         }
@@ -211,9 +202,7 @@ impl Default for PoolSettings {
 
 impl Default for NameSettings {
     fn default() -> Self {
-        Self {
-            prefix: "tenant_".to_owned(),
-        }
+        Self { prefix: "tenant_".to_owned() }
     }
 }
 
@@ -297,14 +286,8 @@ impl Settings {
     /// Builds the settings from every layer: defaults, file, environment, flags.
     ///
     /// `env` is passed in (rather than read here) so that tests stay parallel-safe.
-    pub fn load(
-        overrides: &Overrides,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
-        let file = overrides
-            .config_file
-            .clone()
-            .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+    pub fn load(overrides: &Overrides, env: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+        let file = overrides.config_file.clone().or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
         let mut table = match &file {
             Some(path) => read_file(path)?,
             None => toml::Table::new(),
@@ -314,10 +297,7 @@ impl Settings {
                 continue;
             }
             let knob = KNOBS.iter().find(|k| k.env == name).ok_or_else(|| {
-                ConfigError::new(
-                    name,
-                    "unknown variable (see the configuration table in README)",
-                )
+                ConfigError::new(name, "unknown variable (see the configuration table in README)")
             })?;
             insert(&mut table, knob.key, env_value(knob, value)?);
         }
@@ -343,24 +323,11 @@ impl Settings {
         in_range("workers.max_attempts", w.max_attempts as usize, 1, 1000)?;
         in_range("pools.per_tenant", p.per_tenant, 1, 1000)?;
         in_range("pools.per_server", p.per_server, p.per_tenant, 100_000)?;
-        in_range(
-            "pools.max_handles_per_tenant",
-            p.max_handles_per_tenant,
-            0,
-            p.per_tenant,
-        )?;
+        in_range("pools.max_handles_per_tenant", p.max_handles_per_tenant, 0, p.per_tenant)?;
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
-        in_range(
-            "http.body_limit_bytes",
-            self.http.body_limit_bytes,
-            1024,
-            1 << 30,
-        )?;
+        in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
         if w.backoff.is_empty() {
-            return Err(ConfigError::new(
-                "workers.backoff",
-                "needs at least one delay",
-            ));
+            return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }
         for (key, value) in [
             ("workers.poll_interval", w.poll_interval),
@@ -378,10 +345,7 @@ impl Settings {
             return Err(ConfigError::new("workers.lease", "must be at least 1s"));
         }
         if p.handle_ttl > p.max_handle_ttl {
-            return Err(ConfigError::new(
-                "pools.handle_ttl",
-                "is longer than pools.max_handle_ttl",
-            ));
+            return Err(ConfigError::new("pools.handle_ttl", "is longer than pools.max_handle_ttl"));
         }
         crate::names::validate_prefix(&self.names.prefix)
             .map_err(|e| ConfigError::new("names.prefix", e.to_string()))?;
@@ -396,28 +360,26 @@ impl Settings {
 
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::new(
-            key,
-            format!("must be between {min} and {max} (got {value})"),
-        ));
+        return Err(ConfigError::new(key, format!("must be between {min} and {max} (got {value})")));
     }
     Ok(())
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let setting = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&setting, format!("cannot read: {e}")))?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::new(&setting, e.message().replace('\n', " ")))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(&setting, format!("cannot read: {e}")))?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::new(&setting, e.message().replace('\n', " ")))
 }
 
 fn env_value(knob: &Knob, raw: &str) -> Result<toml::Value, ConfigError> {
     Ok(match knob.kind {
         Kind::Text => toml::Value::String(raw.to_owned()),
-        Kind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| {
-            ConfigError::new(knob.env, format!("expected a whole number, got {raw:?}"))
-        })?),
+        Kind::Integer => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| ConfigError::new(knob.env, format!("expected a whole number, got {raw:?}")))?,
+        ),
         Kind::List => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -433,9 +395,7 @@ fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) {
     let last = parts.pop().unwrap_or(dotted);
     let mut current = table;
     for part in parts {
-        let entry = current
-            .entry(part.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current.entry(part.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -460,10 +420,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
-    items
-        .iter()
-        .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
-        .collect()
+    items.iter().map(|t| parse_duration(t).map_err(serde::de::Error::custom)).collect()
 }
 
 #[cfg(test)]
@@ -472,23 +429,14 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn file(text: &str) -> (tempfile::TempDir, Overrides) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tenantd.toml");
         std::fs::write(&path, text).unwrap();
-        (
-            dir,
-            Overrides {
-                config_file: Some(path),
-                values: vec![],
-            },
-        )
+        (dir, Overrides { config_file: Some(path), values: vec![] })
     }
 
     #[test]
@@ -503,20 +451,12 @@ mod tests {
 
     #[test]
     fn layers_apply_in_order_file_env_flags() {
-        let (_dir, mut o) = file(
-            "listen = \"127.0.0.1:9000\"\n[workers]\nconcurrency = 7\npoll_interval = \"2s\"\n",
-        );
-        let e = env(&[
-            ("TENANTD_WORKERS_CONCURRENCY", "9"),
-            ("TENANTD_LISTEN", "127.0.0.1:9001"),
-        ]);
+        let (_dir, mut o) =
+            file("listen = \"127.0.0.1:9000\"\n[workers]\nconcurrency = 7\npoll_interval = \"2s\"\n");
+        let e = env(&[("TENANTD_WORKERS_CONCURRENCY", "9"), ("TENANTD_LISTEN", "127.0.0.1:9001")]);
         let s = Settings::load(&o, &e).unwrap();
         assert_eq!(s.workers.concurrency, 9, "env beats file");
-        assert_eq!(
-            s.workers.poll_interval,
-            Duration::from_secs(2),
-            "file beats default"
-        );
+        assert_eq!(s.workers.poll_interval, Duration::from_secs(2), "file beats default");
         assert_eq!(s.listen.to_string(), "127.0.0.1:9001");
         o.values.push(("listen", "127.0.0.1:9002".into()));
         let s = Settings::load(&o, &e).unwrap();
@@ -534,31 +474,18 @@ mod tests {
 
     #[test]
     fn env_lists_and_secrets() {
-        let e = env(&[
-            ("TENANTD_WORKERS_BACKOFF", "100ms, 2s"),
-            ("TENANTD_CATALOG_URL", "postgres://u:pw@h/db"),
-        ]);
+        let e =
+            env(&[("TENANTD_WORKERS_BACKOFF", "100ms, 2s"), ("TENANTD_CATALOG_URL", "postgres://u:pw@h/db")]);
         let s = Settings::load(&Overrides::default(), &e).unwrap();
-        assert_eq!(
-            s.workers.backoff,
-            vec![Duration::from_millis(100), Duration::from_secs(2)]
-        );
-        assert_eq!(
-            s.catalog_url.as_ref().unwrap().expose_secret(),
-            "postgres://u:pw@h/db"
-        );
-        assert!(
-            !format!("{s:?}").contains("pw@"),
-            "secrets never in Debug output"
-        );
+        assert_eq!(s.workers.backoff, vec![Duration::from_millis(100), Duration::from_secs(2)]);
+        assert_eq!(s.catalog_url.as_ref().unwrap().expose_secret(), "postgres://u:pw@h/db");
+        assert!(!format!("{s:?}").contains("pw@"), "secrets never in Debug output");
     }
 
     #[test]
     fn unknown_file_key_is_named() {
         let (_dir, o) = file("[workers]\nconcurency = 3\n");
-        let err = Settings::load(&o, &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(&o, &BTreeMap::new()).unwrap_err().to_string();
         assert!(err.contains("concurency"), "{err}");
     }
 
@@ -572,11 +499,7 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let cases = [
-            (
-                "TENANTD_WORKERS_CONCURRENCY",
-                "zero",
-                "TENANTD_WORKERS_CONCURRENCY",
-            ),
+            ("TENANTD_WORKERS_CONCURRENCY", "zero", "TENANTD_WORKERS_CONCURRENCY"),
             ("TENANTD_WORKERS_CONCURRENCY", "0", "workers.concurrency"),
             ("TENANTD_POOLS_IDLE_TIMEOUT", "soon", "idle_timeout"),
             ("TENANTD_LISTEN", "nowhere", "listen"),
@@ -584,9 +507,7 @@ mod tests {
             ("TENANTD_POOLS_PER_SERVER", "2", "pools.per_server"),
         ];
         for (var, value, named) in cases {
-            let err = Settings::load(&Overrides::default(), &env(&[(var, value)]))
-                .unwrap_err()
-                .to_string();
+            let err = Settings::load(&Overrides::default(), &env(&[(var, value)])).unwrap_err().to_string();
             assert!(err.contains(named), "{var}={value}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
@@ -595,9 +516,7 @@ mod tests {
     #[test]
     fn malformed_file_is_one_line() {
         let (_dir, o) = file("listen = [\n");
-        let err = Settings::load(&o, &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(&o, &BTreeMap::new()).unwrap_err().to_string();
         assert!(err.contains("tenantd.toml"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
@@ -607,19 +526,13 @@ mod tests {
         let readme = include_str!("../README.md");
         for knob in KNOBS {
             let row = format!("| `{}` | `{}` |", knob.key, knob.env);
-            assert!(
-                readme.contains(&row),
-                "README's configuration table lacks {row}"
-            );
+            assert!(readme.contains(&row), "README's configuration table lacks {row}");
         }
     }
 
     #[test]
     fn missing_file_is_named() {
-        let o = Overrides {
-            config_file: Some("/nonexistent/t.toml".into()),
-            values: vec![],
-        };
+        let o = Overrides { config_file: Some("/nonexistent/t.toml".into()), values: vec![] };
         let err = Settings::load(&o, &BTreeMap::new()).unwrap_err();
         assert_eq!(err.setting, "/nonexistent/t.toml");
     }

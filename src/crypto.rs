@@ -43,22 +43,13 @@ struct MasterKey {
 
 impl MasterKey {
     fn from_base64(text: &SecretString, setting: &'static str) -> Result<Self, CryptoError> {
-        let bytes = STANDARD
-            .decode(text.expose_secret().trim())
-            .map_err(|_| CryptoError::BadKey(setting))?;
+        let bytes = STANDARD.decode(text.expose_secret().trim()).map_err(|_| CryptoError::BadKey(setting))?;
         if bytes.len() != 32 {
             return Err(CryptoError::BadKey(setting));
         }
-        let digest = Sha256::new()
-            .chain_update(b"tenantd key id v1")
-            .chain_update(&bytes)
-            .finalize();
-        let cipher =
-            Aes256GcmSiv::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey(setting))?;
-        Ok(Self {
-            id: hex::encode(&digest[..4]),
-            cipher,
-        })
+        let digest = Sha256::new().chain_update(b"tenantd key id v1").chain_update(&bytes).finalize();
+        let cipher = Aes256GcmSiv::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey(setting))?;
+        Ok(Self { id: hex::encode(&digest[..4]), cipher })
     }
 }
 
@@ -71,10 +62,7 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let previous: Vec<&str> = self.previous.iter().map(|k| k.id.as_str()).collect();
-        f.debug_struct("Keyring")
-            .field("current", &self.current.id)
-            .field("previous", &previous)
-            .finish()
+        f.debug_struct("Keyring").field("current", &self.current.id).field("previous", &previous).finish()
     }
 }
 
@@ -102,13 +90,7 @@ impl Keyring {
         let ciphertext = self
             .current
             .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad,
-                },
-            )
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext.as_bytes(), aad })
             .expect("AES-GCM-SIV encryption of an in-memory buffer cannot fail");
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ciphertext);
@@ -118,8 +100,7 @@ impl Keyring {
     /// Opens an envelope made by [`Keyring::seal`] with the same `aad`.
     pub fn open(&self, envelope: &str, aad: &[u8]) -> Result<SecretString, CryptoError> {
         let mut parts = envelope.splitn(3, '.');
-        let (Some(VERSION), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(VERSION), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(CryptoError::Malformed);
         };
         let key = std::iter::once(&self.current)
@@ -134,17 +115,9 @@ impl Keyring {
         let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Malformed)?;
         let plaintext = key
             .cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
+            .decrypt(&nonce, Payload { msg: ciphertext, aad })
             .map_err(|_| CryptoError::Tampered)?;
-        String::from_utf8(plaintext)
-            .map(SecretString::from)
-            .map_err(|_| CryptoError::Tampered)
+        String::from_utf8(plaintext).map(SecretString::from).map_err(|_| CryptoError::Tampered)
     }
 
     /// True when an envelope was sealed with an earlier key and should be re-sealed.
@@ -182,10 +155,7 @@ pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
 
 /// Compares a presented token with a stored hash in constant time.
 pub fn token_matches_hash(presented: &str, stored_hash: &str) -> bool {
-    token_hash(presented)
-        .as_bytes()
-        .ct_eq(stored_hash.as_bytes())
-        .into()
+    token_hash(presented).as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -202,41 +172,25 @@ mod tests {
         let sealed = k.seal("s3cret-pw", b"server:local");
         assert!(sealed.starts_with(&format!("v1.{}.", k.current_id())));
         assert!(!sealed.contains("s3cret"));
-        assert_eq!(
-            k.open(&sealed, b"server:local").unwrap().expose_secret(),
-            "s3cret-pw"
-        );
-        assert_ne!(
-            sealed,
-            k.seal("s3cret-pw", b"server:local"),
-            "nonce is random"
-        );
+        assert_eq!(k.open(&sealed, b"server:local").unwrap().expose_secret(), "s3cret-pw");
+        assert_ne!(sealed, k.seal("s3cret-pw", b"server:local"), "nonce is random");
     }
 
     #[test]
     fn wrong_aad_fails() {
         let k = ring();
         let sealed = k.seal("pw", b"server:a");
-        assert_eq!(
-            k.open(&sealed, b"server:b").unwrap_err(),
-            CryptoError::Tampered
-        );
+        assert_eq!(k.open(&sealed, b"server:b").unwrap_err(), CryptoError::Tampered);
     }
 
     #[test]
     fn wrong_key_fails() {
         let sealed = ring().seal("pw", b"x");
         let other = ring();
-        assert!(matches!(
-            other.open(&sealed, b"x"),
-            Err(CryptoError::UnknownKey(_))
-        ));
+        assert!(matches!(other.open(&sealed, b"x"), Err(CryptoError::UnknownKey(_))));
         // Same key id cannot be faked: put the other key's id on the envelope.
         let forged = sealed.replacen(sealed.split('.').nth(1).unwrap(), other.current_id(), 1);
-        assert_eq!(
-            other.open(&forged, b"x").unwrap_err(),
-            CryptoError::Tampered
-        );
+        assert_eq!(other.open(&forged, b"x").unwrap_err(), CryptoError::Tampered);
     }
 
     #[test]
@@ -248,11 +202,7 @@ mod tests {
         for i in [0, NONCE_LEN, blob.len() - 1] {
             blob[i] ^= 0x01;
             let tampered = format!("{head}.{}", STANDARD.encode(&blob));
-            assert_eq!(
-                k.open(&tampered, b"x").unwrap_err(),
-                CryptoError::Tampered,
-                "byte {i}"
-            );
+            assert_eq!(k.open(&tampered, b"x").unwrap_err(), CryptoError::Tampered, "byte {i}");
             blob[i] ^= 0x01;
         }
     }
@@ -272,10 +222,7 @@ mod tests {
         let sealed_old = Keyring::new(&old, &[]).unwrap().seal("pw", b"x");
         let rotated = Keyring::new(&new, &[old]).unwrap();
         assert!(rotated.is_stale(&sealed_old));
-        assert_eq!(
-            rotated.open(&sealed_old, b"x").unwrap().expose_secret(),
-            "pw"
-        );
+        assert_eq!(rotated.open(&sealed_old, b"x").unwrap().expose_secret(), "pw");
         assert!(!rotated.is_stale(&rotated.seal("pw", b"x")));
     }
 

@@ -55,10 +55,7 @@ pub enum EmbeddedError {
 
 fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> EmbeddedError + '_ {
     move |e| {
-        EmbeddedError::Cluster(ClusterError::Io {
-            what: format!("cannot use {}", path.display()),
-            source: e,
-        })
+        EmbeddedError::Cluster(ClusterError::Io { what: format!("cannot use {}", path.display()), source: e })
     }
 }
 
@@ -71,10 +68,7 @@ pub struct Embedded {
 }
 
 /// Reads a secret file, or creates it with `make()` (mode 0600).
-fn secret_file(
-    path: &Path,
-    make: impl FnOnce() -> SecretString,
-) -> Result<SecretString, EmbeddedError> {
+fn secret_file(path: &Path, make: impl FnOnce() -> SecretString) -> Result<SecretString, EmbeddedError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(SecretString::from(text.trim().to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -87,11 +81,7 @@ fn secret_file(
 }
 
 fn cluster(settings: &Settings) -> Result<Cluster, EmbeddedError> {
-    Ok(Cluster::new(
-        PgBinaries::locate()?,
-        settings.data_dir.join("pg"),
-        ClusterOptions::default(),
-    )?)
+    Ok(Cluster::new(PgBinaries::locate()?, settings.data_dir.join("pg"), ClusterOptions::default())?)
 }
 
 /// Fills in the secrets of embedded mode: from the environment when given, else from (or
@@ -99,15 +89,10 @@ fn cluster(settings: &Settings) -> Result<Cluster, EmbeddedError> {
 fn fill_secrets(settings: &mut Settings) -> Result<(), EmbeddedError> {
     let dir = settings.data_dir.clone();
     if settings.master_key.is_none() {
-        settings.master_key = Some(secret_file(
-            &dir.join("master-key"),
-            crypto::generate_master_key,
-        )?);
+        settings.master_key = Some(secret_file(&dir.join("master-key"), crypto::generate_master_key)?);
     }
     if settings.admin_token.is_none() {
-        settings.admin_token = Some(secret_file(&dir.join("admin-token"), || {
-            crypto::random_secret(32)
-        })?);
+        settings.admin_token = Some(secret_file(&dir.join("admin-token"), || crypto::random_secret(32))?);
     }
     Ok(())
 }
@@ -124,19 +109,13 @@ fn catalog_url(port: u16, password: &SecretString) -> SecretString {
 pub async fn start(settings: &mut Settings) -> Result<Embedded, EmbeddedError> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(file_error(&dir))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-        .map_err(file_error(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(file_error(&dir))?;
     fill_secrets(settings)?;
-    let superuser_password = secret_file(&dir.join("pg-superuser-password"), || {
-        crypto::random_secret(24)
-    })?;
+    let superuser_password = secret_file(&dir.join("pg-superuser-password"), || crypto::random_secret(24))?;
     let admin_password = secret_file(&dir.join("pg-admin-password"), || crypto::random_secret(24))?;
     let cluster = cluster(settings)?;
     let port_file = dir.join("port");
-    let port = match std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<u16>().ok())
-    {
+    let port = match std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok()) {
         Some(p) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
         _ => pgcluster::free_port()?,
     };
@@ -154,11 +133,7 @@ pub async fn start(settings: &mut Settings) -> Result<Embedded, EmbeddedError> {
     tracing::info!(port, first_start, data_dir = %dir.display(), "embedded PostgreSQL running");
     prepare_cluster(port, &superuser_password, &admin_password).await?;
     settings.catalog_url = Some(catalog_url(port, &admin_password));
-    Ok(Embedded {
-        running: Some(running),
-        admin_password,
-        port,
-    })
+    Ok(Embedded { running: Some(running), admin_password, port })
 }
 
 /// Creates the admin role `tenantd_admin` (LOGIN CREATEDB CREATEROLE, no superuser) and the
@@ -177,11 +152,8 @@ pub async fn prepare_cluster(
         .password(su_password.expose_secret())
         .dbname("postgres");
     let fail = |e: tokio_postgres::Error| EmbeddedError::Bootstrap(crate::pg::describe(&e));
-    let client = crate::pg::connect(&config, "embedded bootstrap")
-        .await
-        .map_err(fail)?;
-    let verifier =
-        postgres_protocol::password::scram_sha_256(admin_password.expose_secret().as_bytes());
+    let client = crate::pg::connect(&config, "embedded bootstrap").await.map_err(fail)?;
+    let verifier = postgres_protocol::password::scram_sha_256(admin_password.expose_secret().as_bytes());
     let role_exists = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&ADMIN_ROLE])
         .await
@@ -197,18 +169,13 @@ pub async fn prepare_cluster(
         .await
         .map_err(fail)?;
     let db_exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[&CATALOG_DB],
-        )
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&CATALOG_DB])
         .await
         .map_err(fail)?
         .is_some();
     if !db_exists {
         client
-            .batch_execute(&format!(
-                "CREATE DATABASE {CATALOG_DB} OWNER {ADMIN_ROLE} TEMPLATE template0"
-            ))
+            .batch_execute(&format!("CREATE DATABASE {CATALOG_DB} OWNER {ADMIN_ROLE} TEMPLATE template0"))
             .await
             .map_err(fail)?;
     }
@@ -226,30 +193,21 @@ pub async fn prepare_cluster(
 
 impl Embedded {
     /// Registers (or refreshes the address of) server `local` in the catalog.
-    pub async fn register(
-        &self,
-        catalog: &Catalog,
-        keyring: &Keyring,
-    ) -> Result<(), EmbeddedError> {
+    pub async fn register(&self, catalog: &Catalog, keyring: &Keyring) -> Result<(), EmbeddedError> {
         let server = NewServer {
             name: SERVER_NAME.to_owned(),
             host: "127.0.0.1".to_owned(),
             port: self.port,
             admin_user: ADMIN_ROLE.to_owned(),
-            admin_password_sealed: keyring.seal(
-                self.admin_password.expose_secret(),
-                &server_aad(SERVER_NAME),
-            ),
+            admin_password_sealed: keyring
+                .seal(self.admin_password.expose_secret(), &server_aad(SERVER_NAME)),
             maintenance_db: "postgres".to_owned(),
             weight: 100,
             max_tenants: None,
             region: None,
             latency_ms: 0.0,
         };
-        catalog
-            .upsert_server_connection(&server)
-            .await
-            .map_err(|e| EmbeddedError::Bootstrap(e.to_string()))
+        catalog.upsert_server_connection(&server).await.map_err(|e| EmbeddedError::Bootstrap(e.to_string()))
     }
 
     /// Stops PostgreSQL cleanly and waits for it.
@@ -257,9 +215,7 @@ impl Embedded {
         if let Some(running) = self.running.take() {
             tokio::task::spawn_blocking(move || running.stop())
                 .await
-                .map_err(|e| {
-                    EmbeddedError::Bootstrap(format!("cluster stop task failed: {e}"))
-                })??;
+                .map_err(|e| EmbeddedError::Bootstrap(format!("cluster stop task failed: {e}")))??;
             tracing::info!("embedded PostgreSQL stopped");
         }
         Ok(())
@@ -278,15 +234,11 @@ pub fn attach(settings: &mut Settings) -> Result<(), EmbeddedError> {
         .ok()
         .and_then(|p| p.trim().parse::<u16>().ok())
         .ok_or_else(not_running)?;
-    let password =
-        std::fs::read_to_string(dir.join("pg-admin-password")).map_err(|_| not_running())?;
+    let password = std::fs::read_to_string(dir.join("pg-admin-password")).map_err(|_| not_running())?;
     if settings.master_key.is_none() {
         let key = std::fs::read_to_string(dir.join("master-key")).map_err(|_| not_running())?;
         settings.master_key = Some(SecretString::from(key.trim().to_owned()));
     }
-    settings.catalog_url = Some(catalog_url(
-        port,
-        &SecretString::from(password.trim().to_owned()),
-    ));
+    settings.catalog_url = Some(catalog_url(port, &SecretString::from(password.trim().to_owned())));
     Ok(())
 }

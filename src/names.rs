@@ -36,9 +36,8 @@ impl TenantSlug {
         let bytes = text.as_bytes();
         let valid_len = (3..=MAX_SLUG_LEN).contains(&bytes.len());
         let valid_first = bytes.first().is_some_and(u8::is_ascii_lowercase);
-        let valid_rest = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+        let valid_rest =
+            bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
         if !(valid_len && valid_first && valid_rest) {
             return Err(NameError(format!("{rule} (got {})", printable(text))));
         }
@@ -71,9 +70,7 @@ impl ServerName {
         let bytes = text.as_bytes();
         let ok = (1..=63).contains(&bytes.len())
             && bytes[0].is_ascii_lowercase()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
         if !ok {
             return Err(NameError(format!(
                 "server name must be 1 to 63 characters: a lowercase letter, then lowercase \
@@ -132,13 +129,8 @@ impl fmt::Display for PgIdent {
 /// Checks the prefix of tenant database/role names.
 pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
     let ok = prefix.len() <= MAX_PREFIX_LEN
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && prefix
-            .bytes()
-            .next()
-            .is_none_or(|b| b.is_ascii_lowercase() || b == b'_')
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && prefix.bytes().next().is_none_or(|b| b.is_ascii_lowercase() || b == b'_')
         && !prefix.starts_with("pg_");
     if ok {
         Ok(())
@@ -154,11 +146,7 @@ pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
 /// Shows a rejected name safely: quoted, escaped and cut to a readable length.
 fn printable(text: &str) -> String {
     let cut: String = text.chars().take(64).collect();
-    if cut.len() < text.len() {
-        format!("{cut:?}… ({} bytes)", text.len())
-    } else {
-        format!("{cut:?}")
-    }
+    if cut.len() < text.len() { format!("{cut:?}… ({} bytes)", text.len()) } else { format!("{cut:?}") }
 }
 
 #[cfg(test)]
@@ -202,10 +190,7 @@ mod tests {
         let slug = TenantSlug::parse(&"a".repeat(48)).unwrap();
         let db = PgIdent::for_tenant(&"p".repeat(MAX_PREFIX_LEN), &slug);
         assert!(db.as_str().len() <= 63);
-        assert_eq!(
-            PgIdent::for_tenant("tenant_", &TenantSlug::parse("a-b").unwrap()).as_str(),
-            "tenant_a_b"
-        );
+        assert_eq!(PgIdent::for_tenant("tenant_", &TenantSlug::parse("a-b").unwrap()).as_str(), "tenant_a_b");
         assert!(PgIdent::staging(Uuid::new_v4()).as_str().len() <= 63);
     }
 

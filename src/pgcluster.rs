@@ -88,10 +88,7 @@ impl PgBinaries {
     /// Finds the binaries: `initdb` on PATH, then `pg_config --bindir`, then the newest
     /// `/usr/lib/postgresql/<version>/bin`.
     pub fn locate() -> Result<Self, ClusterError> {
-        let candidates = path_bindir()
-            .into_iter()
-            .chain(pg_config_bindir())
-            .chain(debian_bindirs());
+        let candidates = path_bindir().into_iter().chain(pg_config_bindir()).chain(debian_bindirs());
         for dir in candidates {
             if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
                 return Ok(Self { bindir: dir });
@@ -123,9 +120,7 @@ fn path_bindir() -> Option<PathBuf> {
 
 fn pg_config_bindir() -> Option<PathBuf> {
     let out = Command::new("pg_config").arg("--bindir").output().ok()?;
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn debian_bindirs() -> Vec<PathBuf> {
@@ -155,37 +150,19 @@ struct RunAs {
 impl RunAs {
     fn detect() -> Result<Self, ClusterError> {
         if !nix::unistd::geteuid().is_root() {
-            let (uid, gid) = (
-                nix::unistd::getuid().as_raw(),
-                nix::unistd::getgid().as_raw(),
-            );
-            return Ok(Self {
-                uid,
-                gid,
-                switch: false,
-            });
+            let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+            return Ok(Self { uid, gid, switch: false });
         }
-        let user = nix::unistd::User::from_name("postgres")
-            .ok()
-            .flatten()
-            .ok_or(ClusterError::NoPostgresUser)?;
-        Ok(Self {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            switch: true,
-        })
+        let user =
+            nix::unistd::User::from_name("postgres").ok().flatten().ok_or(ClusterError::NoPostgresUser)?;
+        Ok(Self { uid: user.uid.as_raw(), gid: user.gid.as_raw(), switch: true })
     }
 
     fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
         let mut cmd = Command::new(program);
-        cmd.current_dir(cwd)
-            .env_remove("PGPASSWORD")
-            .env("LC_ALL", "C.UTF-8");
+        cmd.current_dir(cwd).env_remove("PGPASSWORD").env("LC_ALL", "C.UTF-8");
         if self.switch {
-            cmd.uid(self.uid)
-                .gid(self.gid)
-                .env("HOME", cwd)
-                .env("USER", "postgres");
+            cmd.uid(self.uid).gid(self.gid).env("HOME", cwd).env("USER", "postgres");
         }
         cmd
     }
@@ -194,10 +171,8 @@ impl RunAs {
     fn make_dir(&self, dir: &Path) -> Result<(), ClusterError> {
         std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
         if self.switch {
-            chown(dir, Some(self.uid), Some(self.gid)).map_err(io(format!(
-                "cannot give {} to the postgres user",
-                dir.display()
-            )))?;
+            chown(dir, Some(self.uid), Some(self.gid))
+                .map_err(io(format!("cannot give {} to the postgres user", dir.display())))?;
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("cannot set permissions on {}", dir.display())))
@@ -261,14 +236,8 @@ impl Cluster {
         options: ClusterOptions,
     ) -> Result<Self, ClusterError> {
         let root: PathBuf = root.into();
-        let root =
-            std::path::absolute(&root).map_err(io(format!("cannot resolve {}", root.display())))?;
-        Ok(Self {
-            bin,
-            root,
-            run_as: RunAs::detect()?,
-            options,
-        })
+        let root = std::path::absolute(&root).map_err(io(format!("cannot resolve {}", root.display())))?;
+        Ok(Self { bin, root, run_as: RunAs::detect()?, options })
     }
 
     /// The PostgreSQL data directory.
@@ -308,8 +277,7 @@ impl Cluster {
             cmd.arg("--no-sync");
         }
         let result = run(cmd, "initdb");
-        let removed =
-            std::fs::remove_file(&pwfile).map_err(io("cannot remove the initdb password file"));
+        let removed = std::fs::remove_file(&pwfile).map_err(io("cannot remove the initdb password file"));
         result.and(removed)
     }
 
@@ -317,11 +285,7 @@ impl Cluster {
     ///
     /// With `remove_when_stopped`, the supervisor deletes the whole cluster directory after
     /// PostgreSQL has stopped (throwaway clusters of tests).
-    pub fn start(
-        &self,
-        port: u16,
-        remove_when_stopped: bool,
-    ) -> Result<RunningCluster, ClusterError> {
+    pub fn start(&self, port: u16, remove_when_stopped: bool) -> Result<RunningCluster, ClusterError> {
         self.run_as.check_traversable(&self.root)?;
         let socket_dir = self.data_dir();
         let socket = self.options.socket_in_data_dir && socket_dir.as_os_str().len() < 90;
@@ -330,23 +294,13 @@ impl Cluster {
             format!("max_connections={}", self.options.max_connections),
             format!(
                 "unix_socket_directories={}",
-                if socket {
-                    socket_dir.display().to_string()
-                } else {
-                    String::new()
-                }
+                if socket { socket_dir.display().to_string() } else { String::new() }
             ),
             "logging_collector=off".to_owned(),
         ];
         if self.options.throwaway {
-            settings.extend(
-                [
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                ]
-                .map(String::from),
-            );
+            settings
+                .extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
         }
         let mut cmd = self.run_as.command("/bin/sh", &self.root);
         cmd.arg("-c")
@@ -355,30 +309,16 @@ impl Cluster {
             .arg(self.bin.bindir())
             .arg(self.data_dir())
             .arg(self.log_file())
-            .arg(if remove_when_stopped {
-                self.root.as_os_str()
-            } else {
-                "".as_ref()
-            })
+            .arg(if remove_when_stopped { self.root.as_os_str() } else { "".as_ref() })
             .arg("-p")
             .arg(port.to_string());
         for s in &settings {
             cmd.arg("-c").arg(s);
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(io("cannot start the PostgreSQL supervisor (/bin/sh)"))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+        let mut child = cmd.spawn().map_err(io("cannot start the PostgreSQL supervisor (/bin/sh)"))?;
         let stdin = child.stdin.take();
-        let mut running = RunningCluster {
-            child,
-            stdin,
-            port,
-            log: self.log_file(),
-        };
+        let mut running = RunningCluster { child, stdin, port, log: self.log_file() };
         running.wait_ready(&self.bin, Duration::from_secs(60))?;
         Ok(running)
     }
@@ -428,25 +368,14 @@ impl RunningCluster {
                 });
             }
             let ready = Command::new(bin.program("pg_isready"))
-                .args([
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-t",
-                    "1",
-                ])
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "1"])
                 .status()
                 .map_err(io("cannot run pg_isready"))?;
             if ready.success() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(ClusterError::StartTimeout {
-                    seconds: timeout.as_secs(),
-                    log: tail(&self.log),
-                });
+                return Err(ClusterError::StartTimeout { seconds: timeout.as_secs(), log: tail(&self.log) });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -455,10 +384,7 @@ impl RunningCluster {
     /// Asks PostgreSQL for a fast shutdown and waits until it has stopped.
     pub fn stop(mut self) -> Result<(), ClusterError> {
         drop(self.stdin.take());
-        let status = self
-            .child
-            .wait()
-            .map_err(io("cannot wait for PostgreSQL to stop"))?;
+        let status = self.child.wait().map_err(io("cannot wait for PostgreSQL to stop"))?;
         // SIGINT is a clean fast shutdown: postgres exits 0.
         if status.success() {
             Ok(())
@@ -480,12 +406,8 @@ impl Drop for RunningCluster {
 
 /// Finds a free TCP port on 127.0.0.1 (the OS picks it; tiny race until PostgreSQL binds).
 pub fn free_port() -> Result<u16, ClusterError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(io("cannot find a free port"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(io("cannot find a free port"))
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("cannot find a free port"))?;
+    listener.local_addr().map(|a| a.port()).map_err(io("cannot find a free port"))
 }
 
 /// Writes a file readable only by its owner (mode 0600).
@@ -500,8 +422,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
         .map_err(io(format!("cannot write {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io(format!("cannot set permissions on {}", path.display())))?;
-    file.write_all(contents.as_bytes())
-        .map_err(io(format!("cannot write {}", path.display())))
+    file.write_all(contents.as_bytes()).map_err(io(format!("cannot write {}", path.display())))
 }
 
 fn run(mut cmd: Command, program: &str) -> Result<(), ClusterError> {
@@ -511,16 +432,11 @@ fn run(mut cmd: Command, program: &str) -> Result<(), ClusterError> {
     }
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
-    Err(ClusterError::Program {
-        program: program.to_owned(),
-        output: last_lines(&text, 8),
-    })
+    Err(ClusterError::Program { program: program.to_owned(), output: last_lines(&text, 8) })
 }
 
 fn tail(log: &Path) -> String {
-    std::fs::read_to_string(log)
-        .map(|t| last_lines(&t, 8))
-        .unwrap_or_else(|e| format!("(no log: {e})"))
+    std::fs::read_to_string(log).map(|t| last_lines(&t, 8)).unwrap_or_else(|e| format!("(no log: {e})"))
 }
 
 fn last_lines(text: &str, n: usize) -> String {

@@ -118,29 +118,20 @@ pub struct AdminTarget {
 
 impl std::fmt::Debug for AdminTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}@{}:{}/{}",
-            self.user, self.host, self.port, self.maintenance_db
-        )
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.maintenance_db)
     }
 }
 
 impl AdminTarget {
     /// Parses `postgres://user:pw@host:port/db`. Port defaults to 5432, database to `postgres`.
-    pub fn from_url(
-        url: &SecretString,
-        password: Option<&SecretString>,
-    ) -> Result<Self, ServerError> {
-        let config = crate::catalog::parse_pg_config(url)
-            .map_err(|_| ServerError::BadUrl("cannot parse it"))?;
+    pub fn from_url(url: &SecretString, password: Option<&SecretString>) -> Result<Self, ServerError> {
+        let config =
+            crate::catalog::parse_pg_config(url).map_err(|_| ServerError::BadUrl("cannot parse it"))?;
         let host = match config.get_hosts() {
             [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
             [] => return Err(ServerError::BadUrl("no host")),
             [_] => {
-                return Err(ServerError::BadUrl(
-                    "Unix sockets are not supported; give a TCP host",
-                ));
+                return Err(ServerError::BadUrl("Unix sockets are not supported; give a TCP host"));
             }
             _ => return Err(ServerError::BadUrl("exactly one host please")),
         };
@@ -149,38 +140,24 @@ impl AdminTarget {
             [p] => *p,
             _ => return Err(ServerError::BadUrl("exactly one port please")),
         };
-        let user = config
-            .get_user()
-            .filter(|u| !u.is_empty())
-            .ok_or(ServerError::BadUrl("no user"))?
-            .to_owned();
+        let user =
+            config.get_user().filter(|u| !u.is_empty()).ok_or(ServerError::BadUrl("no user"))?.to_owned();
         let password = config
             .get_password()
             .map(|p| String::from_utf8(p.to_vec()))
             .transpose()
             .map_err(|_| ServerError::BadUrl("password is not UTF-8"))?
             .or_else(|| password.map(|p| p.expose_secret().to_owned()))
-            .ok_or(ServerError::BadUrl(
-                "no password (put it in the URL or give it separately)",
-            ))?;
+            .ok_or(ServerError::BadUrl("no password (put it in the URL or give it separately)"))?;
         let maintenance_db = config.get_dbname().unwrap_or("postgres").to_owned();
-        Ok(Self {
-            host,
-            port,
-            user,
-            password: SecretString::from(password),
-            maintenance_db,
-        })
+        Ok(Self { host, port, user, password: SecretString::from(password), maintenance_db })
     }
 
     /// Opens the sealed password of a catalog row.
     pub fn from_record(server: &ServerRecord, keyring: &Keyring) -> Result<Self, ServerError> {
         let password = keyring
             .open(&server.admin_password_sealed, &server_aad(&server.name))
-            .map_err(|source| ServerError::Sealed {
-                server: server.name.clone(),
-                source,
-            })?;
+            .map_err(|source| ServerError::Sealed { server: server.name.clone(), source })?;
         Ok(Self {
             host: server.host.clone(),
             port: server.port,
@@ -205,23 +182,12 @@ impl AdminTarget {
     }
 
     /// Connects as admin; the connection driver runs on its own task.
-    pub async fn connect(
-        &self,
-        dbname: Option<&str>,
-    ) -> Result<tokio_postgres::Client, ServerError> {
-        let target = format!(
-            "{}@{}:{}/{}",
-            self.user,
-            self.host,
-            self.port,
-            dbname.unwrap_or(&self.maintenance_db)
-        );
+    pub async fn connect(&self, dbname: Option<&str>) -> Result<tokio_postgres::Client, ServerError> {
+        let target =
+            format!("{}@{}:{}/{}", self.user, self.host, self.port, dbname.unwrap_or(&self.maintenance_db));
         crate::pg::connect(&self.config(dbname), &target)
             .await
-            .map_err(|e| ServerError::Unreachable {
-                target: target.clone(),
-                reason: crate::pg::describe(&e),
-            })
+            .map_err(|e| ServerError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) })
     }
 }
 
@@ -256,10 +222,7 @@ async fn verify(target: &AdminTarget) -> Result<Verified, ServerError> {
         .map_err(describe)?;
     let (num, version): (i32, String) = (row.get(0), row.get(1));
     if num < 130_000 {
-        return Err(ServerError::TooOld(
-            format!("{}:{}", target.host, target.port),
-            version,
-        ));
+        return Err(ServerError::TooOld(format!("{}:{}", target.host, target.port), version));
     }
     let (superuser, createdb, createrole, public_connect): (bool, bool, bool, bool) =
         (row.get(2), row.get(3), row.get(4), row.get(5));
@@ -290,30 +253,19 @@ async fn verify(target: &AdminTarget) -> Result<Verified, ServerError> {
             target.maintenance_db, target.maintenance_db
         ));
     }
-    Ok(Verified {
-        latency_ms,
-        warnings,
-    })
+    Ok(Verified { latency_ms, warnings })
 }
 
 /// Registers a server after verifying it (the one code path of CLI and HTTP).
-pub async fn add(
-    catalog: &Catalog,
-    keyring: &Keyring,
-    req: &AddServer,
-) -> Result<Added, ServerError> {
+pub async fn add(catalog: &Catalog, keyring: &Keyring, req: &AddServer) -> Result<Added, ServerError> {
     let name = ServerName::parse(&req.name)?;
     let target = AdminTarget::from_url(&req.url, req.password.as_ref())?;
     let weight = req.weight.unwrap_or(100);
     if weight < 1 {
-        return Err(ServerError::BadValue(format!(
-            "weight must be at least 1 (got {weight})"
-        )));
+        return Err(ServerError::BadValue(format!("weight must be at least 1 (got {weight})")));
     }
     if let Some(max) = req.max_tenants.filter(|m| *m < 0) {
-        return Err(ServerError::BadValue(format!(
-            "max_tenants must be 0 or more (got {max})"
-        )));
+        return Err(ServerError::BadValue(format!("max_tenants must be 0 or more (got {max})")));
     }
     let verified = verify(&target).await?;
     let new = NewServer {
@@ -321,8 +273,7 @@ pub async fn add(
         host: target.host.clone(),
         port: target.port,
         admin_user: target.user.clone(),
-        admin_password_sealed: keyring
-            .seal(target.password.expose_secret(), &server_aad(name.as_str())),
+        admin_password_sealed: keyring.seal(target.password.expose_secret(), &server_aad(name.as_str())),
         maintenance_db: target.maintenance_db.clone(),
         weight,
         max_tenants: req.max_tenants,
@@ -331,10 +282,7 @@ pub async fn add(
     };
     let server = catalog.insert_server(&new).await?;
     tracing::info!(server = %name, host = %new.host, port = new.port, "server added");
-    Ok(Added {
-        server,
-        warnings: verified.warnings,
-    })
+    Ok(Added { server, warnings: verified.warnings })
 }
 
 /// Checks one server: connects as admin and runs `SELECT 1`; returns the latency in ms.
@@ -342,19 +290,14 @@ pub async fn check_health(server: &ServerRecord, keyring: &Keyring) -> Result<f6
     let target = AdminTarget::from_record(server, keyring).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let client = target.connect(None).await.map_err(|e| e.to_string())?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| crate::pg::describe(&e))?;
+    client.simple_query("SELECT 1").await.map_err(|e| crate::pg::describe(&e))?;
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Checks every server once and records the results in the catalog.
 pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), CatalogError> {
     let servers = catalog.servers().await?;
-    let checks = servers
-        .iter()
-        .map(|s| async move { (s, check_health(s, keyring).await) });
+    let checks = servers.iter().map(|s| async move { (s, check_health(s, keyring).await) });
     for (server, result) in futures::future::join_all(checks).await {
         let healthy = result.is_ok();
         if let Err(error) = &result {
@@ -382,13 +325,8 @@ pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usize, 
         let aad = server_aad(&server.name);
         let password = keyring
             .open(&server.admin_password_sealed, &aad)
-            .map_err(|source| ServerError::Sealed {
-                server: server.name.clone(),
-                source,
-            })?;
-        catalog
-            .reseal_server_password(&server.name, &keyring.seal(password.expose_secret(), &aad))
-            .await?;
+            .map_err(|source| ServerError::Sealed { server: server.name.clone(), source })?;
+        catalog.reseal_server_password(&server.name, &keyring.seal(password.expose_secret(), &aad)).await?;
         changed += 1;
     }
     Ok(changed)
@@ -400,15 +338,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        let t = AdminTarget::from_url(
-            &SecretString::from("postgres://adm:p%40ss@db.example:6543/maint"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.user.as_str()),
-            ("db.example", 6543, "adm")
-        );
+        let t =
+            AdminTarget::from_url(&SecretString::from("postgres://adm:p%40ss@db.example:6543/maint"), None)
+                .unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("db.example", 6543, "adm"));
         assert_eq!(t.password.expose_secret(), "p@ss");
         assert_eq!(t.maintenance_db, "maint");
         let d = AdminTarget::from_url(&SecretString::from("postgres://adm:pw@h"), None).unwrap();
@@ -424,9 +357,7 @@ mod tests {
             "postgres://:hunter2@h/db",
             "postgres://u:hunter2@h:notaport/db",
         ] {
-            let err = AdminTarget::from_url(&SecretString::from(bad), None)
-                .unwrap_err()
-                .to_string();
+            let err = AdminTarget::from_url(&SecretString::from(bad), None).unwrap_err().to_string();
             assert!(!err.contains("hunter2"), "{err}");
             assert!(err.starts_with("invalid server URL"), "{err}");
         }

@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use tokio::sync::{Notify, broadcast};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{CryptoError, Keyring};
 use crate::embedded::{self, EmbeddedError};
+use crate::provisioner::FaultHook;
 use crate::shutdown::Shutdown;
+use crate::watcher::Change;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +55,17 @@ pub struct App {
     pub instance: String,
     /// Shutdown of this daemon.
     pub shutdown: Shutdown,
+    /// Fault injection into provisioning steps (tests only; `None` in production).
+    pub faults: Option<FaultHook>,
+    /// Wakes the workers (catalog notifications).
+    pub wake: Arc<Notify>,
+    /// Catalog changes, for requests that wait on a tenant.
+    pub changes: broadcast::Sender<Change>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("instance", &self.instance)
-            .finish_non_exhaustive()
+        f.debug_struct("App").field("instance", &self.instance).finish_non_exhaustive()
     }
 }
 
@@ -83,10 +90,7 @@ pub fn keyring(settings: &Settings) -> Result<Keyring, ConfigError> {
 /// Opens the catalog and applies its schema.
 pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> {
     let url = settings.catalog_url.as_ref().ok_or_else(|| {
-        ConfigError::new(
-            "TENANTD_CATALOG_URL",
-            "not set and no embedded cluster is running",
-        )
+        ConfigError::new("TENANTD_CATALOG_URL", "not set and no embedded cluster is running")
     })?;
     let catalog = Catalog::new(url, settings.workers.concurrency + 6)
         .map_err(|e| ConfigError::new("TENANTD_CATALOG_URL", e.to_string()))?;
@@ -96,10 +100,8 @@ pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> 
 
 /// A unique identity for this process: host, pid and a random suffix.
 fn instance_id() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "host".into());
+    let host =
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
@@ -114,27 +116,25 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on an existing catalog (`settings.catalog_url` must be set).
     pub async fn start(settings: Settings) -> Result<Daemon, StartupError> {
+        Self::start_with_faults(settings, None).await
+    }
+
+    /// [`Daemon::start`] with fault injection into provisioning steps (for tests).
+    pub async fn start_with_faults(
+        settings: Settings,
+        faults: Option<FaultHook>,
+    ) -> Result<Daemon, StartupError> {
         settings.validate()?;
         let keyring = keyring(&settings)?;
         let admin_token = settings.admin_token.clone().ok_or_else(|| {
-            ConfigError::new(
-                "TENANTD_ADMIN_TOKEN",
-                "required when TENANTD_CATALOG_URL is set",
-            )
+            ConfigError::new("TENANTD_ADMIN_TOKEN", "required when TENANTD_CATALOG_URL is set")
         })?;
         let catalog = open_catalog(&settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .map_err(|source| StartupError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
+            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let addr =
+            listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         let app = Arc::new(App {
             settings,
             catalog,
@@ -142,9 +142,14 @@ impl Daemon {
             admin_token,
             instance: instance_id(),
             shutdown: Shutdown::new(),
+            faults,
+            wake: Arc::new(Notify::new()),
+            changes: broadcast::channel(1024).0,
         });
         crate::telemetry::metrics();
         crate::health::spawn(app.clone());
+        crate::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
+        crate::workers::spawn(app.clone(), app.wake.clone());
         crate::api::spawn(app.clone(), listener);
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
         Ok(Daemon { app, addr })
@@ -169,11 +174,7 @@ impl Daemon {
 
 /// `tenantd serve`: embedded cluster when no catalog URL, then the daemon until a signal.
 pub async fn serve(mut settings: Settings) -> Result<(), StartupError> {
-    let embedded = if settings.is_embedded() {
-        Some(embedded::start(&mut settings).await?)
-    } else {
-        None
-    };
+    let embedded = if settings.is_embedded() { Some(embedded::start(&mut settings).await?) } else { None };
     let result = run_until_signal(settings, embedded.as_ref()).await;
     if let Some(embedded) = embedded {
         embedded.stop().await?;
@@ -189,9 +190,7 @@ async fn run_until_signal(
     let token_from_file = embedded.is_some() && std::env::var_os("TENANTD_ADMIN_TOKEN").is_none();
     let daemon = Daemon::start(settings).await?;
     if let Some(embedded) = embedded {
-        embedded
-            .register(&daemon.app.catalog, &daemon.app.keyring)
-            .await?;
+        embedded.register(&daemon.app.catalog, &daemon.app.keyring).await?;
         crate::health::check_now(&daemon.app).await;
         print_banner(&daemon, &data_dir, token_from_file);
     }
@@ -207,9 +206,8 @@ fn print_banner(daemon: &Daemon, data_dir: &std::path::Path, token_from_file: bo
     use std::io::Write;
     let dir = data_dir.display();
     let addr = daemon.local_addr();
-    let mut text = format!(
-        "tenantd is running (embedded PostgreSQL in {dir}/pg)\n  API:          http://{addr}\n"
-    );
+    let mut text =
+        format!("tenantd is running (embedded PostgreSQL in {dir}/pg)\n  API:          http://{addr}\n");
     if token_from_file {
         text.push_str(&format!("  admin token:  {dir}/admin-token\n"));
     }

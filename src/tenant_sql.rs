@@ -53,28 +53,17 @@ pub fn reset_role(role: &PgIdent, scram_verifier: &str) -> String {
 
 /// Marks a role as tenantd's.
 pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
-    format!(
-        "COMMENT ON ROLE {} IS {}",
-        quote_ident(role.as_str()),
-        quote_literal(&marker(tenant))
-    )
+    format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))
 }
 
 /// `CREATE DATABASE` from `template0`, owned by the admin role that runs it.
 pub fn create_database(database: &PgIdent) -> String {
-    format!(
-        "CREATE DATABASE {} TEMPLATE template0",
-        quote_ident(database.as_str())
-    )
+    format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(database.as_str()))
 }
 
 /// Marks a database as tenantd's.
 pub fn comment_on_database(database: &PgIdent, tenant: Uuid) -> String {
-    format!(
-        "COMMENT ON DATABASE {} IS {}",
-        quote_ident(database.as_str()),
-        quote_literal(&marker(tenant))
-    )
+    format!("COMMENT ON DATABASE {} IS {}", quote_ident(database.as_str()), quote_literal(&marker(tenant)))
 }
 
 /// Database-level lock-down, run on the maintenance database: nobody but the tenant role (and
@@ -82,9 +71,7 @@ pub fn comment_on_database(database: &PgIdent, tenant: Uuid) -> String {
 pub fn lock_down_database(database: &PgIdent, role: &PgIdent) -> String {
     let db = quote_ident(database.as_str());
     let role = quote_ident(role.as_str());
-    format!(
-        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
-    )
+    format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}")
 }
 
 /// Schema-level grants, run inside the tenant database: the tenant role may use and create in
@@ -98,19 +85,12 @@ pub fn grant_schema(role: &PgIdent) -> String {
 
 /// Renames a database (staging to final name).
 pub fn rename_database(from: &PgIdent, to: &PgIdent) -> String {
-    format!(
-        "ALTER DATABASE {} RENAME TO {}",
-        quote_ident(from.as_str()),
-        quote_ident(to.as_str())
-    )
+    format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from.as_str()), quote_ident(to.as_str()))
 }
 
 /// Drops a database, ending its sessions (PostgreSQL 13+).
 pub fn drop_database(database: &PgIdent) -> String {
-    format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(database.as_str())
-    )
+    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database.as_str()))
 }
 
 /// Drops a role.
@@ -126,10 +106,7 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("acme"), "\"acme\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(
-            quote_ident("x\"; DROP DATABASE y; --"),
-            "\"x\"\"; DROP DATABASE y; --\""
-        );
+        assert_eq!(quote_ident("x\"; DROP DATABASE y; --"), "\"x\"\"; DROP DATABASE y; --\"");
     }
 
     #[test]
@@ -146,9 +123,6 @@ mod tests {
             comment_on_role(&role, id),
             "COMMENT ON ROLE \"tenant_acme\" IS 'tenantd:00000000-0000-0000-0000-000000000000'"
         );
-        assert!(
-            create_role(&role, "SCRAM-SHA-256$4096:abc")
-                .contains("PASSWORD 'SCRAM-SHA-256$4096:abc'")
-        );
+        assert!(create_role(&role, "SCRAM-SHA-256$4096:abc").contains("PASSWORD 'SCRAM-SHA-256$4096:abc'"));
     }
 }

@@ -8,9 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error body: {body}"))
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
 }
 
 #[tokio::test]
@@ -18,7 +16,10 @@ async fn add_list_and_patch_a_server_over_http() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
     let (status, body) = app
-        .post("/v1/servers", &json!({ "name": "eu-1", "url": cluster.admin_url("postgres"), "weight": 3, "region": "eu" }))
+        .post(
+            "/v1/servers",
+            &json!({ "name": "eu-1", "url": cluster.admin_url("postgres"), "weight": 3, "region": "eu" }),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["name"], "eu-1");
@@ -32,12 +33,8 @@ async fn add_list_and_patch_a_server_over_http() {
     assert_eq!(list[0]["region"], "eu");
     assert_eq!(list[0]["status"], "active");
 
-    let (status, patched) = app
-        .patch(
-            "/v1/servers/eu-1",
-            &json!({ "status": "draining", "max_tenants": 10 }),
-        )
-        .await;
+    let (status, patched) =
+        app.patch("/v1/servers/eu-1", &json!({ "status": "draining", "max_tenants": 10 })).await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["status"], "draining");
     assert_eq!(patched["max_tenants"], 10);
@@ -55,18 +52,12 @@ async fn the_admin_password_is_never_stored_or_shown_in_clear() {
     assert!(!list.to_string().contains(&password));
     let catalog = app.catalog().await;
     let dump: String = catalog
-        .query_one(
-            "SELECT string_agg(to_jsonb(s)::text, ' ') FROM tenantd.servers s",
-            &[],
-        )
+        .query_one("SELECT string_agg(to_jsonb(s)::text, ' ') FROM tenantd.servers s", &[])
         .await
         .unwrap()
         .get(0);
     assert!(dump.contains("v1."), "sealed envelope stored: {dump}");
-    assert!(
-        !dump.contains(&password),
-        "password in clear in the catalog"
-    );
+    assert!(!dump.contains(&password), "password in clear in the catalog");
     let cli = app.cli(&["server", "list", "--json"]).await;
     assert_eq!(cli.code, 0, "{}", cli.stderr);
     assert!(!cli.stdout.contains(&password));
@@ -76,12 +67,8 @@ async fn the_admin_password_is_never_stored_or_shown_in_clear() {
 async fn a_sealed_password_moved_to_another_row_does_not_open() {
     let app = spawn_app().await;
     let cluster = shared_cluster();
-    let (status, _) = app
-        .post(
-            "/v1/servers",
-            &json!({ "name": "pg2", "url": cluster.admin_url("postgres") }),
-        )
-        .await;
+    let (status, _) =
+        app.post("/v1/servers", &json!({ "name": "pg2", "url": cluster.admin_url("postgres") })).await;
     assert_eq!(status, 201);
     // Copy pg1's envelope onto pg2: AAD binds it to pg1, so pg2 must turn unhealthy.
     let catalog = app.catalog().await;
@@ -98,10 +85,7 @@ async fn a_sealed_password_moved_to_another_row_does_not_open() {
     let servers = body["servers"].as_array().unwrap();
     let pg2 = servers.iter().find(|s| s["name"] == "pg2").unwrap();
     assert_eq!(pg2["healthy"], false);
-    assert!(
-        pg2["error"].as_str().unwrap().contains("does not open"),
-        "{pg2}"
-    );
+    assert!(pg2["error"].as_str().unwrap().contains("does not open"), "{pg2}");
     let pg1 = servers.iter().find(|s| s["name"] == "pg1").unwrap();
     assert_eq!(pg1["healthy"], true);
     assert!(pg1["latency_ms"].as_f64().unwrap() > 0.0);
@@ -113,58 +97,23 @@ async fn bad_server_registrations_are_rejected_and_change_nothing() {
     let cluster = shared_cluster();
     let unreachable = format!("postgres://x:y@127.0.0.1:{}/postgres", common_free_port());
     let cases: Vec<(Value, u16, &str)> = vec![
-        (
-            json!({ "name": "pg1", "url": cluster.admin_url("postgres") }),
-            409,
-            "conflict",
-        ),
-        (
-            json!({ "name": "Bad Name", "url": cluster.admin_url("postgres") }),
-            400,
-            "invalid",
-        ),
-        (
-            json!({ "name": "x1", "url": "not a url at all ::" }),
-            400,
-            "invalid",
-        ),
-        (
-            json!({ "name": "x2", "url": "postgres://adm@127.0.0.1/postgres" }),
-            400,
-            "invalid",
-        ),
-        (
-            json!({ "name": "x3", "url": unreachable }),
-            422,
-            "server_unreachable",
-        ),
-        (
-            json!({ "name": "x4", "url": cluster.admin_url("postgres"), "weight": 0 }),
-            400,
-            "invalid",
-        ),
+        (json!({ "name": "pg1", "url": cluster.admin_url("postgres") }), 409, "conflict"),
+        (json!({ "name": "Bad Name", "url": cluster.admin_url("postgres") }), 400, "invalid"),
+        (json!({ "name": "x1", "url": "not a url at all ::" }), 400, "invalid"),
+        (json!({ "name": "x2", "url": "postgres://adm@127.0.0.1/postgres" }), 400, "invalid"),
+        (json!({ "name": "x3", "url": unreachable }), 422, "server_unreachable"),
+        (json!({ "name": "x4", "url": cluster.admin_url("postgres"), "weight": 0 }), 400, "invalid"),
         (json!({ "name": "x5" }), 400, "invalid_json"),
-        (
-            json!({ "name": "x6", "url": cluster.admin_url("postgres"), "colour": "red" }),
-            400,
-            "invalid_json",
-        ),
+        (json!({ "name": "x6", "url": cluster.admin_url("postgres"), "colour": "red" }), 400, "invalid_json"),
     ];
     for (body, want_status, want_code) in cases {
         let (status, answer) = app.post("/v1/servers", &body).await;
         assert_eq!(status, want_status, "{body} -> {answer}");
         assert_eq!(error_code(&answer), want_code, "{body} -> {answer}");
-        assert!(
-            !answer.to_string().contains("y@"),
-            "no password echoed: {answer}"
-        );
+        assert!(!answer.to_string().contains("y@"), "no password echoed: {answer}");
     }
     let (_, list) = app.get("/v1/servers").await;
-    assert_eq!(
-        list.as_array().unwrap().len(),
-        1,
-        "only the original server: {list}"
-    );
+    assert_eq!(list.as_array().unwrap().len(), 1, "only the original server: {list}");
 }
 
 fn common_free_port() -> u16 {
@@ -183,15 +132,10 @@ async fn a_role_without_createdb_is_refused_naming_what_is_missing() {
         .await
         .unwrap();
     let url = cluster.url(&role, "weakpw", "postgres");
-    let (status, body) = app
-        .post("/v1/servers", &json!({ "name": "weak", "url": url }))
-        .await;
+    let (status, body) = app.post("/v1/servers", &json!({ "name": "weak", "url": url })).await;
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("CREATEDB") && !message.contains("CREATEROLE"),
-        "{message}"
-    );
+    assert!(message.contains("CREATEDB") && !message.contains("CREATEROLE"), "{message}");
     assert!(!message.contains("weakpw"));
 
     let cli = app.cli(&["server", "add", "weak", "--url", &url]).await;
@@ -202,21 +146,12 @@ async fn a_role_without_createdb_is_refused_naming_what_is_missing() {
 #[tokio::test]
 async fn invalid_patches_are_client_errors() {
     let app = spawn_app().await;
-    let (status, body) = app
-        .patch("/v1/servers/pg1", &json!({ "status": "sleeping" }))
-        .await;
+    let (status, body) = app.patch("/v1/servers/pg1", &json!({ "status": "sleeping" })).await;
     assert_eq!((status, error_code(&body)), (400, "invalid_json"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("sleeping")
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("sleeping"));
     let (status, body) = app.patch("/v1/servers/pg1", &json!({ "weight": -1 })).await;
     assert_eq!((status, error_code(&body)), (400, "invalid"));
-    let (status, body) = app
-        .patch("/v1/servers/nope", &json!({ "status": "active" }))
-        .await;
+    let (status, body) = app.patch("/v1/servers/nope", &json!({ "status": "active" })).await;
     assert_eq!((status, error_code(&body)), (404, "not_found"));
     let (_, shown) = app.get("/v1/servers/pg1").await;
     assert_eq!(
@@ -230,9 +165,7 @@ async fn invalid_patches_are_client_errors() {
 async fn tokens_are_required_and_checked() {
     let app = spawn_app().await;
     for token in [None, Some("wrong-token"), Some("")] {
-        let (status, body) = app
-            .request_as(Method::GET, "/v1/servers", None, token)
-            .await;
+        let (status, body) = app.request_as(Method::GET, "/v1/servers", None, token).await;
         assert_eq!(status, 401, "{token:?}: {body}");
         assert_eq!(error_code(&body), "unauthorized");
     }
@@ -251,10 +184,7 @@ async fn tokens_are_required_and_checked() {
 
 #[tokio::test]
 async fn malformed_and_oversized_bodies_are_4xx_json() {
-    let app = app()
-        .configure(|s| s.http.body_limit_bytes = 4096)
-        .spawn()
-        .await;
+    let app = app().configure(|s| s.http.body_limit_bytes = 4096).spawn().await;
     let send = |body: Vec<u8>, content_type: &'static str| {
         app.http
             .post(format!("{}/v1/servers", app.base))
@@ -264,35 +194,16 @@ async fn malformed_and_oversized_bodies_are_4xx_json() {
             .send()
     };
     let cases = [
+        (send(b"{not json".to_vec(), "application/json").await.unwrap(), 400, "invalid_json"),
+        (send(b"{}".to_vec(), "text/plain").await.unwrap(), 415, "unsupported_media_type"),
         (
-            send(b"{not json".to_vec(), "application/json")
+            send(format!("{{\"name\":\"{}\"}}", "a".repeat(10_000)).into_bytes(), "application/json")
                 .await
                 .unwrap(),
-            400,
-            "invalid_json",
-        ),
-        (
-            send(b"{}".to_vec(), "text/plain").await.unwrap(),
-            415,
-            "unsupported_media_type",
-        ),
-        (
-            send(
-                format!("{{\"name\":\"{}\"}}", "a".repeat(10_000)).into_bytes(),
-                "application/json",
-            )
-            .await
-            .unwrap(),
             413,
             "body_too_large",
         ),
-        (
-            send(vec![b'"', 0xff, 0xfe, b'"'], "application/json")
-                .await
-                .unwrap(),
-            400,
-            "invalid_json",
-        ),
+        (send(vec![b'"', 0xff, 0xfe, b'"'], "application/json").await.unwrap(), 400, "invalid_json"),
     ];
     for (response, want_status, want_code) in cases {
         assert_eq!(response.status().as_u16(), want_status);
@@ -321,15 +232,7 @@ async fn readiness_and_metrics() {
     let (status, body) = app.get("/readyz?deep=true").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["servers"][0]["name"], "pg1");
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("tenantd_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/readyz\""), "{text}");
 }
@@ -339,75 +242,36 @@ async fn servers_over_the_cli() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
     // Password kept out of the URL: read from stdin-less env variable.
-    let url = format!(
-        "postgres://{}@127.0.0.1:{}/postgres",
-        common::ADMIN_ROLE,
-        cluster.port
-    );
+    let url = format!("postgres://{}@127.0.0.1:{}/postgres", common::ADMIN_ROLE, cluster.port);
     let mut env = app.cli_env();
     env.insert(
         "TENANTD_SERVER_PASSWORD".into(),
         secrecy::ExposeSecret::expose_secret(&cluster.admin_password).to_owned(),
     );
     let added = common::cli(
-        &[
-            "server",
-            "add",
-            "db-a",
-            "--url",
-            &url,
-            "--weight",
-            "5",
-            "--max-tenants",
-            "50",
-        ],
+        &["server", "add", "db-a", "--url", &url, "--weight", "5", "--max-tenants", "50"],
         &env,
         None,
     )
     .await;
     assert_eq!(added.code, 0, "{added:?}");
-    assert!(
-        added.stdout.contains("server db-a added"),
-        "{}",
-        added.stdout
-    );
-    assert!(
-        !added.stderr.contains("warning"),
-        "postgres is locked down on test clusters: {}",
-        added.stderr
-    );
+    assert!(added.stdout.contains("server db-a added"), "{}", added.stdout);
+    assert!(!added.stderr.contains("warning"), "postgres is locked down on test clusters: {}", added.stderr);
 
     // A maintenance database that PUBLIC may connect to earns a warning with the fix.
-    let open_db = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        common::ADMIN_ROLE,
-        cluster.port,
-        app.catalog_db
-    );
+    let open_db = format!("postgres://{}@127.0.0.1:{}/{}", common::ADMIN_ROLE, cluster.port, app.catalog_db);
     let warned = common::cli(&["server", "add", "db-b", "--url", &open_db], &env, None).await;
     assert_eq!(warned.code, 0, "{warned:?}");
-    assert!(
-        warned.stderr.contains("warning: PUBLIC may connect"),
-        "{}",
-        warned.stderr
-    );
-    assert!(
-        warned.stderr.contains("REVOKE CONNECT ON DATABASE"),
-        "{}",
-        warned.stderr
-    );
+    assert!(warned.stderr.contains("warning: PUBLIC may connect"), "{}", warned.stderr);
+    assert!(warned.stderr.contains("REVOKE CONNECT ON DATABASE"), "{}", warned.stderr);
 
     let dup = common::cli(&["server", "add", "db-a", "--url", &url], &env, None).await;
     assert_eq!(dup.code, 1);
     assert!(dup.stderr.contains("already exists"), "{}", dup.stderr);
 
-    let set = app
-        .cli(&["server", "set", "db-a", "--status", "maintenance"])
-        .await;
+    let set = app.cli(&["server", "set", "db-a", "--status", "maintenance"]).await;
     assert_eq!(set.code, 0, "{set:?}");
-    let bad = app
-        .cli(&["server", "set", "db-a", "--status", "asleep"])
-        .await;
+    let bad = app.cli(&["server", "set", "db-a", "--status", "asleep"]).await;
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("asleep"));
     let nothing = app.cli(&["server", "set", "db-a"]).await;
@@ -415,23 +279,13 @@ async fn servers_over_the_cli() {
 
     let list = app.cli(&["server", "list"]).await;
     assert_eq!(list.code, 0);
-    let line = list
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("db-a "))
-        .expect("db-a listed");
-    assert!(
-        line.contains("maintenance") && line.contains("0/50"),
-        "{line}"
-    );
+    let line = list.stdout.lines().find(|l| l.starts_with("db-a ")).expect("db-a listed");
+    assert!(line.contains("maintenance") && line.contains("0/50"), "{line}");
     let json = app.cli(&["server", "list", "--json"]).await;
     let parsed: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(parsed[0]["weight"], 5);
     let (_, over_http) = app.get("/v1/servers/db-a").await;
-    assert_eq!(
-        over_http["status"], "maintenance",
-        "CLI and HTTP share the catalog"
-    );
+    assert_eq!(over_http["status"], "maintenance", "CLI and HTTP share the catalog");
 }
 
 #[tokio::test]

@@ -31,18 +31,12 @@ fn start_embedded(dir: &std::path::Path) -> (Child, String) {
             return (child, url.trim().to_owned());
         }
     }
-    panic!(
-        "tenantd serve exited without printing its API address: {:?}",
-        child.wait()
-    );
+    panic!("tenantd serve exited without printing its API address: {:?}", child.wait());
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     child.wait().unwrap()
 }
 
@@ -94,24 +88,14 @@ async fn embedded_default_starts_from_nothing_and_reuses_its_data() {
 
     let status = terminate(&mut child);
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(
-        !postgres_running_in(dir.path()),
-        "PostgreSQL stopped with tenantd"
-    );
+    assert!(!postgres_running_in(dir.path()), "PostgreSQL stopped with tenantd");
     let stopped = cli(&["server", "list"], &BTreeMap::new(), Some(dir.path())).await;
     assert_eq!(stopped.code, 1);
-    assert!(
-        stopped.stderr.contains("start `tenantd serve` first"),
-        "{}",
-        stopped.stderr
-    );
+    assert!(stopped.stderr.contains("start `tenantd serve` first"), "{}", stopped.stderr);
 
     // Second start: same key, same token, same catalog.
     let (mut child, base) = start_embedded(dir.path());
-    assert_eq!(
-        std::fs::read_to_string(data.join("master-key")).unwrap(),
-        key
-    );
+    assert_eq!(std::fs::read_to_string(data.join("master-key")).unwrap(), key);
     let servers = list_servers(&base, token.trim()).await;
     assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
     assert_eq!(servers[0]["name"], "local");
@@ -127,8 +111,7 @@ async fn catalog_migrations_are_safe_when_processes_start_together() {
         ("TENANTD_CATALOG_URL".to_owned(), cluster.admin_url(&db)),
         (
             "TENANTD_MASTER_KEY".to_owned(),
-            secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key())
-                .to_owned(),
+            secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key()).to_owned(),
         ),
     ]);
     let runs = (0..4).map(|_| cli(&["server", "list", "--json"], &env, None));
@@ -137,23 +120,12 @@ async fn catalog_migrations_are_safe_when_processes_start_together() {
         assert_eq!(out.stdout.trim(), "[]");
     }
     let again = cli(&["server", "list"], &env, None).await;
-    assert_eq!(
-        again.code, 0,
-        "re-running the migrations is a no-op: {again:?}"
-    );
+    assert_eq!(again.code, 0, "re-running the migrations is a no-op: {again:?}");
     let client = common::connect(&cluster.admin_url(&db)).await.unwrap();
-    let applied: i64 = client
-        .query_one("SELECT count(*) FROM tenantd.schema_history", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema"))
-        .unwrap()
-        .count() as i64;
-    assert_eq!(
-        applied, expected,
-        "each catalog migration applied exactly once"
-    );
+    let applied: i64 =
+        client.query_one("SELECT count(*) FROM tenantd.schema_history", &[]).await.unwrap().get(0);
+    let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema")).unwrap().count() as i64;
+    assert_eq!(applied, expected, "each catalog migration applied exactly once");
     let outside: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -175,15 +147,10 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
     let file_arg = file.to_str().unwrap();
     let url = cluster.admin_url("postgres");
     let key = "TENANTD_MASTER_KEY";
-    let good_key =
-        secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key()).to_owned();
+    let good_key = secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key()).to_owned();
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, String)>, &'a str);
     let cases: Vec<Case> = vec![
-        (
-            vec!["--config", file_arg, "server", "list"],
-            vec![],
-            "concurency",
-        ),
+        (vec!["--config", file_arg, "server", "list"], vec![], "concurency"),
         (
             vec!["server", "list"],
             vec![("TENANTD_WORKERS_CONCURRENCY", "many".into())],
@@ -194,44 +161,26 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
             vec![("TENANTD_WORKERS_CONCURENCY", "2".into())],
             "TENANTD_WORKERS_CONCURENCY",
         ),
+        (vec!["server", "list"], vec![("TENANTD_CATALOG_URL", url.clone())], key),
         (
             vec!["server", "list"],
-            vec![("TENANTD_CATALOG_URL", url.clone())],
-            key,
-        ),
-        (
-            vec!["server", "list"],
-            vec![
-                ("TENANTD_CATALOG_URL", url.clone()),
-                (key, "dG9vIHNob3J0".into()),
-            ],
+            vec![("TENANTD_CATALOG_URL", url.clone()), (key, "dG9vIHNob3J0".into())],
             key,
         ),
         (
             vec!["serve"],
-            vec![
-                ("TENANTD_CATALOG_URL", url.clone()),
-                (key, good_key.clone()),
-            ],
+            vec![("TENANTD_CATALOG_URL", url.clone()), (key, good_key.clone())],
             "TENANTD_ADMIN_TOKEN",
         ),
         (
             vec!["server", "list"],
-            vec![
-                ("TENANTD_CATALOG_URL", "postgres://a:b@h:notaport/x".into()),
-                (key, good_key),
-            ],
+            vec![("TENANTD_CATALOG_URL", "postgres://a:b@h:notaport/x".into()), (key, good_key)],
             "TENANTD_CATALOG_URL",
         ),
-        (
-            vec!["serve", "--listen", "not-an-address"],
-            vec![],
-            "listen",
-        ),
+        (vec!["serve", "--listen", "not-an-address"], vec![], "listen"),
     ];
     for (args, vars, named) in cases {
-        let env: BTreeMap<String, String> =
-            vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let env: BTreeMap<String, String> = vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let out = cli(&args, &env, Some(dir.path())).await;
         assert_eq!(out.code, 2, "{args:?} {env:?}: {out:?}");
         let line = out.stderr.trim();
@@ -239,8 +188,5 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
         assert_eq!(line.lines().count(), 1, "one line: {line}");
         assert!(!line.contains(":b@"), "no password echoed: {line}");
     }
-    assert!(
-        !dir.path().join("tenantd-data").exists(),
-        "nothing was created"
-    );
+    assert!(!dir.path().join("tenantd-data").exists(), "nothing was created");
 }

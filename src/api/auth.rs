@@ -24,28 +24,19 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
+    let text = value.to_str().map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
     match text.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(token.trim())
         }
-        _ => Err(ApiError::unauthorized(
-            "Authorization header must be `Bearer <token>`",
-        )),
+        _ => Err(ApiError::unauthorized("Authorization header must be `Bearer <token>`")),
     }
 }
 
 impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<App>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         if crypto::token_matches(token, &app.admin_token) {
             Ok(Admin)

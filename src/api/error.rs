@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::catalog::CatalogError;
 use crate::servers::ServerError;
+use crate::tenants::TenantError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug)]
@@ -25,12 +26,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { status, code, message: message.into(), retry_after: None }
     }
 
     /// 400: the request is malformed or a value breaks a rule.
@@ -60,10 +56,7 @@ impl ApiError {
 
     /// 503 with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
 
     /// 500: tenantd's own failure; logged here so that it is never lost.
@@ -84,14 +77,10 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -117,18 +106,29 @@ impl From<ServerError> for ApiError {
             ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => {
                 Self::bad_request("invalid", e.to_string())
             }
-            ServerError::Unreachable { .. } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "server_unreachable",
-                e.to_string(),
-            ),
-            ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "server_unsuitable",
-                e.to_string(),
-            ),
+            ServerError::Unreachable { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unreachable", e.to_string())
+            }
+            ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
+            }
             ServerError::Sealed { .. } => Self::internal(e.to_string()),
             ServerError::Catalog(c) => c.into(),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::Name(_) | TenantError::Invalid(_) => Self::bad_request("invalid", e.to_string()),
+            TenantError::UnknownServer(_) => Self::not_found(e.to_string()),
+            TenantError::UnknownRegion(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_region", e.to_string())
+            }
+            TenantError::Conflict(m) => Self::conflict(m),
+            TenantError::WrongState(m) => Self::new(StatusCode::CONFLICT, "wrong_state", m),
+            TenantError::Catalog(c) => c.into(),
         }
     }
 }

@@ -35,11 +35,7 @@ pub async fn readyz(
     let started = Instant::now();
     if let Err(e) = app.catalog.ping().await {
         tracing::warn!(error = %e, "readiness: catalog unreachable");
-        return Err(ApiError::unavailable(
-            "catalog_unavailable",
-            e.to_string(),
-            5,
-        ));
+        return Err(ApiError::unavailable("catalog_unavailable", e.to_string(), 5));
     }
     let catalog_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut body = json!({ "status": "ready", "catalog": { "latency_ms": catalog_ms } });
@@ -47,9 +43,7 @@ pub async fn readyz(
         return Ok((StatusCode::OK, Json(body)));
     }
     let servers = app.catalog.servers().await?;
-    let checks = servers
-        .iter()
-        .map(|s| crate::servers::check_health(s, &app.keyring));
+    let checks = servers.iter().map(|s| crate::servers::check_health(s, &app.keyring));
     let results = futures::future::join_all(checks).await;
     let mut all_ok = true;
     let report: Vec<Value> = servers
@@ -67,18 +61,11 @@ pub async fn readyz(
     if !all_ok {
         body["status"] = json!("degraded");
     }
-    let status = if all_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((status, Json(body)))
 }
 
 /// Prometheus text exposition.
 pub async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::metrics().render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics().render())
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod servers;
+pub mod tenants;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use self::error::ApiError;
@@ -32,10 +33,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/servers", get(servers::list).post(servers::add))
-        .route(
-            "/v1/servers/{name}",
-            get(servers::show).patch(servers::patch),
-        )
+        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
+        .route("/v1/tenants", get(tenants::list).post(tenants::create))
+        .route("/v1/tenants/{slug}", get(tenants::show))
+        .route("/v1/tenants/{slug}/events", get(tenants::events))
+        .route("/v1/tenants/{slug}/retry", post(tenants::retry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
@@ -49,9 +51,7 @@ pub fn spawn(app: Arc<App>, listener: tokio::net::TcpListener) {
     let router = router(app.clone());
     let token = app.shutdown.token().clone();
     app.shutdown.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let served = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await;
         if let Err(error) = served {
             tracing::error!(%error, "HTTP server failed");
         }
@@ -83,15 +83,13 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(%route, %method, ?limit, "request timed out");
-            ApiError::unavailable("timeout", format!("request took longer than {limit:?}"), 1)
-                .into_response()
+            ApiError::unavailable("timeout", format!("request took longer than {limit:?}"), 1).into_response()
         }
     };
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("tenantd_http_requests_total", &labels).increment(1);
-    metrics::histogram!("tenantd_http_request_seconds", &labels[..2])
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("tenantd_http_request_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());
     response
 }
 

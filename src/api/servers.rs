@@ -12,10 +12,7 @@ use crate::servers::{AddServer, Added};
 use crate::startup::App;
 
 /// `GET /v1/servers`: every server with health and tenant count; never a password.
-pub async fn list(
-    _: Admin,
-    State(app): State<Arc<App>>,
-) -> Result<Json<Vec<ServerRecord>>, ApiError> {
+pub async fn list(_: Admin, State(app): State<Arc<App>>) -> Result<Json<Vec<ServerRecord>>, ApiError> {
     Ok(Json(app.catalog.servers().await?))
 }
 
@@ -46,16 +43,10 @@ pub async fn patch(
     Json(patch): Json<ServerPatch>,
 ) -> Result<Json<ServerRecord>, ApiError> {
     if patch.weight.is_some_and(|w| w < 1) {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "weight must be at least 1",
-        ));
+        return Err(ApiError::bad_request("invalid", "weight must be at least 1"));
     }
     if patch.max_tenants.is_some_and(|m| m < 0) {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "max_tenants must be 0 or more",
-        ));
+        return Err(ApiError::bad_request("invalid", "max_tenants must be 0 or more"));
     }
     let server = app.catalog.update_server(&name, &patch).await?;
     tracing::info!(server = %name, ?patch, "server updated");

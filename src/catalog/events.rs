@@ -41,12 +41,7 @@ impl Catalog {
     }
 
     /// A tenant's events, oldest first, after event `after` (for paging), at most `limit`.
-    pub async fn events(
-        &self,
-        tenant: Uuid,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Event>, CatalogError> {
+    pub async fn events(&self, tenant: Uuid, after: i64, limit: i64) -> Result<Vec<Event>, CatalogError> {
         let rows = self
             .client()
             .await?
@@ -58,13 +53,7 @@ impl Catalog {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| Event {
-                id: r.get(0),
-                at: r.get(1),
-                kind: r.get(2),
-                detail: r.get(3),
-                actor: r.get(4),
-            })
+            .map(|r| Event { id: r.get(0), at: r.get(1), kind: r.get(2), detail: r.get(3), actor: r.get(4) })
             .collect())
     }
 }

@@ -7,7 +7,7 @@
 
 pub mod events;
 pub mod servers;
-
+pub mod tenants;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,9 +29,7 @@ pub const CHANNEL: &str = "tenantd";
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The catalog URL cannot be parsed. The URL is not repeated: it may hold a password.
-    #[error(
-        "catalog URL is not a valid PostgreSQL URL (expected postgres://USER:PASSWORD@HOST:PORT/DBNAME)"
-    )]
+    #[error("catalog URL is not a valid PostgreSQL URL (expected postgres://USER:PASSWORD@HOST:PORT/DBNAME)")]
     BadUrl,
     /// A query failed.
     #[error("catalog query failed: {}", crate::pg::describe(.0))]
@@ -51,6 +49,9 @@ pub enum CatalogError {
     /// A row that should be there is not.
     #[error("{0}")]
     NotFound(String),
+    /// A lease-guarded write found the tenant held by another process.
+    #[error("lease lost: another process holds this tenant now")]
+    LeaseLost,
 }
 
 fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
@@ -76,9 +77,7 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog")
-            .field("dbname", &self.config.get_dbname())
-            .finish_non_exhaustive()
+        f.debug_struct("Catalog").field("dbname", &self.config.get_dbname()).finish_non_exhaustive()
     }
 }
 
@@ -91,15 +90,11 @@ impl Catalog {
     /// Opens a pool on the catalog; no connection is made until first use.
     pub fn new(url: &SecretString, max_connections: usize) -> Result<Self, CatalogError> {
         let mut config = parse_pg_config(url)?;
-        config
-            .application_name("tenantd")
-            .connect_timeout(Duration::from_secs(10));
+        config.application_name("tenantd").connect_timeout(Duration::from_secs(10));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
             .max_size(max_connections)
@@ -125,32 +120,20 @@ impl Catalog {
     /// others wait on the advisory lock and then find nothing to do.
     pub async fn migrate(&self) -> Result<(), CatalogError> {
         let mut client = crate::pg::connect(&self.config, "catalog migration").await?;
-        let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await?
-            .get(0);
+        let version: i32 =
+            client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
         if version < 130_000 {
             return Err(CatalogError::TooOld(version.to_string()));
         }
         // The lock is released with the session if anything below fails.
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        client
-            .batch_execute("CREATE SCHEMA IF NOT EXISTS tenantd")
-            .await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        client.batch_execute("CREATE SCHEMA IF NOT EXISTS tenantd").await?;
         let mut runner = embedded_schema::migrations::runner();
         runner.set_migration_table_name("tenantd.schema_history");
         let report = runner.set_grouped(true).run_async(&mut client).await?;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await?;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
         for m in report.applied_migrations() {
-            tracing::info!(
-                version = m.version(),
-                name = m.name(),
-                "applied catalog migration"
-            );
+            tracing::info!(version = m.version(), name = m.name(), "applied catalog migration");
         }
         Ok(())
     }

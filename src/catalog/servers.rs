@@ -186,9 +186,9 @@ impl Catalog {
             )
             .await;
         match inserted {
-            Err(e) if CatalogError::is_unique_violation(&e) => Err(CatalogError::Conflict(
-                format!("server {:?} already exists", s.name),
-            )),
+            Err(e) if CatalogError::is_unique_violation(&e) => {
+                Err(CatalogError::Conflict(format!("server {:?} already exists", s.name)))
+            }
             Err(e) => Err(e.into()),
             Ok(_) => self.server(&s.name).await,
         }
@@ -225,32 +225,18 @@ impl Catalog {
 
     /// All servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRecord>, CatalogError> {
-        let rows = self
-            .client()
-            .await?
-            .query(&format!("{SELECT} ORDER BY s.name"), &[])
-            .await?;
+        let rows = self.client().await?.query(&format!("{SELECT} ORDER BY s.name"), &[]).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
     /// One server.
     pub async fn server(&self, name: &str) -> Result<ServerRecord, CatalogError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(&format!("{SELECT} WHERE s.name = $1"), &[&name])
-            .await?;
-        row.as_ref()
-            .map(from_row)
-            .ok_or_else(|| CatalogError::NotFound(format!("no server named {name:?}")))
+        let row = self.client().await?.query_opt(&format!("{SELECT} WHERE s.name = $1"), &[&name]).await?;
+        row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no server named {name:?}")))
     }
 
     /// Applies a patch; returns the updated row.
-    pub async fn update_server(
-        &self,
-        name: &str,
-        patch: &ServerPatch,
-    ) -> Result<ServerRecord, CatalogError> {
+    pub async fn update_server(&self, name: &str, patch: &ServerPatch) -> Result<ServerRecord, CatalogError> {
         let status = patch.status.map(ServerStatus::as_str);
         let updated = self
             .client()
@@ -259,13 +245,7 @@ impl Catalog {
                 "UPDATE tenantd.servers SET status = coalesce($2, status), \
                  weight = coalesce($3, weight), max_tenants = coalesce($4, max_tenants), \
                  region = coalesce($5, region) WHERE name = $1",
-                &[
-                    &name,
-                    &status,
-                    &patch.weight,
-                    &patch.max_tenants,
-                    &patch.region,
-                ],
+                &[&name, &status, &patch.weight, &patch.max_tenants, &patch.region],
             )
             .await?;
         if updated == 0 {
@@ -291,23 +271,21 @@ impl Catalog {
                     )
                     .await?
             }
-            Err(error) => client
-                .execute(
-                    "UPDATE tenantd.servers SET health = 'unhealthy', health_latency_ms = NULL, \
+            Err(error) => {
+                client
+                    .execute(
+                        "UPDATE tenantd.servers SET health = 'unhealthy', health_latency_ms = NULL, \
                          health_checked_at = now(), health_error = $2 WHERE name = $1",
-                    &[&name, &error],
-                )
-                .await?,
+                        &[&name, &error],
+                    )
+                    .await?
+            }
         };
         Ok(())
     }
 
     /// Replaces a server's sealed admin password (key rotation).
-    pub async fn reseal_server_password(
-        &self,
-        name: &str,
-        sealed: &str,
-    ) -> Result<(), CatalogError> {
+    pub async fn reseal_server_password(&self, name: &str, sealed: &str) -> Result<(), CatalogError> {
         self.client()
             .await?
             .execute(

@@ -5,6 +5,7 @@
 
 mod output;
 mod server;
+mod tenant;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     /// Database servers that receive tenants.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Tenants: create, list, show, retry.
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
 }
 
 /// A failed command: the message and the exit code.
@@ -57,18 +61,12 @@ pub struct Failure {
 impl Failure {
     /// Exit code 1: the operation failed.
     pub fn failed(message: impl std::fmt::Display) -> Self {
-        Self {
-            message: message.to_string(),
-            code: 1,
-        }
+        Self { message: message.to_string(), code: 1 }
     }
 
     /// Exit code 2: bad usage or configuration.
     pub fn usage(message: impl std::fmt::Display) -> Self {
-        Self {
-            message: message.to_string(),
-            code: 2,
-        }
+        Self { message: message.to_string(), code: 2 }
     }
 }
 
@@ -108,19 +106,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
-    let mut overrides = Overrides {
-        config_file: cli.config.clone(),
-        values: Vec::new(),
-    };
+    let mut overrides = Overrides { config_file: cli.config.clone(), values: Vec::new() };
     if let Some(dir) = &cli.data_dir {
-        overrides
-            .values
-            .push(("data_dir", dir.display().to_string()));
+        overrides.values.push(("data_dir", dir.display().to_string()));
     }
-    if let Command::Serve {
-        listen: Some(listen),
-    } = &cli.command
-    {
+    if let Command::Serve { listen: Some(listen) } = &cli.command {
         overrides.values.push(("listen", listen.clone()));
     }
     let settings = Settings::load(&overrides, env)?;
@@ -132,7 +122,15 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             Ok(())
         }
         Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
+        Command::Tenant(cmd) => tenant::run(cmd, Context::open(settings).await?).await,
     }
+}
+
+/// The lease owner and event actor of this CLI process: `cli:<user>@<host>:<pid>`.
+pub fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    format!("cli:{user}@{host}:{}", std::process::id())
 }
 
 /// What a CLI command works with: the catalog and the keys, as the daemon has them.
@@ -153,10 +151,6 @@ impl Context {
         }
         let keyring = startup::keyring(&settings)?;
         let catalog = startup::open_catalog(&settings).await?;
-        Ok(Self {
-            settings,
-            catalog,
-            keyring,
-        })
+        Ok(Self { settings, catalog, keyring })
     }
 }

@@ -63,45 +63,22 @@ pub enum ServerCommand {
 }
 
 fn parse_status(text: &str) -> Result<ServerStatus, String> {
-    ServerStatus::parse(text)
-        .ok_or_else(|| format!("{text:?} is not one of active, draining, maintenance"))
+    ServerStatus::parse(text).ok_or_else(|| format!("{text:?} is not one of active, draining, maintenance"))
 }
 
 pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
     match cmd {
-        ServerCommand::Add {
-            name,
-            url,
-            password_stdin,
-            weight,
-            max_tenants,
-            region,
-            json,
-        } => {
+        ServerCommand::Add { name, url, password_stdin, weight, max_tenants, region, json } => {
             let password = if password_stdin {
                 let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(Failure::failed)?;
-                Some(SecretString::from(
-                    text.trim_end_matches(['\n', '\r']).to_owned(),
-                ))
+                std::io::stdin().read_to_string(&mut text).map_err(Failure::failed)?;
+                Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
             } else {
-                std::env::var("TENANTD_SERVER_PASSWORD")
-                    .ok()
-                    .map(SecretString::from)
+                std::env::var("TENANTD_SERVER_PASSWORD").ok().map(SecretString::from)
             };
-            let req = AddServer {
-                name,
-                url: SecretString::from(url),
-                password,
-                weight,
-                max_tenants,
-                region,
-            };
-            let added = crate::servers::add(&ctx.catalog, &ctx.keyring, &req)
-                .await
-                .map_err(server_failure)?;
+            let req = AddServer { name, url: SecretString::from(url), password, weight, max_tenants, region };
+            let added =
+                crate::servers::add(&ctx.catalog, &ctx.keyring, &req).await.map_err(server_failure)?;
             for warning in &added.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -125,45 +102,24 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             print_servers(&servers);
             Ok(())
         }
-        ServerCommand::Set {
-            name,
-            status,
-            weight,
-            max_tenants,
-            region,
-        } => {
+        ServerCommand::Set { name, status, weight, max_tenants, region } => {
             if status.is_none() && weight.is_none() && max_tenants.is_none() && region.is_none() {
                 return Err(Failure::usage(
                     "nothing to change: give --status, --weight, --max-tenants or --region",
                 ));
             }
             if weight.is_some_and(|w| w < 1) || max_tenants.is_some_and(|m| m < 0) {
-                return Err(Failure::usage(
-                    "--weight must be at least 1 and --max-tenants 0 or more",
-                ));
+                return Err(Failure::usage("--weight must be at least 1 and --max-tenants 0 or more"));
             }
-            let patch = ServerPatch {
-                status,
-                weight,
-                max_tenants,
-                region,
-            };
-            let server = ctx
-                .catalog
-                .update_server(&name, &patch)
-                .await
-                .map_err(Failure::failed)?;
+            let patch = ServerPatch { status, weight, max_tenants, region };
+            let server = ctx.catalog.update_server(&name, &patch).await.map_err(Failure::failed)?;
             print_servers(&[server]);
             Ok(())
         }
         ServerCommand::RotateKey => {
-            let changed = crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring)
-                .await
-                .map_err(Failure::failed)?;
-            println!(
-                "re-sealed {changed} server password(s) with key {}",
-                ctx.keyring.current_id()
-            );
+            let changed =
+                crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring).await.map_err(Failure::failed)?;
+            println!("re-sealed {changed} server password(s) with key {}", ctx.keyring.current_id());
             Ok(())
         }
     }
@@ -171,9 +127,7 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
 
 fn server_failure(e: ServerError) -> Failure {
     match e {
-        ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => {
-            Failure::usage(e)
-        }
+        ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => Failure::usage(e),
         other => Failure::failed(other),
     }
 }
@@ -195,16 +149,7 @@ fn print_servers(servers: &[ServerRecord]) {
         })
         .collect();
     output::table(
-        &[
-            "NAME",
-            "ADDRESS",
-            "STATUS",
-            "HEALTH",
-            "LATENCY_MS",
-            "WEIGHT",
-            "TENANTS",
-            "REGION",
-        ],
+        &["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "REGION"],
         &rows,
     );
 }

@@ -35,11 +35,7 @@ pub struct TestCluster {
 
 fn unique() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A short random lowercase suffix.
@@ -62,9 +58,7 @@ impl TestCluster {
         let cluster = Cluster::new(bin, &root, options).expect("cluster directory");
         let superuser_password = crypto::random_secret(18);
         let admin_password = crypto::random_secret(18);
-        cluster
-            .init(&superuser_password)
-            .unwrap_or_else(|e| panic!("initdb failed: {e}"));
+        cluster.init(&superuser_password).unwrap_or_else(|e| panic!("initdb failed: {e}"));
         let mut last_error = None;
         for _ in 0..5 {
             let port = tenantd::pgcluster::free_port().expect("free port");
@@ -82,20 +76,12 @@ impl TestCluster {
                     .join()
                     .expect("bootstrap thread")
                     .unwrap_or_else(|e| panic!("cluster bootstrap failed: {e}"));
-                    return TestCluster {
-                        port,
-                        superuser_password,
-                        admin_password,
-                        _running: running,
-                    };
+                    return TestCluster { port, superuser_password, admin_password, _running: running };
                 }
                 Err(e) => last_error = Some(e),
             }
         }
-        panic!(
-            "PostgreSQL did not start: {}",
-            last_error.map(|e| e.to_string()).unwrap_or_default()
-        );
+        panic!("PostgreSQL did not start: {}", last_error.map(|e| e.to_string()).unwrap_or_default());
     }
 
     /// URL as `tenantd_admin` to `db`.
@@ -200,9 +186,7 @@ impl AppBuilder {
         for f in self.configure {
             f(&mut settings);
         }
-        let daemon = Daemon::start(settings.clone())
-            .await
-            .unwrap_or_else(|e| panic!("daemon start: {e}"));
+        let daemon = Daemon::start(settings.clone()).await.unwrap_or_else(|e| panic!("daemon start: {e}"));
         let base = format!("http://{}", daemon.local_addr());
         let app = TestApp {
             daemon: Some(daemon),
@@ -235,22 +219,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// A builder for a daemon with non-default settings.
 pub fn app() -> AppBuilder {
-    AppBuilder {
-        register_server: Some("pg1".into()),
-        configure: Vec::new(),
-    }
+    AppBuilder { register_server: Some("pg1".into()), configure: Vec::new() }
 }
 
 impl TestApp {
     /// Sends a request with the admin token; returns status and JSON body (Null if none).
-    pub async fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        self.request_as(method, path, body, Some(&self.admin_token))
-            .await
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.request_as(method, path, body, Some(&self.admin_token)).await
     }
 
     /// Sends a request with a given token (or none).
@@ -293,23 +268,15 @@ impl TestApp {
 
     /// A connection to this test's catalog database as `tenantd_admin`.
     pub async fn catalog(&self) -> tokio_postgres::Client {
-        connect(&self.catalog_url)
-            .await
-            .expect("catalog connection")
+        connect(&self.catalog_url).await.expect("catalog connection")
     }
 
     /// Environment for running the `tenantd` binary against this test's catalog.
     pub fn cli_env(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("TENANTD_CATALOG_URL".to_owned(), self.catalog_url.clone()),
-            (
-                "TENANTD_MASTER_KEY".to_owned(),
-                self.master_key.expose_secret().to_owned(),
-            ),
-            (
-                "TENANTD_NAMES_PREFIX".to_owned(),
-                self.settings.names.prefix.clone(),
-            ),
+            ("TENANTD_MASTER_KEY".to_owned(), self.master_key.expose_secret().to_owned()),
+            ("TENANTD_NAMES_PREFIX".to_owned(), self.settings.names.prefix.clone()),
         ])
     }
 
@@ -335,19 +302,12 @@ pub struct CliOutput {
 }
 
 /// Runs the `tenantd` binary with exactly the given `TENANTD_*` environment (others removed).
-pub async fn cli(
-    args: &[&str],
-    env: &BTreeMap<String, String>,
-    cwd: Option<&std::path::Path>,
-) -> CliOutput {
+pub async fn cli(args: &[&str], env: &BTreeMap<String, String>, cwd: Option<&std::path::Path>) -> CliOutput {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
     for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
         cmd.env_remove(name);
     }
-    cmd.args(args)
-        .envs(env)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null());
+    cmd.args(args).envs(env).env("RUST_LOG", "warn").stdin(std::process::Stdio::null());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -370,10 +330,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -381,10 +338,7 @@ where
 /// A fresh directory that the `postgres` OS user can traverse (0755).
 pub fn traversable_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("tenantd-it-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("tenantd-it-").tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }

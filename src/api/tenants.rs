@@ -1,0 +1,153 @@
+//! `/v1/tenants` (admin token): create, list, show, events, retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Admin;
+use super::error::{ApiError, Json, Path, Query};
+use crate::catalog::events::Event;
+use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
+use crate::startup::App;
+use crate::tenants::{CreateTenant, Created};
+
+/// Query of `POST /v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Seconds to wait for READY or ERROR before answering.
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
+/// `POST /v1/tenants {slug, server?, region?, labels?}[?wait=SECONDS]`: 201 when created (with
+/// the tenant token, shown once), 200 when the slug exists already with the same request.
+pub async fn create(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Query(q): Query<CreateQuery>,
+    Json(req): Json<CreateTenant>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let wait = wait_duration(&app, q.wait)?;
+    let changes = app.changes.subscribe();
+    let mut created = crate::tenants::create(&app.catalog, &app.settings, &req).await?;
+    if let Some(wait) = wait {
+        let recheck = app.settings.workers.poll_interval.min(Duration::from_secs(1));
+        created.tenant = crate::tenants::wait_settled(
+            &app.catalog,
+            &created.tenant.slug,
+            Some(changes),
+            wait,
+            recheck,
+            app.shutdown.token(),
+        )
+        .await?;
+    }
+    let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(created)))
+}
+
+fn wait_duration(app: &App, wait: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    let Some(seconds) = wait else { return Ok(None) };
+    // Leave a second for the answer itself within the request timeout.
+    let max = app.settings.http.request_timeout.saturating_sub(Duration::from_secs(1)).as_secs_f64();
+    if !seconds.is_finite() || seconds < 0.0 || seconds > max {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait must be between 0 and {max} seconds"),
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(seconds)))
+}
+
+/// Query of `GET /v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    server: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// Tenants, by slug.
+    pub tenants: Vec<TenantRecord>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `GET /v1/tenants[?status=&server=&limit=&after=]`.
+pub async fn list(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            TenantStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown status {s:?}; one of {:?}", TenantStatus::ALL.map(TenantStatus::as_str)),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+    }
+    let filter = TenantFilter { status, server: q.server, after: q.after, limit: limit + 1 };
+    let mut tenants = app.catalog.tenants(&filter).await?;
+    let next = (tenants.len() as i64 > limit).then(|| {
+        tenants.truncate(limit as usize);
+        tenants.last().map(|t| t.slug.clone())
+    });
+    Ok(Json(Page { tenants, next: next.flatten() }))
+}
+
+/// `GET /v1/tenants/{slug}`.
+pub async fn show(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    Ok(Json(app.catalog.tenant(&slug).await?))
+}
+
+/// Query of the events listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/tenants/{slug}/events[?after=ID&limit=N]`: the audit log, oldest first.
+pub async fn events(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let tenant = app.catalog.tenant(&slug).await?;
+    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    Ok(Json(app.catalog.events(tenant.id, q.after.unwrap_or(0), limit).await?))
+}
+
+/// `POST /v1/tenants/{slug}/retry`: start a tenant in ERROR again.
+pub async fn retry(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    Ok(Json(crate::tenants::retry(&app.catalog, &slug, "api").await?))
+}

@@ -1,0 +1,543 @@
+//! Queries on `tenantd.tenants`: creation, listing, claiming work with a lease, and the
+//! lease-guarded state writes of workers.
+//!
+//! Every write a worker makes is `... WHERE id = $1 AND lease_owner = $2`: zero rows means
+//! another process now holds the tenant, and the worker stops ([`CatalogError::LeaseLost`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{Catalog, CatalogError};
+
+/// Life-cycle state of a tenant (stored as text with a CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TenantStatus {
+    /// Waiting to be placed on a server.
+    Pending,
+    /// Role and database being created.
+    Creating,
+    /// Tenant migrations being applied.
+    Migrating,
+    /// Usable.
+    Ready,
+    /// Gave up after max attempts, or hit something it must not touch; reason in `last_error`.
+    Error,
+    /// Data kept, connections refused.
+    Suspended,
+    /// Being dropped.
+    Deleting,
+    /// Gone; the row stays as a record.
+    Deleted,
+}
+
+impl TenantStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [TenantStatus; 8] = [
+        Self::Pending,
+        Self::Creating,
+        Self::Migrating,
+        Self::Ready,
+        Self::Error,
+        Self::Suspended,
+        Self::Deleting,
+        Self::Deleted,
+    ];
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Creating => "CREATING",
+            Self::Migrating => "MIGRATING",
+            Self::Ready => "READY",
+            Self::Error => "ERROR",
+            Self::Suspended => "SUSPENDED",
+            Self::Deleting => "DELETING",
+            Self::Deleted => "DELETED",
+        }
+    }
+
+    /// Parses the catalog spelling (case-insensitive for CLI and query strings).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text))
+    }
+
+    /// True for the states a provisioning worker drives forward.
+    pub fn is_in_progress(self) -> bool {
+        matches!(self, Self::Pending | Self::Creating | Self::Migrating)
+    }
+
+    /// True when nothing more will happen without an operator.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Ready | Self::Error | Self::Suspended | Self::Deleted)
+    }
+}
+
+impl std::fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tenant row. The sealed role password and the token hash are never serialised.
+#[derive(Clone, Serialize)]
+pub struct TenantRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Public name.
+    pub slug: String,
+    /// State.
+    pub status: TenantStatus,
+    /// Server it lives on, once placed.
+    pub server: Option<String>,
+    /// Database name (final name; a staging name is used until READY).
+    pub database_name: Option<String>,
+    /// Login role owning the tenant's objects.
+    pub role_name: Option<String>,
+    /// Version of the last tenant migration applied.
+    pub schema_version: i32,
+    /// Failed attempts since the last success or retry.
+    pub attempts: i32,
+    /// Earliest time of the next attempt.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Why the last attempt failed, or why the tenant waits.
+    pub last_error: Option<String>,
+    /// Placement asked for.
+    pub requested_server: Option<String>,
+    /// Region asked for.
+    pub requested_region: Option<String>,
+    /// Free-form labels.
+    pub labels: serde_json::Value,
+    /// Process working on it now, if any.
+    pub lease_owner: Option<String>,
+    /// End of that process's claim.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it became READY.
+    pub ready_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub(crate) role_password_sealed: Option<String>,
+    #[serde(skip)]
+    #[allow(dead_code, reason = "read by tenant-token authentication of the data plane")]
+    pub(crate) token_hash: Option<String>,
+}
+
+impl std::fmt::Debug for TenantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRecord")
+            .field("id", &self.id)
+            .field("slug", &self.slug)
+            .field("status", &self.status)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
+    attempts, next_attempt_at, last_error, requested_server, requested_region, labels, \
+    lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash";
+
+fn from_row(row: &Row) -> TenantRecord {
+    let status: String = row.get(2);
+    TenantRecord {
+        id: row.get(0),
+        slug: row.get(1),
+        // The CHECK constraint allows only known spellings.
+        status: TenantStatus::parse(&status).unwrap_or(TenantStatus::Error),
+        server: row.get(3),
+        database_name: row.get(4),
+        role_name: row.get(5),
+        schema_version: row.get(6),
+        attempts: row.get(7),
+        next_attempt_at: row.get(8),
+        last_error: row.get(9),
+        requested_server: row.get(10),
+        requested_region: row.get(11),
+        labels: row.get(12),
+        lease_owner: row.get(13),
+        lease_until: row.get(14),
+        created_at: row.get(15),
+        updated_at: row.get(16),
+        ready_at: row.get(17),
+        role_password_sealed: row.get(18),
+        token_hash: row.get(19),
+    }
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Validated slug.
+    pub slug: String,
+    /// Derived database name.
+    pub database_name: String,
+    /// Derived role name.
+    pub role_name: String,
+    /// Placement narrowing.
+    pub requested_server: Option<String>,
+    /// Placement narrowing.
+    pub requested_region: Option<String>,
+    /// Labels (a JSON object).
+    pub labels: serde_json::Value,
+    /// Hash of the tenant's bearer token.
+    pub token_hash: String,
+}
+
+/// Filters of a tenant listing.
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// Only this status.
+    pub status: Option<TenantStatus>,
+    /// Only this server.
+    pub server: Option<String>,
+    /// Slugs after this one (keyset pagination).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Placement persisted before any DDL.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Server.
+    pub server: String,
+    /// Database name.
+    pub database_name: String,
+    /// Role name.
+    pub role_name: String,
+    /// Sealed role password.
+    pub role_password_sealed: String,
+}
+
+/// What a claim attempt found.
+#[derive(Debug)]
+pub enum Claim {
+    /// A tenant, now leased to us.
+    Claimed(Box<TenantRecord>),
+    /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
+    Idle(Option<Duration>),
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Catalog {
+    /// Inserts a tenant; when the slug exists already, returns the existing row and `false`.
+    /// A derived database name already used by another slug is a conflict.
+    pub async fn insert_tenant(&self, t: &NewTenant) -> Result<(TenantRecord, bool), CatalogError> {
+        let client = self.client().await?;
+        let inserted = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO tenantd.tenants (slug, database_name, role_name, requested_server, \
+                     requested_region, labels, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (slug) DO NOTHING RETURNING {COLUMNS}"
+                ),
+                &[
+                    &t.slug,
+                    &t.database_name,
+                    &t.role_name,
+                    &t.requested_server,
+                    &t.requested_region,
+                    &t.labels,
+                    &t.token_hash,
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(Some(row)) => Ok((from_row(&row), true)),
+            Ok(None) => Ok((self.tenant(&t.slug).await?, false)),
+            Err(e) if CatalogError::is_unique_violation(&e) => Err(CatalogError::Conflict(format!(
+                "database or role name {:?} (derived from slug {:?}) is already used by another tenant",
+                t.database_name, t.slug
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One tenant by slug.
+    pub async fn tenant(&self, slug: &str) -> Result<TenantRecord, CatalogError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1"), &[&slug])
+            .await?;
+        row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant {slug:?}")))
+    }
+
+    /// One tenant by id.
+    pub async fn tenant_by_id(&self, id: Uuid) -> Result<TenantRecord, CatalogError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE id = $1"), &[&id])
+            .await?;
+        row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant with id {id}")))
+    }
+
+    /// Tenants by slug, filtered, one page.
+    pub async fn tenants(&self, f: &TenantFilter) -> Result<Vec<TenantRecord>, CatalogError> {
+        let status = f.status.map(TenantStatus::as_str);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE ($1::text IS NULL OR status = $1) \
+                     AND ($2::text IS NULL OR server = $2) AND ($3::text IS NULL OR slug > $3) \
+                     ORDER BY slug LIMIT $4"
+                ),
+                &[&status, &f.server, &f.after, &f.limit],
+            )
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Counts of tenants per status (for metrics and `tenant list` summaries).
+    pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, CatalogError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT status, count(*) FROM tenantd.tenants GROUP BY status ORDER BY status", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Claims the next tenant that needs provisioning work (optionally only `only`), with
+    /// `FOR UPDATE SKIP LOCKED` and a lease of `lease` for `owner`.
+    pub async fn claim_tenant(
+        &self,
+        owner: &str,
+        lease: Duration,
+        only: Option<Uuid>,
+    ) -> Result<Claim, CatalogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "WITH next AS (SELECT id FROM tenantd.tenants \
+                       WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
+                         AND next_attempt_at <= now() \
+                         AND (lease_until IS NULL OR lease_until < now()) \
+                         AND ($3::uuid IS NULL OR id = $3) \
+                       ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+                     UPDATE tenantd.tenants t SET lease_owner = $1, \
+                       lease_until = now() + make_interval(secs => $2) \
+                     FROM next WHERE t.id = next.id RETURNING {}",
+                    COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+                ),
+                &[&owner, &secs(lease), &only],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(Claim::Claimed(Box::new(from_row(&row))));
+        }
+        let next: Option<f64> = client
+            .query_one(
+                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) - now())::float8 \
+                 FROM tenantd.tenants WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
+                 AND ($1::uuid IS NULL OR id = $1)",
+                &[&only],
+            )
+            .await?
+            .get(0);
+        Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Runs a lease-guarded update; zero rows is [`CatalogError::LeaseLost`].
+    async fn leased(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), CatalogError> {
+        let n = self.client().await?.execute(sql, params).await?;
+        if n == 0 { Err(CatalogError::LeaseLost) } else { Ok(()) }
+    }
+
+    /// Extends our lease.
+    pub async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> Result<(), CatalogError> {
+        self.leased(
+            "UPDATE tenantd.tenants SET lease_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &secs(lease)],
+        )
+        .await
+    }
+
+    /// Gives the tenant back (shutdown): another process may claim it at once.
+    pub async fn release_lease(&self, id: Uuid, owner: &str) -> Result<(), CatalogError> {
+        self.leased(
+            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner],
+        )
+        .await
+    }
+
+    /// Sets the status (CREATING → MIGRATING, …).
+    pub async fn set_status(&self, id: Uuid, owner: &str, status: TenantStatus) -> Result<(), CatalogError> {
+        self.leased(
+            "UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &status.as_str()],
+        )
+        .await
+    }
+
+    /// READY: records the schema version, clears errors and attempts, releases the lease.
+    pub async fn mark_ready(&self, id: Uuid, owner: &str, schema_version: i32) -> Result<(), CatalogError> {
+        self.leased(
+            "UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
+             last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &schema_version],
+        )
+        .await
+    }
+
+    /// A failed attempt: counts it, schedules the next one (or ERROR), releases the lease.
+    pub async fn record_failure(
+        &self,
+        id: Uuid,
+        owner: &str,
+        error: &str,
+        retry_in: Option<Duration>,
+    ) -> Result<(), CatalogError> {
+        let delay = retry_in.map(secs);
+        self.leased(
+            "UPDATE tenantd.tenants SET attempts = attempts + 1, last_error = $3, \
+             status = CASE WHEN $4::float8 IS NULL THEN 'ERROR' ELSE status END, \
+             next_attempt_at = now() + make_interval(secs => coalesce($4, 0)), \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &error, &delay],
+        )
+        .await
+    }
+
+    /// Waiting without failing (no eligible server): the reason is visible, attempts are not
+    /// counted, the lease is released.
+    pub async fn record_wait(
+        &self,
+        id: Uuid,
+        owner: &str,
+        reason: &str,
+        retry_in: Duration,
+    ) -> Result<(), CatalogError> {
+        self.leased(
+            "UPDATE tenantd.tenants SET last_error = $3, next_attempt_at = now() + make_interval(secs => $4), \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &reason, &secs(retry_in)],
+        )
+        .await
+    }
+
+    /// Starts a tenant in ERROR (or waiting in PENDING) again from where the world is.
+    /// Returns false when the tenant is in a state that cannot be retried.
+    pub async fn retry_tenant(&self, slug: &str) -> Result<bool, CatalogError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tenantd.tenants SET \
+                   status = CASE WHEN status = 'ERROR' THEN \
+                     CASE WHEN server IS NULL THEN 'PENDING' ELSE 'CREATING' END ELSE status END, \
+                   attempts = 0, next_attempt_at = now() \
+                 WHERE slug = $1 AND status IN ('ERROR', 'PENDING', 'CREATING', 'MIGRATING')",
+                &[&slug],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Makes waiting, unplaced tenants due now (a server was added or became eligible).
+    pub async fn wake_unplaced(&self) -> Result<u64, CatalogError> {
+        Ok(self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tenantd.tenants SET next_attempt_at = now() \
+                 WHERE status = 'PENDING' AND server IS NULL AND next_attempt_at > now()",
+                &[],
+            )
+            .await?)
+    }
+}
+
+/// Advisory lock key serialising placement decisions across processes ("tenantd" + 2).
+const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
+
+impl Catalog {
+    /// Places a tenant: in one transaction under a catalog-wide advisory lock, reads the load of
+    /// every server, lets `choose` decide, and persists the placement (status CREATING).
+    /// Two processes placing at once therefore never overfill a server.
+    /// Returns `Ok(Err(reason))` when `choose` finds nothing eligible.
+    pub async fn place_tenant<F>(
+        &self,
+        id: Uuid,
+        owner: &str,
+        choose: F,
+    ) -> Result<Result<Placement, String>, CatalogError>
+    where
+        F: FnOnce(&[crate::placement::ServerLoad]) -> Result<Placement, String>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
+        let rows = tx
+            .query(
+                "SELECT s.name, s.status, s.health, s.weight, s.max_tenants, s.region, \
+                 (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
+                 FROM tenantd.servers s ORDER BY s.name",
+                &[],
+            )
+            .await?;
+        let servers: Vec<crate::placement::ServerLoad> = rows
+            .iter()
+            .map(|r| crate::placement::ServerLoad {
+                name: r.get(0),
+                status: r.get(1),
+                health: r.get(2),
+                weight: r.get(3),
+                max_tenants: r.get(4),
+                region: r.get(5),
+                tenants: r.get(6),
+            })
+            .collect();
+        let placement = match choose(&servers) {
+            Ok(p) => p,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let n = tx
+            .execute(
+                "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
+                 role_password_sealed = $6, status = 'CREATING', last_error = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+                &[
+                    &id,
+                    &owner,
+                    &placement.server,
+                    &placement.database_name,
+                    &placement.role_name,
+                    &placement.role_password_sealed,
+                ],
+            )
+            .await;
+        match n {
+            Ok(0) => return Err(CatalogError::LeaseLost),
+            Ok(_) => {}
+            Err(e) if CatalogError::is_unique_violation(&e) => {
+                return Err(CatalogError::Conflict(format!(
+                    "database or role name {:?} is already used by another tenant",
+                    placement.database_name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(Ok(placement))
+    }
+}

@@ -1,0 +1,141 @@
+//! Choosing a server for a new tenant.
+//!
+//! Eligible servers are `active`, `healthy` and below `max_tenants`; among them the one with
+//! the lowest tenants/weight wins, ties broken by name. An explicit server or region narrows
+//! the choice. When nothing is eligible the answer says why for every server, so an operator
+//! reading `last_error` knows what to fix.
+
+use serde::Serialize;
+
+/// A server as placement sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerLoad {
+    /// Name.
+    pub name: String,
+    /// `active`, `draining`, `maintenance`.
+    pub status: String,
+    /// `unknown`, `healthy`, `unhealthy`.
+    pub health: String,
+    /// Share of new tenants.
+    pub weight: i32,
+    /// Capacity.
+    pub max_tenants: Option<i32>,
+    /// Region.
+    pub region: Option<String>,
+    /// Tenants placed there (not deleted).
+    pub tenants: i64,
+}
+
+impl ServerLoad {
+    fn ineligibility(&self) -> Option<String> {
+        if self.status != "active" {
+            return Some(self.status.clone());
+        }
+        if self.health != "healthy" {
+            return Some(self.health.clone());
+        }
+        match self.max_tenants {
+            Some(max) if self.tenants >= i64::from(max) => Some(format!("full ({}/{max})", self.tenants)),
+            _ => None,
+        }
+    }
+}
+
+/// Picks a server, or explains why none fits.
+pub fn choose(servers: &[ServerLoad], server: Option<&str>, region: Option<&str>) -> Result<String, String> {
+    let candidates: Vec<&ServerLoad> = servers
+        .iter()
+        .filter(|s| server.is_none_or(|want| s.name == want))
+        .filter(|s| region.is_none_or(|want| s.region.as_deref() == Some(want)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(match (server, region) {
+            (Some(name), _) => {
+                format!("no eligible server: server {name:?} is not registered{}", in_region(region))
+            }
+            (None, Some(r)) => format!("no eligible server: no server in region {r:?}"),
+            (None, None) => "no eligible server: no servers registered (tenantd server add)".to_owned(),
+        });
+    }
+    let best = candidates.iter().filter(|s| s.ineligibility().is_none()).min_by(|a, b| {
+        let load = |s: &ServerLoad| s.tenants as f64 / f64::from(s.weight.max(1));
+        load(a).total_cmp(&load(b)).then_with(|| a.name.cmp(&b.name))
+    });
+    match best {
+        Some(s) => Ok(s.name.clone()),
+        None => {
+            let reasons: Vec<String> = candidates
+                .iter()
+                .filter_map(|s| s.ineligibility().map(|why| format!("{} is {why}", s.name)))
+                .collect();
+            Err(format!("no eligible server: {}", reasons.join(", ")))
+        }
+    }
+}
+
+fn in_region(region: Option<&str>) -> String {
+    region.map(|r| format!(" in region {r:?}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str, weight: i32, tenants: i64) -> ServerLoad {
+        ServerLoad {
+            name: name.into(),
+            status: "active".into(),
+            health: "healthy".into(),
+            weight,
+            max_tenants: None,
+            region: None,
+            tenants,
+        }
+    }
+
+    #[test]
+    fn lowest_load_per_weight_wins_ties_by_name() {
+        assert_eq!(choose(&[s("b", 1, 1), s("a", 1, 1)], None, None).unwrap(), "a");
+        assert_eq!(choose(&[s("a", 1, 2), s("b", 3, 5)], None, None).unwrap(), "b");
+        assert_eq!(choose(&[s("a", 1, 0), s("b", 3, 0)], None, None).unwrap(), "a");
+    }
+
+    #[test]
+    fn weights_spread_tenants_proportionally() {
+        let mut servers = vec![s("a", 1, 0), s("b", 3, 0)];
+        for _ in 0..40 {
+            let pick = choose(&servers, None, None).unwrap();
+            servers.iter_mut().find(|s| s.name == pick).unwrap().tenants += 1;
+        }
+        assert_eq!((servers[0].tenants, servers[1].tenants), (10, 30));
+    }
+
+    #[test]
+    fn ineligible_servers_are_skipped_with_reasons() {
+        let mut draining = s("a", 1, 0);
+        draining.status = "draining".into();
+        let mut sick = s("b", 1, 0);
+        sick.health = "unhealthy".into();
+        let mut full = s("c", 1, 2);
+        full.max_tenants = Some(2);
+        let mut maint = s("d", 1, 0);
+        maint.status = "maintenance".into();
+        let servers = vec![draining, sick, full, maint, s("e", 1, 100)];
+        assert_eq!(choose(&servers, None, None).unwrap(), "e");
+        let why = choose(&servers[..4], None, None).unwrap_err();
+        assert!(why.contains("a is draining") && why.contains("b is unhealthy"), "{why}");
+        assert!(why.contains("c is full (2/2)") && why.contains("d is maintenance"), "{why}");
+    }
+
+    #[test]
+    fn explicit_server_and_region_narrow() {
+        let mut eu = s("eu1", 1, 50);
+        eu.region = Some("eu".into());
+        let servers = vec![eu, s("us1", 1, 0)];
+        assert_eq!(choose(&servers, Some("eu1"), None).unwrap(), "eu1");
+        assert_eq!(choose(&servers, None, Some("eu")).unwrap(), "eu1");
+        assert!(choose(&servers, None, Some("ap")).unwrap_err().contains("region \"ap\""));
+        assert!(choose(&servers, Some("nope"), None).unwrap_err().contains("not registered"));
+        assert!(choose(&[], None, None).unwrap_err().contains("no servers registered"));
+    }
+}

@@ -1,0 +1,478 @@
+//! Provisioning one claimed tenant: a resumable sequence of idempotent steps.
+//!
+//! 1. **place**: choose a server; persist server, database and role names and the sealed
+//!    role password *before* any DDL (status CREATING).
+//! 2. **role**: `CREATE ROLE` + `COMMENT ON ROLE 'tenantd:<id>'` in one transaction. An existing
+//!    role is adopted only when it carries that marker.
+//! 3. **database**: `CREATE DATABASE` under a staging name derived from the tenant id, from
+//!    `template0`, then the marker comment. A final-name database counts only with our marker.
+//! 4. **lockdown**: PUBLIC loses CONNECT/TEMP; the tenant role gets CONNECT, TEMP and
+//!    USAGE/CREATE on schema `public` (status MIGRATING).
+//! 5. **migrate**: the embedded migrations, as the tenant role, all or nothing.
+//! 6. **rename** staging → final name, then **ready**.
+//!
+//! Nothing is remembered between steps but the catalog row: each step looks at the server to
+//! see what is already done, so a crash anywhere resumes cleanly, and a retry never makes a
+//! second role or database. Anything that exists under our names without our marker is never
+//! adopted, altered or dropped: that is a fatal error with a reason that says so.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::catalog::tenants::{Placement, TenantRecord, TenantStatus};
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::Settings;
+use crate::crypto::{self, Keyring};
+use crate::names::{PgIdent, TenantSlug};
+use crate::servers::AdminTarget;
+use crate::{placement, tenant_migrations, tenant_sql};
+
+/// A step of provisioning (also the names used in events, metrics and fault points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Choose and persist a server and names.
+    Place,
+    /// Create or adopt the role.
+    Role,
+    /// Create or adopt the database.
+    Database,
+    /// Revoke PUBLIC, grant the tenant role.
+    Lockdown,
+    /// Apply tenant migrations.
+    Migrate,
+    /// Staging name → final name.
+    Rename,
+    /// Mark READY.
+    Ready,
+}
+
+impl Step {
+    /// Every step in order.
+    pub const ALL: [Step; 7] =
+        [Step::Place, Step::Role, Step::Database, Step::Lockdown, Step::Migrate, Step::Rename, Step::Ready];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Place => "place",
+            Step::Role => "role",
+            Step::Database => "database",
+            Step::Lockdown => "lockdown",
+            Step::Migrate => "migrate",
+            Step::Rename => "rename",
+            Step::Ready => "ready",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a fault may be injected: before a step does anything, or after it did its work on
+/// the server but before anything was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the step.
+    Before,
+    /// After the step's effect, before its bookkeeping.
+    After,
+}
+
+/// A fault to inject (tests only).
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The attempt fails with this message (recorded, retried with backoff).
+    Fail(String),
+    /// The process "dies": nothing more is written, the lease is left to expire.
+    Crash,
+}
+
+/// A fault-injection hook: called at every step and phase with the tenant's slug.
+pub type FaultHook = Arc<dyn Fn(&str, Step, Phase) -> Option<Fault> + Send + Sync>;
+
+/// Why an attempt stopped.
+#[derive(Debug)]
+pub enum StepError {
+    /// Worth another attempt after a delay (connection refused, lock held, SQL error, …).
+    Retry(Step, String),
+    /// Must not be retried: something we may not touch is in the way.
+    Fatal(Step, String),
+    /// Not a failure: no eligible server yet.
+    Wait(String),
+    /// Another process holds the tenant now.
+    LeaseLost,
+    /// A simulated crash (fault injection).
+    Crashed,
+    /// The process is shutting down.
+    Interrupted,
+    /// The catalog failed; nothing could be recorded.
+    Catalog(CatalogError),
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Retry(step, m) | StepError::Fatal(step, m) => write!(f, "step {step}: {m}"),
+            StepError::Wait(m) => f.write_str(m),
+            StepError::LeaseLost => f.write_str("lease lost"),
+            StepError::Crashed => f.write_str("crashed (injected)"),
+            StepError::Interrupted => f.write_str("interrupted by shutdown"),
+            StepError::Catalog(e) => write!(f, "catalog: {e}"),
+        }
+    }
+}
+
+impl From<CatalogError> for StepError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::LeaseLost => StepError::LeaseLost,
+            other => StepError::Catalog(other),
+        }
+    }
+}
+
+/// Associated data of a tenant's sealed role password.
+pub fn tenant_aad(id: Uuid) -> Vec<u8> {
+    format!("tenant:{id}").into_bytes()
+}
+
+/// Where the tenant's database is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    Staging,
+    Final,
+}
+
+/// Everything one provisioning run needs; borrowed from a daemon or a CLI process.
+pub struct Provisioner<'a> {
+    /// Catalog.
+    pub catalog: &'a Catalog,
+    /// Keys.
+    pub keyring: &'a Keyring,
+    /// Settings (names prefix).
+    pub settings: &'a Settings,
+    /// Lease owner and event actor.
+    pub actor: &'a str,
+    /// Fault injection (tests).
+    pub faults: Option<&'a FaultHook>,
+}
+
+/// The resolved facts of a placed tenant.
+struct Target {
+    id: Uuid,
+    server: String,
+    slug: String,
+    admin: AdminTarget,
+    staging: PgIdent,
+    database: PgIdent,
+    role: PgIdent,
+    password: SecretString,
+}
+
+fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
+    move |e| StepError::Retry(step, crate::pg::describe(&e))
+}
+
+impl Provisioner<'_> {
+    fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
+        match self.faults.and_then(|hook| hook(slug, step, phase)) {
+            None => Ok(()),
+            Some(Fault::Fail(message)) => Err(StepError::Retry(step, format!("injected failure: {message}"))),
+            Some(Fault::Crash) => Err(StepError::Crashed),
+        }
+    }
+
+    async fn event(&self, id: Uuid, kind: &str, detail: serde_json::Value) -> Result<(), StepError> {
+        Ok(self.catalog.record_event(id, kind, detail, self.actor).await?)
+    }
+
+    /// Runs every remaining step of a claimed tenant; returns its schema version when READY.
+    pub async fn provision(&self, tenant: &TenantRecord) -> Result<i32, StepError> {
+        let started = Instant::now();
+        let placed = if tenant.server.is_none() { self.place(tenant).await? } else { None };
+        let target = self.target(tenant, placed).await?;
+        let mut status = tenant.status;
+        if status != TenantStatus::Migrating {
+            let admin =
+                target.admin.connect(None).await.map_err(|e| StepError::Retry(Step::Role, e.to_string()))?;
+            self.ensure_role(&admin, &target).await?;
+            let location = self.ensure_database(&admin, &target).await?;
+            self.lock_down(&admin, &target, location).await?;
+            self.catalog.set_status(target.id, self.actor, TenantStatus::Migrating).await?;
+            status = TenantStatus::Migrating;
+        }
+        debug_assert_eq!(status, TenantStatus::Migrating);
+        let admin =
+            target.admin.connect(None).await.map_err(|e| StepError::Retry(Step::Migrate, e.to_string()))?;
+        let location = match self.locate(&admin, &target, Step::Migrate).await? {
+            Some(location) => location,
+            None => {
+                // The database vanished (dropped by hand?): start the creation steps again.
+                self.catalog.set_status(target.id, self.actor, TenantStatus::Creating).await?;
+                return Err(StepError::Retry(
+                    Step::Migrate,
+                    "tenant database is missing; recreating it".into(),
+                ));
+            }
+        };
+        let version = self.migrate(&target, location).await?;
+        if location == Location::Staging {
+            self.rename(&admin, &target).await?;
+        }
+        self.fault(&target.slug, Step::Ready, Phase::Before)?;
+        self.catalog.mark_ready(target.id, self.actor, version).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.event(target.id, "ready", json!({ "schema_version": version, "seconds": seconds })).await?;
+        metrics::counter!("tenantd_tenants_ready_total").increment(1);
+        metrics::histogram!("tenantd_provision_seconds").record(seconds);
+        tracing::info!(tenant = %target.slug, server = %target.server, version, seconds, "tenant is READY");
+        Ok(version)
+    }
+
+    /// Step 1: choose a server and persist everything before any DDL.
+    async fn place(&self, t: &TenantRecord) -> Result<Option<Placement>, StepError> {
+        self.fault(&t.slug, Step::Place, Phase::Before)?;
+        let slug = TenantSlug::parse(&t.slug).map_err(|e| StepError::Fatal(Step::Place, e.to_string()))?;
+        let derived = PgIdent::for_tenant(&self.settings.names.prefix, &slug);
+        let database = t.database_name.clone().unwrap_or_else(|| derived.to_string());
+        let role = t.role_name.clone().unwrap_or_else(|| derived.to_string());
+        let password = crypto::random_secret(24);
+        let sealed = self.keyring.seal(password.expose_secret(), &tenant_aad(t.id));
+        let (server, region) = (t.requested_server.as_deref(), t.requested_region.as_deref());
+        let placed = self
+            .catalog
+            .place_tenant(t.id, self.actor, |servers| {
+                placement::choose(servers, server, region).map(|server| Placement {
+                    server,
+                    database_name: database,
+                    role_name: role,
+                    role_password_sealed: sealed,
+                })
+            })
+            .await;
+        let placed = match placed {
+            Ok(Ok(p)) => p,
+            Ok(Err(reason)) => return Err(StepError::Wait(reason)),
+            Err(CatalogError::Conflict(m)) => return Err(StepError::Fatal(Step::Place, m)),
+            Err(e) => return Err(e.into()),
+        };
+        self.fault(&t.slug, Step::Place, Phase::After)?;
+        self.event(
+            t.id,
+            "step.placed",
+            json!({ "server": placed.server, "database": placed.database_name, "role": placed.role_name }),
+        )
+        .await?;
+        tracing::info!(tenant = %t.slug, server = %placed.server, "tenant placed");
+        Ok(Some(placed))
+    }
+
+    async fn target(&self, t: &TenantRecord, placed: Option<Placement>) -> Result<Target, StepError> {
+        let inconsistent = |what: &str| StepError::Fatal(Step::Place, format!("catalog row has no {what}"));
+        let (server, database, role, sealed) = match placed {
+            Some(p) => (p.server, p.database_name, p.role_name, p.role_password_sealed),
+            None => (
+                t.server.clone().ok_or_else(|| inconsistent("server"))?,
+                t.database_name.clone().ok_or_else(|| inconsistent("database_name"))?,
+                t.role_name.clone().ok_or_else(|| inconsistent("role_name"))?,
+                t.role_password_sealed.clone().ok_or_else(|| inconsistent("role password"))?,
+            ),
+        };
+        let record = self.catalog.server(&server).await?;
+        let admin = AdminTarget::from_record(&record, self.keyring)
+            .map_err(|e| StepError::Fatal(Step::Role, e.to_string()))?;
+        let password = self
+            .keyring
+            .open(&sealed, &tenant_aad(t.id))
+            .map_err(|e| StepError::Fatal(Step::Role, format!("role password: {e}")))?;
+        Ok(Target {
+            id: t.id,
+            server: record.name.clone(),
+            slug: t.slug.clone(),
+            admin,
+            staging: PgIdent::staging(t.id),
+            database: PgIdent::from_catalog(database),
+            role: PgIdent::from_catalog(role),
+            password,
+        })
+    }
+
+    /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
+    async fn ensure_role(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
+        const STEP: Step = Step::Role;
+        self.fault(&t.slug, STEP, Phase::Before)?;
+        let verifier = postgres_protocol::password::scram_sha_256(t.password.expose_secret().as_bytes());
+        let existing = admin
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&t.role.as_str()],
+            )
+            .await
+            .map_err(pg_retry(STEP))?;
+        let marker = tenant_sql::marker(t.id);
+        let kind = match existing {
+            None => {
+                // One simple-query message = one implicit transaction: role and marker together.
+                let ddl = format!(
+                    "{}; {}",
+                    tenant_sql::create_role(&t.role, &verifier),
+                    tenant_sql::comment_on_role(&t.role, t.id)
+                );
+                admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
+                "step.role.created"
+            }
+            Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some(marker.as_str()) => {
+                admin
+                    .batch_execute(&tenant_sql::reset_role(&t.role, &verifier))
+                    .await
+                    .map_err(pg_retry(STEP))?;
+                "step.role.adopted"
+            }
+            Some(row) => {
+                let comment: Option<String> = row.get(0);
+                return Err(StepError::Fatal(
+                    STEP,
+                    format!(
+                        "role {:?} already exists and is not this tenant's (comment {:?}, expected {marker:?}); \
+                         tenantd never adopts or alters a role it did not create",
+                        t.role.as_str(),
+                        comment.unwrap_or_default()
+                    ),
+                ));
+            }
+        };
+        self.fault(&t.slug, STEP, Phase::After)?;
+        self.event(t.id, kind, json!({ "role": t.role.as_str() })).await?;
+        Ok(())
+    }
+
+    /// Where the database is: staging name, final name (with our marker), or nowhere.
+    /// A final-name database without our marker is fatal.
+    async fn locate(&self, admin: &Client, t: &Target, step: Step) -> Result<Option<Location>, StepError> {
+        let rows = admin
+            .query(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname IN ($1, $2)",
+                &[&t.staging.as_str(), &t.database.as_str()],
+            )
+            .await
+            .map_err(pg_retry(step))?;
+        let marker = tenant_sql::marker(t.id);
+        let mut location = None;
+        for row in rows {
+            let (name, comment): (String, Option<String>) = (row.get(0), row.get(1));
+            if name == t.database.as_str() {
+                if comment.as_deref() != Some(marker.as_str()) {
+                    return Err(StepError::Fatal(
+                        step,
+                        format!(
+                            "database {name:?} already exists and is not this tenant's (comment {:?}, expected \
+                             {marker:?}); tenantd never adopts, alters or drops a database it did not create",
+                            comment.unwrap_or_default()
+                        ),
+                    ));
+                }
+                location = Some(Location::Final);
+            } else if location.is_none() {
+                location = Some(Location::Staging);
+            }
+        }
+        Ok(location)
+    }
+
+    /// Step 3: the database under its staging name, with its marker.
+    async fn ensure_database(&self, admin: &Client, t: &Target) -> Result<Location, StepError> {
+        const STEP: Step = Step::Database;
+        self.fault(&t.slug, STEP, Phase::Before)?;
+        let (location, kind) = match self.locate(admin, t, STEP).await? {
+            Some(location) => (location, "step.database.adopted"),
+            None => {
+                admin
+                    .batch_execute(&tenant_sql::create_database(&t.staging))
+                    .await
+                    .map_err(pg_retry(STEP))?;
+                (Location::Staging, "step.database.created")
+            }
+        };
+        if location == Location::Staging {
+            // The staging name is derived from our id and used by nobody else: it is ours even
+            // when a crash came between CREATE DATABASE and this comment.
+            admin
+                .batch_execute(&tenant_sql::comment_on_database(&t.staging, t.id))
+                .await
+                .map_err(pg_retry(STEP))?;
+        }
+        self.fault(&t.slug, STEP, Phase::After)?;
+        self.event(
+            t.id,
+            kind,
+            json!({ "database": t.staging.as_str(), "location": format!("{location:?}") }),
+        )
+        .await?;
+        Ok(location)
+    }
+
+    /// Step 4: nobody but the tenant role (and the admin owner) may use the database.
+    async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<(), StepError> {
+        const STEP: Step = Step::Lockdown;
+        self.fault(&t.slug, STEP, Phase::Before)?;
+        let db = if location == Location::Staging { &t.staging } else { &t.database };
+        admin.batch_execute(&tenant_sql::lock_down_database(db, &t.role)).await.map_err(pg_retry(STEP))?;
+        let inside =
+            t.admin.connect(Some(db.as_str())).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
+        drop(inside);
+        self.fault(&t.slug, STEP, Phase::After)?;
+        self.event(t.id, "step.lockdown", json!({})).await?;
+        Ok(())
+    }
+
+    /// Step 5: the embedded migrations, as the tenant role.
+    async fn migrate(&self, t: &Target, location: Location) -> Result<i32, StepError> {
+        const STEP: Step = Step::Migrate;
+        self.fault(&t.slug, STEP, Phase::Before)?;
+        let db = if location == Location::Staging { &t.staging } else { &t.database };
+        let mut config = t.admin.config(Some(db.as_str()));
+        config.user(t.role.as_str()).password(t.password.expose_secret());
+        let mut client = crate::pg::connect(&config, "tenant migration").await.map_err(|e| {
+            StepError::Retry(STEP, format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
+        })?;
+        let (version, applied) =
+            tenant_migrations::apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        drop(client);
+        self.fault(&t.slug, STEP, Phase::After)?;
+        self.event(t.id, "step.migrated", json!({ "version": version, "applied": applied })).await?;
+        Ok(version)
+    }
+
+    /// Step 6: staging name → final name. Sessions on the staging database (ours, just
+    /// closed) can linger for a moment, so "in use" is retried briefly.
+    async fn rename(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
+        const STEP: Step = Step::Rename;
+        self.fault(&t.slug, STEP, Phase::Before)?;
+        let ddl = tenant_sql::rename_database(&t.staging, &t.database);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match admin.batch_execute(&ddl).await {
+                Ok(()) => break,
+                Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(pg_retry(STEP)(e)),
+            }
+        }
+        self.fault(&t.slug, STEP, Phase::After)?;
+        self.event(t.id, "step.renamed", json!({ "from": t.staging.as_str(), "to": t.database.as_str() }))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! Watching the catalog: `LISTEN tenantd` on a dedicated connection.
+//!
+//! The catalog's triggers `NOTIFY tenantd` on every tenant insert, status or schedule change,
+//! and every server change that matters to placement. The watcher turns them into
+//! [`Change`]s on a broadcast channel (for `?wait=` requests) and wakes the workers. It is only
+//! a shortcut: workers also poll every `workers.poll_interval`, so a lost notification, or a
+//! daemon that was down when it was sent, delays work by one interval at most. When the
+//! connection drops, the watcher reconnects with growing delays and wakes the workers (it may
+//! have missed something).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{Notify, broadcast};
+use tokio_postgres::AsyncMessage;
+
+use crate::catalog::CHANNEL;
+use crate::startup::App;
+
+/// One notification from the catalog.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Change {
+    /// `tenants` or `servers`.
+    pub table: String,
+    /// `INSERT` or `UPDATE`.
+    pub op: String,
+    /// Tenant slug or server name.
+    pub key: String,
+}
+
+/// Starts the watcher on the daemon's tracker.
+pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change>) {
+    let shutdown = app.shutdown.clone();
+    shutdown.spawn(async move {
+        let mut delay = Duration::from_millis(250);
+        while !app.shutdown.is_triggered() {
+            match listen(&app, &wake, &changes).await {
+                Ok(()) => break,
+                Err(error) => {
+                    metrics::counter!("tenantd_watcher_reconnects_total").increment(1);
+                    tracing::warn!(%error, retry_in = ?delay, "catalog LISTEN connection lost; polling covers the gap");
+                    wake.notify_waiters();
+                    tokio::select! {
+                        () = app.shutdown.token().cancelled() => break,
+                        () = tokio::time::sleep(delay) => {},
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+}
+
+/// Listens until shutdown (`Ok`) or until the connection fails (`Err`).
+async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -> Result<(), String> {
+    let (client, mut connection) =
+        app.catalog.pg_config().connect(tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {CHANNEL}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    // The connection must be driven while LISTEN runs.
+    loop {
+        tokio::select! {
+            done = &mut listen => { done.map_err(|e| crate::pg::describe(&e))?; break; }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(crate::pg::describe(&e)),
+                None => return Err("connection closed".into()),
+            },
+        }
+    }
+    tracing::debug!("listening for catalog changes");
+    // Anything that happened while we were not listening is picked up now.
+    wake.notify_waiters();
+    loop {
+        tokio::select! {
+            () = app.shutdown.token().cancelled() => return Ok(()),
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) => on_notification(app, wake, changes, n.payload()).await,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(crate::pg::describe(&e)),
+                None => return Err("connection closed".into()),
+            },
+        }
+    }
+}
+
+async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>, payload: &str) {
+    let change: Change = match serde_json::from_str(payload) {
+        Ok(change) => change,
+        Err(e) => {
+            tracing::warn!(%payload, error = %e, "unexpected notification payload");
+            return;
+        }
+    };
+    if change.table == "servers" {
+        // A server was added or changed: tenants waiting for one may be placeable now.
+        if let Err(e) = app.catalog.wake_unplaced().await {
+            tracing::warn!(error = %e, "cannot wake tenants waiting for a server");
+        }
+    }
+    // Nobody listening on the channel is normal (no ?wait= request in flight).
+    if changes.send(change).is_err() {
+        tracing::trace!("no subscribers for catalog changes");
+    }
+    wake.notify_waiters();
+}
