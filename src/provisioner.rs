@@ -205,6 +205,8 @@ impl Provisioner<'_> {
         if status != TenantStatus::Migrating {
             let admin =
                 target.admin.connect(None).await.map_err(|e| StepError::Retry(Step::Role, e.to_string()))?;
+            // A foreign database under our final name stops everything before anything is made.
+            self.locate(&admin, &target, Step::Role).await?;
             self.ensure_role(&admin, &target).await?;
             let location = self.ensure_database(&admin, &target).await?;
             self.lock_down(&admin, &target, location).await?;

@@ -14,11 +14,15 @@ use crate::config::LogFormat;
 
 /// Log filter when `RUST_LOG` is not set: our own `info`, and only warnings from the
 /// libraries (the PostgreSQL driver logs every server NOTICE at info).
-const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,refinery_core=warn,deadpool=warn";
+pub const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,refinery_core=warn,deadpool=warn";
 
-/// Installs the log subscriber; later calls (tests start several daemons) do nothing.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+/// Log filter of CLI commands other than `serve`: only what went wrong.
+pub const CLI_FILTER: &str = "warn";
+
+/// Installs the log subscriber with `default_filter` unless `RUST_LOG` is set; later calls
+/// (tests start several daemons) do nothing.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

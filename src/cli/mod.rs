@@ -114,7 +114,11 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         overrides.values.push(("listen", listen.clone()));
     }
     let settings = Settings::load(&overrides, env)?;
-    crate::telemetry::init_logging(settings.log_format);
+    let filter = match cli.command {
+        Command::Serve { .. } => crate::telemetry::DEFAULT_FILTER,
+        _ => crate::telemetry::CLI_FILTER,
+    };
+    crate::telemetry::init_logging(settings.log_format, filter);
     match cli.command {
         Command::Serve { .. } => Ok(startup::serve(settings).await?),
         Command::Keygen => {
