@@ -41,14 +41,12 @@ pub fn create_role(role: &PgIdent, scram_verifier: &str) -> String {
     )
 }
 
-/// Resets an adopted role's password and login attributes to what tenantd expects.
+/// Resets an adopted role's password (the one sealed in the catalog) and LOGIN. Nothing
+/// else is said: a non-superuser admin may not even mention SUPERUSER, REPLICATION or
+/// BYPASSRLS in `ALTER ROLE`, and the marker already proves tenantd created this role with
+/// [`create_role`]'s attributes.
 pub fn reset_role(role: &PgIdent, scram_verifier: &str) -> String {
-    format!(
-        "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION \
-         NOBYPASSRLS PASSWORD {}",
-        quote_ident(role.as_str()),
-        quote_literal(scram_verifier)
-    )
+    format!("ALTER ROLE {} LOGIN PASSWORD {}", quote_ident(role.as_str()), quote_literal(scram_verifier))
 }
 
 /// Marks a role as tenantd's.

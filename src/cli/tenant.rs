@@ -85,7 +85,9 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
         }
         TenantCommand::List { status, server, json } => {
             let status = status
-                .map(|s| TenantStatus::parse(&s).ok_or_else(|| Failure::usage(format!("unknown status {s:?}"))))
+                .map(|s| {
+                    TenantStatus::parse(&s).ok_or_else(|| Failure::usage(format!("unknown status {s:?}")))
+                })
                 .transpose()?;
             let mut all = Vec::new();
             let mut after = None;
@@ -116,7 +118,14 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             let start = events.len().saturating_sub(20);
             let rows: Vec<Vec<String>> = events[start..]
                 .iter()
-                .map(|e| vec![e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(), e.kind.clone(), e.detail.to_string(), e.actor.clone()])
+                .map(|e| {
+                    vec![
+                        e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                        e.kind.clone(),
+                        e.detail.to_string(),
+                        e.actor.clone(),
+                    ]
+                })
                 .collect();
             output::table(&["AT", "KIND", "DETAIL", "ACTOR"], &rows);
             Ok(())
@@ -135,7 +144,11 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
 }
 
 /// Provisions the tenant in this process when no daemon holds it, else waits for the daemon.
-async fn provision_and_wait(ctx: &Context, tenant: &TenantRecord, timeout: Duration) -> Result<TenantRecord, Failure> {
+async fn provision_and_wait(
+    ctx: &Context,
+    tenant: &TenantRecord,
+    timeout: Duration,
+) -> Result<TenantRecord, Failure> {
     let actor = super::actor();
     let p = Provisioner {
         catalog: &ctx.catalog,
@@ -152,21 +165,24 @@ async fn provision_and_wait(ctx: &Context, tenant: &TenantRecord, timeout: Durat
             return Ok(current);
         }
         let lease = ctx.settings.workers.lease;
-        let pause = match ctx.catalog.claim_tenant(&actor, lease, Some(tenant.id)).await.map_err(Failure::failed)? {
-            Claim::Claimed(claimed) => match run_claimed(&p, &claimed, &cancel).await {
-                Outcome::Waiting(reason) => {
-                    eprintln!("waiting: {reason}");
-                    ctx.settings.workers.poll_interval
+        let pause =
+            match ctx.catalog.claim_tenant(&actor, lease, Some(tenant.id)).await.map_err(Failure::failed)? {
+                Claim::Claimed(claimed) => match run_claimed(&p, &claimed, &cancel).await {
+                    Outcome::Waiting(reason) => {
+                        eprintln!("waiting: {reason}");
+                        ctx.settings.workers.poll_interval
+                    }
+                    Outcome::Retrying(error) => {
+                        eprintln!("attempt failed, will retry: {error}");
+                        Duration::ZERO
+                    }
+                    _ => Duration::ZERO,
+                },
+                // Held by a daemon, or scheduled for later: look again soon.
+                Claim::Idle(next) => {
+                    next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200))
                 }
-                Outcome::Retrying(error) => {
-                    eprintln!("attempt failed, will retry: {error}");
-                    Duration::ZERO
-                }
-                _ => Duration::ZERO,
-            },
-            // Held by a daemon, or scheduled for later: look again soon.
-            Claim::Idle(next) => next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200)),
-        };
+            };
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
@@ -190,8 +206,9 @@ fn settled_or_fail(tenant: &TenantRecord, waited: bool) -> Result<(), Failure> {
 fn parse_labels(labels: &[String]) -> Result<serde_json::Value, Failure> {
     let mut map = serde_json::Map::new();
     for label in labels {
-        let (key, value) =
-            label.split_once('=').ok_or_else(|| Failure::usage(format!("--label {label:?} is not KEY=VALUE")))?;
+        let (key, value) = label
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--label {label:?} is not KEY=VALUE")))?;
         map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
     }
     Ok(serde_json::Value::Object(map))

@@ -30,7 +30,9 @@ pub struct TestCluster {
     pub port: u16,
     pub superuser_password: SecretString,
     pub admin_password: SecretString,
-    _running: RunningCluster,
+    cluster: Cluster,
+    running: std::sync::Mutex<Option<RunningCluster>>,
+    remove_on_drop: bool,
 }
 
 fn unique() -> String {
@@ -44,9 +46,19 @@ pub fn random_suffix() -> String {
 }
 
 impl TestCluster {
-    /// initdb + start a fresh cluster in a temporary directory; panics with the install
-    /// hint when the binaries are missing.
+    /// initdb + start a fresh cluster in a temporary directory, removed when this process
+    /// exits; panics with the install hint when the binaries are missing.
     pub fn start() -> TestCluster {
+        Self::launch(true)
+    }
+
+    /// Like [`TestCluster::start`], but the cluster can be stopped and restarted, and is
+    /// removed when dropped (for tests that take a server down).
+    pub fn start_owned() -> TestCluster {
+        Self::launch(false)
+    }
+
+    fn launch(remove_when_stopped: bool) -> TestCluster {
         let bin = PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
         let root = std::env::temp_dir().join(format!("tenantd-test-{}", unique()));
         let options = ClusterOptions {
@@ -62,7 +74,7 @@ impl TestCluster {
         let mut last_error = None;
         for _ in 0..5 {
             let port = tenantd::pgcluster::free_port().expect("free port");
-            match cluster.start(port, true) {
+            match cluster.start(port, remove_when_stopped) {
                 Ok(running) => {
                     let (su, admin) = (superuser_password.clone(), admin_password.clone());
                     // Bootstrap on a runtime of its own: we may be inside a test's runtime.
@@ -76,12 +88,33 @@ impl TestCluster {
                     .join()
                     .expect("bootstrap thread")
                     .unwrap_or_else(|e| panic!("cluster bootstrap failed: {e}"));
-                    return TestCluster { port, superuser_password, admin_password, _running: running };
+                    return TestCluster {
+                        port,
+                        superuser_password,
+                        admin_password,
+                        cluster,
+                        running: std::sync::Mutex::new(Some(running)),
+                        remove_on_drop: !remove_when_stopped,
+                    };
                 }
                 Err(e) => last_error = Some(e),
             }
         }
         panic!("PostgreSQL did not start: {}", last_error.map(|e| e.to_string()).unwrap_or_default());
+    }
+
+    /// Stops PostgreSQL (fast shutdown) and waits for it: the server is "down".
+    pub fn stop(&self) {
+        if let Some(running) = self.running.lock().unwrap().take() {
+            running.stop().expect("cluster stop");
+        }
+    }
+
+    /// Starts PostgreSQL again on the same port.
+    pub fn restart(&self) {
+        let mut running = self.running.lock().unwrap();
+        assert!(running.is_none(), "cluster is running");
+        *running = Some(self.cluster.start(self.port, false).expect("cluster restart"));
     }
 
     /// URL as `tenantd_admin` to `db`.
@@ -120,6 +153,17 @@ impl TestCluster {
     }
 }
 
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            self.stop();
+            if let Some(root) = self.cluster.data_dir().parent() {
+                let _removed = std::fs::remove_dir_all(root);
+            }
+        }
+    }
+}
+
 /// Connects with a URL; the driver runs on its own task.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -153,6 +197,8 @@ type Configure = Box<dyn FnOnce(&mut Settings)>;
 pub struct AppBuilder {
     register_server: Option<String>,
     configure: Vec<Configure>,
+    faults: Option<tenantd::provisioner::FaultHook>,
+    catalog: Option<(String, String)>,
 }
 
 impl AppBuilder {
@@ -168,10 +214,34 @@ impl AppBuilder {
         self
     }
 
+    /// Inject faults into provisioning steps.
+    pub fn faults(mut self, hook: tenantd::provisioner::FaultHook) -> Self {
+        self.faults = Some(hook);
+        self
+    }
+
+    /// Share the catalog (and keys, token, prefix) of another test app: a second daemon.
+    pub fn same_catalog_as(mut self, other: &TestApp) -> Self {
+        self.catalog = Some((other.catalog_db.clone(), other.settings.names.prefix.clone()));
+        let (key, token) = (other.master_key.clone(), other.admin_token.clone());
+        self.register_server = None;
+        self.configure.insert(
+            0,
+            Box::new(move |s: &mut Settings| {
+                s.master_key = Some(key);
+                s.admin_token = Some(SecretString::from(token));
+            }),
+        );
+        self
+    }
+
     /// Starts the daemon.
     pub async fn spawn(self) -> TestApp {
         let cluster = shared_cluster();
-        let catalog_db = cluster.create_database("catalog").await;
+        let (catalog_db, prefix) = match self.catalog {
+            Some(shared) => shared,
+            None => (cluster.create_database("catalog").await, format!("t{}_", random_suffix())),
+        };
         let catalog_url = cluster.admin_url(&catalog_db);
         let master_key = crypto::generate_master_key();
         let admin_token = crypto::random_secret(32);
@@ -182,11 +252,19 @@ impl AppBuilder {
             admin_token: Some(admin_token.clone()),
             ..Settings::default()
         };
-        settings.names.prefix = format!("t{}_", random_suffix());
+        settings.names.prefix = prefix;
+        // Fast but realistic schedules for tests.
+        settings.workers.poll_interval = Duration::from_millis(500);
+        settings.workers.backoff = vec![Duration::from_millis(50), Duration::from_millis(100)];
+        settings.workers.health_interval = Duration::from_millis(500);
         for f in self.configure {
             f(&mut settings);
         }
-        let daemon = Daemon::start(settings.clone()).await.unwrap_or_else(|e| panic!("daemon start: {e}"));
+        let master_key = settings.master_key.clone().unwrap();
+        let admin_token = settings.admin_token.clone().unwrap();
+        let daemon = Daemon::start_with_faults(settings.clone(), self.faults)
+            .await
+            .unwrap_or_else(|e| panic!("daemon start: {e}"));
         let base = format!("http://{}", daemon.local_addr());
         let app = TestApp {
             daemon: Some(daemon),
@@ -219,7 +297,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// A builder for a daemon with non-default settings.
 pub fn app() -> AppBuilder {
-    AppBuilder { register_server: Some("pg1".into()), configure: Vec::new() }
+    AppBuilder { register_server: Some("pg1".into()), configure: Vec::new(), faults: None, catalog: None }
 }
 
 impl TestApp {
@@ -283,6 +361,34 @@ impl TestApp {
     /// Runs the `tenantd` binary with this test's catalog.
     pub async fn cli(&self, args: &[&str]) -> CliOutput {
         cli(args, &self.cli_env(), None).await
+    }
+
+    /// Polls a tenant over HTTP until `done` holds for it; returns it. On timeout, panics
+    /// showing the tenant's last state and events.
+    pub async fn wait_tenant(
+        &self,
+        slug: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(&format!("/v1/tenants/{slug}")).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                let (_, events) = self.get(&format!("/v1/tenants/{slug}/events")).await;
+                panic!("timed out after {timeout:?} waiting for {slug} {what}: {body}\nevents: {events}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until the tenant is READY (panics with its last state otherwise).
+    pub async fn wait_ready(&self, slug: &str) -> Value {
+        self.wait_tenant(slug, "READY", Duration::from_secs(60), |t| t["status"] == "READY").await
     }
 
     /// Stops the daemon gracefully.

@@ -1,0 +1,564 @@
+//! Provisioning: every new tenant becomes a READY database — over HTTP, the CLI or a plain
+//! INSERT — locked down, crash-safe at every step, never done twice, and never touching what
+//! is not tenantd's.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{TestApp, app, shared_cluster, spawn_app};
+use serde_json::{Value, json};
+use tenantd::provisioner::{Fault, FaultHook, Phase, Step};
+
+fn db_name(app: &TestApp, slug: &str) -> String {
+    format!("{}{}", app.settings.names.prefix, slug.replace('-', "_"))
+}
+
+async fn events(app: &TestApp, slug: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/v1/tenants/{slug}/events")).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Databases and roles on the shared cluster whose names start with this app's prefix, and
+/// any staging database left behind.
+async fn server_objects(app: &TestApp) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let su = shared_cluster().superuser("postgres").await;
+    let prefix = format!("{}%", app.settings.names.prefix.replace('_', "\\_"));
+    let list = |sql: &'static str| {
+        let su = &su;
+        let prefix = prefix.clone();
+        async move {
+            su.query(sql, &[&prefix]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        }
+    };
+    let dbs = list("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1").await;
+    let roles = list("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1").await;
+    let catalog = app.catalog().await;
+    let ids: Vec<String> = catalog
+        .query("SELECT replace(id::text, '-', '') FROM tenantd.tenants", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let staging: Vec<String> = su
+        .query("SELECT datname FROM pg_database WHERE datname LIKE 'tenantd\\_staging\\_%'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|name| ids.iter().any(|id| name.ends_with(id.as_str())))
+        .collect();
+    (dbs, roles, staging)
+}
+
+#[tokio::test]
+async fn a_new_tenant_becomes_a_locked_down_ready_database() {
+    let app = spawn_app().await;
+    let (status, body) =
+        app.post("/v1/tenants?wait=30", &json!({ "slug": "acme-corp", "labels": { "plan": "pro" } })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "READY", "{body}");
+    assert_eq!(body["server"], "pg1");
+    assert_eq!(body["labels"]["plan"], "pro");
+    assert!(body["token"].as_str().unwrap().starts_with("tdt_"), "token shown once on creation");
+    assert!(body["ready_at"].is_string());
+    let db = db_name(&app, "acme-corp");
+    assert_eq!(body["database_name"], db.as_str());
+    assert_eq!(body["schema_version"].as_i64().unwrap(), tenantd::tenant_migrations::latest_version() as i64);
+
+    // The same request again (a hook retrying): 200, same tenant, no token.
+    let (status, again) = app.post("/v1/tenants", &json!({ "slug": "acme-corp" })).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], body["id"]);
+    assert!(again.get("token").is_none());
+
+    let cluster = shared_cluster();
+    let su = cluster.superuser(&db).await;
+    let owners: Vec<(String, String)> = su
+        .query(
+            "SELECT c.relname::text, pg_get_userbyid(c.relowner)::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let tables: Vec<&str> = owners.iter().map(|(t, _)| t.as_str()).collect();
+    for table in ["customers", "order_items", "orders", "products", "tenantd_schema_history"] {
+        assert!(tables.contains(&table), "{table} missing: {tables:?}");
+    }
+    assert!(owners.iter().all(|(_, owner)| owner == &db), "every table owned by the tenant role: {owners:?}");
+    let public_connect: bool = su
+        .query_one("SELECT has_database_privilege('public', current_database(), 'CONNECT')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!public_connect, "PUBLIC may not connect");
+    let row = su
+        .query_one("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = $1", &[&db])
+        .await
+        .unwrap();
+    let role: (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(role, (false, false, false), "tenant role is plain LOGIN");
+
+    // Another role cannot connect: PostgreSQL refuses because of how the database was made.
+    let outsider = format!("outsider_{}", common::random_suffix());
+    cluster
+        .superuser("postgres")
+        .await
+        .batch_execute(&format!("CREATE ROLE {outsider} LOGIN PASSWORD 'pw'"))
+        .await
+        .unwrap();
+    let refused = common::connect(&cluster.url(&outsider, "pw", &db)).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
+
+    let kinds = kinds(&events(&app, "acme-corp").await);
+    assert_eq!(
+        kinds,
+        [
+            "step.placed",
+            "step.role.created",
+            "step.database.created",
+            "step.lockdown",
+            "step.migrated",
+            "step.renamed",
+            "ready"
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_plain_insert_is_picked_up_even_without_its_notification() {
+    let app = spawn_app().await;
+    let catalog = app.catalog().await;
+    catalog.execute("INSERT INTO tenantd.tenants (slug) VALUES ('plain-sql')", &[]).await.unwrap();
+    let ready = app.wait_ready("plain-sql").await;
+    assert_eq!(ready["database_name"], db_name(&app, "plain-sql").as_str(), "names derived by the daemon");
+
+    // Lose the notification: the poll (500 ms in tests) still finds the tenant.
+    catalog.batch_execute("ALTER TABLE tenantd.tenants DISABLE TRIGGER tenants_notify_insert").await.unwrap();
+    catalog.execute("INSERT INTO tenantd.tenants (slug) VALUES ('silent-one')", &[]).await.unwrap();
+    app.wait_ready("silent-one").await;
+}
+
+#[tokio::test]
+async fn hostile_slugs_and_unknown_placements_are_rejected_and_create_nothing() {
+    let app = spawn_app().await;
+    let long = "a".repeat(64);
+    for slug in [
+        "Acme",
+        "ac",
+        "acme\"; DROP DATABASE postgres; --",
+        "acme'x",
+        "ac me",
+        "tenant\n",
+        "écume",
+        &long,
+        "template0",
+        "postgres",
+        "pg_x",
+        "",
+    ] {
+        let (status, body) = app.post("/v1/tenants", &json!({ "slug": slug })).await;
+        assert_eq!(status, 400, "{slug:?}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("slug"), "{body}");
+    }
+    let (status, body) = app.post("/v1/tenants", &json!({ "slug": "fine-slug", "server": "nope" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = app.post("/v1/tenants", &json!({ "slug": "fine-slug", "region": "mars" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("unknown_region")), "{body}");
+    let (status, body) = app.post("/v1/tenants", &json!({ "slug": "fine-slug", "labels": [1, 2] })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app.post("/v1/tenants?wait=-1", &json!({ "slug": "fine-slug" })).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, list) = app.get("/v1/tenants").await;
+    assert_eq!(list["tenants"], json!([]), "nothing created: {list}");
+
+    // Two slugs that derive the same database name: the second is a conflict, not a truncation.
+    let (status, _) = app.post("/v1/tenants", &json!({ "slug": "same-name" })).await;
+    assert_eq!(status, 201);
+    let (status, body) = app.post("/v1/tenants", &json!({ "slug": "same_name" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    // Same slug, different placement request: conflict, not silently ignored.
+    let (status, _) = app.post("/v1/tenants", &json!({ "slug": "same-name", "server": "pg1" })).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn a_foreign_database_with_the_tenants_name_is_never_touched() {
+    let app = spawn_app().await;
+    let cluster = shared_cluster();
+    let db = db_name(&app, "taken");
+    let su = cluster.superuser("postgres").await;
+    su.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    su.batch_execute(&format!("COMMENT ON DATABASE {db} IS 'payroll, do not touch'")).await.unwrap();
+    cluster
+        .superuser(&db)
+        .await
+        .batch_execute("CREATE TABLE salaries (amount int); INSERT INTO salaries VALUES (1)")
+        .await
+        .unwrap();
+
+    let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "taken" })).await;
+    assert_eq!(status, 201);
+    assert_eq!(body["status"], "ERROR", "{body}");
+    let reason = body["last_error"].as_str().unwrap();
+    assert!(reason.contains("not this tenant's") && reason.contains(&db), "{reason}");
+    assert_eq!(body["attempts"], 1, "not retried: retrying cannot help");
+
+    let comment: String = su
+        .query_one("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment, "payroll, do not touch");
+    let rows: i64 =
+        cluster.superuser(&db).await.query_one("SELECT count(*) FROM salaries", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1);
+    let (_, roles, staging) = server_objects(&app).await;
+    assert!(roles.is_empty() && staging.is_empty(), "nothing created: {roles:?} {staging:?}");
+
+    // The operator moves the foreign database away and retries: now it works.
+    su.batch_execute(&format!("ALTER DATABASE {db} RENAME TO {db}_moved")).await.unwrap();
+    let (status, body) = app.post("/v1/tenants/taken/retry", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_ready("taken").await;
+    su.batch_execute(&format!("DROP DATABASE {db}_moved")).await.unwrap();
+    let (status, body) = app.post("/v1/tenants/taken/retry", &json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("wrong_state")),
+        "READY cannot be retried"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_role_with_the_tenants_name_is_never_adopted() {
+    let app = spawn_app().await;
+    let role = db_name(&app, "squatted");
+    let su = shared_cluster().superuser("postgres").await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'theirs'; GRANT CONNECT ON DATABASE postgres TO {role}"
+    ))
+    .await
+    .unwrap();
+    let (_, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "squatted" })).await;
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert!(body["last_error"].as_str().unwrap().contains("not this tenant's"), "{body}");
+    // The foreign role's password and attributes are untouched, and no database was made.
+    common::connect(&shared_cluster().url(&role, "theirs", "postgres"))
+        .await
+        .expect("their password still works");
+    let (dbs, _, staging) = server_objects(&app).await;
+    assert!(dbs.is_empty() && staging.is_empty(), "{dbs:?} {staging:?}");
+}
+
+/// One tenant per (step, phase, fault) fails on its first pass through that point.
+fn fault_plan() -> (FaultHook, Vec<String>) {
+    let mut plan: HashMap<String, (Step, Phase, Fault)> = HashMap::new();
+    for step in Step::ALL {
+        for phase in [Phase::Before, Phase::After] {
+            if step == Step::Ready && phase == Phase::After {
+                continue; // nothing runs after READY
+            }
+            for (mode, fault) in [("fail", Fault::Fail("boom".into())), ("crash", Fault::Crash)] {
+                let slug = format!(
+                    "f-{}-{}-{mode}",
+                    step.as_str(),
+                    if phase == Phase::Before { "pre" } else { "post" }
+                );
+                plan.insert(slug, (step, phase, fault));
+            }
+        }
+    }
+    let slugs: Vec<String> = plan.keys().cloned().collect();
+    let fired: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let hook: FaultHook = Arc::new(move |slug, step, phase| {
+        let (want_step, want_phase, fault) = plan.get(slug)?;
+        if (*want_step, *want_phase) != (step, phase) || !fired.lock().unwrap().insert(slug.to_owned()) {
+            return None;
+        }
+        Some(fault.clone())
+    });
+    (hook, slugs)
+}
+
+#[tokio::test]
+async fn a_failure_or_crash_at_every_step_is_recovered_after_a_restart() {
+    let (hook, slugs) = fault_plan();
+    let mut first = app()
+        .configure(|s| {
+            s.workers.lease = Duration::from_secs(2);
+            s.workers.concurrency = 6;
+        })
+        .faults(hook)
+        .spawn()
+        .await;
+    for slug in &slugs {
+        let (status, body) = first.post("/v1/tenants", &json!({ "slug": slug })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Every injected failure is recorded and retried; crashed tenants stay claimed by the dead
+    // "process" until their lease runs out.
+    for slug in slugs.iter().filter(|s| s.ends_with("-fail")) {
+        first.wait_ready(slug).await;
+        let events = events(&first, slug).await;
+        let failed: Vec<&Value> = events.iter().filter(|e| e["kind"] == "attempt.failed").collect();
+        assert_eq!(failed.len(), 1, "{slug}: {events:?}");
+        assert!(failed[0]["detail"]["error"].as_str().unwrap().contains("injected failure: boom"));
+    }
+    first.stop().await;
+
+    // "Restart": a new daemon on the same catalog picks up where the crashed one stopped.
+    let second =
+        app().same_catalog_as(&first).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    for slug in &slugs {
+        let tenant = second.wait_ready(slug).await;
+        let kinds = kinds(&events(&second, slug).await);
+        assert_eq!(kinds.iter().filter(|k| *k == "ready").count(), 1, "{slug}: {kinds:?}");
+        let created = kinds.iter().filter(|k| *k == "step.role.created").count();
+        let adopted = kinds.iter().filter(|k| *k == "step.role.adopted").count();
+        // A fault after CREATE ROLE but before its event shows as an adoption on the retry.
+        assert!(created <= 1 && created + adopted >= 1, "{slug}: role made once: {kinds:?}");
+        assert_eq!(
+            tenant["schema_version"].as_i64().unwrap(),
+            tenantd::tenant_migrations::latest_version() as i64
+        );
+    }
+    let (dbs, roles, staging) = server_objects(&second).await;
+    let mut expected: Vec<String> = slugs.iter().map(|s| db_name(&second, s)).collect();
+    expected.sort();
+    assert_eq!(dbs, expected, "exactly one database per tenant");
+    assert_eq!(roles, expected, "exactly one role per tenant");
+    assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_catalog_never_do_a_step_twice() {
+    let one = app().configure(|s| s.workers.concurrency = 4).spawn().await;
+    let _two = app().same_catalog_as(&one).configure(|s| s.workers.concurrency = 4).spawn().await;
+    let slugs: Vec<String> = (0..30).map(|i| format!("pair-{i:02}")).collect();
+    let catalog = one.catalog().await;
+    for slug in &slugs {
+        catalog.execute("INSERT INTO tenantd.tenants (slug) VALUES ($1)", &[slug]).await.unwrap();
+    }
+    let mut actors = HashSet::new();
+    for slug in &slugs {
+        one.wait_ready(slug).await;
+        let events = events(&one, slug).await;
+        let kinds = kinds(&events);
+        for kind in [
+            "step.placed",
+            "step.role.created",
+            "step.database.created",
+            "step.lockdown",
+            "step.migrated",
+            "step.renamed",
+            "ready",
+        ] {
+            assert_eq!(kinds.iter().filter(|k| *k == kind).count(), 1, "{slug}: {kind} in {kinds:?}");
+        }
+        assert!(!kinds.iter().any(|k| k.contains("failed") || k.contains("adopted")), "{slug}: {kinds:?}");
+        actors.extend(events.iter().map(|e| e["actor"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(actors.len(), 2, "both daemons took part: {actors:?}");
+    let (dbs, _, staging) = server_objects(&one).await;
+    assert_eq!(dbs.len(), 30);
+    assert!(staging.is_empty());
+}
+
+#[tokio::test]
+async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
+    let app = app().without_server().spawn().await;
+    let cluster = shared_cluster();
+    let url = cluster.admin_url("postgres");
+    let down = common::TestCluster::start_owned();
+    for (name, extra, server_url) in [
+        ("light", json!({ "weight": 1 }), &url),
+        ("heavy", json!({ "weight": 3 }), &url),
+        ("drain", json!({}), &url),
+        ("maint", json!({}), &url),
+        ("full", json!({ "max_tenants": 0 }), &url),
+        ("down", json!({}), &down.admin_url("postgres")),
+    ] {
+        let mut body = json!({ "name": name, "url": server_url });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, answer) = app.post("/v1/servers", &body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    app.patch("/v1/servers/drain", &json!({ "status": "draining" })).await;
+    app.patch("/v1/servers/maint", &json!({ "status": "maintenance" })).await;
+    down.stop();
+    common::wait_for("server down marked unhealthy", Duration::from_secs(20), || async {
+        let (_, s) = app.get("/v1/servers/down").await;
+        (s["health"] == "unhealthy").then_some(())
+    })
+    .await;
+
+    for i in 0..8 {
+        let (status, body) = app.post("/v1/tenants", &json!({ "slug": format!("spread-{i}") })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for i in 0..8 {
+        let t = app.wait_ready(&format!("spread-{i}")).await;
+        *per_server.entry(t["server"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        per_server,
+        HashMap::from([("light".into(), 2), ("heavy".into(), 6)]),
+        "1:3 by weight, nothing elsewhere"
+    );
+
+    // Asking for an ineligible server: the tenant waits in PENDING with the reason.
+    let (_, body) = app.post("/v1/tenants", &json!({ "slug": "wants-down", "server": "down" })).await;
+    assert_eq!(body["status"], "PENDING");
+    let waiting = app
+        .wait_tenant("wants-down", "waiting reason", Duration::from_secs(20), |t| t["last_error"].is_string())
+        .await;
+    assert_eq!(waiting["status"], "PENDING");
+    assert_eq!(waiting["attempts"], 0, "waiting is not failing");
+    assert!(waiting["last_error"].as_str().unwrap().contains("down is unhealthy"), "{waiting}");
+    // Other servers are unaffected meanwhile.
+    let (_, other) = app.post("/v1/tenants?wait=30", &json!({ "slug": "meanwhile" })).await;
+    assert_eq!(other["status"], "READY", "{other}");
+
+    // The server comes back: the health check sees it, the waiting tenant is placed there.
+    down.restart();
+    let placed = app.wait_ready("wants-down").await;
+    assert_eq!(placed["server"], "down");
+}
+
+#[tokio::test]
+async fn a_server_failing_mid_provisioning_is_retried_with_the_error_recorded() {
+    let second = common::TestCluster::start_owned();
+    // The server dies right after the tenant's role is created.
+    let down = Arc::new(Mutex::new(Some(second)));
+    let (killer, fired) = (down.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let hook: FaultHook = Arc::new(move |slug, step, phase| {
+        if slug == "victim"
+            && step == Step::Role
+            && phase == Phase::After
+            && !fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Some(cluster) = killer.lock().unwrap().as_ref()
+        {
+            cluster.stop();
+        }
+        None
+    });
+    let app = app().faults(hook).configure(|s| s.workers.max_attempts = 1000).spawn().await;
+    let url = down.lock().unwrap().as_ref().unwrap().admin_url("postgres");
+    let (status, _) = app.post("/v1/servers", &json!({ "name": "pg2", "url": url })).await;
+    assert_eq!(status, 201);
+    app.post("/v1/tenants", &json!({ "slug": "victim", "server": "pg2" })).await;
+    let failing = app
+        .wait_tenant("victim", "a recorded failure", Duration::from_secs(30), |t| {
+            t["attempts"].as_i64() >= Some(1)
+        })
+        .await;
+    assert_ne!(failing["status"], "READY");
+    assert!(failing["last_error"].as_str().unwrap().contains("step"), "{failing}");
+    let (_, bystander) =
+        app.post("/v1/tenants?wait=30", &json!({ "slug": "bystander", "server": "pg1" })).await;
+    assert_eq!(bystander["status"], "READY", "other servers are unaffected: {bystander}");
+
+    down.lock().unwrap().as_ref().unwrap().restart();
+    let ready = app.wait_ready("victim").await;
+    assert_eq!(ready["attempts"], 0, "attempts reset once READY");
+    let kinds = kinds(&events(&app, "victim").await);
+    assert!(
+        kinds.contains(&"attempt.failed".to_owned()) && kinds.contains(&"step.role.adopted".to_owned()),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let app = spawn_app().await;
+    for slug in ["list-a", "list-b", "list-c"] {
+        app.post("/v1/tenants", &json!({ "slug": slug })).await;
+    }
+    for slug in ["list-a", "list-b", "list-c"] {
+        app.wait_ready(slug).await;
+    }
+    let (_, page1) = app.get("/v1/tenants?limit=2").await;
+    let slugs: Vec<&str> =
+        page1["tenants"].as_array().unwrap().iter().map(|t| t["slug"].as_str().unwrap()).collect();
+    assert_eq!(slugs, ["list-a", "list-b"]);
+    assert_eq!(page1["next"], "list-b");
+    let (_, page2) = app.get("/v1/tenants?limit=2&after=list-b").await;
+    assert_eq!(page2["tenants"][0]["slug"], "list-c");
+    assert!(page2.get("next").is_none());
+    let (_, ready) = app.get("/v1/tenants?status=ready&server=pg1").await;
+    assert_eq!(ready["tenants"].as_array().unwrap().len(), 3);
+    let (status, _) = app.get("/v1/tenants?status=sleepy").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get("/v1/tenants/nobody").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn tenants_over_the_cli_without_a_daemon() {
+    let mut app = spawn_app().await;
+    app.stop().await;
+    // No daemon: `create --wait` provisions in the CLI process itself.
+    let out = app.cli(&["tenant", "create", "cli-made", "--label", "plan=free", "--wait", "60"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("tenant token (shown once"), "{}", out.stderr);
+    assert!(out.stdout.contains("READY"), "{}", out.stdout);
+    let again = app.cli(&["tenant", "create", "cli-made"]).await;
+    assert_eq!(again.code, 0);
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let show = app.cli(&["tenant", "show", "cli-made", "--json"]).await;
+    let shown: Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(shown["tenant"]["labels"]["plan"], "free");
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "ready" && e["actor"].as_str().unwrap().starts_with("cli:"))
+    );
+    let list = app.cli(&["tenant", "list", "--status", "READY"]).await;
+    assert!(list.stdout.lines().any(|l| l.starts_with("cli-made") && l.contains("READY")), "{}", list.stdout);
+    let bad = app.cli(&["tenant", "create", "Bad Slug"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let retry = app.cli(&["tenant", "retry", "cli-made"]).await;
+    assert_eq!(retry.code, 1, "{retry:?}");
+    assert!(retry.stderr.contains("READY"), "{}", retry.stderr);
+}
+
+#[tokio::test]
+async fn an_in_flight_wait_is_answered_when_the_daemon_stops() {
+    // No server: the tenant cannot become READY, so the request stays in flight.
+    let app = app().without_server().spawn().await;
+    let request = app
+        .http
+        .post(format!("{}/v1/tenants?wait=50", app.base))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "slug": "patient" }))
+        .send();
+    let stop = async {
+        // The handler has inserted the tenant, so the request is in flight.
+        common::wait_for("request in flight", Duration::from_secs(10), || async {
+            (app.get("/v1/tenants/patient").await.0 == 200).then_some(())
+        })
+        .await;
+        app.daemon.as_ref().unwrap().app().shutdown.shutdown().await;
+    };
+    let (response, ()) = tokio::join!(request, stop);
+    let response = response.expect("answered, not dropped");
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "PENDING");
+}
