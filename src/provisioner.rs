@@ -141,6 +141,16 @@ impl From<CatalogError> for StepError {
     }
 }
 
+/// Runs one step, recording its duration (`tenantd_provision_step_seconds{step}`).
+async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
+    let started = Instant::now();
+    let result = work.await;
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::histogram!("tenantd_provision_step_seconds", "step" => step.as_str()).record(seconds);
+    tracing::debug!(%step, ms = seconds * 1000.0, ok = result.is_ok(), "step finished");
+    result
+}
+
 /// Associated data of a tenant's sealed role password.
 pub fn tenant_aad(id: Uuid) -> Vec<u8> {
     format!("tenant:{id}").into_bytes()
@@ -165,12 +175,15 @@ pub struct Provisioner<'a> {
     pub actor: &'a str,
     /// Fault injection (tests).
     pub faults: Option<&'a FaultHook>,
+    /// Pooled admin connections.
+    pub admin_pools: &'a crate::servers::AdminPools,
 }
 
 /// The resolved facts of a placed tenant.
 struct Target {
     id: Uuid,
     server: String,
+    record: crate::catalog::servers::ServerRecord,
     slug: String,
     admin: AdminTarget,
     staging: PgIdent,
@@ -192,49 +205,52 @@ impl Provisioner<'_> {
         }
     }
 
+    /// Records a step's event; fails with `LeaseLost` when another process holds the tenant.
     async fn event(&self, id: Uuid, kind: &str, detail: serde_json::Value) -> Result<(), StepError> {
-        Ok(self.catalog.record_event(id, kind, detail, self.actor).await?)
+        Ok(self.catalog.leased_event(id, self.actor, kind, &detail).await?)
     }
 
     /// Runs every remaining step of a claimed tenant; returns its schema version when READY.
     pub async fn provision(&self, tenant: &TenantRecord) -> Result<i32, StepError> {
         let started = Instant::now();
-        let placed = if tenant.server.is_none() { self.place(tenant).await? } else { None };
-        let target = self.target(tenant, placed).await?;
-        let mut status = tenant.status;
-        if status != TenantStatus::Migrating {
-            let admin =
-                target.admin.connect(None).await.map_err(|e| StepError::Retry(Step::Role, e.to_string()))?;
-            // A foreign database under our final name stops everything before anything is made.
-            self.locate(&admin, &target, Step::Role).await?;
-            self.ensure_role(&admin, &target).await?;
-            let location = self.ensure_database(&admin, &target).await?;
-            self.lock_down(&admin, &target, location).await?;
-            self.catalog.set_status(target.id, self.actor, TenantStatus::Migrating).await?;
-            status = TenantStatus::Migrating;
-        }
-        debug_assert_eq!(status, TenantStatus::Migrating);
-        let admin =
-            target.admin.connect(None).await.map_err(|e| StepError::Retry(Step::Migrate, e.to_string()))?;
-        let location = match self.locate(&admin, &target, Step::Migrate).await? {
-            Some(location) => location,
-            None => {
-                // The database vanished (dropped by hand?): start the creation steps again.
-                self.catalog.set_status(target.id, self.actor, TenantStatus::Creating).await?;
-                return Err(StepError::Retry(
-                    Step::Migrate,
-                    "tenant database is missing; recreating it".into(),
-                ));
-            }
+        let placed = match tenant.server {
+            None => timed(Step::Place, self.place(tenant)).await?,
+            Some(_) => None,
         };
-        let version = self.migrate(&target, location).await?;
+        let target = self.target(tenant, placed).await?;
+        let admin = self
+            .admin_pools
+            .get(&target.record, &target.admin)
+            .await
+            .map_err(|e| StepError::Retry(Step::Role, e.to_string()))?;
+        // A foreign database under our final name stops everything before anything is made.
+        let mut location = self.locate(&admin, &target, Step::Role).await?;
+        let mut tenant_conn = None;
+        if tenant.status != TenantStatus::Migrating {
+            timed(Step::Role, self.ensure_role(&admin, &target)).await?;
+            let created = timed(Step::Database, self.ensure_database(&admin, &target, location)).await?;
+            tenant_conn = Some(timed(Step::Lockdown, self.lock_down(&admin, &target, created)).await?);
+            self.catalog
+                .set_status(target.id, self.actor, TenantStatus::Migrating, "step.lockdown", &json!({}))
+                .await?;
+            location = Some(created);
+        }
+        let Some(location) = location else {
+            // The database vanished (dropped by hand?): start the creation steps again.
+            let detail = json!({ "reason": "tenant database is missing" });
+            self.catalog
+                .set_status(target.id, self.actor, TenantStatus::Creating, "recreate", &detail)
+                .await?;
+            return Err(StepError::Retry(Step::Migrate, "tenant database is missing; recreating it".into()));
+        };
+        let version = timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?;
         if location == Location::Staging {
-            self.rename(&admin, &target).await?;
+            timed(Step::Rename, self.rename(&admin, &target)).await?;
         }
         self.fault(&target.slug, Step::Ready, Phase::Before)?;
-        self.catalog.mark_ready(target.id, self.actor, version).await?;
         let seconds = started.elapsed().as_secs_f64();
-        self.event(target.id, "ready", json!({ "schema_version": version, "seconds": seconds })).await?;
+        let detail = json!({ "schema_version": version, "seconds": seconds });
+        self.catalog.mark_ready(target.id, self.actor, version, &detail).await?;
         metrics::counter!("tenantd_tenants_ready_total").increment(1);
         metrics::histogram!("tenantd_provision_seconds").record(seconds);
         tracing::info!(tenant = %target.slug, server = %target.server, version, seconds, "tenant is READY");
@@ -269,12 +285,6 @@ impl Provisioner<'_> {
             Err(e) => return Err(e.into()),
         };
         self.fault(&t.slug, Step::Place, Phase::After)?;
-        self.event(
-            t.id,
-            "step.placed",
-            json!({ "server": placed.server, "database": placed.database_name, "role": placed.role_name }),
-        )
-        .await?;
         tracing::info!(tenant = %t.slug, server = %placed.server, "tenant placed");
         Ok(Some(placed))
     }
@@ -300,6 +310,7 @@ impl Provisioner<'_> {
         Ok(Target {
             id: t.id,
             server: record.name.clone(),
+            record: record.clone(),
             slug: t.slug.clone(),
             admin,
             staging: PgIdent::staging(t.id),
@@ -392,10 +403,15 @@ impl Provisioner<'_> {
     }
 
     /// Step 3: the database under its staging name, with its marker.
-    async fn ensure_database(&self, admin: &Client, t: &Target) -> Result<Location, StepError> {
+    async fn ensure_database(
+        &self,
+        admin: &Client,
+        t: &Target,
+        found: Option<Location>,
+    ) -> Result<Location, StepError> {
         const STEP: Step = Step::Database;
         self.fault(&t.slug, STEP, Phase::Before)?;
-        let (location, kind) = match self.locate(admin, t, STEP).await? {
+        let (location, kind) = match found {
             Some(location) => (location, "step.database.adopted"),
             None => {
                 admin
@@ -423,31 +439,45 @@ impl Provisioner<'_> {
         Ok(location)
     }
 
-    /// Step 4: nobody but the tenant role (and the admin owner) may use the database.
-    async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<(), StepError> {
+    /// Step 4: nobody but the tenant role (and the admin owner) may use the database. The
+    /// tenant-role connection that step 5 needs is opened meanwhile and handed over.
+    async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<Client, StepError> {
         const STEP: Step = Step::Lockdown;
         self.fault(&t.slug, STEP, Phase::Before)?;
         let db = if location == Location::Staging { &t.staging } else { &t.database };
         admin.batch_execute(&tenant_sql::lock_down_database(db, &t.role)).await.map_err(pg_retry(STEP))?;
-        let inside =
-            t.admin.connect(Some(db.as_str())).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        let (inside, tenant) =
+            tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db));
+        let inside = inside.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
         drop(inside);
+        let tenant = tenant.map_err(|e| StepError::Retry(STEP, e))?;
         self.fault(&t.slug, STEP, Phase::After)?;
-        self.event(t.id, "step.lockdown", json!({})).await?;
-        Ok(())
+        Ok(tenant)
+    }
+
+    async fn connect_as_tenant(&self, t: &Target, db: &PgIdent) -> Result<Client, String> {
+        let mut config = t.admin.config(Some(db.as_str()));
+        config.user(t.role.as_str()).password(t.password.expose_secret());
+        crate::pg::connect(&config, "tenant migration")
+            .await
+            .map_err(|e| format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
     }
 
     /// Step 5: the embedded migrations, as the tenant role.
-    async fn migrate(&self, t: &Target, location: Location) -> Result<i32, StepError> {
+    async fn migrate(
+        &self,
+        t: &Target,
+        location: Location,
+        connection: Option<Client>,
+    ) -> Result<i32, StepError> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before)?;
         let db = if location == Location::Staging { &t.staging } else { &t.database };
-        let mut config = t.admin.config(Some(db.as_str()));
-        config.user(t.role.as_str()).password(t.password.expose_secret());
-        let mut client = crate::pg::connect(&config, "tenant migration").await.map_err(|e| {
-            StepError::Retry(STEP, format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
-        })?;
+        let mut client = match connection {
+            Some(client) => client,
+            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(STEP, e))?,
+        };
         let (version, applied) =
             tenant_migrations::apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);

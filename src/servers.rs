@@ -191,6 +191,74 @@ impl AdminTarget {
     }
 }
 
+/// Pools of admin connections to each server's maintenance database, reused by provisioning
+/// (a fresh connection costs a backend start and a SCRAM exchange, several ms each).
+///
+/// A pool is keyed by server name and replaced when the server's address, admin role or
+/// sealed password changes in the catalog, so edits take effect without a restart. Health
+/// checks do not use these pools: they must prove that *new* connections work.
+#[derive(Default)]
+pub struct AdminPools {
+    pools: std::sync::Mutex<std::collections::HashMap<String, (String, deadpool_postgres::Pool)>>,
+}
+
+impl std::fmt::Debug for AdminPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminPools").finish_non_exhaustive()
+    }
+}
+
+/// Admin connections kept per server.
+const ADMIN_POOL_SIZE: usize = 4;
+
+impl AdminPools {
+    /// A pooled admin connection to `server`'s maintenance database.
+    pub async fn get(
+        &self,
+        server: &ServerRecord,
+        target: &AdminTarget,
+    ) -> Result<deadpool_postgres::Client, ServerError> {
+        let fingerprint = format!(
+            "{}:{}:{}:{}:{}",
+            server.host, server.port, server.admin_user, server.maintenance_db, server.admin_password_sealed
+        );
+        let pool = {
+            let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match pools.get(&server.name) {
+                Some((fp, pool)) if *fp == fingerprint => pool.clone(),
+                _ => {
+                    let manager = deadpool_postgres::Manager::from_config(
+                        target.config(None),
+                        tokio_postgres::NoTls,
+                        deadpool_postgres::ManagerConfig {
+                            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                        },
+                    );
+                    let pool = deadpool_postgres::Pool::builder(manager)
+                        .max_size(ADMIN_POOL_SIZE)
+                        .runtime(deadpool_postgres::Runtime::Tokio1)
+                        .wait_timeout(Some(ADMIN_CONNECT_TIMEOUT))
+                        .create_timeout(Some(ADMIN_CONNECT_TIMEOUT))
+                        .build()
+                        .map_err(|e| ServerError::Unreachable {
+                            target: format!("{target:?}"),
+                            reason: e.to_string(),
+                        })?;
+                    pools.insert(server.name.clone(), (fingerprint, pool.clone()));
+                    pool
+                }
+            }
+        };
+        pool.get().await.map_err(|e| ServerError::Unreachable {
+            target: format!("{target:?}"),
+            reason: match e {
+                deadpool_postgres::PoolError::Backend(pg) => crate::pg::describe(&pg),
+                other => other.to_string(),
+            },
+        })
+    }
+}
+
 /// Associated data of a server's sealed password.
 pub fn server_aad(name: &str) -> Vec<u8> {
     format!("server:{name}").into_bytes()

@@ -61,6 +61,8 @@ pub struct App {
     pub wake: Arc<Notify>,
     /// Catalog changes, for requests that wait on a tenant.
     pub changes: broadcast::Sender<Change>,
+    /// Pooled admin connections to the servers.
+    pub admin_pools: crate::servers::AdminPools,
 }
 
 impl std::fmt::Debug for App {
@@ -145,6 +147,7 @@ impl Daemon {
             faults,
             wake: Arc::new(Notify::new()),
             changes: broadcast::channel(1024).0,
+            admin_pools: crate::servers::AdminPools::default(),
         });
         crate::telemetry::metrics();
         crate::health::spawn(app.clone());

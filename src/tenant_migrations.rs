@@ -44,6 +44,14 @@ pub fn known() -> Vec<Known> {
     all
 }
 
+/// The SQL of every embedded migration, in order (for the benchmark's plain-SQL floor).
+pub fn sql() -> Vec<String> {
+    let runner = runner();
+    let mut all: Vec<_> = runner.get_migrations().iter().collect();
+    all.sort_by_key(|m| m.version());
+    all.iter().map(|m| m.sql().unwrap_or_default().to_owned()).collect()
+}
+
 /// Version of the newest embedded migration (0 when there are none).
 pub fn latest_version() -> i32 {
     known().last().map_or(0, |m| m.version)

@@ -185,6 +185,7 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         settings: &app.settings,
         actor: &app.instance,
         faults: app.faults.as_ref(),
+        admin_pools: &app.admin_pools,
     };
     let poll = app.settings.workers.poll_interval;
     let mut catalog_backoff = Duration::from_millis(200);
@@ -196,6 +197,12 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let idle_for = match app.catalog.claim_tenant(&app.instance, app.settings.workers.lease, None).await {
             Ok(Claim::Claimed(tenant)) => {
                 catalog_backoff = Duration::from_millis(200);
+                tracing::debug!(
+                    worker = n,
+                    tenant = %tenant.slug,
+                    since_created_ms = (chrono::Utc::now() - tenant.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                    "claimed"
+                );
                 let outcome = run_claimed(&p, &tenant, &cancel).await;
                 tracing::debug!(worker = n, tenant = %tenant.slug, ?outcome, "attempt finished");
                 continue;

@@ -30,21 +30,17 @@ impl Catalog {
         detail: serde_json::Value,
         actor: &str,
     ) -> Result<(), CatalogError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $2, $3, $4)",
-                &[&tenant, &kind, &detail, &actor],
-            )
-            .await?;
+        self.execute(
+            "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $2, $3, $4)",
+            &[&tenant, &kind, &detail, &actor],
+        )
+        .await?;
         Ok(())
     }
 
     /// A tenant's events, oldest first, after event `after` (for paging), at most `limit`.
     pub async fn events(&self, tenant: Uuid, after: i64, limit: i64) -> Result<Vec<Event>, CatalogError> {
         let rows = self
-            .client()
-            .await?
             .query(
                 "SELECT id, at, kind, detail, actor FROM tenantd.tenant_events \
                  WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",

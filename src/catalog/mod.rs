@@ -111,6 +111,51 @@ impl Catalog {
         Ok(self.pool.get().await?)
     }
 
+    /// Runs a query through the pooled connection's statement cache (one round trip instead
+    /// of two for every query after the first).
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, CatalogError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
+    /// [`Catalog::query`] expecting at most one row.
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_opt(&statement, params).await?)
+    }
+
+    /// [`Catalog::query`] expecting exactly one row.
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, CatalogError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_one(&statement, params).await?)
+    }
+
+    /// [`Catalog::query`] for statements; returns the rows affected.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, CatalogError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+
     /// The catalog's connection settings (for the watcher's dedicated LISTEN connection).
     pub fn pg_config(&self) -> &tokio_postgres::Config {
         &self.config

@@ -198,40 +198,38 @@ impl Catalog {
     /// its status, weight and capacity.
     pub async fn upsert_server_connection(&self, s: &NewServer) -> Result<(), CatalogError> {
         let port = i32::from(s.port);
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
+        self.execute(
+            "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
                  maintenance_db, weight, max_tenants, region) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
                  ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
                  admin_user = EXCLUDED.admin_user, \
                  admin_password_sealed = EXCLUDED.admin_password_sealed, \
                  maintenance_db = EXCLUDED.maintenance_db",
-                &[
-                    &s.name,
-                    &s.host,
-                    &port,
-                    &s.admin_user,
-                    &s.admin_password_sealed,
-                    &s.maintenance_db,
-                    &s.weight,
-                    &s.max_tenants,
-                    &s.region,
-                ],
-            )
-            .await?;
+            &[
+                &s.name,
+                &s.host,
+                &port,
+                &s.admin_user,
+                &s.admin_password_sealed,
+                &s.maintenance_db,
+                &s.weight,
+                &s.max_tenants,
+                &s.region,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     /// All servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRecord>, CatalogError> {
-        let rows = self.client().await?.query(&format!("{SELECT} ORDER BY s.name"), &[]).await?;
+        let rows = self.query(&format!("{SELECT} ORDER BY s.name"), &[]).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
     /// One server.
     pub async fn server(&self, name: &str) -> Result<ServerRecord, CatalogError> {
-        let row = self.client().await?.query_opt(&format!("{SELECT} WHERE s.name = $1"), &[&name]).await?;
+        let row = self.query_opt(&format!("{SELECT} WHERE s.name = $1"), &[&name]).await?;
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no server named {name:?}")))
     }
 
@@ -239,8 +237,6 @@ impl Catalog {
     pub async fn update_server(&self, name: &str, patch: &ServerPatch) -> Result<ServerRecord, CatalogError> {
         let status = patch.status.map(ServerStatus::as_str);
         let updated = self
-            .client()
-            .await?
             .execute(
                 "UPDATE tenantd.servers SET status = coalesce($2, status), \
                  weight = coalesce($3, weight), max_tenants = coalesce($4, max_tenants), \
@@ -286,13 +282,11 @@ impl Catalog {
 
     /// Replaces a server's sealed admin password (key rotation).
     pub async fn reseal_server_password(&self, name: &str, sealed: &str) -> Result<(), CatalogError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE tenantd.servers SET admin_password_sealed = $2 WHERE name = $1",
-                &[&name, &sealed],
-            )
-            .await?;
+        self.execute(
+            "UPDATE tenantd.servers SET admin_password_sealed = $2 WHERE name = $1",
+            &[&name, &sealed],
+        )
+        .await?;
         Ok(())
     }
 }

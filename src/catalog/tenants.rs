@@ -268,8 +268,6 @@ impl Catalog {
     /// One tenant by slug.
     pub async fn tenant(&self, slug: &str) -> Result<TenantRecord, CatalogError> {
         let row = self
-            .client()
-            .await?
             .query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1"), &[&slug])
             .await?;
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant {slug:?}")))
@@ -277,11 +275,8 @@ impl Catalog {
 
     /// One tenant by id.
     pub async fn tenant_by_id(&self, id: Uuid) -> Result<TenantRecord, CatalogError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE id = $1"), &[&id])
-            .await?;
+        let row =
+            self.query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE id = $1"), &[&id]).await?;
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant with id {id}")))
     }
 
@@ -289,8 +284,6 @@ impl Catalog {
     pub async fn tenants(&self, f: &TenantFilter) -> Result<Vec<TenantRecord>, CatalogError> {
         let status = f.status.map(TenantStatus::as_str);
         let rows = self
-            .client()
-            .await?
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM tenantd.tenants WHERE ($1::text IS NULL OR status = $1) \
@@ -306,8 +299,6 @@ impl Catalog {
     /// Counts of tenants per status (for metrics and `tenant list` summaries).
     pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, CatalogError> {
         let rows = self
-            .client()
-            .await?
             .query("SELECT status, count(*) FROM tenantd.tenants GROUP BY status ORDER BY status", &[])
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -321,31 +312,28 @@ impl Catalog {
         lease: Duration,
         only: Option<Uuid>,
     ) -> Result<Claim, CatalogError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "WITH next AS (SELECT id FROM tenantd.tenants \
-                       WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
-                         AND next_attempt_at <= now() \
-                         AND (lease_until IS NULL OR lease_until < now()) \
-                         AND ($3::uuid IS NULL OR id = $3) \
-                       ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-                     UPDATE tenantd.tenants t SET lease_owner = $1, \
-                       lease_until = now() + make_interval(secs => $2) \
-                     FROM next WHERE t.id = next.id RETURNING {}",
-                    COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
-                ),
-                &[&owner, &secs(lease), &only],
+        static CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let claim = CLAIM.get_or_init(|| {
+            format!(
+                "WITH next AS (SELECT id FROM tenantd.tenants \
+                   WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
+                     AND next_attempt_at <= now() \
+                     AND (lease_until IS NULL OR lease_until < now()) \
+                     AND ($3::uuid IS NULL OR id = $3) \
+                   ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+                 UPDATE tenantd.tenants t SET lease_owner = $1, \
+                   lease_until = now() + make_interval(secs => $2) \
+                 FROM next WHERE t.id = next.id RETURNING {}",
+                COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
             )
-            .await?;
-        if let Some(row) = row {
+        });
+        if let Some(row) = self.query_opt(claim, &[&owner, &secs(lease), &only]).await? {
             return Ok(Claim::Claimed(Box::new(from_row(&row))));
         }
-        let next: Option<f64> = client
+        let next: Option<f64> = self
             .query_one(
-                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) - now())::float8 \
-                 FROM tenantd.tenants WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
+                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
+                 - now())::float8 FROM tenantd.tenants WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
                  AND ($1::uuid IS NULL OR id = $1)",
                 &[&only],
             )
@@ -356,7 +344,7 @@ impl Catalog {
 
     /// Runs a lease-guarded update; zero rows is [`CatalogError::LeaseLost`].
     async fn leased(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), CatalogError> {
-        let n = self.client().await?.execute(sql, params).await?;
+        let n = self.execute(sql, params).await?;
         if n == 0 { Err(CatalogError::LeaseLost) } else { Ok(()) }
     }
 
@@ -379,22 +367,54 @@ impl Catalog {
         .await
     }
 
-    /// Sets the status (CREATING → MIGRATING, …).
-    pub async fn set_status(&self, id: Uuid, owner: &str, status: TenantStatus) -> Result<(), CatalogError> {
+    /// Appends a step event, only while we hold the lease (zero rows: lease lost).
+    pub async fn leased_event(
+        &self,
+        id: Uuid,
+        owner: &str,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
         self.leased(
-            "UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &status.as_str()],
+            "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+             SELECT id, $3, $4, $2 FROM tenantd.tenants WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner, &kind, detail],
         )
         .await
     }
 
-    /// READY: records the schema version, clears errors and attempts, releases the lease.
-    pub async fn mark_ready(&self, id: Uuid, owner: &str, schema_version: i32) -> Result<(), CatalogError> {
+    /// Sets the status and appends its event in one statement, under the lease.
+    pub async fn set_status(
+        &self,
+        id: Uuid,
+        owner: &str,
+        status: TenantStatus,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
         self.leased(
-            "UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
-             last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &schema_version],
+            "WITH moved AS (UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM moved",
+            &[&id, &owner, &status.as_str(), &kind, detail],
+        )
+        .await
+    }
+
+    /// READY: records the schema version, clears errors and attempts, releases the lease, and
+    /// appends the `ready` event, in one statement.
+    pub async fn mark_ready(
+        &self,
+        id: Uuid,
+        owner: &str,
+        schema_version: i32,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.leased(
+            "WITH ready AS (UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
+               last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
+               WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, 'ready', $4, $2 FROM ready",
+            &[&id, &owner, &schema_version, detail],
         )
         .await
     }
@@ -439,8 +459,6 @@ impl Catalog {
     /// Returns false when the tenant is in a state that cannot be retried.
     pub async fn retry_tenant(&self, slug: &str) -> Result<bool, CatalogError> {
         let n = self
-            .client()
-            .await?
             .execute(
                 "UPDATE tenantd.tenants SET \
                    status = CASE WHEN status = 'ERROR' THEN \
@@ -455,15 +473,12 @@ impl Catalog {
 
     /// Makes waiting, unplaced tenants due now (a server was added or became eligible).
     pub async fn wake_unplaced(&self) -> Result<u64, CatalogError> {
-        Ok(self
-            .client()
-            .await?
-            .execute(
-                "UPDATE tenantd.tenants SET next_attempt_at = now() \
-                 WHERE status = 'PENDING' AND server IS NULL AND next_attempt_at > now()",
-                &[],
-            )
-            .await?)
+        self.execute(
+            "UPDATE tenantd.tenants SET next_attempt_at = now() \
+             WHERE status = 'PENDING' AND server IS NULL AND next_attempt_at > now()",
+            &[],
+        )
+        .await
     }
 }
 
@@ -528,7 +543,16 @@ impl Catalog {
             .await;
         match n {
             Ok(0) => return Err(CatalogError::LeaseLost),
-            Ok(_) => {}
+            Ok(_) => {
+                let detail = serde_json::json!({
+                    "server": placement.server, "database": placement.database_name, "role": placement.role_name,
+                });
+                tx.execute(
+                    "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, 'step.placed', $2, $3)",
+                    &[&id, &detail, &owner],
+                )
+                .await?;
+            }
             Err(e) if CatalogError::is_unique_violation(&e) => {
                 return Err(CatalogError::Conflict(format!(
                     "database or role name {:?} is already used by another tenant",

@@ -49,6 +49,25 @@ enum Command {
     /// Tenants: create, list, show, retry.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
+    /// Benchmarks that print figures (they clean up after themselves).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Time-to-READY of tenantd next to the raw floor (CREATE DATABASE + the same migrations).
+    Provision {
+        /// Tenants per measurement.
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+        /// Worker concurrency for the batch measurement (default: workers.concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
 }
 
 /// A failed command: the message and the exit code.
@@ -127,6 +146,19 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         }
         Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
         Command::Tenant(cmd) => tenant::run(cmd, Context::open(settings).await?).await,
+        Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
+            if tenants == 0 {
+                return Err(Failure::usage("--tenants must be at least 1"));
+            }
+            let mut ctx = Context::open(settings).await?;
+            if let Some(c) = concurrency {
+                ctx.settings.workers.concurrency = c;
+                ctx.settings.validate()?;
+            }
+            crate::bench::provision(&ctx.settings, &ctx.catalog, &ctx.keyring, server.as_deref(), tenants)
+                .await
+                .map_err(Failure::failed)
+        }
     }
 }
 

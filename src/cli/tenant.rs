@@ -150,12 +150,14 @@ async fn provision_and_wait(
     timeout: Duration,
 ) -> Result<TenantRecord, Failure> {
     let actor = super::actor();
+    let admin_pools = crate::servers::AdminPools::default();
     let p = Provisioner {
         catalog: &ctx.catalog,
         keyring: &ctx.keyring,
         settings: &ctx.settings,
         actor: &actor,
         faults: None,
+        admin_pools: &admin_pools,
     };
     let cancel = CancellationToken::new();
     let deadline = Instant::now() + timeout;
