@@ -235,6 +235,7 @@ async fn readiness_and_metrics() {
     let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("tenantd_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/readyz\""), "{text}");
+    assert!(text.contains("tenantd_tenants{status=\"READY\"}"), "{text}");
 }
 
 #[tokio::test]

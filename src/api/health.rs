@@ -65,7 +65,17 @@ pub async fn readyz(
     Ok((status, Json(body)))
 }
 
-/// Prometheus text exposition.
-pub async fn metrics() -> impl IntoResponse {
+/// Prometheus text exposition. Tenant counts per status are read from the catalog at scrape
+/// time (`tenantd_tenants{status}`); if the catalog is down the other metrics still render.
+pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    match app.catalog.tenant_counts().await {
+        Ok(counts) => {
+            for status in crate::catalog::tenants::TenantStatus::ALL {
+                let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
+                metrics::gauge!("tenantd_tenants", "status" => status.as_str()).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tenants"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics().render())
 }
