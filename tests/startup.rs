@@ -190,3 +190,31 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
     }
     assert!(!dir.path().join("tenantd-data").exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_without_secrets() {
+    let mut app = common::spawn_app().await;
+    app.stop().await; // the CLI process provisions, and logs, by itself
+    let mut env = app.cli_env();
+    env.insert("TENANTD_LOG_FORMAT".into(), "json".into());
+    // `cli` sets RUST_LOG=warn; a tenant in ERROR logs an error line.
+    let su = shared_cluster().superuser("postgres").await;
+    let db = format!("{}logged", app.settings.names.prefix);
+    su.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let out = cli(&["tenant", "create", "logged", "--wait", "30"], &env, None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let token =
+        out.stderr.lines().find_map(|l| l.split("store it now): ").nth(1)).expect("token printed once");
+    let logs: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!logs.is_empty(), "{}", out.stderr);
+    for line in &logs {
+        let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed["level"].is_string() && parsed["message"].is_string(), "{line}");
+        assert!(!line.contains(token), "token in a log line: {line}");
+        assert!(
+            !line.contains(secrecy::ExposeSecret::expose_secret(&shared_cluster().admin_password)),
+            "{line}"
+        );
+    }
+    assert!(logs.iter().any(|l| l.contains("ERROR") && l.contains("not this tenant")), "{logs:?}");
+}
