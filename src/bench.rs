@@ -158,7 +158,7 @@ async fn floor_parallel(
     n: usize,
     concurrency: usize,
 ) -> Result<f64, BenchError> {
-    let migrations: String = crate::tenant_migrations::sql().join("\n");
+    let migrations: String = crate::tenant_migrations::MigrationSet::embedded().sql().join("\n");
     let started = Instant::now();
     let chunks: Vec<Vec<usize>> = (0..concurrency).map(|w| (w..n).step_by(concurrency).collect()).collect();
     let runs = chunks.into_iter().map(|indexes| {
@@ -328,7 +328,7 @@ async fn measure(
 ) -> Result<Figures, BenchError> {
     let app = daemon.app();
     crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
-    let migrations: String = crate::tenant_migrations::sql().join("\n");
+    let migrations: String = crate::tenant_migrations::MigrationSet::embedded().sql().join("\n");
     let maintenance = admin.connect(None).await.map_err(err)?;
     let create = |slug: String| crate::tenants::CreateTenant { slug, ..Default::default() };
     let (mut floor, mut sequential) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -349,6 +349,271 @@ async fn measure(
     let batch = ready_times(&app.catalog, &slugs, Duration::from_secs(600)).await?;
     let batch_rate = n as f64 / started.elapsed().as_secs_f64();
     Ok(Figures { steps, floor, sequential, floor_rate, batch, batch_rate })
+}
+
+/// `tenantd bench sql`: `SELECT 1` through `POST /v1/tenants/{slug}/sql` next to the same
+/// query on a direct tokio-postgres connection as the tenant role, one run, same server.
+/// Both sides prepare and execute per query (what the endpoint does), one at a time for
+/// latency, then `concurrency` clients for throughput.
+pub async fn sql(
+    settings: &Settings,
+    catalog: &Catalog,
+    keyring: &Keyring,
+    server: Option<&str>,
+    n: usize,
+    concurrency: usize,
+) -> Result<(), BenchError> {
+    let servers = catalog.servers().await.map_err(err)?;
+    let server = match server {
+        Some(name) => servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BenchError(format!("unknown server {name:?}")))?,
+        None => servers
+            .iter()
+            .find(|s| s.health == "healthy")
+            .ok_or_else(|| BenchError("no healthy server".into()))?,
+    };
+    println!(
+        "bench sql: {n} queries on server {} ({}:{}), then {concurrency} clients",
+        server.name, server.host, server.port
+    );
+    let scratch = Scratch::create(server, keyring).await?;
+    let prefix = format!("tb{}_", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let mut bench_settings = settings.clone();
+    bench_settings.catalog_url = Some(scratch.catalog_url.clone());
+    bench_settings.listen = "127.0.0.1:0".parse().map_err(err)?;
+    bench_settings.names.prefix = prefix.clone();
+    bench_settings.admin_token = Some(crate::crypto::random_secret(32));
+    bench_settings.pools.per_tenant = bench_settings.pools.per_tenant.max(concurrency);
+    bench_settings.pools.per_server = bench_settings.pools.per_server.max(concurrency);
+    let result = async {
+        let daemon = Daemon::start(bench_settings).await.map_err(err)?;
+        let measured = measure_sql(&daemon, n, concurrency).await;
+        daemon.stop().await;
+        measured
+    }
+    .await;
+    let removed = scratch.remove(&prefix).await;
+    let figures = result?;
+    removed?;
+    figures.print(concurrency);
+    Ok(())
+}
+
+struct SqlFigures {
+    http: Vec<f64>,
+    direct: Vec<f64>,
+    http_rate: f64,
+    direct_rate: f64,
+}
+
+impl SqlFigures {
+    fn print(&self, concurrency: usize) {
+        let (h, d) = (stats(&self.http), stats(&self.direct));
+        println!();
+        println!("{:<44} {:>9} {:>9} {:>12}", "SELECT 1", "p50 ms", "p99 ms", "queries/s");
+        println!(
+            "{:<44} {:>9.3} {:>9.3} {:>12.0}",
+            "direct tokio-postgres, 1 client",
+            d.p50,
+            d.p99,
+            1000.0 / d.p50
+        );
+        println!(
+            "{:<44} {:>9.3} {:>9.3} {:>12.0}",
+            "tenantd HTTP endpoint, 1 client",
+            h.p50,
+            h.p99,
+            1000.0 / h.p50
+        );
+        println!(
+            "{:<44} {:>9} {:>9} {:>12.0}",
+            format!("direct, {concurrency} connections"),
+            "-",
+            "-",
+            self.direct_rate
+        );
+        println!(
+            "{:<44} {:>9} {:>9} {:>12.0}",
+            format!("tenantd HTTP, {concurrency} clients"),
+            "-",
+            "-",
+            self.http_rate
+        );
+        println!();
+        println!("overhead p50 = {:.3} ms (target: <= 0.5 ms)", h.p50 - d.p50);
+    }
+}
+
+async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<SqlFigures, BenchError> {
+    let app = daemon.app();
+    crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
+    let req = crate::tenants::CreateTenant { slug: "bench-sql".into(), ..Default::default() };
+    let created = crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
+    let token = created.token.ok_or_else(|| BenchError("no token".into()))?;
+    ready_times(&app.catalog, &["bench-sql".to_owned()], Duration::from_secs(120)).await?;
+    let tenant = app.catalog.tenant("bench-sql").await.map_err(err)?;
+    let server = app.catalog.server(tenant.server.as_deref().unwrap_or_default()).await.map_err(err)?;
+    let details = crate::api::lending::details(&tenant, &server, &app.keyring).map_err(BenchError)?;
+    let url = format!("http://{}/v1/tenants/bench-sql/sql", daemon.local_addr());
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({ "sql": "SELECT 1" });
+    let one_http = |client: reqwest::Client| {
+        let (url, body, token) = (url.clone(), body.clone(), token.expose_secret().to_owned());
+        async move {
+            let started = Instant::now();
+            let response = client.post(&url).bearer_auth(&token).json(&body).send().await.map_err(err)?;
+            if !response.status().is_success() {
+                return Err(BenchError(format!("HTTP {}", response.status())));
+            }
+            response.bytes().await.map_err(err)?;
+            Ok::<f64, BenchError>(started.elapsed().as_secs_f64() * 1000.0)
+        }
+    };
+    let direct = crate::pg::connect(&parse_url(&details.url)?, "bench").await.map_err(pg)?;
+    // Warm both paths (pool, HTTP keep-alive, server caches).
+    for _ in 0..n.min(200) {
+        one_http(http.clone()).await?;
+        direct_select(&direct).await?;
+    }
+    let (mut http_times, mut direct_times) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        http_times.push(one_http(http.clone()).await?);
+        direct_times.push(direct_select(&direct).await?);
+    }
+    let per_client = n.div_ceil(concurrency);
+    let started = Instant::now();
+    futures::future::try_join_all((0..concurrency).map(|_| {
+        let client = http.clone();
+        let one = &one_http;
+        async move {
+            for _ in 0..per_client {
+                one(client.clone()).await?;
+            }
+            Ok::<(), BenchError>(())
+        }
+    }))
+    .await?;
+    let http_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
+    let mut connections = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        connections.push(crate::pg::connect(&parse_url(&details.url)?, "bench").await.map_err(pg)?);
+    }
+    let started = Instant::now();
+    futures::future::try_join_all(connections.iter().map(|c| async move {
+        for _ in 0..per_client {
+            direct_select(c).await?;
+        }
+        Ok::<(), BenchError>(())
+    }))
+    .await?;
+    let direct_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
+    Ok(SqlFigures { http: http_times, direct: direct_times, http_rate, direct_rate })
+}
+
+/// One `SELECT 1` on a direct connection; returns ms.
+async fn direct_select(client: &Client) -> Result<f64, BenchError> {
+    let started = Instant::now();
+    client.query("SELECT 1", &[]).await.map_err(pg)?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// `tenantd bench migrate`: time to upgrade `n` tenants with a one-table migration at
+/// concurrency 1, 4 and 8 (each level ships one more migration, as a new build would), and
+/// the time 1,000 tenants would take at the measured rate.
+pub async fn migrate(
+    settings: &Settings,
+    catalog: &Catalog,
+    keyring: &Keyring,
+    server: Option<&str>,
+    n: usize,
+) -> Result<(), BenchError> {
+    let servers = catalog.servers().await.map_err(err)?;
+    let server = match server {
+        Some(name) => servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BenchError(format!("unknown server {name:?}")))?,
+        None => servers
+            .iter()
+            .find(|s| s.health == "healthy")
+            .ok_or_else(|| BenchError("no healthy server".into()))?,
+    };
+    println!("bench migrate: {n} tenants on server {} ({}:{})", server.name, server.host, server.port);
+    let scratch = Scratch::create(server, keyring).await?;
+    let prefix = format!("tb{}_", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let mut bench_settings = settings.clone();
+    bench_settings.catalog_url = Some(scratch.catalog_url.clone());
+    bench_settings.listen = "127.0.0.1:0".parse().map_err(err)?;
+    bench_settings.names.prefix = prefix.clone();
+    bench_settings.admin_token = Some(crate::crypto::random_secret(32));
+    let result = async {
+        let daemon = Daemon::start(bench_settings).await.map_err(err)?;
+        let measured = measure_migrate(&daemon, n).await;
+        daemon.stop().await;
+        measured
+    }
+    .await;
+    let removed = scratch.remove(&prefix).await;
+    let rows = result?;
+    removed?;
+    println!();
+    println!("{:<14} {:>10} {:>12} {:>22}", "concurrency", "seconds", "tenants/s", "1,000 tenants (est.)");
+    for (concurrency, seconds) in rows {
+        let rate = n as f64 / seconds;
+        println!("{concurrency:<14} {seconds:>10.2} {rate:>12.1} {:>20.1} s", 1000.0 / rate);
+    }
+    println!("\ntarget: 1,000 tenants in <= 60 s");
+    Ok(())
+}
+
+async fn measure_migrate(daemon: &Daemon, n: usize) -> Result<Vec<(usize, f64)>, BenchError> {
+    let app = daemon.app();
+    crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
+    println!("provisioning {n} tenants first...");
+    let slugs: Vec<String> = (0..n).map(|i| format!("mig-{i:04}")).collect();
+    for slug in &slugs {
+        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
+        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
+    }
+    ready_times(&app.catalog, &slugs, Duration::from_secs(1800)).await?;
+    let mut migrations = app.migrations.clone();
+    let mut rows = Vec::new();
+    for concurrency in [1, 4, 8] {
+        let version = migrations.latest_version() + 1;
+        migrations = migrations
+            .with(
+                &format!("V{version}__bench_c{concurrency}"),
+                &format!("CREATE TABLE bench_c{concurrency} (id bigint PRIMARY KEY, note text)"),
+            )
+            .map_err(err)?;
+        let upgrader = crate::upgrade::Upgrader {
+            catalog: &app.catalog,
+            keyring: &app.keyring,
+            settings: &app.settings,
+            actor: &app.instance,
+            migrations: &migrations,
+        };
+        let selection = crate::upgrade::Selection { slugs: Vec::new(), all: true, server: None };
+        let options = crate::upgrade::Options { concurrency, canary: 0, max_failures: None, dry_run: false };
+        let started = Instant::now();
+        let summary = upgrader.run(&selection, &options, &|_| {}).await.map_err(err)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !summary.succeeded() {
+            return Err(BenchError(format!(
+                "upgrade at concurrency {concurrency} did not succeed: {:?}",
+                summary.failures()
+            )));
+        }
+        rows.push((concurrency, seconds));
+    }
+    Ok(rows)
+}
+
+/// Parses a connection URL built by tenantd itself.
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, BenchError> {
+    url.parse().map_err(|_| BenchError("bad connection URL".into()))
 }
 
 #[cfg(test)]

@@ -72,6 +72,24 @@ pub struct Settings {
     pub pools: PoolSettings,
     /// Names of tenant databases and roles.
     pub names: NameSettings,
+    /// Upgrading tenant databases at start.
+    pub upgrade: UpgradeSettings,
+}
+
+/// Upgrading tenant databases when a new build starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeSettings {
+    /// Upgrade every READY tenant in the background when the daemon starts.
+    pub auto: bool,
+    /// Tenants upgraded at once by that run.
+    pub concurrency: usize,
+}
+
+impl Default for UpgradeSettings {
+    fn default() -> Self {
+        Self { auto: false, concurrency: 4 }
+    }
 }
 
 /// HTTP server limits.
@@ -160,6 +178,7 @@ impl Default for Settings {
             workers: WorkerSettings::default(),
             pools: PoolSettings::default(),
             names: NameSettings::default(),
+            upgrade: UpgradeSettings::default(),
         }
     }
 }
@@ -215,6 +234,8 @@ pub enum Kind {
     Integer,
     /// A comma-separated list of strings.
     List,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// One configuration knob: where it lives in the file, its variable, what it does.
@@ -268,6 +289,8 @@ knobs! {
     "pools.max_rows", "TENANTD_POOLS_MAX_ROWS", Integer, "10000", "rows per SQL response (413 above)";
     "pools.max_result_bytes", "TENANTD_POOLS_MAX_RESULT_BYTES", Integer, "16777216", "bytes per SQL response (413 above)";
     "names.prefix", "TENANTD_NAMES_PREFIX", Text, "tenant_", "prefix of tenant database and role names";
+    "upgrade.auto", "TENANTD_UPGRADE_AUTO", Bool, "false", "upgrade every READY tenant when the daemon starts";
+    "upgrade.concurrency", "TENANTD_UPGRADE_CONCURRENCY", Integer, "4", "tenants upgraded at once by that run";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -326,6 +349,7 @@ impl Settings {
         in_range("pools.max_handles_per_tenant", p.max_handles_per_tenant, 0, p.per_tenant)?;
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
+        in_range("upgrade.concurrency", self.upgrade.concurrency, 1, crate::upgrade::MAX_CONCURRENCY)?;
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }
@@ -380,6 +404,11 @@ fn env_value(knob: &Knob, raw: &str) -> Result<toml::Value, ConfigError> {
                 .parse()
                 .map_err(|_| ConfigError::new(knob.env, format!("expected a whole number, got {raw:?}")))?,
         ),
+        Kind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(ConfigError::new(knob.env, format!("expected true or false, got {raw:?}"))),
+        }),
         Kind::List => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)

@@ -177,6 +177,8 @@ pub struct Provisioner<'a> {
     pub faults: Option<&'a FaultHook>,
     /// Pooled admin connections.
     pub admin_pools: &'a crate::servers::AdminPools,
+    /// Tenant migrations to apply.
+    pub migrations: &'a tenant_migrations::MigrationSet,
 }
 
 /// The resolved facts of a placed tenant.
@@ -479,7 +481,7 @@ impl Provisioner<'_> {
             None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(STEP, e))?,
         };
         let (version, applied) =
-            tenant_migrations::apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+            self.migrations.apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);
         self.fault(&t.slug, STEP, Phase::After)?;
         self.event(t.id, "step.migrated", json!({ "version": version, "applied": applied })).await?;

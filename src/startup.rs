@@ -16,6 +16,7 @@ use crate::crypto::{CryptoError, Keyring};
 use crate::embedded::{self, EmbeddedError};
 use crate::provisioner::FaultHook;
 use crate::shutdown::Shutdown;
+use crate::tenant_migrations::MigrationSet;
 use crate::watcher::Change;
 
 /// Why the daemon could not start.
@@ -57,12 +58,20 @@ pub struct App {
     pub shutdown: Shutdown,
     /// Fault injection into provisioning steps (tests only; `None` in production).
     pub faults: Option<FaultHook>,
+    /// The tenant migrations this daemon applies (the embedded ones in production).
+    pub migrations: MigrationSet,
     /// Wakes the workers (catalog notifications).
     pub wake: Arc<Notify>,
     /// Catalog changes, for requests that wait on a tenant.
     pub changes: broadcast::Sender<Change>,
     /// Pooled admin connections to the servers.
     pub admin_pools: crate::servers::AdminPools,
+    /// Cached tenant and server lookups.
+    pub resolver: crate::resolver::Resolver,
+    /// Tenant connection pools.
+    pub pools: crate::pools::Pools,
+    /// Open connection handles.
+    pub handles: Arc<crate::handles::Handles>,
 }
 
 impl std::fmt::Debug for App {
@@ -108,6 +117,15 @@ fn instance_id() -> String {
     format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
 
+/// What tests and benchmarks may add to a daemon; production uses the defaults.
+#[derive(Default)]
+pub struct Extras {
+    /// Fault injection into provisioning steps.
+    pub faults: Option<FaultHook>,
+    /// Tenant migrations other than the embedded ones ("a newer build").
+    pub migrations: Option<MigrationSet>,
+}
+
 /// A running daemon: HTTP server and background tasks.
 #[derive(Debug)]
 pub struct Daemon {
@@ -118,14 +136,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on an existing catalog (`settings.catalog_url` must be set).
     pub async fn start(settings: Settings) -> Result<Daemon, StartupError> {
-        Self::start_with_faults(settings, None).await
+        Self::start_with(settings, Extras::default()).await
     }
 
-    /// [`Daemon::start`] with fault injection into provisioning steps (for tests).
-    pub async fn start_with_faults(
-        settings: Settings,
-        faults: Option<FaultHook>,
-    ) -> Result<Daemon, StartupError> {
+    /// [`Daemon::start`] with test or benchmark extras.
+    pub async fn start_with(settings: Settings, extras: Extras) -> Result<Daemon, StartupError> {
         settings.validate()?;
         let keyring = keyring(&settings)?;
         let admin_token = settings.admin_token.clone().ok_or_else(|| {
@@ -137,6 +152,7 @@ impl Daemon {
             .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let settings_pools = settings.pools.clone();
         let app = Arc::new(App {
             settings,
             catalog,
@@ -144,17 +160,26 @@ impl Daemon {
             admin_token,
             instance: instance_id(),
             shutdown: Shutdown::new(),
-            faults,
+            faults: extras.faults,
+            migrations: extras.migrations.unwrap_or_default(),
             wake: Arc::new(Notify::new()),
             changes: broadcast::channel(1024).0,
             admin_pools: crate::servers::AdminPools::default(),
+            resolver: crate::resolver::Resolver::default(),
+            pools: crate::pools::Pools::new(settings_pools),
+            handles: Arc::new(crate::handles::Handles::default()),
         });
+        app.pools.spawn_reaper(&app.shutdown);
+        app.handles.spawn_reaper(&app.shutdown);
         crate::telemetry::metrics();
         crate::health::spawn(app.clone());
         crate::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
         crate::workers::spawn(app.clone(), app.wake.clone());
         crate::api::spawn(app.clone(), listener);
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
+        if app.settings.upgrade.auto {
+            auto_upgrade(app.clone()).await;
+        }
         Ok(Daemon { app, addr })
     }
 
@@ -172,6 +197,24 @@ impl Daemon {
     pub async fn stop(self) {
         self.app.shutdown.shutdown().await;
         tracing::info!(instance = %self.app.instance, "tenantd stopped");
+    }
+}
+
+/// `upgrade.auto`: upgrades every READY tenant in the background. A failure to even start
+/// is logged loudly; the daemon keeps serving (tenants stay at their old versions).
+async fn auto_upgrade(app: Arc<App>) {
+    let selection = crate::upgrade::Selection { slugs: Vec::new(), all: true, server: None };
+    let options = crate::upgrade::Options {
+        concurrency: app.settings.upgrade.concurrency,
+        canary: 0,
+        max_failures: None,
+        dry_run: false,
+    };
+    match crate::upgrade::spawn_in_daemon(app, selection, options).await {
+        Ok(started) => {
+            tracing::info!(run = %started.run, behind = started.plan.behind().count(), "automatic upgrade started")
+        }
+        Err(error) => tracing::error!(%error, "automatic upgrade could not start"),
     }
 }
 

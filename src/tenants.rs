@@ -86,6 +86,11 @@ fn expose<S: serde::Serializer>(token: &Option<SecretString>, s: S) -> Result<S:
     }
 }
 
+/// A fresh tenant bearer token: `tdt_` + 32 random bytes.
+pub fn new_token() -> SecretString {
+    SecretString::from(format!("{TOKEN_PREFIX}{}", crypto::random_secret(32).expose_secret()))
+}
+
 /// Creates a tenant, or returns the existing one with the same slug and request.
 pub async fn create(
     catalog: &Catalog,
@@ -112,7 +117,7 @@ pub async fn create(
         return Err(TenantError::UnknownRegion(region.clone()));
     }
     let name = PgIdent::for_tenant(&settings.names.prefix, &slug);
-    let token = SecretString::from(format!("{TOKEN_PREFIX}{}", crypto::random_secret(32).expose_secret()));
+    let token = new_token();
     let new = NewTenant {
         slug: slug.to_string(),
         database_name: name.to_string(),

@@ -28,6 +28,9 @@ pub struct Change {
     pub op: String,
     /// Tenant slug or server name.
     pub key: String,
+    /// The row's new status.
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// Starts the watcher on the daemon's tracker.
@@ -41,6 +44,8 @@ pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change
                 Err(error) => {
                     metrics::counter!("tenantd_watcher_reconnects_total").increment(1);
                     tracing::warn!(%error, retry_in = ?delay, "catalog LISTEN connection lost; polling covers the gap");
+                    // Notifications may have been missed: cached lookups may be stale.
+                    app.resolver.invalidate_all();
                     wake.notify_waiters();
                     tokio::select! {
                         () = app.shutdown.token().cancelled() => break,
@@ -97,9 +102,17 @@ async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<C
         }
     };
     if change.table == "servers" {
+        app.resolver.invalidate_server(&change.key);
         // A server was added or changed: tenants waiting for one may be placeable now.
         if let Err(e) = app.catalog.wake_unplaced().await {
             tracing::warn!(error = %e, "cannot wake tenants waiting for a server");
+        }
+    } else {
+        app.resolver.invalidate(&change.key);
+        if change.status.as_deref() != Some("READY") {
+            // Suspended, deleting, moving back to provisioning: nothing may stay lent.
+            app.pools.close(&change.key);
+            app.handles.close_tenant(&change.key);
         }
     }
     // Nobody listening on the channel is normal (no ?wait= request in flight).

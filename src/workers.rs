@@ -42,7 +42,7 @@ pub fn backoff(delays: &[Duration], attempts: i32) -> Duration {
 }
 
 /// Renews the lease every third of its length; returns when it is lost.
-async fn keep_lease(catalog: &Catalog, id: Uuid, owner: &str, lease: Duration) -> StepError {
+pub(crate) async fn keep_lease(catalog: &Catalog, id: Uuid, owner: &str, lease: Duration) -> StepError {
     let mut consecutive_failures = 0u32;
     loop {
         tokio::time::sleep(lease / 3).await;
@@ -186,6 +186,7 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         actor: &app.instance,
         faults: app.faults.as_ref(),
         admin_pools: &app.admin_pools,
+        migrations: &app.migrations,
     };
     let poll = app.settings.workers.poll_interval;
     let mut catalog_backoff = Duration::from_millis(200);

@@ -14,6 +14,58 @@ use super::error::ApiError;
 use crate::crypto;
 use crate::startup::App;
 
+/// Who is calling the data plane: the admin, or a tenant with its own token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The admin token: every tenant.
+    Admin,
+    /// A tenant token: its own tenant only.
+    Tenant {
+        /// The tenant's slug.
+        slug: String,
+        /// Hash of the presented token (owns the handles it opens).
+        token_hash: String,
+    },
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller may use tenant `slug`.
+    pub fn may_use(&self, slug: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { slug: own, .. } if own == slug => Ok(()),
+            Caller::Tenant { .. } => Err(ApiError::forbidden("this token belongs to another tenant")),
+        }
+    }
+
+    /// The owner recorded on handles this caller opens.
+    pub fn owner(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::Tenant { token_hash, .. } => token_hash.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if crypto::token_matches(token, &app.admin_token) {
+            return Ok(Caller::Admin);
+        }
+        if token.starts_with(crate::tenants::TOKEN_PREFIX) {
+            let hash = crypto::token_hash(token);
+            if let Some(tenant) = app.resolver.by_token_hash(&app.catalog, &hash).await? {
+                return Ok(Caller::Tenant { slug: tenant.slug.clone(), token_hash: hash });
+            }
+        }
+        metrics::counter!("tenantd_http_auth_failures_total").increment(1);
+        Err(ApiError::unauthorized("invalid token"))
+    }
+}
+
 /// Proof that the request carries the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;

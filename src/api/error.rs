@@ -21,12 +21,19 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
     /// An error with a given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: message.into(), retry_after: None, extra: serde_json::Map::new() }
+    }
+
+    /// Adds a field next to `code` and `message` in the error object (e.g. `sqlstate`).
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
     }
 
     /// 400: the request is malformed or a value breaks a rule.
@@ -74,7 +81,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = self.extra;
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        let body = json!({ "error": error });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -130,6 +140,80 @@ impl From<TenantError> for ApiError {
             TenantError::WrongState(m) => Self::new(StatusCode::CONFLICT, "wrong_state", m),
             TenantError::Catalog(c) => c.into(),
         }
+    }
+}
+
+impl From<crate::pools::LendError> for ApiError {
+    fn from(e: crate::pools::LendError) -> Self {
+        use crate::pools::LendError;
+        match e {
+            LendError::Saturated { .. } => Self::unavailable("saturated", e.to_string(), 1),
+            LendError::TenantBusy(_) => Self::unavailable("tenant_busy", e.to_string(), 1),
+            LendError::Closed => Self::unavailable("pool_closed", e.to_string(), 1),
+            LendError::Connect(_) => {
+                tracing::warn!(error = %e, "cannot lend a connection");
+                Self::unavailable("tenant_unreachable", e.to_string(), 5)
+            }
+            LendError::Sealed(_) => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::handles::HandleError> for ApiError {
+    fn from(e: crate::handles::HandleError) -> Self {
+        use crate::handles::HandleError;
+        match e {
+            HandleError::NotFound => Self::not_found(e.to_string()),
+            HandleError::Forbidden => Self::forbidden(e.to_string()),
+            HandleError::TooMany { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_handles", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::sqlhttp::SqlError> for ApiError {
+    fn from(e: crate::sqlhttp::SqlError) -> Self {
+        use crate::sqlhttp::SqlError;
+        match e {
+            SqlError::BadRequest(m) => Self::bad_request("invalid_sql_request", m),
+            SqlError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "result_too_large", m),
+            SqlError::Connection(m) => Self::unavailable("tenant_unreachable", m, 1),
+            SqlError::Postgres { sqlstate, message, detail, hint, position } => {
+                let status = sql_status(&sqlstate);
+                let mut error = if status.is_server_error() {
+                    Self { retry_after: Some(1), ..Self::new(status, "sql_error", message) }
+                } else {
+                    Self::new(status, "sql_error", message)
+                };
+                error = error.with("sqlstate", sqlstate);
+                if let Some(d) = detail {
+                    error = error.with("detail", d);
+                }
+                if let Some(h) = hint {
+                    error = error.with("hint", h);
+                }
+                if let Some(p) = position {
+                    error = error.with("position", p);
+                }
+                error
+            }
+        }
+    }
+}
+
+/// HTTP status of a SQLSTATE from a tenant database: the client's statement is at fault
+/// (4xx) unless the server is short of resources or going away (503).
+fn sql_status(sqlstate: &str) -> StatusCode {
+    match sqlstate {
+        "57014" => StatusCode::REQUEST_TIMEOUT,    // statement timeout / cancel
+        "40001" | "40P01" => StatusCode::CONFLICT, // serialization failure, deadlock
+        s if s.starts_with("23") => StatusCode::CONFLICT, // integrity constraint
+        s if s.starts_with("42501") => StatusCode::FORBIDDEN, // insufficient privilege
+        s if s.starts_with("53") || s.starts_with("08") || s.starts_with("57P") => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 

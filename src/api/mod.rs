@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod lending;
+pub mod migrations;
 pub mod servers;
 pub mod tenants;
 
@@ -26,8 +28,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use self::error::ApiError;
 use crate::startup::App;
 
-/// Builds the router of one daemon.
+/// Builds the router of one daemon: [`routes`] under [`layered`].
 pub fn router(app: Arc<App>) -> Router {
+    layered(routes(), app)
+}
+
+/// Every route of the API, without middleware.
+pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -38,6 +45,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tenants/{slug}", get(tenants::show))
         .route("/v1/tenants/{slug}/events", get(tenants::events))
         .route("/v1/tenants/{slug}/retry", post(tenants::retry))
+        .route("/v1/tenants/{slug}/sql", post(lending::sql))
+        .route("/v1/tenants/{slug}/handles", post(lending::open_handle))
+        .route("/v1/tenants/{slug}/connection", get(lending::connection))
+        .route("/v1/tenants/{slug}/tokens", post(lending::rotate_token))
+        .route("/v1/handles/{handle}/sql", post(lending::handle_sql))
+        .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
+        .route("/v1/migrations", post(migrations::start))
+        .route("/v1/migrations/{id}", get(migrations::show))
+}
+
+/// Adds the fallbacks and middleware (body limit, timeout and metrics, panic catcher) to
+/// `routes` and binds the state.
+pub fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))

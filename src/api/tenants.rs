@@ -114,13 +114,31 @@ pub async fn list(
     Ok(Json(Page { tenants, next: next.flatten() }))
 }
 
-/// `GET /v1/tenants/{slug}`.
+/// A tenant with its schema position relative to this build.
+#[derive(Serialize)]
+pub struct Shown {
+    /// The tenant.
+    #[serde(flatten)]
+    pub tenant: TenantRecord,
+    /// Newest migration of this build.
+    pub latest_version: i32,
+    /// Migrations this build would apply to it.
+    pub pending_migrations: Vec<crate::tenant_migrations::Known>,
+}
+
+/// `GET /v1/tenants/{slug}`: the tenant, with `latest_version` and `pending_migrations`.
 pub async fn show(
     _: Admin,
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
-) -> Result<Json<TenantRecord>, ApiError> {
-    Ok(Json(app.catalog.tenant(&slug).await?))
+) -> Result<Json<Shown>, ApiError> {
+    let tenant = app.catalog.tenant(&slug).await?;
+    let pending = if tenant.status.is_settled() {
+        app.migrations.pending_after(tenant.schema_version)
+    } else {
+        Vec::new()
+    };
+    Ok(Json(Shown { tenant, latest_version: app.migrations.latest_version(), pending_migrations: pending }))
 }
 
 /// Query of the events listing.

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod servers;
 pub mod tenants;
+pub mod upgrades;
 use std::str::FromStr;
 use std::time::Duration;
 

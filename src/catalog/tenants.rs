@@ -127,7 +127,6 @@ pub struct TenantRecord {
     #[serde(skip)]
     pub(crate) role_password_sealed: Option<String>,
     #[serde(skip)]
-    #[allow(dead_code, reason = "read by tenant-token authentication of the data plane")]
     pub(crate) token_hash: Option<String>,
 }
 
@@ -280,6 +279,20 @@ impl Catalog {
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant with id {id}")))
     }
 
+    /// The slug of the tenant whose bearer token has this hash.
+    pub async fn tenant_slug_by_token_hash(&self, hash: &str) -> Result<Option<String>, CatalogError> {
+        let row = self.query_opt("SELECT slug FROM tenantd.tenants WHERE token_hash = $1", &[&hash]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Replaces a tenant's token hash (rotation); false when there is no such tenant.
+    pub async fn set_token_hash(&self, slug: &str, hash: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .execute("UPDATE tenantd.tenants SET token_hash = $2 WHERE slug = $1", &[&slug, &hash])
+            .await?
+            == 1)
+    }
+
     /// Tenants by slug, filtered, one page.
     pub async fn tenants(&self, f: &TenantFilter) -> Result<Vec<TenantRecord>, CatalogError> {
         let status = f.status.map(TenantStatus::as_str);
@@ -340,6 +353,15 @@ impl Catalog {
             .await?
             .get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Runs a lease-guarded write; zero rows is [`CatalogError::LeaseLost`].
+    pub(crate) async fn leased_write(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), CatalogError> {
+        self.leased(sql, params).await
     }
 
     /// Runs a lease-guarded update; zero rows is [`CatalogError::LeaseLost`].

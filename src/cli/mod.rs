@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
 //! Output: human tables by default, `--json` for scripts; errors are one line on stderr.
 
+mod migrate;
 mod output;
 mod server;
 mod tenant;
@@ -49,6 +50,8 @@ enum Command {
     /// Tenants: create, list, show, retry.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
+    /// Upgrade tenant databases to this build's migrations (dry run, canary, then all).
+    Migrate(migrate::MigrateArgs),
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -67,6 +70,27 @@ enum BenchCommand {
         /// Worker concurrency for the batch measurement (default: workers.concurrency).
         #[arg(long)]
         concurrency: Option<usize>,
+    },
+    /// Time to upgrade N tenants with a one-table migration at concurrency 1, 4 and 8.
+    Migrate {
+        /// Tenants to provision and upgrade.
+        #[arg(long, default_value_t = 200)]
+        tenants: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Latency of SELECT 1 through the SQL endpoint next to a direct connection.
+    Sql {
+        /// Queries per measurement.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+        /// Clients for the throughput measurement.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
 }
 
@@ -146,6 +170,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         }
         Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
         Command::Tenant(cmd) => tenant::run(cmd, Context::open(settings).await?).await,
+        Command::Migrate(args) => migrate::run(args, Context::open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));
@@ -158,6 +183,31 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             crate::bench::provision(&ctx.settings, &ctx.catalog, &ctx.keyring, server.as_deref(), tenants)
                 .await
                 .map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Migrate { tenants, server }) => {
+            if tenants == 0 {
+                return Err(Failure::usage("--tenants must be at least 1"));
+            }
+            let ctx = Context::open(settings).await?;
+            crate::bench::migrate(&ctx.settings, &ctx.catalog, &ctx.keyring, server.as_deref(), tenants)
+                .await
+                .map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Sql { queries, server, concurrency }) => {
+            if queries == 0 || concurrency == 0 {
+                return Err(Failure::usage("--queries and --concurrency must be at least 1"));
+            }
+            let ctx = Context::open(settings).await?;
+            crate::bench::sql(
+                &ctx.settings,
+                &ctx.catalog,
+                &ctx.keyring,
+                server.as_deref(),
+                queries,
+                concurrency,
+            )
+            .await
+            .map_err(Failure::failed)
         }
     }
 }

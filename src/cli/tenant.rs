@@ -54,6 +54,14 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Connection details of a READY tenant's own role (URL by default, --json for all fields).
+    Connection {
+        /// Slug.
+        slug: String,
+        /// Print host, port, dbname, user, password and url as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a tenant in ERROR again.
     Retry {
         /// Slug.
@@ -110,10 +118,22 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
         TenantCommand::Show { slug, json } => {
             let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
             let events = ctx.catalog.events(tenant.id, 0, 10_000).await.map_err(Failure::failed)?;
+            let migrations = crate::tenant_migrations::MigrationSet::embedded();
+            let pending = migrations.pending_after(tenant.schema_version);
             if json {
-                return output::json(&serde_json::json!({ "tenant": tenant, "events": events }));
+                return output::json(&serde_json::json!({
+                    "tenant": tenant, "events": events,
+                    "latest_version": migrations.latest_version(), "pending_migrations": pending,
+                }));
             }
             print_details(&tenant);
+            let names: Vec<String> = pending.iter().map(|m| format!("V{}__{}", m.version, m.name)).collect();
+            println!("{:<16} {}", "latest_version", migrations.latest_version());
+            println!(
+                "{:<16} {}",
+                "pending",
+                if names.is_empty() { "-".to_owned() } else { names.join(", ") }
+            );
             println!("\nEVENTS (latest 20)");
             let start = events.len().saturating_sub(20);
             let rows: Vec<Vec<String>> = events[start..]
@@ -128,6 +148,21 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
                 })
                 .collect();
             output::table(&["AT", "KIND", "DETAIL", "ACTOR"], &rows);
+            Ok(())
+        }
+        TenantCommand::Connection { slug, json } => {
+            let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
+            if tenant.status != TenantStatus::Ready {
+                return Err(Failure::failed(format!("tenant {slug} is {}, not READY", tenant.status)));
+            }
+            let server_name = tenant.server.as_deref().unwrap_or_default();
+            let server = ctx.catalog.server(server_name).await.map_err(Failure::failed)?;
+            let details =
+                crate::api::lending::details(&tenant, &server, &ctx.keyring).map_err(Failure::failed)?;
+            if json {
+                return output::json(&details);
+            }
+            println!("{}", details.url);
             Ok(())
         }
         TenantCommand::Retry { slug, wait } => {
@@ -151,6 +186,7 @@ async fn provision_and_wait(
 ) -> Result<TenantRecord, Failure> {
     let actor = super::actor();
     let admin_pools = crate::servers::AdminPools::default();
+    let migrations = crate::tenant_migrations::MigrationSet::embedded();
     let p = Provisioner {
         catalog: &ctx.catalog,
         keyring: &ctx.keyring,
@@ -158,6 +194,7 @@ async fn provision_and_wait(
         actor: &actor,
         faults: None,
         admin_pools: &admin_pools,
+        migrations: &migrations,
     };
     let cancel = CancellationToken::new();
     let deadline = Instant::now() + timeout;

@@ -198,6 +198,7 @@ pub struct AppBuilder {
     register_server: Option<String>,
     configure: Vec<Configure>,
     faults: Option<tenantd::provisioner::FaultHook>,
+    migrations: Option<tenantd::tenant_migrations::MigrationSet>,
     catalog: Option<(String, String)>,
 }
 
@@ -217,6 +218,12 @@ impl AppBuilder {
     /// Inject faults into provisioning steps.
     pub fn faults(mut self, hook: tenantd::provisioner::FaultHook) -> Self {
         self.faults = Some(hook);
+        self
+    }
+
+    /// Apply these tenant migrations instead of the embedded ones (a "newer build").
+    pub fn migrations(mut self, set: tenantd::tenant_migrations::MigrationSet) -> Self {
+        self.migrations = Some(set);
         self
     }
 
@@ -262,7 +269,8 @@ impl AppBuilder {
         }
         let master_key = settings.master_key.clone().unwrap();
         let admin_token = settings.admin_token.clone().unwrap();
-        let daemon = Daemon::start_with_faults(settings.clone(), self.faults)
+        let extras = tenantd::startup::Extras { faults: self.faults, migrations: self.migrations };
+        let daemon = Daemon::start_with(settings.clone(), extras)
             .await
             .unwrap_or_else(|e| panic!("daemon start: {e}"));
         let base = format!("http://{}", daemon.local_addr());
@@ -297,7 +305,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// A builder for a daemon with non-default settings.
 pub fn app() -> AppBuilder {
-    AppBuilder { register_server: Some("pg1".into()), configure: Vec::new(), faults: None, catalog: None }
+    AppBuilder {
+        register_server: Some("pg1".into()),
+        configure: Vec::new(),
+        faults: None,
+        migrations: None,
+        catalog: None,
+    }
 }
 
 impl TestApp {

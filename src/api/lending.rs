@@ -1,0 +1,270 @@
+//! The data plane: SQL over HTTP, connection handles, connection details, tenant tokens.
+//!
+//! A tenant token reaches only its own tenant; the admin token reaches every tenant. Only
+//! READY tenants are lent: others get 409 (still provisioning, or ERROR), 423 (suspended) or
+//! 410 (deleted).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::auth::{Admin, Caller};
+use super::error::{ApiError, Json, Path};
+use crate::catalog::tenants::{TenantRecord, TenantStatus};
+use crate::pools::Lent;
+use crate::sqlhttp::{self, Limits, SqlRequest, StatementResult};
+use crate::startup::App;
+
+/// A READY tenant the caller may use, or the error that says why not.
+async fn lendable(app: &App, caller: &Caller, slug: &str) -> Result<Arc<TenantRecord>, ApiError> {
+    caller.may_use(slug)?;
+    let tenant = app.resolver.tenant(&app.catalog, slug).await?;
+    match tenant.status {
+        TenantStatus::Ready if tenant.schema_version > app.migrations.latest_version() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_schema_newer",
+            format!(
+                "tenant {slug:?} is at schema version {}, newer than this tenantd build ({}); \
+                 run the newer build to lend it",
+                tenant.schema_version,
+                app.migrations.latest_version()
+            ),
+        )),
+        TenantStatus::Ready => Ok(tenant),
+        TenantStatus::Suspended => Err(ApiError::new(
+            StatusCode::LOCKED,
+            "tenant_suspended",
+            format!("tenant {slug:?} is suspended"),
+        )),
+        TenantStatus::Deleting | TenantStatus::Deleted => Err(ApiError::new(
+            StatusCode::GONE,
+            "tenant_deleted",
+            format!("tenant {slug:?} is {}", tenant.status),
+        )),
+        other => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_not_ready",
+            format!("tenant {slug:?} is {other}, not READY"),
+        )),
+    }
+}
+
+async fn borrow(app: &App, tenant: &TenantRecord) -> Result<Lent, ApiError> {
+    let server_name =
+        tenant.server.as_deref().ok_or_else(|| ApiError::internal("READY tenant without a server"))?;
+    let server = app.resolver.server(&app.catalog, server_name).await?;
+    Ok(app.pools.get(tenant, &server, &app.keyring).await?)
+}
+
+fn limits(app: &App) -> Limits {
+    Limits { max_rows: app.settings.pools.max_rows, max_result_bytes: app.settings.pools.max_result_bytes }
+}
+
+/// One result for `{sql}`, `{results: [...]}` for `{statements: [...]}`.
+fn answer(req: &SqlRequest, mut results: Vec<StatementResult>) -> Result<Json<Value>, ApiError> {
+    let value = match req {
+        SqlRequest::One(_) => serde_json::to_value(results.pop()),
+        SqlRequest::Many { .. } => serde_json::to_value(json!({ "results": results })),
+    };
+    value.map(Json).map_err(|e| ApiError::internal(format!("cannot serialise a result: {e}")))
+}
+
+/// `POST /v1/tenants/{slug}/sql {sql, params?} | {statements: [...]}`: one statement in
+/// autocommit, or a list in one transaction, on a pooled connection.
+pub async fn sql(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    Json(req): Json<SqlRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = lendable(&app, &caller, &slug).await?;
+    let connection = borrow(&app, &tenant).await?;
+    let results = sqlhttp::run_request(&connection, &req, &limits(&app)).await?;
+    answer(&req, results)
+}
+
+/// Body of `POST /v1/tenants/{slug}/handles`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenHandle {
+    /// Idle lifetime; default `pools.handle_ttl`, at most `pools.max_handle_ttl`.
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// A new handle.
+#[derive(Debug, Serialize)]
+pub struct Opened {
+    /// Id for `/v1/handles/{handle}`.
+    pub handle: String,
+    /// Expiry if unused (each use pushes it back one TTL).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `POST /v1/tenants/{slug}/handles {ttl_seconds?}`: holds a pooled connection for the caller.
+pub async fn open_handle(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Opened>), ApiError> {
+    // The body is optional: an empty one means the defaults.
+    let req: OpenHandle = if body.iter().all(u8::is_ascii_whitespace) {
+        OpenHandle::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let pools = &app.settings.pools;
+    let ttl = match req.ttl_seconds {
+        None => pools.handle_ttl,
+        Some(0) => return Err(ApiError::bad_request("invalid", "ttl_seconds must be at least 1")),
+        Some(s) if Duration::from_secs(s) > pools.max_handle_ttl => {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("ttl_seconds must be at most {}", pools.max_handle_ttl.as_secs()),
+            ));
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    let tenant = lendable(&app, &caller, &slug).await?;
+    if app.handles.count(&slug) >= pools.max_handles_per_tenant {
+        return Err(crate::handles::HandleError::TooMany { slug, max: pools.max_handles_per_tenant }.into());
+    }
+    let connection = borrow(&app, &tenant).await?;
+    let (handle, expires_at) =
+        app.handles.open(&slug, &caller.owner(), pools.max_handles_per_tenant, ttl, connection)?;
+    tracing::debug!(tenant = %slug, ttl = ?ttl, "handle opened");
+    Ok((StatusCode::CREATED, Json(Opened { handle, expires_at })))
+}
+
+/// `POST /v1/handles/{handle}/sql`: runs on the held connection, statements as given.
+pub async fn handle_sql(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Json(req): Json<SqlRequest>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let handle = app.handles.get(&id, &caller.owner())?;
+    // A suspended or deleted tenant's handles are closed; this catches a race with that.
+    lendable(&app, &caller, &handle.slug).await?;
+    handle.touch();
+    let connection = handle.connection.lock().await;
+    let results = sqlhttp::run_raw(&connection, &req, &limits(&app)).await;
+    drop(connection);
+    let expires_at = handle.touch();
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&expires_at.to_rfc3339()) {
+        headers.insert("x-handle-expires-at", value);
+    }
+    Ok((headers, answer(&req, results?)?))
+}
+
+/// `DELETE /v1/handles/{handle}`: rollback, reset, back to the pool.
+pub async fn close_handle(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.handles.close(&id, &caller.owner())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Connection details of a tenant's own role.
+#[derive(Serialize)]
+pub struct ConnectionDetails {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Database.
+    pub dbname: String,
+    /// Role.
+    pub user: String,
+    /// Role password.
+    pub password: String,
+    /// All of it as a URL.
+    pub url: String,
+}
+
+/// The connection details of a READY tenant (the one path for HTTP and CLI).
+pub async fn connection_details(app: &App, tenant: &TenantRecord) -> Result<ConnectionDetails, ApiError> {
+    let server_name =
+        tenant.server.as_deref().ok_or_else(|| ApiError::internal("READY tenant without a server"))?;
+    let server = app.resolver.server(&app.catalog, server_name).await?;
+    details(tenant, &server, &app.keyring).map_err(ApiError::internal)
+}
+
+/// Builds connection details from catalog rows.
+pub fn details(
+    tenant: &TenantRecord,
+    server: &crate::catalog::servers::ServerRecord,
+    keyring: &crate::crypto::Keyring,
+) -> Result<ConnectionDetails, String> {
+    let sealed = tenant.role_password_sealed.as_deref().ok_or("no role password stored")?;
+    let password = keyring
+        .open(sealed, &crate::provisioner::tenant_aad(tenant.id))
+        .map_err(|e| format!("role password cannot be opened: {e}"))?;
+    let (user, dbname) =
+        (tenant.role_name.clone().unwrap_or_default(), tenant.database_name.clone().unwrap_or_default());
+    let url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        percent(&user),
+        percent(password.expose_secret()),
+        server.host,
+        server.port,
+        percent(&dbname)
+    );
+    Ok(ConnectionDetails {
+        host: server.host.clone(),
+        port: server.port,
+        dbname,
+        user,
+        password: password.expose_secret().to_owned(),
+        url,
+    })
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /v1/tenants/{slug}/connection`: host, port, dbname, user, password and URL of the
+/// tenant's own role (for apps with their own pools, and for PgBouncer entries).
+pub async fn connection(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<(HeaderMap, Json<ConnectionDetails>), ApiError> {
+    let tenant = lendable(&app, &caller, &slug).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok((headers, Json(connection_details(&app, &tenant).await?)))
+}
+
+/// `POST /v1/tenants/{slug}/tokens` (admin): replaces the tenant's token; the new one is
+/// shown once, the old one stops working at once (in every daemon, via notification).
+pub async fn rotate_token(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token = crate::tenants::new_token();
+    if !app.catalog.set_token_hash(&slug, &crate::crypto::token_hash(token.expose_secret())).await? {
+        return Err(ApiError::not_found(format!("no tenant {slug:?}")));
+    }
+    app.resolver.invalidate(&slug);
+    let tenant = app.catalog.tenant(&slug).await?;
+    app.catalog.record_event(tenant.id, "token.rotated", json!({}), "api").await?;
+    tracing::info!(tenant = %slug, "tenant token rotated");
+    Ok((StatusCode::CREATED, Json(json!({ "slug": slug, "token": token.expose_secret() }))))
+}

@@ -1,0 +1,219 @@
+//! Queries for tenant upgrades: claiming a READY tenant for an upgrade, recording the result,
+//! and the `migration_runs` / `migration_results` history.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::tenants::TenantRecord;
+use super::{Catalog, CatalogError};
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Who started it.
+    pub actor: String,
+    /// What was asked (selection and options).
+    pub params: serde_json::Value,
+    /// Version the run upgrades to.
+    pub target_version: i32,
+    /// `running`, `finished`, `stopped` (canary or max failures), `interrupted`.
+    pub status: String,
+    /// Why it stopped early.
+    pub stop_reason: Option<String>,
+    /// Tenants in the plan.
+    pub total: i32,
+    /// Start.
+    pub created_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One tenant's result in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultRecord {
+    /// Tenant.
+    pub slug: String,
+    /// `upgraded`, `current`, `ahead`, `failed`, `skipped`, `not_found`, `not_started`.
+    pub outcome: String,
+    /// Version before.
+    pub from_version: Option<i32>,
+    /// Version after.
+    pub to_version: Option<i32>,
+    /// Error or reason.
+    pub detail: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl Catalog {
+    /// Claims a READY tenant for an upgrade (the same lease as provisioning uses). `None`
+    /// when it is not READY or another process holds it.
+    pub async fn claim_for_upgrade(
+        &self,
+        slug: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<TenantRecord>, CatalogError> {
+        let claimed = self
+            .execute(
+                "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
+                 WHERE slug = $1 AND status = 'READY' AND (lease_until IS NULL OR lease_until < now())",
+                &[&slug, &owner, &lease.as_secs_f64()],
+            )
+            .await?;
+        if claimed == 0 {
+            return Ok(None);
+        }
+        self.tenant(slug).await.map(Some)
+    }
+
+    /// Records an upgraded (or verified current) tenant: version, cleared error, event, lease
+    /// released — one statement.
+    pub async fn finish_upgrade(
+        &self,
+        id: Uuid,
+        owner: &str,
+        version: i32,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.leased_write(
+            "WITH done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
+               lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done",
+            &[&id, &owner, &version, &kind, detail],
+        )
+        .await
+    }
+
+    /// Records a failed upgrade: the tenant stays READY at its old version with the reason in
+    /// `last_error` and an event; lease released.
+    pub async fn fail_upgrade(
+        &self,
+        id: Uuid,
+        owner: &str,
+        error: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.leased_write(
+            "WITH failed AS (UPDATE tenantd.tenants SET last_error = $3, lease_owner = NULL, lease_until = NULL \
+               WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+             SELECT id, 'upgrade.failed', $4, $2 FROM failed",
+            &[&id, &owner, &error, detail],
+        )
+        .await
+    }
+
+    /// Starts a run record.
+    pub async fn insert_run(
+        &self,
+        actor: &str,
+        params: &serde_json::Value,
+        target: i32,
+        total: i32,
+    ) -> Result<Uuid, CatalogError> {
+        let row = self
+            .query_one(
+                "INSERT INTO tenantd.migration_runs (actor, params, target_version, total) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&actor, params, &target, &total],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Records one tenant's result in a run.
+    pub async fn insert_result(
+        &self,
+        run: Uuid,
+        slug: &str,
+        outcome: &str,
+        from: Option<i32>,
+        to: Option<i32>,
+        detail: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.execute(
+            "INSERT INTO tenantd.migration_results (run_id, slug, outcome, from_version, to_version, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, slug) DO UPDATE SET outcome = EXCLUDED.outcome, \
+             from_version = EXCLUDED.from_version, to_version = EXCLUDED.to_version, detail = EXCLUDED.detail, \
+             at = EXCLUDED.at",
+            &[&run, &slug, &outcome, &from, &to, &detail],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Closes a run.
+    pub async fn finish_run(
+        &self,
+        run: Uuid,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.execute(
+            "UPDATE tenantd.migration_runs SET status = $2, stop_reason = $3, finished_at = now() WHERE id = $1",
+            &[&run, &status, &reason],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A run and its results so far.
+    pub async fn run(&self, run: Uuid) -> Result<(RunRecord, Vec<ResultRecord>), CatalogError> {
+        let row = self
+            .query_opt(
+                "SELECT id, actor, params, target_version, status, stop_reason, total, created_at, finished_at \
+                 FROM tenantd.migration_runs WHERE id = $1",
+                &[&run],
+            )
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("no migration run {run}")))?;
+        let record = RunRecord {
+            id: row.get(0),
+            actor: row.get(1),
+            params: row.get(2),
+            target_version: row.get(3),
+            status: row.get(4),
+            stop_reason: row.get(5),
+            total: row.get(6),
+            created_at: row.get(7),
+            finished_at: row.get(8),
+        };
+        let results = self
+            .query(
+                "SELECT slug, outcome, from_version, to_version, detail, at FROM tenantd.migration_results \
+                 WHERE run_id = $1 ORDER BY at, slug",
+                &[&run],
+            )
+            .await?
+            .iter()
+            .map(|r| ResultRecord {
+                slug: r.get(0),
+                outcome: r.get(1),
+                from_version: r.get(2),
+                to_version: r.get(3),
+                detail: r.get(4),
+                at: r.get(5),
+            })
+            .collect();
+        Ok((record, results))
+    }
+
+    /// READY tenants, optionally on one server, by slug (the `--all` selection).
+    pub async fn ready_slugs(&self, server: Option<&str>) -> Result<Vec<String>, CatalogError> {
+        Ok(self
+            .query(
+                "SELECT slug FROM tenantd.tenants WHERE status = 'READY' AND ($1::text IS NULL OR server = $1) ORDER BY slug",
+                &[&server],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+}

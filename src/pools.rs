@@ -1,0 +1,390 @@
+//! Tenant connection pools: one deadpool pool per tenant database, connecting as the tenant's
+//! own role, bounded per tenant and per server.
+//!
+//! - **Per tenant**: each pool holds at most `pools.per_tenant` connections.
+//! - **Per server**: every connection, whichever tenant pool it belongs to, holds a permit of
+//!   its server's semaphore (`pools.per_server` permits). Creating a connection when the budget
+//!   is spent first closes idle connections of *other* tenants on that server, then waits up
+//!   to `pools.acquire_timeout`; after that the caller gets [`LendError::Saturated`] (503 with
+//!   `Retry-After`).
+//! - **Idle**: a pool unused for `pools.idle_timeout` is closed by a background task.
+//! - **Clean lending**: a [`Lent`] connection goes back through `ROLLBACK` + `DISCARD ALL`
+//!   (session settings, temporary objects, prepared statements, advisory locks, LISTENs, role)
+//!   before anyone else may borrow it; a connection that cannot be reset is closed instead.
+//!
+//! Pools are keyed by slug and carry a fingerprint of the tenant's placement and credentials,
+//! so a moved, recreated or re-keyed tenant gets a fresh pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::ClientWrapper;
+use secrecy::ExposeSecret;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::catalog::servers::ServerRecord;
+use crate::catalog::tenants::TenantRecord;
+use crate::config::PoolSettings;
+use crate::crypto::Keyring;
+use crate::shutdown::Shutdown;
+
+/// Why no connection could be lent.
+#[derive(Debug, thiserror::Error)]
+pub enum LendError {
+    /// The server's connection budget stayed spent for the whole acquire timeout.
+    #[error("server {server:?} has no free connections (budget {budget}); retry shortly")]
+    Saturated {
+        /// Server.
+        server: String,
+        /// Its budget.
+        budget: usize,
+    },
+    /// The tenant's own pool stayed full for the whole acquire timeout.
+    #[error("all {0} connections of this tenant are in use; retry shortly")]
+    TenantBusy(usize),
+    /// The tenant database could not be reached.
+    #[error("cannot connect to the tenant database: {0}")]
+    Connect(String),
+    /// The tenant's pool was closed meanwhile (suspended, moved, deleted).
+    #[error("the tenant's pool was closed; retry")]
+    Closed,
+    /// The stored role password cannot be opened.
+    #[error("tenant role password cannot be opened: {0}")]
+    Sealed(String),
+}
+
+/// Error of the pool manager (internal to deadpool).
+#[derive(Debug)]
+pub enum ManagerError {
+    /// Server budget spent.
+    Saturated,
+    /// Connecting failed.
+    Connect(tokio_postgres::Error),
+}
+
+/// A pooled connection and the server permit it holds.
+pub struct PooledConn {
+    client: ClientWrapper,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Creates tenant connections under the server budget.
+pub struct TenantManager {
+    inner: deadpool_postgres::Manager,
+    budget: Arc<Semaphore>,
+    server: String,
+    slug: String,
+    acquire_timeout: Duration,
+    pools: Weak<Inner>,
+}
+
+impl managed::Manager for TenantManager {
+    type Type = PooledConn;
+    type Error = ManagerError;
+
+    async fn create(&self) -> Result<PooledConn, ManagerError> {
+        let permit = match self.budget.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Budget spent: make room from other tenants' idle connections first.
+                if let Some(pools) = self.pools.upgrade() {
+                    pools.evict_idle(&self.server, &self.slug);
+                }
+                match tokio::time::timeout(self.acquire_timeout, self.budget.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => return Err(ManagerError::Saturated),
+                }
+            }
+        };
+        let client = managed::Manager::create(&self.inner).await.map_err(ManagerError::Connect)?;
+        metrics::counter!("tenantd_pool_connections_opened_total", "server" => self.server.clone())
+            .increment(1);
+        Ok(PooledConn { client, _permit: permit })
+    }
+
+    async fn recycle(&self, conn: &mut PooledConn, _: &Metrics) -> RecycleResult<ManagerError> {
+        if conn.client.is_closed() { Err(RecycleError::message("connection closed")) } else { Ok(()) }
+    }
+}
+
+type Pool = managed::Pool<TenantManager>;
+
+struct TenantPool {
+    pool: Pool,
+    fingerprint: String,
+    server: String,
+    last_used: Mutex<Instant>,
+}
+
+struct Inner {
+    settings: PoolSettings,
+    budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tenants: Mutex<HashMap<String, Arc<TenantPool>>>,
+}
+
+impl Inner {
+    /// Closes idle connections of every tenant on `server` except `except`.
+    fn evict_idle(&self, server: &str, except: &str) {
+        let pools: Vec<Arc<TenantPool>> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(slug, p)| p.server == server && slug.as_str() != except)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut closed = 0;
+        for p in pools {
+            closed += p.pool.retain(|_, _| false).removed.len();
+        }
+        if closed > 0 {
+            metrics::counter!("tenantd_pool_evictions_total", "server" => server.to_owned())
+                .increment(closed as u64);
+            tracing::debug!(server, closed, "closed idle connections of other tenants to make room");
+        }
+    }
+}
+
+/// Every tenant pool of one daemon.
+#[derive(Clone)]
+pub struct Pools {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pools").finish_non_exhaustive()
+    }
+}
+
+/// What a tenant pool looks like from outside (for tests and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open.
+    pub size: usize,
+    /// Of which idle.
+    pub available: usize,
+}
+
+impl Pools {
+    /// Empty registry.
+    pub fn new(settings: PoolSettings) -> Self {
+        Self { inner: Arc::new(Inner { settings, budgets: Mutex::default(), tenants: Mutex::default() }) }
+    }
+
+    fn budget(&self, server: &str) -> Arc<Semaphore> {
+        let mut budgets = self.inner.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets
+            .entry(server.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.settings.per_server)))
+            .clone()
+    }
+
+    /// Connections open on a server across all its tenant pools.
+    pub fn server_connections(&self, server: &str) -> usize {
+        self.inner.settings.per_server - self.budget(server).available_permits()
+    }
+
+    /// Status of a tenant's pool, if it has one.
+    pub fn tenant_status(&self, slug: &str) -> Option<PoolStatus> {
+        let tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        tenants.get(slug).map(|p| {
+            let s = p.pool.status();
+            PoolStatus { size: s.size, available: s.available }
+        })
+    }
+
+    fn pool_for(
+        &self,
+        tenant: &TenantRecord,
+        server: &ServerRecord,
+        keyring: &Keyring,
+    ) -> Result<Arc<TenantPool>, LendError> {
+        let fingerprint = format!(
+            "{}|{}:{}|{:?}|{:?}|{:?}",
+            tenant.id,
+            server.host,
+            server.port,
+            tenant.database_name,
+            tenant.role_name,
+            tenant.role_password_sealed
+        );
+        let mut tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = tenants.get(&tenant.slug) {
+            if existing.fingerprint == fingerprint {
+                return Ok(existing.clone());
+            }
+            existing.pool.close();
+        }
+        let sealed = tenant
+            .role_password_sealed
+            .as_deref()
+            .ok_or_else(|| LendError::Sealed("no password stored".into()))?;
+        let password = keyring
+            .open(sealed, &crate::provisioner::tenant_aad(tenant.id))
+            .map_err(|e| LendError::Sealed(e.to_string()))?;
+        let settings = &self.inner.settings;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&server.host)
+            .port(server.port)
+            .dbname(tenant.database_name.as_deref().unwrap_or_default())
+            .user(tenant.role_name.as_deref().unwrap_or_default())
+            .password(password.expose_secret())
+            .application_name("tenantd-lend")
+            .connect_timeout(Duration::from_secs(10))
+            .options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        let manager = TenantManager {
+            inner: deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            ),
+            budget: self.budget(&server.name),
+            server: server.name.clone(),
+            slug: tenant.slug.clone(),
+            acquire_timeout: settings.acquire_timeout,
+            pools: Arc::downgrade(&self.inner),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(settings.per_tenant)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.acquire_timeout + Duration::from_secs(10)))
+            .build()
+            .map_err(|e| LendError::Connect(e.to_string()))?;
+        let entry = Arc::new(TenantPool {
+            pool,
+            fingerprint,
+            server: server.name.clone(),
+            last_used: Mutex::new(Instant::now()),
+        });
+        tenants.insert(tenant.slug.clone(), entry.clone());
+        tracing::debug!(tenant = %tenant.slug, server = %server.name, "tenant pool opened");
+        Ok(entry)
+    }
+
+    /// Lends a connection of a READY tenant (the caller checks the status).
+    pub async fn get(
+        &self,
+        tenant: &TenantRecord,
+        server: &ServerRecord,
+        keyring: &Keyring,
+    ) -> Result<Lent, LendError> {
+        let entry = self.pool_for(tenant, server, keyring)?;
+        *entry.last_used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        let object = entry.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(ManagerError::Saturated) => {
+                metrics::counter!("tenantd_pool_saturated_total", "server" => server.name.clone())
+                    .increment(1);
+                LendError::Saturated { server: server.name.clone(), budget: self.inner.settings.per_server }
+            }
+            managed::PoolError::Backend(ManagerError::Connect(pg)) => {
+                LendError::Connect(crate::pg::describe(&pg))
+            }
+            managed::PoolError::Timeout(_) => LendError::TenantBusy(self.inner.settings.per_tenant),
+            managed::PoolError::Closed => LendError::Closed,
+            other => LendError::Connect(format!("{other:?}")),
+        })?;
+        Ok(Lent { object: Some(object) })
+    }
+
+    /// Closes a tenant's pool (suspended, deleted, moved): idle connections close now, lent
+    /// ones when they come back.
+    pub fn close(&self, slug: &str) {
+        if let Some(p) = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner).remove(slug) {
+            p.pool.close();
+            tracing::debug!(tenant = slug, "tenant pool closed");
+        }
+    }
+
+    /// Closes pools unused for `idle_timeout` with nothing lent out; returns how many.
+    pub fn close_idle(&self) -> usize {
+        let idle_timeout = self.inner.settings.idle_timeout;
+        let mut tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = tenants.len();
+        tenants.retain(|slug, p| {
+            let status = p.pool.status();
+            let idle = p.last_used.lock().unwrap_or_else(PoisonError::into_inner).elapsed() >= idle_timeout
+                && status.size == status.available;
+            if idle {
+                p.pool.close();
+                tracing::debug!(tenant = %slug, "idle tenant pool closed");
+            }
+            !idle
+        });
+        let closed = before - tenants.len();
+        metrics::gauge!("tenantd_pools_open").set(tenants.len() as f64);
+        closed
+    }
+
+    /// Starts the idle-pool reaper on the daemon's tracker.
+    pub fn spawn_reaper(&self, shutdown: &Shutdown) {
+        let pools = self.clone();
+        let token = shutdown.token().clone();
+        let period =
+            (self.inner.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        shutdown.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = ticks.tick() => { pools.close_idle(); }
+                }
+            }
+        });
+    }
+}
+
+/// A lent connection. Dereferences to a `tokio_postgres::Client`; when dropped it is reset
+/// (`ROLLBACK`, `DISCARD ALL`) in the background and only then returned to the pool.
+pub struct Lent {
+    object: Option<managed::Object<TenantManager>>,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        match &self.object {
+            Some(object) => &object.client,
+            None => unreachable!("a Lent holds its connection until dropped"),
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(reset(object));
+            }
+            // No runtime to reset it on: close it rather than return it dirty.
+            Err(_) => drop(managed::Object::take(object)),
+        }
+    }
+}
+
+/// Resets a connection before it goes back to the pool; closes it if that fails.
+async fn reset(object: managed::Object<TenantManager>) {
+    let reset = async {
+        object.client.batch_execute("ROLLBACK").await?;
+        object.client.batch_execute("DISCARD ALL").await
+    };
+    match reset.await {
+        Ok(()) => {
+            object.client.statement_cache.clear();
+            drop(object);
+        }
+        Err(error) => {
+            metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
+            tracing::warn!(error = %crate::pg::describe(&error), "connection could not be reset; closing it");
+            drop(managed::Object::take(object));
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Lending: SQL over HTTP, handles, connection details and tokens — bounded, clean between
+//! borrowers, and confined to each tenant's own database.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{TestApp, app, shared_cluster, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Creates a READY tenant; returns its token.
+async fn ready_tenant(app: &TestApp, slug: &str) -> String {
+    let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": slug })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "READY", "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn sql_as(app: &TestApp, token: &str, slug: &str, body: Value) -> (u16, Value) {
+    app.request_as(Method::POST, &format!("/v1/tenants/{slug}/sql"), Some(&body), Some(token)).await
+}
+
+#[tokio::test]
+async fn sql_over_http_returns_typed_rows() {
+    let app = spawn_app().await;
+    let token = ready_tenant(&app, "shop").await;
+    let (status, body) = sql_as(
+        &app,
+        &token,
+        "shop",
+        json!({
+            "statements": [
+                { "sql": "INSERT INTO products (sku, name, price, attributes) VALUES ($1, $2, $3, $4)",
+                  "params": ["SKU-1", "Tea", "12.50", { "origin": "Assam" }] },
+                { "sql": "SELECT id, sku, price, attributes, created_at, 9223372036854775807::int8 AS big, \
+                          ARRAY[1,2] AS arr, '\\x0102'::bytea AS raw FROM products" }
+            ]
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let insert = &body["results"][0];
+    assert_eq!((insert["command"].as_str(), insert["row_count"].as_u64()), (Some("INSERT"), Some(1)));
+    let select = &body["results"][1];
+    let row = &select["rows"][0];
+    assert_eq!(row["sku"], "SKU-1");
+    assert_eq!(row["price"], "12.50", "numeric as a string");
+    assert_eq!(row["big"], "9223372036854775807", "int8 as a string");
+    assert_eq!(row["attributes"]["origin"], "Assam", "jsonb as JSON");
+    assert_eq!(row["arr"], json!([1, 2]));
+    assert_eq!(row["raw"], "\\x0102");
+    assert!(chrono::DateTime::parse_from_rfc3339(row["created_at"].as_str().unwrap()).is_ok(), "{row}");
+    let types: Vec<&str> =
+        select["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(&types[..4], ["int8", "text", "numeric", "jsonb"]);
+}
+
+#[tokio::test]
+async fn sql_errors_are_client_errors_with_sqlstate() {
+    let app = spawn_app().await;
+    let token = ready_tenant(&app, "errs").await;
+    let cases = [
+        (json!({ "sql": "SELEC 1" }), 400, "42601"),
+        (json!({ "sql": "INSERT INTO customers (email, name) VALUES ('a@b', '')" }), 409, "23514"),
+        (json!({ "sql": "SELECT * FROM nowhere" }), 400, "42P01"),
+        (json!({ "sql": "CREATE DATABASE escape" }), 403, "42501"),
+    ];
+    for (body, want_status, want_state) in cases {
+        let (status, answer) = sql_as(&app, &token, "errs", body.clone()).await;
+        assert_eq!(status, want_status, "{body}: {answer}");
+        assert_eq!(answer["error"]["sqlstate"], want_state, "{answer}");
+        assert_eq!(answer["error"]["code"], "sql_error");
+    }
+    let (_, syntax) = sql_as(&app, &token, "errs", json!({ "sql": "SELECT 1 FROM" })).await;
+    assert!(syntax["error"]["position"].as_u64().is_some(), "{syntax}");
+    let (status, dup) = sql_as(
+        &app,
+        &token,
+        "errs",
+        json!({ "statements": [
+            { "sql": "INSERT INTO products (sku, name, price) VALUES ('x', 'x', 1)" },
+            { "sql": "INSERT INTO products (sku, name, price) VALUES ('x', 'x', 1)" }
+        ]}),
+    )
+    .await;
+    assert_eq!((status, dup["error"]["sqlstate"].as_str()), (409, Some("23505")), "{dup}");
+    assert!(dup["error"]["detail"].as_str().unwrap().contains("(sku)=(x)"), "{dup}");
+    let (_, count) =
+        sql_as(&app, &token, "errs", json!({ "sql": "SELECT count(*) AS n FROM products" })).await;
+    assert_eq!(count["rows"][0]["n"], "0", "the list ran in one transaction: {count}");
+
+    let bad = [
+        json!({ "sql": "SELECT $1::int", "params": [] }),
+        json!({ "sql": "SELECT $1::int", "params": ["nope"] }),
+        json!({ "sql": "SELECT 1", "colour": "red" }),
+        json!({ "statements": "SELECT 1" }),
+    ];
+    for body in bad {
+        let (status, answer) = sql_as(&app, &token, "errs", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    let (status, answer) = sql_as(&app, &token, "nobody", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, 403, "a tenant token reaches only its own tenant: {answer}");
+    let (status, _) = app.post("/v1/tenants/nobody/sql", &json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_other() {
+    let app = spawn_app().await;
+    let alpha = ready_tenant(&app, "alpha").await;
+    let beta = ready_tenant(&app, "beta").await;
+    let (status, body) = sql_as(&app, &alpha, "beta", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, _) = app.request_as(Method::GET, "/v1/tenants/beta/connection", None, Some(&alpha)).await;
+    assert_eq!(status, 403);
+    let (status, _) = app.request_as(Method::GET, "/v1/tenants", None, Some(&alpha)).await;
+    assert_eq!(status, 401, "a tenant token is not an admin token");
+
+    // With its own credentials, alpha's role cannot even connect to beta's database.
+    let (_, a) = app.request_as(Method::GET, "/v1/tenants/alpha/connection", None, Some(&alpha)).await;
+    let (_, b) = app.request_as(Method::GET, "/v1/tenants/beta/connection", None, Some(&beta)).await;
+    let own = common::connect(a["url"].as_str().unwrap()).await.expect("own database");
+    let n: i32 = own.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let cross = shared_cluster().url(
+        a["user"].as_str().unwrap(),
+        a["password"].as_str().unwrap(),
+        b["dbname"].as_str().unwrap(),
+    );
+    let refused = common::connect(&cross).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
+    let maintenance =
+        shared_cluster().url(a["user"].as_str().unwrap(), a["password"].as_str().unwrap(), "postgres");
+    assert!(common::connect(&maintenance).await.is_err(), "nor to the maintenance database");
+
+    // The CLI gives the same details.
+    let cli = app.cli(&["tenant", "connection", "alpha"]).await;
+    assert_eq!(cli.code, 0, "{cli:?}");
+    assert_eq!(cli.stdout.trim(), a["url"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn a_handle_holds_a_transaction_invisible_to_others_until_commit() {
+    let app = spawn_app().await;
+    let token = ready_tenant(&app, "txn").await;
+    let (status, opened) = app
+        .request_as(
+            Method::POST,
+            "/v1/tenants/txn/handles",
+            Some(&json!({ "ttl_seconds": 30 })),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let handle = opened["handle"].as_str().unwrap();
+    let on_handle = |sql: &'static str| {
+        let path = format!("/v1/handles/{handle}/sql");
+        let token = token.clone();
+        let app = &app;
+        async move { app.request_as(Method::POST, &path, Some(&json!({ "sql": sql })), Some(&token)).await }
+    };
+    assert_eq!(on_handle("BEGIN").await.0, 200);
+    let (status, body) =
+        on_handle("INSERT INTO customers (email, name) VALUES ('ann@example.com', 'Ann')").await;
+    assert_eq!(status, 200, "{body}");
+    let count = || sql_as(&app, &token, "txn", json!({ "sql": "SELECT count(*) AS n FROM customers" }));
+    assert_eq!(count().await.1["rows"][0]["n"], "0", "not visible before COMMIT");
+    assert_eq!(on_handle("COMMIT").await.0, 200);
+    assert_eq!(count().await.1["rows"][0]["n"], "1", "visible after COMMIT");
+
+    // Handles belong to the token that opened them.
+    let (status, _) = app
+        .request_as(
+            Method::POST,
+            &format!("/v1/handles/{handle}/sql"),
+            Some(&json!({ "sql": "SELECT 1" })),
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) =
+        app.request_as(Method::DELETE, &format!("/v1/handles/{handle}"), None, Some(&token)).await;
+    assert_eq!(status, 204);
+    let (status, body) = on_handle("SELECT 1").await;
+    assert_eq!(status, 404, "closed handle: {body}");
+    let (status, _) = app
+        .request_as(
+            Method::POST,
+            "/v1/handles/h_unknown/sql",
+            Some(&json!({ "sql": "SELECT 1" })),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
+    // One connection per tenant: the next borrower gets the very same session.
+    let app = app()
+        .configure(|s| {
+            s.pools.per_tenant = 1;
+            s.pools.max_handles_per_tenant = 1;
+        })
+        .spawn()
+        .await;
+    let token = ready_tenant(&app, "clean").await;
+    let (_, opened) = app.request_as(Method::POST, "/v1/tenants/clean/handles", None, Some(&token)).await;
+    let handle = opened["handle"].as_str().unwrap().to_owned();
+    let path = format!("/v1/handles/{handle}/sql");
+    let pid = app
+        .request_as(
+            Method::POST,
+            &path,
+            Some(&json!({ "sql": "SELECT pg_backend_pid() AS pid" })),
+            Some(&token),
+        )
+        .await
+        .1["rows"][0]["pid"]
+        .clone();
+    for sql in [
+        "SET search_path TO pg_catalog",
+        "SET application_name TO 'dirty'",
+        "CREATE TEMP TABLE scratch (x int)",
+        "SELECT pg_advisory_lock(42)",
+        "LISTEN gossip",
+        "PREPARE leftover AS SELECT 1",
+        "BEGIN",
+        "INSERT INTO public.customers (email, name) VALUES ('ghost@example.com', 'Ghost')",
+    ] {
+        let (status, body) =
+            app.request_as(Method::POST, &path, Some(&json!({ "sql": sql })), Some(&token)).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+    }
+    // Released with the transaction still open.
+    app.request_as(Method::DELETE, &format!("/v1/handles/{handle}"), None, Some(&token)).await;
+
+    let (status, body) = sql_as(
+        &app,
+        &token,
+        "clean",
+        json!({ "sql": "SELECT pg_backend_pid() AS pid, current_setting('search_path') AS path, \
+                        current_setting('application_name') AS app, \
+                        (SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't') AS temp, \
+                        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, \
+                        (SELECT count(*) FROM pg_listening_channels()) AS listening, \
+                        (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leftover') AS prepared, \
+                        (SELECT count(*) FROM customers) AS customers" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let row = &body["rows"][0];
+    assert_eq!(row["pid"], pid, "same session reused (the test would prove nothing otherwise)");
+    assert_eq!(row["path"], "\"$user\", public");
+    assert_eq!(row["app"], "tenantd-lend");
+    assert_eq!(row["temp"], "0");
+    assert_eq!(row["locks"], "0");
+    assert_eq!(row["listening"], "0");
+    assert_eq!(row["prepared"], "0");
+    assert_eq!(row["customers"], "0", "the open transaction was rolled back");
+}
+
+#[tokio::test]
+async fn bounds_hold_under_a_burst() {
+    let app = app()
+        .configure(|s| {
+            s.pools.per_tenant = 3;
+            s.pools.per_server = 4;
+            s.pools.acquire_timeout = Duration::from_millis(300);
+        })
+        .spawn()
+        .await;
+    let one = ready_tenant(&app, "burst-one").await;
+    let two = ready_tenant(&app, "burst-two").await;
+    let roles: Vec<String> = ["burst-one", "burst-two"]
+        .iter()
+        .map(|s| format!("{}{}", app.settings.names.prefix, s.replace('-', "_")))
+        .collect();
+
+    // Watch the server's sessions of both tenant roles while the burst runs.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let peak_one = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, peak_one, done, roles) = (peak.clone(), peak_one.clone(), done.clone(), roles.clone());
+        tokio::spawn(async move {
+            let su = shared_cluster().superuser("postgres").await;
+            while !done.load(Ordering::SeqCst) {
+                let rows = su
+                    .query("SELECT usename::text FROM pg_stat_activity WHERE usename = ANY($1)", &[&roles])
+                    .await
+                    .unwrap();
+                peak.fetch_max(rows.len(), Ordering::SeqCst);
+                let ones = rows.iter().filter(|r| r.get::<_, String>(0) == roles[0]).count();
+                peak_one.fetch_max(ones, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let requests = (0..50).map(|i| {
+        let (slug, token) = if i % 2 == 0 { ("burst-one", one.clone()) } else { ("burst-two", two.clone()) };
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(format!("{}/v1/tenants/{slug}/sql", app.base))
+                .bearer_auth(token)
+                .json(&json!({ "sql": "SELECT pg_sleep(0.05)" }))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            (response.status().as_u16(), retry_after)
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    done.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let busy = results.iter().filter(|(s, _)| *s == 503).count();
+    assert_eq!(ok + busy, 50, "only 200 or 503: {results:?}");
+    assert!(ok > 0, "{results:?}");
+    assert!(results.iter().filter(|(s, _)| *s == 503).all(|(_, retry)| *retry), "503 carries Retry-After");
+    assert!(peak.load(Ordering::SeqCst) <= 4, "server budget exceeded: {}", peak.load(Ordering::SeqCst));
+    assert!(
+        peak_one.load(Ordering::SeqCst) <= 3,
+        "tenant bound exceeded: {}",
+        peak_one.load(Ordering::SeqCst)
+    );
+    let pools = &app.daemon.as_ref().unwrap().app().pools;
+    assert!(pools.server_connections("pg1") <= 4);
+}
+
+#[tokio::test]
+async fn idle_pools_are_closed() {
+    let app = app().configure(|s| s.pools.idle_timeout = Duration::from_millis(300)).spawn().await;
+    let token = ready_tenant(&app, "sleepy").await;
+    let (status, _) = sql_as(&app, &token, "sleepy", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, 200);
+    let daemon = app.daemon.as_ref().unwrap().app().clone();
+    assert!(daemon.pools.tenant_status("sleepy").is_some_and(|s| s.size >= 1));
+    let role = format!("{}sleepy", app.settings.names.prefix);
+    common::wait_for("idle pool closed", Duration::from_secs(10), || async {
+        let su = shared_cluster().superuser("postgres").await;
+        let n: i64 = su
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+            .await
+            .unwrap()
+            .get(0);
+        (daemon.pools.tenant_status("sleepy").is_none() && n == 0).then_some(())
+    })
+    .await;
+    assert_eq!(daemon.pools.server_connections("pg1"), 0, "budget given back");
+    // A new request simply opens a new pool.
+    assert_eq!(sql_as(&app, &token, "sleepy", json!({ "sql": "SELECT 1" })).await.0, 200);
+}
+
+#[tokio::test]
+async fn handles_expire_count_and_are_limited() {
+    let app = app().configure(|s| s.pools.max_handles_per_tenant = 1).spawn().await;
+    let token = ready_tenant(&app, "handy").await;
+    let open = |ttl: Value| {
+        let (app, token) = (&app, token.clone());
+        async move { app.request_as(Method::POST, "/v1/tenants/handy/handles", Some(&ttl), Some(&token)).await }
+    };
+    let (status, first) = open(json!({ "ttl_seconds": 1 })).await;
+    assert_eq!(status, 201);
+    let (status, body) = open(json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_handles")), "{body}");
+    for bad in [json!({ "ttl_seconds": 0 }), json!({ "ttl_seconds": 999_999 }), json!({ "ttl": 5 })] {
+        assert_eq!(open(bad.clone()).await.0, 400, "{bad}");
+    }
+    let handle = first["handle"].as_str().unwrap().to_owned();
+    // Once the unused handle expires it no longer counts (polling it would keep it alive).
+    common::wait_for("handle expired", Duration::from_secs(10), || async {
+        let (status, _) = open(json!({})).await;
+        (status == 201).then_some(())
+    })
+    .await;
+    let path = format!("/v1/handles/{handle}/sql");
+    let (status, _) =
+        app.request_as(Method::POST, &path, Some(&json!({ "sql": "SELECT 1" })), Some(&token)).await;
+    assert_eq!(status, 404, "the expired handle is gone");
+}
+
+#[tokio::test]
+async fn token_rotation_and_secrets_at_rest() {
+    let app = spawn_app().await;
+    let old = ready_tenant(&app, "rotating").await;
+    let (status, rotated) = app.post("/v1/tenants/rotating/tokens", &json!({})).await;
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["token"].as_str().unwrap();
+    assert_eq!(
+        sql_as(&app, &old, "rotating", json!({ "sql": "SELECT 1" })).await.0,
+        401,
+        "old token revoked at once"
+    );
+    assert_eq!(sql_as(&app, new, "rotating", json!({ "sql": "SELECT 1" })).await.0, 200);
+    let (status, _) =
+        app.request_as(Method::POST, "/v1/tenants/rotating/tokens", Some(&json!({})), Some(new)).await;
+    assert_eq!(status, 401, "rotation is admin-only");
+
+    let (_, details) = app.request_as(Method::GET, "/v1/tenants/rotating/connection", None, Some(new)).await;
+    let password = details["password"].as_str().unwrap();
+    let catalog = app.catalog().await;
+    let dump: String = catalog
+        .query_one(
+            "SELECT (SELECT string_agg(to_jsonb(t)::text, ' ') FROM tenantd.tenants t) || \
+             (SELECT string_agg(to_jsonb(e)::text, ' ') FROM tenantd.tenant_events e)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for secret in [password, new, old.as_str()] {
+        assert!(!dump.contains(secret), "secret in clear in the catalog");
+    }
+    assert!(dump.contains(&tenantd::crypto::token_hash(new)), "only the hash is stored");
+}
+
+#[tokio::test]
+async fn lending_answers_clearly_for_tenants_that_are_not_ready() {
+    let app = app().without_server().spawn().await;
+    let (_, created) = app.post("/v1/tenants", &json!({ "slug": "unplaced" })).await;
+    let token = created["token"].as_str().unwrap();
+    let (status, body) = sql_as(&app, token, "unplaced", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("tenant_not_ready")), "{body}");
+    let catalog = app.catalog().await;
+    catalog
+        .execute("UPDATE tenantd.tenants SET status = 'SUSPENDED' WHERE slug = 'unplaced'", &[])
+        .await
+        .unwrap();
+    let locked = common::wait_for("suspension seen", Duration::from_secs(5), || async {
+        let (status, body) = sql_as(&app, token, "unplaced", json!({ "sql": "SELECT 1" })).await;
+        (status == 423).then_some(body)
+    })
+    .await;
+    assert_eq!(locked["error"]["code"], "tenant_suspended");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_and_the_daemon_lives_on() {
+    let app = spawn_app().await;
+    let state = app.daemon.as_ref().unwrap().app().clone();
+    let routes = tenantd::api::routes().route(
+        "/boom",
+        axum::routing::get(|| async {
+            if true {
+                panic!("deliberate");
+            }
+            "unreachable"
+        }),
+    );
+    let router = tenantd::api::layered(routes, state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let response = reqwest::get(format!("http://{addr}/boom")).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    let after = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(after.status(), 200, "still serving");
+}
