@@ -71,12 +71,12 @@ impl Scratch {
         let database = format!("tenantd_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let client = admin.connect(None).await.map_err(err)?;
         client.batch_execute(&format!("CREATE DATABASE {database} TEMPLATE template0")).await.map_err(pg)?;
-        let catalog_url = SecretString::from(format!(
-            "host={} port={} user={} password='{}' dbname={database}",
-            admin.host,
+        let catalog_url = SecretString::from(crate::pg::url(
+            &admin.user,
+            admin.password.expose_secret(),
+            &admin.host,
             admin.port,
-            admin.user,
-            admin.password.expose_secret().replace('\\', "\\\\").replace('\'', "\\'")
+            &database,
         ));
         let catalog = Catalog::new(&catalog_url, 2).map_err(err)?;
         catalog.migrate().await.map_err(err)?;
@@ -96,26 +96,61 @@ impl Scratch {
         Ok(Self { admin, database, catalog_url })
     }
 
-    /// Drops every tenant database and role the scratch catalog made, then the catalog.
-    async fn remove(self, prefix: &str) -> Result<(), BenchError> {
-        let client = self.admin.connect(None).await.map_err(err)?;
-        let like = format!("{}%", prefix.replace('_', "\\_"));
-        for row in client
-            .query("SELECT datname FROM pg_database WHERE datname LIKE $1", &[&like])
-            .await
-            .map_err(pg)?
-        {
-            let name: String = row.get(0);
-            client
-                .batch_execute(&tenant_sql::drop_database(&PgIdent::from_catalog(name)))
-                .await
-                .map_err(pg)?;
+    /// Drops every tenant database (final or staging) and role the scratch catalog made —
+    /// only those carrying the tenant's marker — then the scratch catalog itself.
+    async fn remove(self) -> Result<(), BenchError> {
+        let catalog = Catalog::new(&self.catalog_url, 2).map_err(err)?;
+        let mut tenants = Vec::new();
+        let mut after = None;
+        loop {
+            let filter = crate::catalog::tenants::TenantFilter { after, limit: 1000, ..Default::default() };
+            let page = catalog.tenants(&filter).await.map_err(err)?;
+            after = page.last().map(|t| t.slug.clone());
+            let done = page.len() < 1000;
+            tenants.extend(page);
+            if done {
+                break;
+            }
         }
-        for row in
-            client.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", &[&like]).await.map_err(pg)?
-        {
-            let name: String = row.get(0);
-            client.batch_execute(&tenant_sql::drop_role(&PgIdent::from_catalog(name))).await.map_err(pg)?;
+        drop(catalog);
+        let client = self.admin.connect(None).await.map_err(err)?;
+        for t in &tenants {
+            let marker = tenant_sql::marker(t.id);
+            let names = [Some(PgIdent::staging(t.id).to_string()), t.database_name.clone()];
+            for name in names.into_iter().flatten() {
+                let ours: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 \
+                         AND shobj_description(oid, 'pg_database') = $2)",
+                        &[&name, &marker],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                if ours {
+                    client
+                        .batch_execute(&tenant_sql::drop_database(&PgIdent::from_catalog(name)))
+                        .await
+                        .map_err(pg)?;
+                }
+            }
+            if let Some(role) = &t.role_name {
+                let ours: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 \
+                         AND shobj_description(oid, 'pg_authid') = $2)",
+                        &[role, &marker],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                if ours {
+                    client
+                        .batch_execute(&tenant_sql::drop_role(&PgIdent::from_catalog(role.clone())))
+                        .await
+                        .map_err(pg)?;
+                }
+            }
         }
         let scratch = PgIdent::from_catalog(self.database);
         client.batch_execute(&tenant_sql::drop_database(&scratch)).await.map_err(pg)?;
@@ -230,7 +265,7 @@ pub async fn provision(
     let scratch = Scratch::create(server, keyring).await?;
     let prefix = format!("tb{}_", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let result = run_provision(settings, &scratch, &prefix, n, concurrency).await;
-    let removed = scratch.remove(&prefix).await;
+    let removed = scratch.remove().await;
     result.and(removed)
 }
 
@@ -394,7 +429,7 @@ pub async fn sql(
         measured
     }
     .await;
-    let removed = scratch.remove(&prefix).await;
+    let removed = scratch.remove().await;
     let figures = result?;
     removed?;
     figures.print(concurrency);
@@ -555,7 +590,7 @@ pub async fn migrate(
         measured
     }
     .await;
-    let removed = scratch.remove(&prefix).await;
+    let removed = scratch.remove().await;
     let rows = result?;
     removed?;
     println!();

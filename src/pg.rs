@@ -29,3 +29,30 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
     text
 }
+
+/// A `postgres://` URL with every part percent-encoded (user names and passwords may hold
+/// any character).
+pub fn url(user: &str, password: &str, host: &str, port: u16, dbname: &str) -> String {
+    format!("postgres://{}:{}@{}:{port}/{}", percent(user), percent(password), host, percent(dbname))
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_round_trip_through_the_driver() {
+        let url = super::url("we ird", "p@ss:w/rd'\\", "db.example", 6543, "my db");
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_user(), Some("we ird"));
+        assert_eq!(config.get_password(), Some("p@ss:w/rd'\\".as_bytes()));
+        assert_eq!(config.get_dbname(), Some("my db"));
+    }
+}

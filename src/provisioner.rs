@@ -95,6 +95,8 @@ pub enum Fault {
     Fail(String),
     /// The process "dies": nothing more is written, the lease is left to expire.
     Crash,
+    /// The step stalls this long (a frozen process, a hung server), then goes on.
+    Stall(Duration),
 }
 
 /// A fault-injection hook: called at every step and phase with the tenant's slug.
@@ -199,11 +201,15 @@ fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
 }
 
 impl Provisioner<'_> {
-    fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
+    async fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
         match self.faults.and_then(|hook| hook(slug, step, phase)) {
             None => Ok(()),
             Some(Fault::Fail(message)) => Err(StepError::Retry(step, format!("injected failure: {message}"))),
             Some(Fault::Crash) => Err(StepError::Crashed),
+            Some(Fault::Stall(pause)) => {
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
         }
     }
 
@@ -245,11 +251,18 @@ impl Provisioner<'_> {
                 .await?;
             return Err(StepError::Retry(Step::Migrate, "tenant database is missing; recreating it".into()));
         };
+        // Migrations may run long: give the pooled admin connection back meanwhile.
+        drop(admin);
         let version = timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?;
         if location == Location::Staging {
+            let admin = self
+                .admin_pools
+                .get(&target.record, &target.admin)
+                .await
+                .map_err(|e| StepError::Retry(Step::Rename, e.to_string()))?;
             timed(Step::Rename, self.rename(&admin, &target)).await?;
         }
-        self.fault(&target.slug, Step::Ready, Phase::Before)?;
+        self.fault(&target.slug, Step::Ready, Phase::Before).await?;
         let seconds = started.elapsed().as_secs_f64();
         let detail = json!({ "schema_version": version, "seconds": seconds });
         self.catalog.mark_ready(target.id, self.actor, version, &detail).await?;
@@ -261,7 +274,7 @@ impl Provisioner<'_> {
 
     /// Step 1: choose a server and persist everything before any DDL.
     async fn place(&self, t: &TenantRecord) -> Result<Option<Placement>, StepError> {
-        self.fault(&t.slug, Step::Place, Phase::Before)?;
+        self.fault(&t.slug, Step::Place, Phase::Before).await?;
         let slug = TenantSlug::parse(&t.slug).map_err(|e| StepError::Fatal(Step::Place, e.to_string()))?;
         let derived = PgIdent::for_tenant(&self.settings.names.prefix, &slug);
         let database = t.database_name.clone().unwrap_or_else(|| derived.to_string());
@@ -286,7 +299,7 @@ impl Provisioner<'_> {
             Err(CatalogError::Conflict(m)) => return Err(StepError::Fatal(Step::Place, m)),
             Err(e) => return Err(e.into()),
         };
-        self.fault(&t.slug, Step::Place, Phase::After)?;
+        self.fault(&t.slug, Step::Place, Phase::After).await?;
         tracing::info!(tenant = %t.slug, server = %placed.server, "tenant placed");
         Ok(Some(placed))
     }
@@ -325,7 +338,7 @@ impl Provisioner<'_> {
     /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
     async fn ensure_role(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
-        self.fault(&t.slug, STEP, Phase::Before)?;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
         let verifier = postgres_protocol::password::scram_sha_256(t.password.expose_secret().as_bytes());
         let existing = admin
             .query_opt(
@@ -366,7 +379,7 @@ impl Provisioner<'_> {
                 ));
             }
         };
-        self.fault(&t.slug, STEP, Phase::After)?;
+        self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(t.id, kind, json!({ "role": t.role.as_str() })).await?;
         Ok(())
     }
@@ -412,7 +425,7 @@ impl Provisioner<'_> {
         found: Option<Location>,
     ) -> Result<Location, StepError> {
         const STEP: Step = Step::Database;
-        self.fault(&t.slug, STEP, Phase::Before)?;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
         let (location, kind) = match found {
             Some(location) => (location, "step.database.adopted"),
             None => {
@@ -431,7 +444,7 @@ impl Provisioner<'_> {
                 .await
                 .map_err(pg_retry(STEP))?;
         }
-        self.fault(&t.slug, STEP, Phase::After)?;
+        self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(
             t.id,
             kind,
@@ -445,16 +458,39 @@ impl Provisioner<'_> {
     /// tenant-role connection that step 5 needs is opened meanwhile and handed over.
     async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<Client, StepError> {
         const STEP: Step = Step::Lockdown;
-        self.fault(&t.slug, STEP, Phase::Before)?;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
         let db = if location == Location::Staging { &t.staging } else { &t.database };
         admin.batch_execute(&tenant_sql::lock_down_database(db, &t.role)).await.map_err(pg_retry(STEP))?;
         let (inside, tenant) =
             tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db));
         let inside = inside.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
+        // A GRANT or REVOKE that the admin may not make is only a WARNING in PostgreSQL:
+        // check the result instead of trusting it.
+        let row = inside
+            .query_one(
+                "SELECT has_schema_privilege($1, 'public', 'CREATE'), \
+                        has_database_privilege('public', current_database(), 'CONNECT')",
+                &[&t.role.as_str()],
+            )
+            .await
+            .map_err(pg_retry(STEP))?;
         drop(inside);
+        let (tenant_may_create, public_may_connect): (bool, bool) = (row.get(0), row.get(1));
+        if !tenant_may_create {
+            return Err(StepError::Fatal(
+                STEP,
+                format!(
+                    "role {:?} cannot create in schema public after the GRANT (does the admin own the database?)",
+                    t.role.as_str()
+                ),
+            ));
+        }
+        if public_may_connect {
+            return Err(StepError::Fatal(STEP, "PUBLIC can still connect after REVOKE".into()));
+        }
         let tenant = tenant.map_err(|e| StepError::Retry(STEP, e))?;
-        self.fault(&t.slug, STEP, Phase::After)?;
+        self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(tenant)
     }
 
@@ -474,7 +510,7 @@ impl Provisioner<'_> {
         connection: Option<Client>,
     ) -> Result<i32, StepError> {
         const STEP: Step = Step::Migrate;
-        self.fault(&t.slug, STEP, Phase::Before)?;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
         let db = if location == Location::Staging { &t.staging } else { &t.database };
         let mut client = match connection {
             Some(client) => client,
@@ -483,7 +519,7 @@ impl Provisioner<'_> {
         let (version, applied) =
             self.migrations.apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);
-        self.fault(&t.slug, STEP, Phase::After)?;
+        self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(t.id, "step.migrated", json!({ "version": version, "applied": applied })).await?;
         Ok(version)
     }
@@ -492,7 +528,7 @@ impl Provisioner<'_> {
     /// closed) can linger for a moment, so "in use" is retried briefly.
     async fn rename(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
-        self.fault(&t.slug, STEP, Phase::Before)?;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
         let ddl = tenant_sql::rename_database(&t.staging, &t.database);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -504,7 +540,7 @@ impl Provisioner<'_> {
                 Err(e) => return Err(pg_retry(STEP)(e)),
             }
         }
-        self.fault(&t.slug, STEP, Phase::After)?;
+        self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(t.id, "step.renamed", json!({ "from": t.staging.as_str(), "to": t.database.as_str() }))
             .await?;
         Ok(())

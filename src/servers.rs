@@ -197,8 +197,8 @@ impl AdminTarget {
 /// A pool is keyed by server name and replaced when the server's address, admin role or
 /// sealed password changes in the catalog, so edits take effect without a restart. Health
 /// checks do not use these pools: they must prove that *new* connections work.
-#[derive(Default)]
 pub struct AdminPools {
+    size: usize,
     pools: std::sync::Mutex<std::collections::HashMap<String, (String, deadpool_postgres::Pool)>>,
 }
 
@@ -208,10 +208,12 @@ impl std::fmt::Debug for AdminPools {
     }
 }
 
-/// Admin connections kept per server.
-const ADMIN_POOL_SIZE: usize = 4;
-
 impl AdminPools {
+    /// Pools of at most `size` connections per server (one per provisioning worker suits).
+    pub fn new(size: usize) -> Self {
+        Self { size: size.max(1), pools: std::sync::Mutex::default() }
+    }
+
     /// A pooled admin connection to `server`'s maintenance database.
     pub async fn get(
         &self,
@@ -235,7 +237,7 @@ impl AdminPools {
                         },
                     );
                     let pool = deadpool_postgres::Pool::builder(manager)
-                        .max_size(ADMIN_POOL_SIZE)
+                        .max_size(self.size)
                         .runtime(deadpool_postgres::Runtime::Tokio1)
                         .wait_timeout(Some(ADMIN_CONNECT_TIMEOUT))
                         .create_timeout(Some(ADMIN_CONNECT_TIMEOUT))

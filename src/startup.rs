@@ -153,6 +153,7 @@ impl Daemon {
         let addr =
             listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         let settings_pools = settings.pools.clone();
+        let settings_pools_admin = settings.workers.concurrency + 1;
         let app = Arc::new(App {
             settings,
             catalog,
@@ -164,7 +165,7 @@ impl Daemon {
             migrations: extras.migrations.unwrap_or_default(),
             wake: Arc::new(Notify::new()),
             changes: broadcast::channel(1024).0,
-            admin_pools: crate::servers::AdminPools::default(),
+            admin_pools: crate::servers::AdminPools::new(settings_pools_admin),
             resolver: crate::resolver::Resolver::default(),
             pools: crate::pools::Pools::new(settings_pools),
             handles: Arc::new(crate::handles::Handles::default()),

@@ -309,9 +309,37 @@ impl Upgrader<'_> {
         options: &Options,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Summary, CatalogError> {
+        let run = started.run;
+        tokio::select! {
+            summary = self.execute_inner(started, options, progress) => summary,
+            never = self.heartbeat(run) => match never {},
+        }
+    }
+
+    /// Marks the run alive every [`crate::catalog::upgrades::RUN_HEARTBEAT`]; never returns.
+    async fn heartbeat(&self, run: Uuid) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(crate::catalog::upgrades::RUN_HEARTBEAT).await;
+            if let Err(e) = self.catalog.run_heartbeat(run).await {
+                tracing::warn!(%run, error = %e, "cannot mark the upgrade run alive");
+            }
+        }
+    }
+
+    async fn execute_inner(
+        &self,
+        started: Started,
+        options: &Options,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<Summary, CatalogError> {
         let Started { run, plan } = started;
         let work: Vec<Planned> = plan.behind().cloned().collect();
-        let counters = Counters { total: work.len(), done: AtomicUsize::new(0), failed: AtomicUsize::new(0) };
+        let counters = Counters {
+            total: work.len(),
+            done: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            unrecorded: AtomicUsize::new(0),
+        };
         let canary = options.canary.min(work.len());
         let (first, rest) = work.split_at(canary);
         let mut results = self.batch(run, first, options.concurrency, None, &counters, progress).await;
@@ -340,7 +368,13 @@ impl Upgrader<'_> {
         }
         results.extend(not_started);
         let status = if stopped.is_some() { "stopped" } else { "finished" };
-        self.catalog.finish_run(run, status, stopped.as_deref()).await?;
+        let unrecorded = counters.unrecorded.load(Ordering::SeqCst);
+        let reason = match (&stopped, unrecorded) {
+            (_, 0) => stopped.clone(),
+            (Some(r), n) => Some(format!("{r}; {n} result(s) could not be recorded (see the log)")),
+            (None, n) => Some(format!("{n} result(s) could not be recorded (see the log)")),
+        };
+        self.catalog.finish_run(run, status, reason.as_deref()).await?;
         tracing::info!(%run, status, failed = counters.failed.load(Ordering::SeqCst), "upgrade run ended");
         Ok(Summary { run: Some(run), plan, results, stopped })
     }
@@ -364,6 +398,7 @@ impl Upgrader<'_> {
                 }
                 let outcome = self.one(t).await;
                 if let Err(e) = self.record(run, t, &outcome).await {
+                    counters.unrecorded.fetch_add(1, Ordering::SeqCst);
                     tracing::error!(tenant = %t.slug, error = %e, "cannot record an upgrade result");
                 }
                 counters.finished(matches!(outcome, Outcome::Failed { .. }), progress);
@@ -392,7 +427,9 @@ impl Upgrader<'_> {
     /// Upgrades one tenant, holding its lease throughout.
     async fn one(&self, planned: &Planned) -> Outcome {
         let lease = self.settings.workers.lease;
-        let tenant = match self.catalog.claim_for_upgrade(&planned.slug, self.actor, lease).await {
+        let owner = crate::workers::claim_owner(self.actor);
+        let claimed_at = std::time::Instant::now();
+        let tenant = match self.catalog.claim_for_upgrade(&planned.slug, &owner, lease).await {
             Ok(Some(t)) => t,
             Ok(None) => {
                 let reason = match self.catalog.tenant(&planned.slug).await {
@@ -412,13 +449,13 @@ impl Upgrader<'_> {
         let work = async {
             tokio::select! {
                 outcome = self.apply(&tenant) => outcome,
-                lost = crate::workers::keep_lease(self.catalog, tenant.id, self.actor, lease) => {
+                lost = crate::workers::keep_lease(self.catalog, tenant.id, &owner, lease, claimed_at) => {
                     Err(format!("stopped: {lost}"))
                 }
             }
         };
         let result = tracing::Instrument::instrument(work, span).await;
-        self.conclude(&tenant, result).await
+        self.conclude(&tenant, &owner, result).await
     }
 
     /// Connects as the tenant role and applies what is pending.
@@ -454,17 +491,17 @@ impl Upgrader<'_> {
     }
 
     /// Writes the outcome to the catalog (and releases the lease).
-    async fn conclude(&self, tenant: &TenantRecord, result: Result<Outcome, String>) -> Outcome {
+    async fn conclude(&self, tenant: &TenantRecord, owner: &str, result: Result<Outcome, String>) -> Outcome {
         let written = match &result {
             Ok(Outcome::Upgraded { from, to, applied }) => {
                 tracing::info!(tenant = %tenant.slug, from, to, "tenant upgraded");
                 metrics::counter!("tenantd_upgrades_total", "outcome" => "upgraded").increment(1);
                 let detail = json!({ "from": from, "to": to, "applied": applied });
-                self.catalog.finish_upgrade(tenant.id, self.actor, *to, "upgrade.applied", &detail).await
+                self.catalog.finish_upgrade(tenant.id, owner, *to, "upgrade.applied", &detail).await
             }
             Ok(Outcome::Current { version }) => {
                 let detail = json!({ "version": version });
-                self.catalog.finish_upgrade(tenant.id, self.actor, *version, "upgrade.current", &detail).await
+                self.catalog.finish_upgrade(tenant.id, owner, *version, "upgrade.current", &detail).await
             }
             Ok(Outcome::Ahead { version }) => {
                 tracing::warn!(tenant = %tenant.slug, version, "tenant database is newer than this build; left alone");
@@ -472,14 +509,14 @@ impl Upgrader<'_> {
                     "database at version {version}, newer than this build ({})",
                     self.migrations.latest_version()
                 );
-                self.catalog.fail_upgrade(tenant.id, self.actor, &error, &json!({ "ahead": version })).await
+                self.catalog.fail_upgrade(tenant.id, owner, &error, &json!({ "ahead": version })).await
             }
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(tenant = %tenant.slug, %error, "tenant upgrade failed; it stays at its old version");
                 metrics::counter!("tenantd_upgrades_total", "outcome" => "failed").increment(1);
                 let detail = json!({ "error": error, "version": tenant.schema_version });
-                self.catalog.fail_upgrade(tenant.id, self.actor, &format!("upgrade: {error}"), &detail).await
+                self.catalog.fail_upgrade(tenant.id, owner, &format!("upgrade: {error}"), &detail).await
             }
         };
         if let Err(e) = written {
@@ -496,6 +533,7 @@ struct Counters {
     total: usize,
     done: AtomicUsize,
     failed: AtomicUsize,
+    unrecorded: AtomicUsize,
 }
 
 impl Counters {

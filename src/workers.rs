@@ -7,7 +7,7 @@
 //! the lease decides).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::Notify;
@@ -41,34 +41,58 @@ pub fn backoff(delays: &[Duration], attempts: i32) -> Duration {
     delays.get(index).or(delays.last()).copied().unwrap_or(Duration::from_secs(1))
 }
 
-/// Renews the lease every third of its length; returns when it is lost.
-pub(crate) async fn keep_lease(catalog: &Catalog, id: Uuid, owner: &str, lease: Duration) -> StepError {
-    let mut consecutive_failures = 0u32;
+/// Keeps a lease alive: renews it every third of its length. Returns (ending the work it
+/// races against) when the lease is lost: taken by another process, or no longer provably
+/// ours — the local deadline (last successful renewal + lease − a tenth) is what counts, so a
+/// hung catalog or a saturated pool cannot let DDL go on after another process may have
+/// claimed the tenant. `claimed_at` is taken *before* the claim query (conservative).
+pub(crate) async fn keep_lease(
+    catalog: &Catalog,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+    claimed_at: Instant,
+) -> StepError {
+    let margin = lease / 10;
+    let mut valid_until = claimed_at + lease - margin;
     loop {
-        tokio::time::sleep(lease / 3).await;
-        match catalog.renew_lease(id, owner, lease).await {
-            Ok(()) => consecutive_failures = 0,
-            Err(CatalogError::LeaseLost) => return StepError::LeaseLost,
-            Err(e) => {
-                consecutive_failures += 1;
-                tracing::warn!(error = %e, "cannot renew a lease");
-                // Two missed renewals leave a third of the lease: stop before it runs out.
-                if consecutive_failures >= 2 {
-                    return StepError::Catalog(e);
-                }
+        tokio::time::sleep_until((Instant::now() + lease / 3).min(valid_until).into()).await;
+        let now = Instant::now();
+        if now >= valid_until {
+            tracing::warn!("lease could not be renewed in time; stopping before it may be taken");
+            return StepError::LeaseLost;
+        }
+        match tokio::time::timeout(valid_until - now, catalog.renew_lease(id, owner, lease)).await {
+            Ok(Ok(())) => valid_until = now + lease - margin,
+            Ok(Err(CatalogError::LeaseLost)) => return StepError::LeaseLost,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew a lease; retrying while it lasts"),
+            Err(_) => {
+                tracing::warn!("lease renewal did not answer in time; stopping before it may be taken");
+                return StepError::LeaseLost;
             }
         }
     }
 }
 
+/// A lease owner for one claim: the daemon instance plus a random suffix, so that two
+/// workers of one process can never mistake each other's lease for their own.
+pub fn claim_owner(instance: &str) -> String {
+    format!("{instance}/{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
 /// Provisions one claimed tenant and records the outcome.
-pub async fn run_claimed(p: &Provisioner<'_>, tenant: &TenantRecord, cancel: &CancellationToken) -> Outcome {
+pub async fn run_claimed(
+    p: &Provisioner<'_>,
+    tenant: &TenantRecord,
+    claimed_at: Instant,
+    cancel: &CancellationToken,
+) -> Outcome {
     let span = tracing::info_span!("provision", tenant = %tenant.slug, attempt = tenant.attempts + 1);
     let lease = p.settings.workers.lease;
     async {
         let result = tokio::select! {
             result = p.provision(tenant) => result,
-            lost = keep_lease(p.catalog, tenant.id, p.actor, lease) => Err(lost),
+            lost = keep_lease(p.catalog, tenant.id, p.actor, lease, claimed_at) => Err(lost),
             () = cancel.cancelled() => Err(StepError::Interrupted),
         };
         match result {
@@ -139,13 +163,11 @@ async fn fail(
     let max = i32::try_from(p.settings.workers.max_attempts).unwrap_or(i32::MAX);
     let retry_in = (retryable && attempt < max).then(|| backoff(&p.settings.workers.backoff, attempt));
     metrics::counter!("tenantd_provision_failures_total", "step" => step.to_owned()).increment(1);
-    p.catalog.record_failure(t.id, p.actor, message, retry_in).await?;
     match retry_in {
         Some(delay) => {
+            let detail = json!({ "step": step, "error": message, "attempt": attempt, "retry_in_ms": delay.as_millis() as u64 });
+            p.catalog.record_failure(t.id, p.actor, message, retry_in, ("attempt.failed", &detail)).await?;
             tracing::warn!(error = %message, attempt, retry_in = ?delay, "provisioning attempt failed; will retry");
-            p.catalog
-                .record_event(t.id, "attempt.failed", json!({ "step": step, "error": message, "attempt": attempt, "retry_in_ms": delay.as_millis() as u64 }), p.actor)
-                .await?;
             Ok(Outcome::Retrying(message.to_owned()))
         }
         None => {
@@ -154,16 +176,10 @@ async fn fail(
             } else {
                 "not retryable".to_owned()
             };
+            let detail = json!({ "step": step, "error": message, "attempt": attempt, "reason": why });
+            p.catalog.record_failure(t.id, p.actor, message, None, ("error", &detail)).await?;
             tracing::error!(error = %message, attempt, "provisioning failed: tenant is in ERROR ({why})");
             metrics::counter!("tenantd_tenants_error_total").increment(1);
-            p.catalog
-                .record_event(
-                    t.id,
-                    "error",
-                    json!({ "step": step, "error": message, "attempt": attempt, "reason": why }),
-                    p.actor,
-                )
-                .await?;
             Ok(Outcome::Failed(message.to_owned()))
         }
     }
@@ -179,15 +195,6 @@ pub fn spawn(app: Arc<App>, wake: Arc<Notify>) {
 
 async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
     let cancel = app.shutdown.token().clone();
-    let p = Provisioner {
-        catalog: &app.catalog,
-        keyring: &app.keyring,
-        settings: &app.settings,
-        actor: &app.instance,
-        faults: app.faults.as_ref(),
-        admin_pools: &app.admin_pools,
-        migrations: &app.migrations,
-    };
     let poll = app.settings.workers.poll_interval;
     let mut catalog_backoff = Duration::from_millis(200);
     while !cancel.is_cancelled() {
@@ -195,7 +202,9 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let idle_for = match app.catalog.claim_tenant(&app.instance, app.settings.workers.lease, None).await {
+        let owner = claim_owner(&app.instance);
+        let claimed_at = Instant::now();
+        let idle_for = match app.catalog.claim_tenant(&owner, app.settings.workers.lease, None).await {
             Ok(Claim::Claimed(tenant)) => {
                 catalog_backoff = Duration::from_millis(200);
                 tracing::debug!(
@@ -204,7 +213,16 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
                     since_created_ms = (chrono::Utc::now() - tenant.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
                     "claimed"
                 );
-                let outcome = run_claimed(&p, &tenant, &cancel).await;
+                let p = Provisioner {
+                    catalog: &app.catalog,
+                    keyring: &app.keyring,
+                    settings: &app.settings,
+                    actor: &owner,
+                    faults: app.faults.as_ref(),
+                    admin_pools: &app.admin_pools,
+                    migrations: &app.migrations,
+                };
+                let outcome = run_claimed(&p, &tenant, claimed_at, &cancel).await;
                 tracing::debug!(worker = n, tenant = %tenant.slug, ?outcome, "attempt finished");
                 continue;
             }

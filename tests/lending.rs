@@ -135,7 +135,12 @@ async fn tenants_cannot_reach_each_other() {
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
     let maintenance =
         shared_cluster().url(a["user"].as_str().unwrap(), a["password"].as_str().unwrap(), "postgres");
-    assert!(common::connect(&maintenance).await.is_err(), "nor to the maintenance database");
+    let refused = common::connect(&maintenance).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "nor to the maintenance database: {refused}"
+    );
 
     // The CLI gives the same details.
     let cli = app.cli(&["tenant", "connection", "alpha"]).await;

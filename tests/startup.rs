@@ -197,24 +197,65 @@ async fn json_logs_are_one_object_per_line_without_secrets() {
     app.stop().await; // the CLI process provisions, and logs, by itself
     let mut env = app.cli_env();
     env.insert("TENANTD_LOG_FORMAT".into(), "json".into());
-    // `cli` sets RUST_LOG=warn; a tenant in ERROR logs an error line.
+    let debug = |mut env: BTreeMap<String, String>| {
+        env.insert("RUST_LOG".into(), "debug".into());
+        env
+    };
+    // A successful provisioning at debug level: every step, every connection.
+    let made = cli_env_override(&["tenant", "create", "logged", "--wait", "60"], &debug(env.clone())).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let token = made
+        .stderr
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("token printed once")
+        .to_owned();
+    let details = cli(&["tenant", "connection", "logged", "--json"], &env, None).await;
+    let details: serde_json::Value = serde_json::from_str(&details.stdout).unwrap();
+    let role_password = details["password"].as_str().unwrap().to_owned();
+    // A failing one: its error is logged at ERROR.
     let su = shared_cluster().superuser("postgres").await;
-    let db = format!("{}logged", app.settings.names.prefix);
-    su.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
-    let out = cli(&["tenant", "create", "logged", "--wait", "30"], &env, None).await;
-    assert_eq!(out.code, 1, "{out:?}");
-    let token =
-        out.stderr.lines().find_map(|l| l.split("store it now): ").nth(1)).expect("token printed once");
-    let logs: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with('{')).collect();
-    assert!(!logs.is_empty(), "{}", out.stderr);
-    for line in &logs {
-        let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(parsed["level"].is_string() && parsed["message"].is_string(), "{line}");
-        assert!(!line.contains(token), "token in a log line: {line}");
-        assert!(
-            !line.contains(secrecy::ExposeSecret::expose_secret(&shared_cluster().admin_password)),
-            "{line}"
-        );
+    su.batch_execute(&format!("CREATE DATABASE {}blocked", app.settings.names.prefix)).await.unwrap();
+    let failed =
+        cli_env_override(&["tenant", "create", "blocked", "--wait", "30"], &debug(env.clone())).await;
+    assert_eq!(failed.code, 1, "{failed:?}");
+
+    let secrets = [
+        token.clone(),
+        role_password,
+        secrecy::ExposeSecret::expose_secret(&app.master_key).to_owned(),
+        secrecy::ExposeSecret::expose_secret(&shared_cluster().admin_password).to_owned(),
+    ];
+    let mut lines = 0;
+    for out in [&made, &failed] {
+        for line in out.stderr.lines().filter(|l| l.starts_with('{')) {
+            lines += 1;
+            let parsed: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(parsed["level"].is_string(), "{line}");
+            for secret in &secrets {
+                assert!(!line.contains(secret.as_str()), "a secret in a log line: {line}");
+            }
+        }
     }
-    assert!(logs.iter().any(|l| l.contains("ERROR") && l.contains("not this tenant")), "{logs:?}");
+    assert!(lines > 20, "debug logging exercised ({lines} lines)");
+    assert!(
+        failed.stderr.lines().any(|l| l.contains("\"ERROR\"") && l.contains("not this tenant")),
+        "{}",
+        failed.stderr
+    );
+}
+
+/// Runs the CLI with `RUST_LOG` from `env` (the harness forces `warn` otherwise).
+async fn cli_env_override(args: &[&str], env: &BTreeMap<String, String>) -> common::CliOutput {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
+        cmd.env_remove(name);
+    }
+    let out = cmd.args(args).envs(env).stdin(std::process::Stdio::null()).output().await.unwrap();
+    common::CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -307,3 +307,32 @@ async fn migrate_over_the_cli() {
         app.request(Method::GET, "/v1/migrations/00000000-0000-0000-0000-000000000000", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_run_whose_process_died_is_shown_interrupted() {
+    let app = app().spawn().await;
+    let catalog = app.catalog().await;
+    let id: uuid::Uuid = catalog
+        .query_one(
+            "INSERT INTO tenantd.migration_runs (actor, target_version, heartbeat_at) \
+             VALUES ('gone-host:1:x', 3, now() - interval '5 minutes') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (status, doc) = app.get(&format!("/v1/migrations/{id}")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["run"]["status"], "interrupted", "{doc}");
+    assert!(doc["run"]["stop_reason"].as_str().unwrap().contains("no heartbeat"), "{doc}");
+    let fresh: uuid::Uuid = catalog
+        .query_one(
+            "INSERT INTO tenantd.migration_runs (actor, target_version) VALUES ('alive', 3) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (_, doc) = app.get(&format!("/v1/migrations/{fresh}")).await;
+    assert_eq!(doc["run"]["status"], "running", "a beating run stays running");
+}

@@ -66,6 +66,15 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// True when the headers carry the admin token.
+pub fn is_admin(headers: &axum::http::HeaderMap, app: &App) -> bool {
+    headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(' ')).is_some_and(
+        |(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && crypto::token_matches(token.trim(), &app.admin_token)
+        },
+    )
+}
+
 /// Proof that the request carries the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;

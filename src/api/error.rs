@@ -101,6 +101,11 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::Conflict(m) => Self::conflict(m),
             CatalogError::NotFound(m) => Self::not_found(m),
+            // Class 22 (data exception): a value the client sent cannot be stored or compared,
+            // such as a NUL character in a slug or a label.
+            CatalogError::Query(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+                Self::bad_request("invalid", format!("invalid value: {}", crate::pg::describe(&e)))
+            }
             CatalogError::Pool(_) => {
                 tracing::error!(error = %e, "catalog unreachable");
                 Self::unavailable("catalog_unavailable", e.to_string(), 5)

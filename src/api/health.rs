@@ -26,12 +26,17 @@ pub struct ReadyQuery {
     deep: bool,
 }
 
-/// Readiness: the catalog answers; with `?deep=true` every server is checked too, with its
-/// latency. 503 when anything is down.
+/// Readiness: the catalog answers; with `?deep=true` (admin token) every server is checked
+/// too, with its latency. 503 when anything is down.
 pub async fn readyz(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<ReadyQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // The deep check names servers and logs in to each of them: admin only.
+    if q.deep && !super::auth::is_admin(&headers, &app) {
+        return Err(ApiError::unauthorized("/readyz?deep=true needs the admin token"));
+    }
     let started = Instant::now();
     if let Err(e) = app.catalog.ping().await {
         tracing::warn!(error = %e, "readiness: catalog unreachable");

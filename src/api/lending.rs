@@ -211,14 +211,7 @@ pub fn details(
         .map_err(|e| format!("role password cannot be opened: {e}"))?;
     let (user, dbname) =
         (tenant.role_name.clone().unwrap_or_default(), tenant.database_name.clone().unwrap_or_default());
-    let url = format!(
-        "postgres://{}:{}@{}:{}/{}",
-        percent(&user),
-        percent(password.expose_secret()),
-        server.host,
-        server.port,
-        percent(&dbname)
-    );
+    let url = crate::pg::url(&user, password.expose_secret(), &server.host, server.port, &dbname);
     Ok(ConnectionDetails {
         host: server.host.clone(),
         port: server.port,
@@ -227,15 +220,6 @@ pub fn details(
         password: password.expose_secret().to_owned(),
         url,
     })
-}
-
-fn percent(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// `GET /v1/tenants/{slug}/connection`: host, port, dbname, user, password and URL of the

@@ -121,5 +121,12 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     metrics::counter!("tenantd_http_panics_total").increment(1);
-    ApiError::internal(format!("handler panicked: {detail}")).into_response()
+    // The detail goes to the log only: a panic message may quote internal state.
+    tracing::error!(panic = %detail, "a request handler panicked; answered 500");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error (logged by tenantd)",
+    )
+    .into_response()
 }

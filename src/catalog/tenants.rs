@@ -1,7 +1,7 @@
 //! Queries on `tenantd.tenants`: creation, listing, claiming work with a lease, and the
 //! lease-guarded state writes of workers.
 //!
-//! Every write a worker makes is `... WHERE id = $1 AND lease_owner = $2`: zero rows means
+//! Every write a worker makes is `... WHERE id = $1 AND lease_owner = $2 AND lease_until > now()`: zero rows means
 //! another process now holds the tenant, and the worker stops ([`CatalogError::LeaseLost`]).
 
 use std::time::Duration;
@@ -374,7 +374,7 @@ impl Catalog {
     pub async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> Result<(), CatalogError> {
         self.leased(
             "UPDATE tenantd.tenants SET lease_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND lease_owner = $2",
+             WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
             &[&id, &owner, &secs(lease)],
         )
         .await
@@ -383,7 +383,7 @@ impl Catalog {
     /// Gives the tenant back (shutdown): another process may claim it at once.
     pub async fn release_lease(&self, id: Uuid, owner: &str) -> Result<(), CatalogError> {
         self.leased(
-            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
             &[&id, &owner],
         )
         .await
@@ -399,7 +399,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.leased(
             "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-             SELECT id, $3, $4, $2 FROM tenantd.tenants WHERE id = $1 AND lease_owner = $2",
+             SELECT id, $3, $4, $2 FROM tenantd.tenants WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
             &[&id, &owner, &kind, detail],
         )
         .await
@@ -415,7 +415,7 @@ impl Catalog {
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
         self.leased(
-            "WITH moved AS (UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+            "WITH moved AS (UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM moved",
             &[&id, &owner, &status.as_str(), &kind, detail],
         )
@@ -434,28 +434,32 @@ impl Catalog {
         self.leased(
             "WITH ready AS (UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
                last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, 'ready', $4, $2 FROM ready",
             &[&id, &owner, &schema_version, detail],
         )
         .await
     }
 
-    /// A failed attempt: counts it, schedules the next one (or ERROR), releases the lease.
+    /// A failed attempt: counts it, schedules the next one (or ERROR), releases the lease and
+    /// appends its event — one statement, so the failure and its record cannot part.
     pub async fn record_failure(
         &self,
         id: Uuid,
         owner: &str,
         error: &str,
         retry_in: Option<Duration>,
+        event: (&str, &serde_json::Value),
     ) -> Result<(), CatalogError> {
         let delay = retry_in.map(secs);
         self.leased(
-            "UPDATE tenantd.tenants SET attempts = attempts + 1, last_error = $3, \
-             status = CASE WHEN $4::float8 IS NULL THEN 'ERROR' ELSE status END, \
-             next_attempt_at = now() + make_interval(secs => coalesce($4, 0)), \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &error, &delay],
+            "WITH failed AS (UPDATE tenantd.tenants SET attempts = attempts + 1, last_error = $3, \
+               status = CASE WHEN $4::float8 IS NULL THEN 'ERROR' ELSE status END, \
+               next_attempt_at = now() + make_interval(secs => coalesce($4, 0)), \
+               lease_owner = NULL, lease_until = NULL \
+               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $5, $6, $2 FROM failed",
+            &[&id, &owner, &error, &delay, &event.0, event.1],
         )
         .await
     }
@@ -471,7 +475,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.leased(
             "UPDATE tenantd.tenants SET last_error = $3, next_attempt_at = now() + make_interval(secs => $4), \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
             &[&id, &owner, &reason, &secs(retry_in)],
         )
         .await
@@ -552,7 +556,7 @@ impl Catalog {
             .execute(
                 "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
                  role_password_sealed = $6, status = 'CREATING', last_error = NULL \
-                 WHERE id = $1 AND lease_owner = $2",
+                 WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
                 &[
                     &id,
                     &owner,

@@ -10,6 +10,11 @@ use uuid::Uuid;
 use super::tenants::TenantRecord;
 use super::{Catalog, CatalogError};
 
+/// How often a process working on a run marks it alive.
+pub const RUN_HEARTBEAT: Duration = Duration::from_secs(10);
+/// A running run without a heartbeat for this long is considered interrupted.
+pub const RUN_STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// A run as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -84,7 +89,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.leased_write(
             "WITH done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
-               lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+               lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done",
             &[&id, &owner, &version, &kind, detail],
         )
@@ -102,7 +107,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.leased_write(
             "WITH failed AS (UPDATE tenantd.tenants SET last_error = $3, lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 RETURNING id) \
+               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
              SELECT id, 'upgrade.failed', $4, $2 FROM failed",
             &[&id, &owner, &error, detail],
@@ -163,8 +168,22 @@ impl Catalog {
         Ok(())
     }
 
-    /// A run and its results so far.
+    /// Marks a run alive (its process is still working on it).
+    pub async fn run_heartbeat(&self, run: Uuid) -> Result<(), CatalogError> {
+        self.execute("UPDATE tenantd.migration_runs SET heartbeat_at = now() WHERE id = $1", &[&run]).await?;
+        Ok(())
+    }
+
+    /// A run and its results so far. A `running` run whose heartbeat stopped more than
+    /// [`RUN_STALE_AFTER`] ago is marked `interrupted` first (its process died).
     pub async fn run(&self, run: Uuid) -> Result<(RunRecord, Vec<ResultRecord>), CatalogError> {
+        self.execute(
+            "UPDATE tenantd.migration_runs SET status = 'interrupted', finished_at = now(), \
+             stop_reason = 'no heartbeat since ' || heartbeat_at || ': the process running it stopped' \
+             WHERE id = $1 AND status = 'running' AND heartbeat_at < now() - make_interval(secs => $2)",
+            &[&run, &RUN_STALE_AFTER.as_secs_f64()],
+        )
+        .await?;
         let row = self
             .query_opt(
                 "SELECT id, actor, params, target_version, status, stop_reason, total, created_at, finished_at \

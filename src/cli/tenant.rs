@@ -179,23 +179,16 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
 }
 
 /// Provisions the tenant in this process when no daemon holds it, else waits for the daemon.
+/// Provisions the tenant in this process when no other process holds it (a running daemon
+/// usually claims it first; then this waits for the daemon's result).
 async fn provision_and_wait(
     ctx: &Context,
     tenant: &TenantRecord,
     timeout: Duration,
 ) -> Result<TenantRecord, Failure> {
     let actor = super::actor();
-    let admin_pools = crate::servers::AdminPools::default();
+    let admin_pools = crate::servers::AdminPools::new(1);
     let migrations = crate::tenant_migrations::MigrationSet::embedded();
-    let p = Provisioner {
-        catalog: &ctx.catalog,
-        keyring: &ctx.keyring,
-        settings: &ctx.settings,
-        actor: &actor,
-        faults: None,
-        admin_pools: &admin_pools,
-        migrations: &migrations,
-    };
     let cancel = CancellationToken::new();
     let deadline = Instant::now() + timeout;
     loop {
@@ -204,9 +197,22 @@ async fn provision_and_wait(
             return Ok(current);
         }
         let lease = ctx.settings.workers.lease;
-        let pause =
-            match ctx.catalog.claim_tenant(&actor, lease, Some(tenant.id)).await.map_err(Failure::failed)? {
-                Claim::Claimed(claimed) => match run_claimed(&p, &claimed, &cancel).await {
+        let owner = crate::workers::claim_owner(&actor);
+        let claimed_at = Instant::now();
+        let claim =
+            ctx.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await.map_err(Failure::failed)?;
+        let pause = match claim {
+            Claim::Claimed(claimed) => {
+                let p = Provisioner {
+                    catalog: &ctx.catalog,
+                    keyring: &ctx.keyring,
+                    settings: &ctx.settings,
+                    actor: &owner,
+                    faults: None,
+                    admin_pools: &admin_pools,
+                    migrations: &migrations,
+                };
+                match run_claimed(&p, &claimed, claimed_at, &cancel).await {
                     Outcome::Waiting(reason) => {
                         eprintln!("waiting: {reason}");
                         ctx.settings.workers.poll_interval
@@ -216,12 +222,11 @@ async fn provision_and_wait(
                         Duration::ZERO
                     }
                     _ => Duration::ZERO,
-                },
-                // Held by a daemon, or scheduled for later: look again soon.
-                Claim::Idle(next) => {
-                    next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200))
                 }
-            };
+            }
+            // Held by a daemon, or scheduled for later: look again soon.
+            Claim::Idle(next) => next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200)),
+        };
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
