@@ -74,6 +74,55 @@ pub struct Settings {
     pub names: NameSettings,
     /// Upgrading tenant databases at start.
     pub upgrade: UpgradeSettings,
+    /// Final archives of dropped tenants.
+    pub lifecycle: LifecycleSettings,
+    /// Scheduled backups.
+    pub backups: BackupSettings,
+}
+
+/// Final archives of dropped tenants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSettings {
+    /// Directory for the archives of `DELETE /v1/tenants/{slug}?archive=true`; unset = such
+    /// deletions are refused.
+    pub archive_dir: Option<PathBuf>,
+}
+
+/// Daily backups of every READY or SUSPENDED tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// Directory (one subdirectory per tenant); unset = no scheduled backups.
+    pub dir: Option<PathBuf>,
+    /// Time of day (UTC, `HH:MM`) of the daily run.
+    pub daily_at: String,
+    /// Daily backups kept (the newest of each day).
+    pub keep_daily: usize,
+    /// Weekly backups kept (the newest of each ISO week).
+    pub keep_weekly: usize,
+    /// Tenants backed up at once.
+    pub concurrency: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self { dir: None, daily_at: "03:00".into(), keep_daily: 7, keep_weekly: 4, concurrency: 2 }
+    }
+}
+
+impl BackupSettings {
+    /// The daily time as (hour, minute).
+    pub fn time_of_day(&self) -> Result<(u32, u32), ConfigError> {
+        let bad =
+            || ConfigError::new("backups.daily_at", format!("expected HH:MM (UTC), got {:?}", self.daily_at));
+        let (h, m) = self.daily_at.split_once(':').ok_or_else(bad)?;
+        let (h, m) = (h.parse::<u32>().map_err(|_| bad())?, m.parse::<u32>().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        Ok((h, m))
+    }
 }
 
 /// Upgrading tenant databases when a new build starts.
@@ -179,6 +228,8 @@ impl Default for Settings {
             pools: PoolSettings::default(),
             names: NameSettings::default(),
             upgrade: UpgradeSettings::default(),
+            lifecycle: LifecycleSettings::default(),
+            backups: BackupSettings::default(),
         }
     }
 }
@@ -291,6 +342,12 @@ knobs! {
     "names.prefix", "TENANTD_NAMES_PREFIX", Text, "tenant_", "prefix of tenant database and role names";
     "upgrade.auto", "TENANTD_UPGRADE_AUTO", Bool, "false", "upgrade every READY tenant when the daemon starts";
     "upgrade.concurrency", "TENANTD_UPGRADE_CONCURRENCY", Integer, "4", "tenants upgraded at once by that run";
+    "lifecycle.archive_dir", "TENANTD_LIFECYCLE_ARCHIVE_DIR", Text, "(none)", "final archives of DELETE ?archive=true";
+    "backups.dir", "TENANTD_BACKUPS_DIR", Text, "(none: off)", "daily backups, one subdirectory per tenant";
+    "backups.daily_at", "TENANTD_BACKUPS_DAILY_AT", Text, "03:00", "time of the daily backup run (UTC)";
+    "backups.keep_daily", "TENANTD_BACKUPS_KEEP_DAILY", Integer, "7", "daily backups kept per tenant";
+    "backups.keep_weekly", "TENANTD_BACKUPS_KEEP_WEEKLY", Integer, "4", "weekly backups kept per tenant";
+    "backups.concurrency", "TENANTD_BACKUPS_CONCURRENCY", Integer, "2", "tenants backed up at once";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -350,6 +407,9 @@ impl Settings {
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
         in_range("upgrade.concurrency", self.upgrade.concurrency, 1, crate::upgrade::MAX_CONCURRENCY)?;
+        in_range("backups.concurrency", self.backups.concurrency, 1, 64)?;
+        in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
+        self.backups.time_of_day()?;
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }

@@ -6,14 +6,18 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backups;
 pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod driver;
+pub mod dumps;
 pub mod embedded;
 pub mod handles;
 pub mod health;
+pub mod lifecycle;
 pub mod names;
 pub mod pg;
 pub mod pgcluster;

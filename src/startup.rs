@@ -177,6 +177,7 @@ impl Daemon {
         crate::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
         crate::workers::spawn(app.clone(), app.wake.clone());
         crate::api::spawn(app.clone(), listener);
+        crate::backups::spawn(app.clone());
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             auto_upgrade(app.clone()).await;

@@ -91,6 +91,18 @@ pub fn drop_database(database: &PgIdent) -> String {
     format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database.as_str()))
 }
 
+/// Makes the admin a member of a tenant role: needed to end the role's sessions
+/// (`pg_terminate_backend`, `DROP DATABASE ... WITH (FORCE)`) and to dump or restore as it.
+/// A CREATEROLE admin may grant this for roles it created.
+pub fn grant_membership(role: &PgIdent, admin: &str) -> String {
+    format!("GRANT {} TO {}", quote_ident(role.as_str()), quote_ident(admin))
+}
+
+/// Forbids (suspend) or allows (resume) the tenant role to log in.
+pub fn set_login(role: &PgIdent, login: bool) -> String {
+    format!("ALTER ROLE {} {}", quote_ident(role.as_str()), if login { "LOGIN" } else { "NOLOGIN" })
+}
+
 /// Drops a role.
 pub fn drop_role(role: &PgIdent) -> String {
     format!("DROP ROLE IF EXISTS {}", quote_ident(role.as_str()))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::tenants::{NewTenant, TenantRecord};
+use crate::catalog::tenants::{NewTenant, TenantRecord, TenantStatus};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Settings;
 use crate::crypto;
@@ -97,6 +97,17 @@ pub async fn create(
     settings: &Settings,
     req: &CreateTenant,
 ) -> Result<Created, TenantError> {
+    create_from(catalog, settings, req, None).await
+}
+
+/// Like [`create`], for a tenant to be filled from the dump `restore_source` (by `tenant
+/// restore`, which alone drives it). An existing slug is a conflict here.
+pub async fn create_from(
+    catalog: &Catalog,
+    settings: &Settings,
+    req: &CreateTenant,
+    restore_source: Option<&str>,
+) -> Result<Created, TenantError> {
     let slug = TenantSlug::parse(&req.slug)?;
     let labels = req.labels.clone().unwrap_or_else(|| serde_json::json!({}));
     if !labels.is_object() {
@@ -126,11 +137,15 @@ pub async fn create(
         requested_region: region.clone(),
         labels,
         token_hash: crypto::token_hash(token.expose_secret()),
+        restore_source: restore_source.map(str::to_owned),
     };
     let (tenant, created) = catalog.insert_tenant(&new).await.map_err(|e| match e {
         CatalogError::Conflict(m) => TenantError::Conflict(m),
         other => other.into(),
     })?;
+    if !created && restore_source.is_some() {
+        return Err(TenantError::Conflict(format!("tenant {slug:?} exists already")));
+    }
     if !created && (tenant.requested_server != server || tenant.requested_region != region) {
         return Err(TenantError::Conflict(format!(
             "tenant {slug:?} exists already with a different placement request (server {:?}, region {:?})",
@@ -187,6 +202,25 @@ pub async fn wait_settled(
 /// attempts is made due now.
 pub async fn retry(catalog: &Catalog, slug: &str, actor: &str) -> Result<TenantRecord, TenantError> {
     let tenant = catalog.tenant(slug).await?;
+    if let Some(source) = &tenant.restore_source
+        && tenant.status != TenantStatus::Ready
+    {
+        // Only the restore command has the dump; a daemon would never pick this tenant up.
+        return Err(TenantError::WrongState(format!(
+            "tenant {slug:?} is a restore from {source}; run `tenantd tenant restore {slug} -i {source}` \
+             again to carry it on, or drop it"
+        )));
+    }
+    retry_unchecked(catalog, &tenant, actor).await
+}
+
+/// [`retry`] without the restore check (the restore command itself).
+pub async fn retry_unchecked(
+    catalog: &Catalog,
+    tenant: &TenantRecord,
+    actor: &str,
+) -> Result<TenantRecord, TenantError> {
+    let slug = tenant.slug.as_str();
     if !catalog.retry_tenant(slug).await? {
         return Err(TenantError::WrongState(format!(
             "tenant {slug:?} is {}; only tenants in ERROR or still provisioning can be retried",

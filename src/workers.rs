@@ -31,8 +31,10 @@ pub enum Outcome {
     Failed(String),
     /// Waiting for an eligible server.
     Waiting(String),
-    /// Stopped without a result (shutdown, lease lost, catalog down, injected crash).
+    /// Stopped without a result (shutdown, lease lost, catalog down).
     Interrupted(String),
+    /// An injected crash: this process "died" here; its lease is left to expire.
+    Crashed,
 }
 
 /// The delay before attempt `attempts + 1`; the last configured delay repeats.
@@ -80,7 +82,16 @@ pub fn claim_owner(instance: &str) -> String {
     format!("{instance}/{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// Provisions one claimed tenant and records the outcome.
+/// The work a claimed tenant needs: provisioning, or deletion when DELETING.
+async fn work(p: &Provisioner<'_>, tenant: &TenantRecord) -> Result<i32, StepError> {
+    if tenant.status == crate::catalog::tenants::TenantStatus::Deleting {
+        p.deprovision(tenant).await.map(|()| 0)
+    } else {
+        p.provision(tenant).await
+    }
+}
+
+/// Provisions (or deletes) one claimed tenant and records the outcome.
 pub async fn run_claimed(
     p: &Provisioner<'_>,
     tenant: &TenantRecord,
@@ -91,7 +102,7 @@ pub async fn run_claimed(
     let lease = p.settings.workers.lease;
     async {
         let result = tokio::select! {
-            result = p.provision(tenant) => result,
+            result = work(p, tenant) => result,
             lost = keep_lease(p.catalog, tenant.id, p.actor, lease, claimed_at) => Err(lost),
             () = cancel.cancelled() => Err(StepError::Interrupted),
         };
@@ -115,7 +126,7 @@ async fn record(p: &Provisioner<'_>, t: &TenantRecord, error: StepError) -> Outc
                 Err(e) => Outcome::Interrupted(format!("shutdown; lease not released ({e}), it will expire")),
             };
         }
-        StepError::Crashed => return Outcome::Interrupted("crashed".into()),
+        StepError::Crashed => return Outcome::Crashed,
         StepError::LeaseLost => {
             metrics::counter!("tenantd_leases_lost_total").increment(1);
             tracing::warn!("lease lost: another process holds this tenant now; stopping");
@@ -161,7 +172,14 @@ async fn fail(
 ) -> Result<Outcome, CatalogError> {
     let attempt = t.attempts + 1;
     let max = i32::try_from(p.settings.workers.max_attempts).unwrap_or(i32::MAX);
-    let retry_in = (retryable && attempt < max).then(|| backoff(&p.settings.workers.backoff, attempt));
+    let deleting = t.status == crate::catalog::tenants::TenantStatus::Deleting;
+    // A deletion keeps trying (at the longest delay once it cannot succeed by itself): ERROR
+    // would be wrong for it, since retrying an ERROR provisions the tenant again.
+    let retry_in = if deleting {
+        Some(backoff(&p.settings.workers.backoff, if retryable { attempt } else { i32::MAX }))
+    } else {
+        (retryable && attempt < max).then(|| backoff(&p.settings.workers.backoff, attempt))
+    };
     metrics::counter!("tenantd_provision_failures_total", "step" => step.to_owned()).increment(1);
     match retry_in {
         Some(delay) => {
@@ -221,6 +239,7 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
                     faults: app.faults.as_ref(),
                     admin_pools: &app.admin_pools,
                     migrations: &app.migrations,
+                    restore_from: None,
                 };
                 let outcome = run_claimed(&p, &tenant, claimed_at, &cancel).await;
                 tracing::debug!(worker = n, tenant = %tenant.slug, ?outcome, "attempt finished");

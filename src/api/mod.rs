@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod lending;
+pub mod lifecycle;
 pub mod migrations;
 pub mod servers;
 pub mod tenants;
@@ -42,7 +43,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/servers", get(servers::list).post(servers::add))
         .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
-        .route("/v1/tenants/{slug}", get(tenants::show))
+        .route("/v1/tenants/{slug}", get(tenants::show).delete(lifecycle::delete))
+        .route("/v1/tenants/{slug}/suspend", post(lifecycle::suspend))
+        .route("/v1/tenants/{slug}/resume", post(lifecycle::resume))
+        .route("/v1/tenants/{slug}/dumps", post(lifecycle::dump))
         .route("/v1/tenants/{slug}/events", get(tenants::events))
         .route("/v1/tenants/{slug}/retry", post(tenants::retry))
         .route("/v1/tenants/{slug}/sql", post(lending::sql))

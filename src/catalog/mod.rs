@@ -5,6 +5,7 @@
 //! with refinery from `schema/` (embedded in the binary), under an advisory lock so that any
 //! number of daemons and CLI processes may start together.
 
+pub mod backups;
 pub mod events;
 pub mod servers;
 pub mod tenants;

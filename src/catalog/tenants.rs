@@ -124,6 +124,12 @@ pub struct TenantRecord {
     pub updated_at: DateTime<Utc>,
     /// When it became READY.
     pub ready_at: Option<DateTime<Utc>>,
+    /// The dump it is being (or was) restored from.
+    pub restore_source: Option<String>,
+    /// The directory of the final archive a deletion asked for.
+    pub delete_archive_dir: Option<String>,
+    /// When it was deleted.
+    pub deleted_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub(crate) role_password_sealed: Option<String>,
     #[serde(skip)]
@@ -141,11 +147,12 @@ impl std::fmt::Debug for TenantRecord {
     }
 }
 
-const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
+pub(crate) const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
     attempts, next_attempt_at, last_error, requested_server, requested_region, labels, \
-    lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash";
+    lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash, \
+    restore_source, delete_archive_dir, deleted_at";
 
-fn from_row(row: &Row) -> TenantRecord {
+pub(crate) fn from_row(row: &Row) -> TenantRecord {
     let status: String = row.get(2);
     TenantRecord {
         id: row.get(0),
@@ -169,6 +176,9 @@ fn from_row(row: &Row) -> TenantRecord {
         ready_at: row.get(17),
         role_password_sealed: row.get(18),
         token_hash: row.get(19),
+        restore_source: row.get(20),
+        delete_archive_dir: row.get(21),
+        deleted_at: row.get(22),
     }
 }
 
@@ -189,6 +199,8 @@ pub struct NewTenant {
     pub labels: serde_json::Value,
     /// Hash of the tenant's bearer token.
     pub token_hash: String,
+    /// The dump a restore fills it from (set at insert so no daemon ever provisions it empty).
+    pub restore_source: Option<String>,
 }
 
 /// Filters of a tenant listing.
@@ -226,6 +238,12 @@ pub enum Claim {
     Idle(Option<Duration>),
 }
 
+/// The tenants a worker may take (`$3`: only this one). A restore is driven only by the
+/// command that has the dump file, so daemons leave it alone — unless it is being deleted.
+const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING') \
+    AND ($3::uuid IS NULL OR id = $3) \
+    AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -239,8 +257,9 @@ impl Catalog {
             .query_opt(
                 &format!(
                     "INSERT INTO tenantd.tenants (slug, database_name, role_name, requested_server, \
-                     requested_region, labels, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (slug) DO NOTHING RETURNING {COLUMNS}"
+                     requested_region, labels, token_hash, restore_source) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (slug) WHERE status <> 'DELETED' DO NOTHING RETURNING {COLUMNS}"
                 ),
                 &[
                     &t.slug,
@@ -250,6 +269,7 @@ impl Catalog {
                     &t.requested_region,
                     &t.labels,
                     &t.token_hash,
+                    &t.restore_source,
                 ],
             )
             .await;
@@ -267,7 +287,13 @@ impl Catalog {
     /// One tenant by slug.
     pub async fn tenant(&self, slug: &str) -> Result<TenantRecord, CatalogError> {
         let row = self
-            .query_opt(&format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1"), &[&slug])
+            .query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1 \
+                     ORDER BY (status = 'DELETED'), created_at DESC LIMIT 1"
+                ),
+                &[&slug],
+            )
             .await?;
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant {slug:?}")))
     }
@@ -281,14 +307,22 @@ impl Catalog {
 
     /// The slug of the tenant whose bearer token has this hash.
     pub async fn tenant_slug_by_token_hash(&self, hash: &str) -> Result<Option<String>, CatalogError> {
-        let row = self.query_opt("SELECT slug FROM tenantd.tenants WHERE token_hash = $1", &[&hash]).await?;
+        let row = self
+            .query_opt(
+                "SELECT slug FROM tenantd.tenants WHERE token_hash = $1 AND status <> 'DELETED'",
+                &[&hash],
+            )
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// Replaces a tenant's token hash (rotation); false when there is no such tenant.
     pub async fn set_token_hash(&self, slug: &str, hash: &str) -> Result<bool, CatalogError> {
         Ok(self
-            .execute("UPDATE tenantd.tenants SET token_hash = $2 WHERE slug = $1", &[&slug, &hash])
+            .execute(
+                "UPDATE tenantd.tenants SET token_hash = $2 WHERE slug = $1 AND status <> 'DELETED'",
+                &[&slug, &hash],
+            )
             .await?
             == 1)
     }
@@ -299,7 +333,7 @@ impl Catalog {
         let rows = self
             .query(
                 &format!(
-                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE ($1::text IS NULL OR status = $1) \
+                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE (($1::text IS NULL AND status <> 'DELETED') OR status = $1) \
                      AND ($2::text IS NULL OR server = $2) AND ($3::text IS NULL OR slug > $3) \
                      ORDER BY slug LIMIT $4"
                 ),
@@ -328,11 +362,8 @@ impl Catalog {
         static CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let claim = CLAIM.get_or_init(|| {
             format!(
-                "WITH next AS (SELECT id FROM tenantd.tenants \
-                   WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
-                     AND next_attempt_at <= now() \
-                     AND (lease_until IS NULL OR lease_until < now()) \
-                     AND ($3::uuid IS NULL OR id = $3) \
+                "WITH next AS (SELECT id FROM tenantd.tenants WHERE {WORKABLE} \
+                     AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
                    ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
                  UPDATE tenantd.tenants t SET lease_owner = $1, \
                    lease_until = now() + make_interval(secs => $2) \
@@ -343,15 +374,15 @@ impl Catalog {
         if let Some(row) = self.query_opt(claim, &[&owner, &secs(lease), &only]).await? {
             return Ok(Claim::Claimed(Box::new(from_row(&row))));
         }
-        let next: Option<f64> = self
-            .query_one(
+        static NEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            format!(
                 "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
-                 - now())::float8 FROM tenantd.tenants WHERE status IN ('PENDING', 'CREATING', 'MIGRATING') \
-                 AND ($1::uuid IS NULL OR id = $1)",
-                &[&only],
+                 - now())::float8 FROM tenantd.tenants WHERE {}",
+                WORKABLE.replace("$3", "$1")
             )
-            .await?
-            .get(0);
+        });
+        let next: Option<f64> = self.query_one(next, &[&only]).await?.get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
     }
 
@@ -495,6 +526,49 @@ impl Catalog {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Asks for a tenant's deletion: status DELETING, with a final archive into `archive_dir`
+    /// when given (written by whichever process carries the deletion out). `None` while
+    /// another process holds the tenant, or when it is deleted already.
+    pub async fn request_delete(
+        &self,
+        slug: &str,
+        archive_dir: Option<&str>,
+        actor: &str,
+    ) -> Result<Option<TenantRecord>, CatalogError> {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "WITH asked AS (UPDATE tenantd.tenants SET status = 'DELETING', delete_archive_dir = $2, \
+                   attempts = 0, next_attempt_at = now(), last_error = NULL \
+                   WHERE slug = $1 AND status <> 'DELETED' AND (lease_until IS NULL OR lease_until < now()) \
+                   RETURNING *), \
+                 logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+                   SELECT id, 'delete.requested', jsonb_build_object('archive_dir', $2::text), $3 FROM asked) \
+                 SELECT {COLUMNS} FROM asked"
+            )
+        });
+        let row = self.query_opt(sql, &[&slug, &archive_dir, &actor]).await?;
+        Ok(row.as_ref().map(from_row))
+    }
+
+    /// DELETED: the token stops working, the slug and names are free again, lease released,
+    /// event appended — one statement.
+    pub async fn mark_deleted(
+        &self,
+        id: Uuid,
+        owner: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.leased(
+            "WITH gone AS (UPDATE tenantd.tenants SET status = 'DELETED', deleted_at = now(), token_hash = NULL, \
+               last_error = NULL, lease_owner = NULL, lease_until = NULL \
+               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, 'deleted', $3, $2 FROM gone",
+            &[&id, &owner, detail],
+        )
+        .await
     }
 
     /// Makes waiting, unplaced tenants due now (a server was added or became eligible).

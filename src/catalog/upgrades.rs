@@ -64,11 +64,23 @@ impl Catalog {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<TenantRecord>, CatalogError> {
+        self.claim_in_status(slug, owner, lease, &["READY"]).await
+    }
+
+    /// Claims a live tenant that is in one of `statuses` and not held by anyone.
+    pub async fn claim_in_status(
+        &self,
+        slug: &str,
+        owner: &str,
+        lease: Duration,
+        statuses: &[&str],
+    ) -> Result<Option<TenantRecord>, CatalogError> {
         let claimed = self
             .execute(
                 "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
-                 WHERE slug = $1 AND status = 'READY' AND (lease_until IS NULL OR lease_until < now())",
-                &[&slug, &owner, &lease.as_secs_f64()],
+                 WHERE slug = $1 AND status = ANY($4) AND status <> 'DELETED' \
+                 AND (lease_until IS NULL OR lease_until < now())",
+                &[&slug, &owner, &lease.as_secs_f64(), &statuses],
             )
             .await?;
         if claimed == 0 {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
 //! Output: human tables by default, `--json` for scripts; errors are one line on stderr.
 
+mod backup;
 mod migrate;
 mod output;
 mod server;
@@ -52,6 +53,9 @@ enum Command {
     Tenant(tenant::TenantCommand),
     /// Upgrade tenant databases to this build's migrations (dry run, canary, then all).
     Migrate(migrate::MigrateArgs),
+    /// Backups in backups.dir: list them, or take them now.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -171,6 +175,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
         Command::Tenant(cmd) => tenant::run(cmd, Context::open(settings).await?).await,
         Command::Migrate(args) => migrate::run(args, Context::open(settings).await?).await,
+        Command::Backup(cmd) => backup::run(cmd, Context::open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));

@@ -1,16 +1,16 @@
 //! `tenantd tenant ...`.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Subcommand;
 use secrecy::ExposeSecret;
-use tokio_util::sync::CancellationToken;
 
 use super::{Context, Failure, output};
-use crate::catalog::tenants::{Claim, TenantFilter, TenantRecord, TenantStatus};
-use crate::provisioner::Provisioner;
+use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
+use crate::driver::{Driver, RestoreRequest};
+use crate::lifecycle::LifecycleError;
 use crate::tenants::{CreateTenant, TenantError};
-use crate::workers::{Outcome, run_claimed};
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
@@ -62,6 +62,55 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Dump a tenant's database (pg_dump custom format) to FILE, or to stdout with `-o -`.
+    Dump {
+        /// Slug.
+        slug: String,
+        /// Output file, or `-` for stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Create a tenant from a dump (same provisioning, database filled from the dump).
+    Restore {
+        /// Slug of the new tenant.
+        slug: String,
+        /// A dump made by `tenant dump` (pg_dump custom format).
+        #[arg(short, long, value_name = "FILE")]
+        input: PathBuf,
+        /// Place it on this server.
+        #[arg(long)]
+        server: Option<String>,
+        /// Drop an existing tenant with this slug first.
+        #[arg(long)]
+        replace: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        wait: u64,
+    },
+    /// Refuse new connections and end live ones; the data stays.
+    Suspend {
+        /// Slug.
+        slug: String,
+    },
+    /// Allow connections again after a suspension.
+    Resume {
+        /// Slug.
+        slug: String,
+    },
+    /// Delete a tenant: database and role dropped (after a final archive with --archive).
+    Drop {
+        /// Slug.
+        slug: String,
+        /// Write a final dump into DIR first; the drop is aborted if that fails.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+        /// Confirm (without it, tenantd asks on a terminal and refuses otherwise).
+        #[arg(long)]
+        yes: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        wait: u64,
+    },
     /// Start a tenant in ERROR again.
     Retry {
         /// Slug.
@@ -89,7 +138,7 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
                 None => created.tenant,
             };
             print_tenant(&tenant, json)?;
-            settled_or_fail(&tenant, wait.is_some())
+            settled_or_fail(&tenant, wait.is_some(), TenantStatus::Ready)
         }
         TenantCommand::List { status, server, json } => {
             let status = status
@@ -150,6 +199,33 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             output::table(&["AT", "KIND", "DETAIL", "ACTOR"], &rows);
             Ok(())
         }
+        TenantCommand::Dump { slug, output } => dump(&ctx, &slug, &output).await,
+        TenantCommand::Restore { slug, input, server, replace, wait } => {
+            let req = RestoreRequest { slug, input, server, replace, timeout: Duration::from_secs(wait) };
+            let restored = driver(&ctx).restore(&req).await.map_err(lifecycle_failure)?;
+            if let Some(token) = &restored.token {
+                eprintln!("tenant token (shown once, store it now): {}", token.expose_secret());
+            }
+            print_tenant(&restored.tenant, false)?;
+            settled_or_fail(&restored.tenant, true, TenantStatus::Ready)
+        }
+        TenantCommand::Suspend { slug } => {
+            let tenant = lifecycle(&ctx).suspend(&slug).await.map_err(lifecycle_failure)?;
+            print_tenant(&tenant, false)
+        }
+        TenantCommand::Resume { slug } => {
+            let tenant = lifecycle(&ctx).resume(&slug).await.map_err(lifecycle_failure)?;
+            print_tenant(&tenant, false)
+        }
+        TenantCommand::Drop { slug, archive, yes, wait } => {
+            confirm(&slug, yes)?;
+            let tenant = driver(&ctx)
+                .drop_tenant(&slug, archive.as_deref(), Duration::from_secs(wait))
+                .await
+                .map_err(lifecycle_failure)?;
+            print_tenant(&tenant, false)?;
+            settled_or_fail(&tenant, true, TenantStatus::Deleted)
+        }
         TenantCommand::Connection { slug, json } => {
             let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
             if tenant.status != TenantStatus::Ready {
@@ -173,12 +249,11 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
                 None => tenant,
             };
             print_tenant(&tenant, false)?;
-            settled_or_fail(&tenant, wait.is_some())
+            settled_or_fail(&tenant, wait.is_some(), TenantStatus::Ready)
         }
     }
 }
 
-/// Provisions the tenant in this process when no daemon holds it, else waits for the daemon.
 /// Provisions the tenant in this process when no other process holds it (a running daemon
 /// usually claims it first; then this waits for the daemon's result).
 async fn provision_and_wait(
@@ -186,59 +261,29 @@ async fn provision_and_wait(
     tenant: &TenantRecord,
     timeout: Duration,
 ) -> Result<TenantRecord, Failure> {
-    let actor = super::actor();
-    let admin_pools = crate::servers::AdminPools::new(1);
-    let migrations = crate::tenant_migrations::MigrationSet::embedded();
-    let cancel = CancellationToken::new();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let current = ctx.catalog.tenant(&tenant.slug).await.map_err(Failure::failed)?;
-        if current.status.is_settled() || Instant::now() >= deadline {
-            return Ok(current);
-        }
-        let lease = ctx.settings.workers.lease;
-        let owner = crate::workers::claim_owner(&actor);
-        let claimed_at = Instant::now();
-        let claim =
-            ctx.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await.map_err(Failure::failed)?;
-        let pause = match claim {
-            Claim::Claimed(claimed) => {
-                let p = Provisioner {
-                    catalog: &ctx.catalog,
-                    keyring: &ctx.keyring,
-                    settings: &ctx.settings,
-                    actor: &owner,
-                    faults: None,
-                    admin_pools: &admin_pools,
-                    migrations: &migrations,
-                };
-                match run_claimed(&p, &claimed, claimed_at, &cancel).await {
-                    Outcome::Waiting(reason) => {
-                        eprintln!("waiting: {reason}");
-                        ctx.settings.workers.poll_interval
-                    }
-                    Outcome::Retrying(error) => {
-                        eprintln!("attempt failed, will retry: {error}");
-                        Duration::ZERO
-                    }
-                    _ => Duration::ZERO,
-                }
-            }
-            // Held by a daemon, or scheduled for later: look again soon.
-            Claim::Idle(next) => next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200)),
-        };
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+    driver(ctx).drive(tenant, timeout, None).await.map_err(lifecycle_failure)
+}
+
+fn driver(ctx: &Context) -> Driver<'_> {
+    Driver::new(&ctx.catalog, &ctx.keyring, &ctx.settings, super::actor())
+        .with_report(|line| eprintln!("{line}"))
+}
+
+fn lifecycle_failure(e: LifecycleError) -> Failure {
+    match e {
+        LifecycleError::Tenant(t) => tenant_failure(t),
+        other => Failure::failed(other),
     }
 }
 
-fn settled_or_fail(tenant: &TenantRecord, waited: bool) -> Result<(), Failure> {
+fn settled_or_fail(tenant: &TenantRecord, waited: bool, goal: TenantStatus) -> Result<(), Failure> {
     match tenant.status {
         TenantStatus::Error => Err(Failure::failed(format!(
             "tenant {} is in ERROR: {}",
             tenant.slug,
             tenant.last_error.as_deref().unwrap_or("(no reason recorded)")
         ))),
-        status if waited && status != TenantStatus::Ready => Err(Failure::failed(format!(
+        status if waited && status != goal => Err(Failure::failed(format!(
             "tenant {} is still {status} after the wait{}",
             tenant.slug,
             tenant.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
@@ -311,4 +356,63 @@ fn print_details(t: &TenantRecord) {
     for (name, value) in fields {
         println!("{name:<16} {value}");
     }
+}
+
+fn lifecycle(ctx: &Context) -> crate::lifecycle::Lifecycle<'_> {
+    static ACTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static POOLS: std::sync::OnceLock<crate::servers::AdminPools> = std::sync::OnceLock::new();
+    crate::lifecycle::Lifecycle {
+        catalog: &ctx.catalog,
+        keyring: &ctx.keyring,
+        settings: &ctx.settings,
+        actor: ACTOR.get_or_init(super::actor),
+        admin_pools: POOLS.get_or_init(|| crate::servers::AdminPools::new(1)),
+    }
+}
+
+async fn dump(ctx: &Context, slug: &str, output: &std::path::Path) -> Result<(), Failure> {
+    if output.as_os_str() == "-" {
+        // To stdout: dump into a private temporary file, then copy it out.
+        let dir = tempfile_dir()?;
+        let file = dir.join(format!("{slug}.dump"));
+        let dumped = lifecycle(ctx).dump(slug, &file).await.map_err(Failure::failed)?;
+        let mut reader = std::fs::File::open(&file).map_err(Failure::failed)?;
+        let copied = std::io::copy(&mut reader, &mut std::io::stdout().lock()).map_err(Failure::failed);
+        let removed = std::fs::remove_dir_all(&dir).map_err(Failure::failed);
+        copied?;
+        removed?;
+        eprintln!("dumped {slug}: {} bytes in {:.1} s", dumped.bytes, dumped.duration.as_secs_f64());
+        return Ok(());
+    }
+    let dumped = lifecycle(ctx).dump(slug, output).await.map_err(Failure::failed)?;
+    eprintln!(
+        "dumped {slug} to {}: {} bytes in {:.1} s",
+        output.display(),
+        dumped.bytes,
+        dumped.duration.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("tenantd-dump-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(Failure::failed)?;
+    Ok(dir)
+}
+
+/// Asks for the slug on a terminal unless `--yes`; refuses without a terminal.
+fn confirm(slug: &str, yes: bool) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(format!("refusing to drop {slug} without --yes")));
+    }
+    eprint!("This drops tenant {slug} and all its data. Type its slug to confirm: ");
+    std::io::stderr().flush().map_err(Failure::failed)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(Failure::failed)?;
+    if line.trim() == slug { Ok(()) } else { Err(Failure::usage("not confirmed; nothing was dropped")) }
 }

@@ -34,6 +34,9 @@ use crate::names::{PgIdent, TenantSlug};
 use crate::servers::AdminTarget;
 use crate::{placement, tenant_migrations, tenant_sql};
 
+mod deprovision;
+pub use deprovision::archive_name;
+
 /// A step of provisioning (also the names used in events, metrics and fault points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
@@ -51,6 +54,10 @@ pub enum Step {
     Rename,
     /// Mark READY.
     Ready,
+    /// Write the final archive of a tenant being deleted.
+    Archive,
+    /// Drop the database and the role of a tenant being deleted.
+    Drop,
 }
 
 impl Step {
@@ -68,6 +75,8 @@ impl Step {
             Step::Migrate => "migrate",
             Step::Rename => "rename",
             Step::Ready => "ready",
+            Step::Archive => "archive",
+            Step::Drop => "drop",
         }
     }
 }
@@ -181,6 +190,8 @@ pub struct Provisioner<'a> {
     pub admin_pools: &'a crate::servers::AdminPools,
     /// Tenant migrations to apply.
     pub migrations: &'a tenant_migrations::MigrationSet,
+    /// Fill the database from this dump instead of applying migrations (`tenant restore`).
+    pub restore_from: Option<&'a std::path::Path>,
 }
 
 /// The resolved facts of a placed tenant.
@@ -201,7 +212,7 @@ fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
 }
 
 impl Provisioner<'_> {
-    async fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
+    pub(crate) async fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
         match self.faults.and_then(|hook| hook(slug, step, phase)) {
             None => Ok(()),
             Some(Fault::Fail(message)) => Err(StepError::Retry(step, format!("injected failure: {message}"))),
@@ -253,7 +264,10 @@ impl Provisioner<'_> {
         };
         // Migrations may run long: give the pooled admin connection back meanwhile.
         drop(admin);
-        let version = timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?;
+        let version = match self.restore_from {
+            Some(file) => timed(Step::Migrate, self.restore(&target, location, file, tenant_conn)).await?,
+            None => timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?,
+        };
         if location == Location::Staging {
             let admin = self
                 .admin_pools
@@ -521,6 +535,56 @@ impl Provisioner<'_> {
         drop(client);
         self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(t.id, "step.migrated", json!({ "version": version, "applied": applied })).await?;
+        Ok(version)
+    }
+
+    /// Step 5 of a restore: the dump instead of the migrations, everything owned by the tenant
+    /// role; the version is what the restored history says. A database that already holds
+    /// relations was restored by an earlier attempt (pg_restore runs in one transaction).
+    async fn restore(
+        &self,
+        t: &Target,
+        location: Location,
+        file: &std::path::Path,
+        connection: Option<Client>,
+    ) -> Result<i32, StepError> {
+        const STEP: Step = Step::Migrate;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
+        let db = if location == Location::Staging { &t.staging } else { &t.database };
+        let mut client = match connection {
+            Some(client) => client,
+            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(STEP, e))?,
+        };
+        let relations: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public'",
+                &[],
+            )
+            .await
+            .map_err(pg_retry(STEP))?
+            .get(0);
+        if relations == 0 {
+            crate::dumps::restore(&t.admin, db, &t.role, file)
+                .await
+                .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        }
+        let has_history: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tenant_migrations::HISTORY_TABLE])
+            .await
+            .map_err(pg_retry(STEP))?
+            .get(0);
+        let version = if has_history {
+            tenant_migrations::current_version(&mut client)
+                .await
+                .map_err(|e| StepError::Retry(STEP, e.to_string()))?
+        } else {
+            0
+        };
+        drop(client);
+        self.fault(&t.slug, STEP, Phase::After).await?;
+        let detail = json!({ "from": file.display().to_string(), "version": version, "already_restored": relations > 0 });
+        self.event(t.id, "step.restored", detail).await?;
         Ok(version)
     }
 

@@ -1,0 +1,139 @@
+//! Tenant lifecycle over HTTP (admin): delete, suspend, resume, dump.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::auth::Admin;
+use super::error::{ApiError, Json, Path, Query};
+use crate::catalog::tenants::TenantRecord;
+use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::startup::App;
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::WrongState(m) => ApiError::new(StatusCode::CONFLICT, "wrong_state", m),
+            LifecycleError::Catalog(c) => c.into(),
+            LifecycleError::Server(m) => ApiError::unavailable("server_unavailable", m, 5),
+            LifecycleError::Dump(d) => ApiError::internal(d.to_string()),
+            LifecycleError::Exists(m) => ApiError::conflict(m),
+            LifecycleError::Tenant(t) => t.into(),
+        }
+    }
+}
+
+fn lifecycle(app: &App) -> Lifecycle<'_> {
+    Lifecycle {
+        catalog: &app.catalog,
+        keyring: &app.keyring,
+        settings: &app.settings,
+        actor: &app.instance,
+        admin_pools: &app.admin_pools,
+    }
+}
+
+/// Query of `DELETE /v1/tenants/{slug}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Write a final archive into `lifecycle.archive_dir` before dropping.
+    #[serde(default)]
+    archive: bool,
+}
+
+/// `DELETE /v1/tenants/{slug}[?archive=true]`: 202, the tenant is DELETING; a worker archives
+/// (if asked), drops the database and the role, and marks it DELETED.
+pub async fn delete(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<(StatusCode, Json<TenantRecord>), ApiError> {
+    let archive_dir = match (q.archive, &app.settings.lifecycle.archive_dir) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(dir.display().to_string()),
+        (true, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_archive_dir",
+                "archive=true needs lifecycle.archive_dir (TENANTD_LIFECYCLE_ARCHIVE_DIR) to be set",
+            ));
+        }
+    };
+    let tenant = app.catalog.tenant(&slug).await?;
+    if tenant.status == crate::catalog::tenants::TenantStatus::Deleted {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "tenant_deleted",
+            format!("tenant {slug:?} is deleted already"),
+        ));
+    }
+    let Some(deleting) = app.catalog.request_delete(&slug, archive_dir.as_deref(), "api").await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_busy",
+            format!("tenant {slug:?} is being worked on ({}); try again shortly", tenant.status),
+        ));
+    };
+    app.wake.notify_one();
+    tracing::info!(tenant = %slug, archive = q.archive, "tenant deletion requested");
+    Ok((StatusCode::ACCEPTED, Json(deleting)))
+}
+
+/// `POST /v1/tenants/{slug}/suspend`.
+pub async fn suspend(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    Ok(Json(lifecycle(&app).suspend(&slug).await?))
+}
+
+/// `POST /v1/tenants/{slug}/resume`.
+pub async fn resume(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    Ok(Json(lifecycle(&app).resume(&slug).await?))
+}
+
+/// `POST /v1/tenants/{slug}/dumps`: a pg_dump (custom format) of the tenant, as the body.
+/// The dump is finished before the first byte is sent, so a failure is a clean JSON error
+/// and a 200 is always a complete file.
+pub async fn dump(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("tenantd-dump-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| ApiError::internal(format!("cannot create a temporary directory: {e}")))?;
+    let file = dir.join("dump");
+    let dumped = lifecycle(&app).dump(&slug, &file).await;
+    let opened = dumped.and_then(|d| {
+        std::fs::File::open(&file).map(|f| (d, f)).map_err(|e| LifecycleError::Server(e.to_string()))
+    });
+    // The open file stays readable after its directory is gone (Unix).
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a temporary dump directory");
+    }
+    let (dumped, file) = opened?;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(dumped.bytes));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{slug}.dump\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,279 @@
+//! Carrying one tenant's provisioning, restore or deletion through in this process: the CLI's
+//! `tenant create --wait`, `tenant restore` and `tenant drop`.
+//!
+//! The same steps, leases and crash safety as the daemon's workers: when a daemon gets to the
+//! tenant first, this process waits for it; when this process dies (or is killed) midway,
+//! running the same command again — or, except for restores, any daemon — carries it on.
+//! A restore is driven only here, since only this process has the dump file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::catalog::tenants::{Claim, TenantRecord, TenantStatus};
+use crate::config::Settings;
+use crate::crypto::Keyring;
+use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::provisioner::{FaultHook, Provisioner};
+use crate::servers::AdminPools;
+use crate::tenant_migrations::MigrationSet;
+use crate::tenants::CreateTenant;
+use crate::workers::{Outcome, run_claimed};
+
+/// Drives tenants in this process.
+pub struct Driver<'a> {
+    catalog: &'a Catalog,
+    keyring: &'a Keyring,
+    settings: &'a Settings,
+    actor: String,
+    faults: Option<FaultHook>,
+    migrations: MigrationSet,
+    admin_pools: AdminPools,
+    report: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// What `tenant restore` asks for.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// Slug of the new tenant.
+    pub slug: String,
+    /// The dump (pg_dump custom format).
+    pub input: PathBuf,
+    /// Place it on this server.
+    pub server: Option<String>,
+    /// Drop an existing tenant of this slug first.
+    pub replace: bool,
+    /// Give up waiting after this long (the restore goes on when the command is run again).
+    pub timeout: Duration,
+}
+
+/// A restore's result.
+#[derive(Debug)]
+pub struct Restored {
+    /// The tenant as it ended up (READY unless the wait ran out or it failed).
+    pub tenant: TenantRecord,
+    /// Its bearer token when this run created it (shown once).
+    pub token: Option<SecretString>,
+}
+
+impl<'a> Driver<'a> {
+    /// A driver acting as `actor`, with this build's migrations; progress goes to the log.
+    pub fn new(catalog: &'a Catalog, keyring: &'a Keyring, settings: &'a Settings, actor: String) -> Self {
+        Self {
+            catalog,
+            keyring,
+            settings,
+            actor,
+            faults: None,
+            migrations: MigrationSet::embedded(),
+            admin_pools: AdminPools::new(1),
+            report: Box::new(|line| tracing::info!("{line}")),
+        }
+    }
+
+    /// Injects faults into the steps (tests).
+    #[must_use]
+    pub fn with_faults(mut self, faults: FaultHook) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Sends progress lines ("waiting: ...", "attempt failed: ...") here instead.
+    #[must_use]
+    pub fn with_report(mut self, report: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.report = Box::new(report);
+        self
+    }
+
+    fn lifecycle(&self) -> Lifecycle<'_> {
+        Lifecycle {
+            catalog: self.catalog,
+            keyring: self.keyring,
+            settings: self.settings,
+            actor: &self.actor,
+            admin_pools: &self.admin_pools,
+        }
+    }
+
+    /// Works on `tenant` until it is settled (READY, ERROR, SUSPENDED, DELETED) or `timeout`
+    /// passes; returns it as it is then. An injected crash ends this process's part at once,
+    /// leaving the lease to expire, like a real crash.
+    pub async fn drive(
+        &self,
+        tenant: &TenantRecord,
+        timeout: Duration,
+        restore_from: Option<&Path>,
+    ) -> Result<TenantRecord, LifecycleError> {
+        let cancel = CancellationToken::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let current = self.catalog.tenant_by_id(tenant.id).await?;
+            if current.status.is_settled() || Instant::now() >= deadline {
+                return Ok(current);
+            }
+            let lease = self.settings.workers.lease;
+            let owner = crate::workers::claim_owner(&self.actor);
+            let claimed_at = Instant::now();
+            let pause = match self.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await? {
+                Claim::Claimed(claimed) => {
+                    let p = Provisioner {
+                        catalog: self.catalog,
+                        keyring: self.keyring,
+                        settings: self.settings,
+                        actor: &owner,
+                        faults: self.faults.as_ref(),
+                        admin_pools: &self.admin_pools,
+                        migrations: &self.migrations,
+                        restore_from,
+                    };
+                    match run_claimed(&p, &claimed, claimed_at, &cancel).await {
+                        Outcome::Crashed => return Ok(self.catalog.tenant_by_id(tenant.id).await?),
+                        Outcome::Waiting(reason) => {
+                            (self.report)(&format!("waiting: {reason}"));
+                            self.settings.workers.poll_interval
+                        }
+                        Outcome::Retrying(error) => {
+                            (self.report)(&format!("attempt failed, will retry: {error}"));
+                            Duration::ZERO
+                        }
+                        _ => Duration::ZERO,
+                    }
+                }
+                // Held by a daemon (or a crashed run whose lease has not expired yet), or
+                // scheduled for later: look again soon.
+                Claim::Idle(next) => {
+                    next.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200))
+                }
+            };
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// `tenant restore`: a new tenant provisioned like any other, its database filled from the
+    /// dump. A bad file is refused before anything is created; an existing slug is refused
+    /// unless `replace` (the existing tenant is then dropped first, with a final archive into
+    /// `lifecycle.archive_dir` when that is set); an interrupted or failed restore of the same
+    /// slug from the same file is carried on.
+    pub async fn restore(&self, req: &RestoreRequest) -> Result<Restored, LifecycleError> {
+        crate::dumps::check_archive(&req.input).await?;
+        let source = std::fs::canonicalize(&req.input)
+            .map_err(|e| LifecycleError::WrongState(format!("{}: {e}", req.input.display())))?
+            .display()
+            .to_string();
+        let slug = req.slug.as_str();
+        let existing = match self.catalog.tenant(slug).await {
+            Ok(t) if t.status != TenantStatus::Deleted => Some(t),
+            Ok(_) | Err(crate::catalog::CatalogError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let resumable = |t: &TenantRecord| t.status.is_in_progress() || t.status == TenantStatus::Error;
+        let (tenant, token) = match existing {
+            Some(t) if t.restore_source.is_some() && resumable(&t) => {
+                let recorded = t.restore_source.clone().unwrap_or_default();
+                if recorded != source {
+                    return Err(LifecycleError::WrongState(format!(
+                        "tenant {slug} is being restored from {recorded}; run again with -i {recorded}, or drop it first"
+                    )));
+                }
+                (self.report)(&format!("carrying on the restore of {slug} ({})", t.status));
+                let t = if t.status == TenantStatus::Error {
+                    crate::tenants::retry_unchecked(self.catalog, &t, &self.actor).await?
+                } else {
+                    t
+                };
+                (t, None)
+            }
+            Some(t) if !req.replace => {
+                return Err(LifecycleError::Exists(format!(
+                    "tenant {slug} exists ({}); pass --replace to drop it and restore in its place",
+                    t.status
+                )));
+            }
+            existing => {
+                if existing.is_some() {
+                    let archive = self.settings.lifecycle.archive_dir.as_deref();
+                    let dropped = self.drop_tenant(slug, archive, req.timeout).await?;
+                    if dropped.status != TenantStatus::Deleted {
+                        return Err(LifecycleError::WrongState(format!(
+                            "tenant {slug} could not be dropped for the replace (still {}): {}",
+                            dropped.status,
+                            dropped.last_error.as_deref().unwrap_or("no reason recorded")
+                        )));
+                    }
+                }
+                let create = CreateTenant {
+                    slug: slug.to_owned(),
+                    server: req.server.clone(),
+                    region: None,
+                    labels: None,
+                };
+                let created =
+                    crate::tenants::create_from(self.catalog, self.settings, &create, Some(&source)).await?;
+                (created.tenant, created.token)
+            }
+        };
+        let tenant = self.drive(&tenant, req.timeout, Some(Path::new(&source))).await?;
+        Ok(Restored { tenant, token })
+    }
+
+    /// `tenant drop`: with `archive`, the tenant is suspended (no session writes behind the
+    /// archive's back), dumped into that directory, and given back as it was if the dump
+    /// fails — nothing is dropped then. Then DELETING, carried out here: sessions ended,
+    /// database and role dropped (only ours), DELETED.
+    pub async fn drop_tenant(
+        &self,
+        slug: &str,
+        archive: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<TenantRecord, LifecycleError> {
+        let tenant = self.catalog.tenant(slug).await?;
+        if tenant.status == TenantStatus::Deleted {
+            return Err(LifecycleError::WrongState(format!("tenant {slug} is deleted already")));
+        }
+        if let Some(dir) = archive {
+            self.final_archive(&tenant, dir).await?;
+        }
+        // A daemon may carry the deletion out as well as this process: whoever claims it.
+        let Some(deleting) = self.catalog.request_delete(slug, None, &self.actor).await? else {
+            let t = self.catalog.tenant(slug).await?;
+            return Err(LifecycleError::WrongState(format!(
+                "tenant {slug} is {} and being worked on by {}; try again shortly",
+                t.status,
+                t.lease_owner.as_deref().unwrap_or("another process")
+            )));
+        };
+        self.drive(&deleting, timeout, None).await
+    }
+
+    async fn final_archive(&self, tenant: &TenantRecord, dir: &Path) -> Result<(), LifecycleError> {
+        let slug = tenant.slug.as_str();
+        let was_ready = tenant.status == TenantStatus::Ready;
+        if was_ready {
+            self.lifecycle().suspend(slug).await?;
+        }
+        let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, tenant).await?;
+        match crate::lifecycle::archive(&admin, &db, &role, dir, slug, tenant.id).await {
+            Ok((file, dumped)) => {
+                let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
+                self.catalog.record_event(tenant.id, "archive.created", detail, &self.actor).await?;
+                (self.report)(&format!("final archive {}: {} bytes", file.display(), dumped.bytes));
+                Ok(())
+            }
+            Err(e) => {
+                let detail = json!({ "error": e.to_string() });
+                self.catalog.record_event(tenant.id, "archive.failed", detail, &self.actor).await?;
+                if was_ready {
+                    self.lifecycle().resume(slug).await?;
+                }
+                Err(LifecycleError::WrongState(format!(
+                    "final archive failed, nothing was dropped ({slug} is {} again): {e}",
+                    if was_ready { "READY" } else { tenant.status.as_str() }
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `pg_dump` and `pg_restore` for one tenant database.
+//!
+//! Dumps run as the server's admin role with `--role=<tenant role>` (the admin is made a
+//! member of the tenant role, which a CREATEROLE admin may do for the roles it created): the
+//! tenant role owns every object, so this dumps everything, and it works while the tenant is
+//! suspended (its role cannot log in then). The admin password goes to the child process in
+//! `PGPASSWORD`, never on its command line. Dumps are custom-format, taken in one snapshot
+//! (pg_dump's own transaction), written to a temporary file beside the target and renamed into
+//! place only when complete, so a failed or interrupted dump (disk full included) leaves no
+//! partial file behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use tokio::io::AsyncReadExt;
+
+use crate::names::PgIdent;
+use crate::servers::AdminTarget;
+
+/// A dump or restore problem.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The client tool is not installed.
+    #[error(
+        "{0} not found: install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client)"
+    )]
+    ToolMissing(&'static str),
+    /// The tool is older than the server.
+    #[error(
+        "{tool} is version {tool_version}, older than the server ({server_version}); install a newer client"
+    )]
+    TooOld {
+        /// Tool.
+        tool: &'static str,
+        /// Its major version.
+        tool_version: u32,
+        /// The server's major version.
+        server_version: u32,
+    },
+    /// The tool failed.
+    #[error("{tool} failed: {message}")]
+    Failed {
+        /// Tool.
+        tool: &'static str,
+        /// Its last lines of stderr.
+        message: String,
+    },
+    /// The dump file is not a pg_dump custom-format archive (or cannot be read).
+    #[error("{path}: not a readable pg_dump archive: {message}")]
+    BadArchive {
+        /// File.
+        path: String,
+        /// What pg_restore said.
+        message: String,
+    },
+    /// Local file trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Preparing the server (membership grant) failed.
+    #[error("{0}")]
+    Server(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DumpError {
+    let what = what.into();
+    move |source| DumpError::Io { what, source }
+}
+
+/// Finds a PostgreSQL client program: on PATH, then `pg_config --bindir`, then the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn tool(name: &'static str) -> Result<PathBuf, DumpError> {
+    if let Ok(bin) = crate::pgcluster::PgBinaries::locate() {
+        let path = bin.program(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
+    on_path.ok_or(DumpError::ToolMissing(name))
+}
+
+async fn major_version(tool_path: &Path, tool: &'static str) -> Result<u32, DumpError> {
+    let out = tokio::process::Command::new(tool_path)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(io(format!("cannot run {}", tool_path.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.split('.').next().and_then(|m| m.parse::<u32>().ok()))
+        .ok_or_else(|| DumpError::Failed { tool, message: format!("unexpected --version output {text:?}") })
+}
+
+/// Makes the admin a member of the tenant role (so `--role` may SET ROLE to it) and returns
+/// the server's major version.
+async fn prepare(admin: &AdminTarget, role: &PgIdent) -> Result<u32, DumpError> {
+    let client = admin.connect(None).await.map_err(|e| DumpError::Server(e.to_string()))?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?
+        .get(0);
+    let member: bool = client
+        .query_one("SELECT pg_has_role(current_user, $1, 'MEMBER')", &[&role.as_str()])
+        .await
+        .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?
+        .get(0);
+    if !member {
+        let grant = format!(
+            "GRANT {} TO {}",
+            crate::tenant_sql::quote_ident(role.as_str()),
+            crate::tenant_sql::quote_ident(&admin.user)
+        );
+        client.batch_execute(&grant).await.map_err(|e| {
+            DumpError::Server(format!(
+                "cannot make the admin a member of {role}: {}",
+                crate::pg::describe(&e)
+            ))
+        })?;
+    }
+    Ok(u32::try_from(version / 10_000).unwrap_or(0))
+}
+
+fn command(tool_path: &Path, admin: &AdminTarget) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(tool_path);
+    cmd.env("PGPASSWORD", admin.password.expose_secret())
+        .env("PGHOST", &admin.host)
+        .env("PGPORT", admin.port.to_string())
+        .env("PGUSER", &admin.user)
+        .env("PGAPPNAME", "tenantd")
+        .env_remove("PGPASSFILE")
+        .env_remove("PGSERVICE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// What a finished dump produced.
+#[derive(Debug, Clone, Copy)]
+pub struct Dumped {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time taken.
+    pub duration: Duration,
+}
+
+/// Dumps `database` (custom format) into `target`. The file appears only when complete.
+pub async fn dump(
+    admin: &AdminTarget,
+    database: &PgIdent,
+    role: &PgIdent,
+    target: &Path,
+) -> Result<Dumped, DumpError> {
+    let started = Instant::now();
+    let pg_dump = tool("pg_dump")?;
+    let server_version = prepare(admin, role).await?;
+    let tool_version = major_version(&pg_dump, "pg_dump").await?;
+    if tool_version < server_version {
+        return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
+    }
+    let partial = partial_path(target);
+    let result = async {
+        let mut cmd = command(&pg_dump, admin);
+        cmd.args(["--format=custom", "--no-password", "--dbname"])
+            .arg(database.as_str())
+            .arg(format!("--role={}", role.as_str()))
+            .arg("--file")
+            .arg(&partial)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        run(cmd, "pg_dump").await?;
+        let file = std::fs::File::open(&partial).map_err(io(format!("cannot open {}", partial.display())))?;
+        file.sync_all().map_err(io(format!("cannot sync {}", partial.display())))?;
+        let bytes = file.metadata().map_err(io("cannot stat the dump"))?.len();
+        std::fs::rename(&partial, target)
+            .map_err(io(format!("cannot move the dump to {}", target.display())))?;
+        Ok(Dumped { bytes, duration: started.elapsed() })
+    }
+    .await;
+    if result.is_err() {
+        // Nothing half-written stays behind (a full disk included).
+        if let Err(e) = std::fs::remove_file(&partial)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %partial.display(), error = %e, "cannot remove a partial dump");
+        }
+    }
+    result
+}
+
+fn partial_path(target: &Path) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dump".into());
+    target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+async fn run(mut cmd: tokio::process::Command, tool: &'static str) -> Result<(), DumpError> {
+    let mut child = cmd.spawn().map_err(io(format!("cannot start {tool}")))?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).await.map_err(io(format!("cannot read {tool}'s output")))?;
+    }
+    let status = child.wait().await.map_err(io(format!("cannot wait for {tool}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    Err(DumpError::Failed { tool, message: lines[lines.len().saturating_sub(5)..].join(" | ") })
+}
+
+/// Checks that `file` is a readable custom-format archive, before anything is created.
+pub async fn check_archive(file: &Path) -> Result<(), DumpError> {
+    let pg_restore = tool("pg_restore")?;
+    let out = tokio::process::Command::new(&pg_restore)
+        .arg("--list")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io("cannot run pg_restore"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DumpError::BadArchive {
+            path: file.display().to_string(),
+            message: String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned(),
+        })
+    }
+}
+
+/// Restores `file` into `database` in one transaction, every object created by (and so owned
+/// by) the tenant role; ownership and grants recorded in the dump are ignored.
+pub async fn restore(
+    admin: &AdminTarget,
+    database: &PgIdent,
+    role: &PgIdent,
+    file: &Path,
+) -> Result<(), DumpError> {
+    let pg_restore = tool("pg_restore")?;
+    prepare(admin, role).await?;
+    let mut cmd = command(&pg_restore, admin);
+    cmd.args([
+        "--single-transaction",
+        "--exit-on-error",
+        "--no-owner",
+        "--no-privileges",
+        "--no-password",
+        "--dbname",
+    ])
+    .arg(database.as_str())
+    .arg(format!("--role={}", role.as_str()))
+    .arg(file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    run(cmd, "pg_restore").await
+}

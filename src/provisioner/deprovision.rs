@@ -1,0 +1,126 @@
+//! Deleting a tenant (status DELETING), step by step and resumable like provisioning:
+//!
+//! 1. **archive** (when the deletion asked for one): the role loses LOGIN and its sessions are
+//!    ended (nothing writes behind the archive's back), then a final `pg_dump` into the
+//!    directory the deletion named, before anything is dropped; skipped on resume once
+//!    recorded. If it fails, nothing is dropped and it is tried again.
+//! 2. **drop**: `DROP DATABASE ... WITH (FORCE)` (live sessions are ended) for the final name —
+//!    only with this tenant's marker — and for the staging name; then `DROP ROLE`, again only
+//!    with the marker.
+//! 3. DELETED: the token stops working and the slug is free again.
+//!
+//! A failure keeps the tenant in DELETING with the reason in `last_error` and tries again
+//! later; a deletion never falls back into ERROR (whose retry would provision it again).
+
+use serde_json::json;
+
+use super::{Phase, Provisioner, Step, StepError, pg_retry};
+use crate::catalog::tenants::TenantRecord;
+use crate::tenant_sql;
+
+impl Provisioner<'_> {
+    /// Carries out a requested deletion.
+    pub async fn deprovision(&self, t: &TenantRecord) -> Result<(), StepError> {
+        if t.server.is_none() {
+            // Never placed: nothing exists on any server.
+            self.catalog.mark_deleted(t.id, self.actor, &json!({ "placed": false })).await?;
+            tracing::info!(tenant = %t.slug, "unplaced tenant deleted");
+            return Ok(());
+        }
+        let target = self.target(t, None).await?;
+        let admin = self
+            .admin_pools
+            .get(&target.record, &target.admin)
+            .await
+            .map_err(|e| StepError::Retry(Step::Drop, e.to_string()))?;
+        let marker = tenant_sql::marker(t.id);
+        let role_comment = admin
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&target.role.as_str()],
+            )
+            .await
+            .map_err(pg_retry(Step::Drop))?
+            .map(|r| r.get::<_, Option<String>>(0));
+        let role_is_ours = role_comment.as_ref().is_some_and(|c| c.as_deref() == Some(marker.as_str()));
+        if role_is_ours {
+            // No new sessions from here on, and none left writing behind the archive's back;
+            // the membership lets DROP DATABASE ... WITH (FORCE) end any that remain.
+            let ddl = format!(
+                "{}; {}",
+                tenant_sql::grant_membership(&target.role, &target.admin.user),
+                tenant_sql::set_login(&target.role, false)
+            );
+            admin.batch_execute(&ddl).await.map_err(pg_retry(Step::Drop))?;
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                    &[&target.role.as_str()],
+                )
+                .await
+                .map_err(pg_retry(Step::Drop))?;
+        }
+        let location = self.locate(&admin, &target, Step::Drop).await?;
+
+        if let Some(dir) = &t.delete_archive_dir
+            && location.is_some()
+            && !self.catalog.has_event_since(t.id, "archive.created", "delete.requested").await?
+        {
+            self.fault(&t.slug, Step::Archive, Phase::Before).await?;
+            let dir = std::path::Path::new(dir);
+            let db =
+                if location == Some(super::Location::Final) { &target.database } else { &target.staging };
+            let (file, dumped) =
+                crate::lifecycle::archive(&target.admin, db, &target.role, dir, &t.slug, t.id)
+                    .await
+                    .map_err(|e| StepError::Retry(Step::Archive, e.to_string()))?;
+            self.fault(&t.slug, Step::Archive, Phase::After).await?;
+            let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
+            self.event(t.id, "archive.created", detail).await?;
+        }
+
+        self.fault(&t.slug, Step::Drop, Phase::Before).await?;
+        for db in [&target.database, &target.staging] {
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.as_str()])
+                .await
+                .map_err(pg_retry(Step::Drop))?
+                .is_some();
+            // `locate` already refused a final-name database without our marker.
+            if exists {
+                admin.batch_execute(&tenant_sql::drop_database(db)).await.map_err(pg_retry(Step::Drop))?;
+            }
+        }
+        match &role_comment {
+            None => {}
+            Some(_) if role_is_ours => {
+                admin
+                    .batch_execute(&tenant_sql::drop_role(&target.role))
+                    .await
+                    .map_err(pg_retry(Step::Drop))?;
+            }
+            Some(comment) => {
+                return Err(StepError::Fatal(
+                    Step::Drop,
+                    format!(
+                        "role {:?} is not this tenant's (comment {:?}); tenantd never drops a role it did not create",
+                        target.role.as_str(),
+                        comment.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        self.fault(&t.slug, Step::Drop, Phase::After).await?;
+        let detail = json!({ "database": target.database.as_str(), "role": target.role.as_str() });
+        self.catalog.mark_deleted(t.id, self.actor, &detail).await?;
+        metrics::counter!("tenantd_tenants_deleted_total").increment(1);
+        tracing::info!(tenant = %t.slug, server = %target.server, "tenant deleted");
+        Ok(())
+    }
+}
+
+/// The archive file name of a tenant: `<slug>-<id prefix>-<UTC timestamp>.dump`.
+pub fn archive_name(slug: &str, id: uuid::Uuid) -> String {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    format!("{slug}-{}-{stamp}.dump", &id.simple().to_string()[..8])
+}
