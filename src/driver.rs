@@ -251,11 +251,11 @@ impl<'a> Driver<'a> {
 
     async fn final_archive(&self, tenant: &TenantRecord, dir: &Path) -> Result<(), LifecycleError> {
         let slug = tenant.slug.as_str();
+        let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, tenant).await?;
         let was_ready = tenant.status == TenantStatus::Ready;
         if was_ready {
             self.lifecycle().suspend(slug).await?;
         }
-        let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, tenant).await?;
         match crate::lifecycle::archive(&admin, &db, &role, dir, slug, tenant.id).await {
             Ok((file, dumped)) => {
                 let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });

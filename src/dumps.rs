@@ -213,7 +213,13 @@ async fn run(mut cmd: tokio::process::Command, tool: &'static str) -> Result<(),
         return Ok(());
     }
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    Err(DumpError::Failed { tool, message: lines[lines.len().saturating_sub(5)..].join(" | ") })
+    let message = if lines.is_empty() {
+        // Killed without a word: a signal (e.g. SIGXFSZ at a file size limit) or an exit code.
+        status.to_string()
+    } else {
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    };
+    Err(DumpError::Failed { tool, message })
 }
 
 /// Checks that `file` is a readable custom-format archive, before anything is created.

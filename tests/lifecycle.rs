@@ -1,0 +1,515 @@
+//! Lifecycle: dump, restore, suspend/resume, drop with a final archive, and daily backups —
+//! each observed the way an operator would: files on disk, databases and roles on the
+//! server, connections that work or are refused, and the catalog's status and events.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{TestApp, app, shared_cluster, wait_for};
+use serde_json::{Value, json};
+use tenantd::driver::{Driver, RestoreRequest};
+use tenantd::provisioner::{Fault, FaultHook, Phase, Step};
+
+/// Sample data written through the tenant's own role (the embedded sample migrations).
+const SEED: &str = "INSERT INTO customers (email, name) VALUES ('ada@example.com', 'Ada'), ('bob@example.com', 'Bob'); \
+    INSERT INTO products (sku, name, price, stock, attributes) VALUES ('SKU-1', 'Lamp', 19.90, 3, '{\"colour\": \"red\"}'); \
+    CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL); \
+    CREATE VIEW big_spenders AS SELECT name FROM customers WHERE name <> ''; \
+    INSERT INTO notes (body) VALUES ('quote '' and unicode ✓');";
+
+/// Everything a tenant can observe of its data, as text.
+const SNAPSHOT: &str = "SELECT string_agg(x, E'\\n' ORDER BY x) FROM ( \
+    SELECT format('customer %s %s %s', id, email, name) AS x FROM customers \
+    UNION ALL SELECT format('product %s %s %s %s %s', id, sku, price, stock, attributes) FROM products \
+    UNION ALL SELECT format('note %s %s', id, body) FROM notes \
+    UNION ALL SELECT format('view %s', name) FROM big_spenders) s";
+
+async fn ready_tenant(app: &TestApp, slug: &str) -> Value {
+    let (status, body) = app.post("/v1/tenants?wait=50", &json!({ "slug": slug })).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+    body
+}
+
+/// A connection with the tenant's own credentials.
+async fn tenant_client(app: &TestApp, slug: &str) -> tokio_postgres::Client {
+    let (status, details) = app.get(&format!("/v1/tenants/{slug}/connection")).await;
+    assert_eq!(status, 200, "{details}");
+    common::connect(details["url"].as_str().unwrap()).await.expect("tenant connection")
+}
+
+async fn snapshot(client: &tokio_postgres::Client) -> String {
+    client.query_one(SNAPSHOT, &[]).await.expect("snapshot").get(0)
+}
+
+async fn names(sql: &str, like: &str) -> Vec<String> {
+    let su = shared_cluster().superuser("postgres").await;
+    su.query(sql, &[&like]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+async fn databases_like(prefix: &str) -> Vec<String> {
+    names("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", &format!("{prefix}%")).await
+}
+
+async fn roles_like(prefix: &str) -> Vec<String> {
+    names("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1", &format!("{prefix}%")).await
+}
+
+fn db_name(app: &TestApp, slug: &str) -> String {
+    format!("{}{}", app.settings.names.prefix, slug.replace('-', "_"))
+}
+
+async fn event_kinds(app: &TestApp, slug: &str) -> Vec<String> {
+    let (status, body) = app.get(&format!("/v1/tenants/{slug}/events?limit=1000")).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Owners of the tenant's relations other than its own role (must be none).
+async fn foreign_owned(app: &TestApp, slug: &str) -> Vec<String> {
+    let db = db_name(app, slug);
+    let su = shared_cluster().superuser(&db).await;
+    su.query(
+        "SELECT c.relname || ' owned by ' || pg_get_userbyid(c.relowner) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' \
+         AND pg_get_userbyid(c.relowner) <> $1 ORDER BY 1",
+        &[&db],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+fn only_file(dir: &Path) -> PathBuf {
+    let files = files_in(dir);
+    assert_eq!(files.len(), 1, "one file expected in {}: {files:?}", dir.display());
+    dir.join(&files[0])
+}
+
+#[tokio::test]
+async fn dump_then_restore_gives_identical_data_owned_by_the_new_role() {
+    let app = app().spawn().await;
+    ready_tenant(&app, "origin").await;
+    let origin = tenant_client(&app, "origin").await;
+    origin.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&origin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("origin.dump");
+
+    let out = app.cli(&["tenant", "dump", "origin", "-o", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("bytes in"), "prints size and duration: {}", out.stderr);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"PGDMP"), "a custom-format archive");
+    assert_eq!(files_in(dir.path()), ["origin.dump"], "no partial file left beside it");
+
+    // Over HTTP (admin only), the same kind of file as the body.
+    let url = format!("{}/v1/tenants/origin/dumps", app.base);
+    let response = app.http.post(&url).bearer_auth(&app.admin_token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    assert!(response.bytes().await.unwrap().starts_with(b"PGDMP"));
+    let response = app.http.post(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401, "dumps need the admin token");
+
+    // Restore into a new slug: READY, same data, every object owned by the new role, the
+    // version read from the restored history, and usable with its own credentials.
+    let out = app.cli(&["tenant", "restore", "copy", "-i", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("tdt_"), "the new tenant's token is shown once: {}", out.stderr);
+    let copy = app.wait_ready("copy").await;
+    assert_eq!(copy["schema_version"], tenantd::tenant_migrations::latest_version());
+    assert!(copy["restore_source"].as_str().unwrap().ends_with("origin.dump"));
+    let restored = tenant_client(&app, "copy").await;
+    assert_eq!(snapshot(&restored).await, expected);
+    assert_eq!(foreign_owned(&app, "copy").await, Vec::<String>::new());
+    restored
+        .batch_execute("INSERT INTO customers (email, name) VALUES ('new@example.com', 'New')")
+        .await
+        .unwrap();
+    assert!(event_kinds(&app, "copy").await.contains(&"step.restored".to_owned()));
+
+    // The slug is taken now: refused, nothing changes; --replace drops it and restores anew.
+    let out = app.cli(&["tenant", "restore", "copy", "-i", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("exists") && out.stderr.contains("--replace"), "{}", out.stderr);
+    assert_eq!(app.get("/v1/tenants/copy").await.1["id"], copy["id"]);
+    let out = app.cli(&["tenant", "restore", "copy", "-i", file.to_str().unwrap(), "--replace"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let replaced = app.wait_ready("copy").await;
+    assert_ne!(replaced["id"], copy["id"], "a new tenant in the old one's place");
+    assert_eq!(snapshot(&tenant_client(&app, "copy").await).await, expected, "the extra row is gone");
+
+    // A file that is not a dump: a clear error and no tenant at all.
+    let junk = dir.path().join("junk.dump");
+    std::fs::write(&junk, b"PGDMP but not really").unwrap();
+    let out = app.cli(&["tenant", "restore", "never", "-i", junk.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not a readable pg_dump archive"), "{}", out.stderr);
+    let missing = dir.path().join("missing.dump");
+    let out = app.cli(&["tenant", "restore", "never", "-i", missing.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(app.get("/v1/tenants/never").await.0, 404, "nothing was created");
+    assert_eq!(databases_like(&db_name(&app, "never")).await, Vec::<String>::new());
+
+    // Unknown slug and a full disk: clear errors, no file left.
+    let out = app.cli(&["tenant", "dump", "nobody", "-o", dir.path().join("x").to_str().unwrap()]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no tenant \"nobody\""), "{}", out.stderr);
+    // A dump that cannot be written completely (a file size limit, like a full disk): an
+    // error, and neither the file nor a partial one is left.
+    let limited = dir.path().join("limited");
+    std::fs::create_dir(&limited).unwrap();
+    let target = limited.join("origin.dump");
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -f 1 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_tenantd"))
+        .args(["tenant", "dump", "origin", "-o", target.to_str().unwrap()])
+        .envs(app.cli_env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pg_dump failed"), "{stderr}");
+    assert_eq!(files_in(&limited), Vec::<String>::new(), "no partial file left");
+}
+
+#[tokio::test]
+async fn a_drop_with_a_live_client_leaves_nothing_and_its_archive_restores() {
+    let app = app().spawn().await;
+    ready_tenant(&app, "leaving").await;
+    let live = tenant_client(&app, "leaving").await;
+    live.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&live).await;
+    live.batch_execute("BEGIN; SELECT count(*) FROM customers").await.unwrap();
+    let db = db_name(&app, "leaving");
+
+    // Without --yes (and no terminal to ask on): refused, nothing changes.
+    let out = app.cli(&["tenant", "drop", "leaving"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    assert_eq!(app.get("/v1/tenants/leaving").await.1["status"], "READY");
+    assert_eq!(snapshot(&live).await, expected, "the live session was not touched");
+
+    // An archive into a place that cannot be written: aborted, the tenant is as it was.
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let bad_dir = blocker.path().join("sub");
+    let out = app.cli(&["tenant", "drop", "leaving", "--yes", "--archive", bad_dir.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("final archive failed, nothing was dropped"), "{}", out.stderr);
+    assert_eq!(app.get("/v1/tenants/leaving").await.1["status"], "READY");
+    assert_eq!(snapshot(&tenant_client(&app, "leaving").await).await, expected);
+
+    let archives = tempfile::tempdir().unwrap();
+    let live = tenant_client(&app, "leaving").await;
+    live.batch_execute("BEGIN; SELECT count(*) FROM customers").await.unwrap();
+    let out = app
+        .cli(&["tenant", "drop", "leaving", "--yes", "--archive", archives.path().to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("DELETED"), "{}", out.stdout);
+    assert!(live.query_one("SELECT 1", &[]).await.is_err(), "the live session was ended");
+    assert_eq!(databases_like(&db).await, Vec::<String>::new(), "no database left");
+    assert_eq!(roles_like(&db).await, Vec::<String>::new(), "no role left");
+    let gone = app.get("/v1/tenants/leaving").await.1;
+    assert_eq!(gone["status"], "DELETED", "{gone}");
+    assert!(gone["deleted_at"].is_string());
+    let kinds = event_kinds(&app, "leaving").await;
+    for kind in ["archive.failed", "archive.created", "delete.requested", "deleted"] {
+        assert!(kinds.contains(&kind.to_owned()), "{kind} in {kinds:?}");
+    }
+    let (status, body) = app.post("/v1/tenants/leaving/sql", &json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, 410, "nothing is lent from a deleted tenant: {body}");
+
+    // The archive restores (under a new slug), and the old slug is free again.
+    let archive = only_file(archives.path());
+    let out = app.cli(&["tenant", "restore", "returned", "-i", archive.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(snapshot(&tenant_client(&app, "returned").await).await, expected);
+    let again = ready_tenant(&app, "leaving").await;
+    assert_ne!(again["id"], gone["id"]);
+
+    // Over HTTP: 202 at once, done in the background by a worker, with the configured archive
+    // directory — and refused clearly when none is configured.
+    let (status, body) = app.request(reqwest::Method::DELETE, "/v1/tenants/leaving?archive=true", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("no_archive_dir")), "{body}");
+    assert_eq!(app.get("/v1/tenants/leaving").await.1["status"], "READY");
+    let (status, body) = app.request(reqwest::Method::DELETE, "/v1/tenants/nobody", None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = app.request(reqwest::Method::DELETE, "/v1/tenants/leaving", None).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("DELETING")), "{body}");
+    app.wait_tenant("leaving", "DELETED", Duration::from_secs(60), |t| t["status"] == "DELETED").await;
+    assert_eq!(databases_like(&db).await, Vec::<String>::new());
+    let (status, _) = app.request(reqwest::Method::DELETE, "/v1/tenants/leaving", None).await;
+    assert_eq!(status, 410, "deleting twice");
+}
+
+#[tokio::test]
+async fn a_daemon_drop_with_archive_dir_writes_the_archive_first() {
+    let archives = tempfile::tempdir().unwrap();
+    let dir = archives.path().to_path_buf();
+    let app = app().configure(move |s| s.lifecycle.archive_dir = Some(dir)).spawn().await;
+    ready_tenant(&app, "offboard").await;
+    tenant_client(&app, "offboard").await.batch_execute(SEED).await.unwrap();
+    let (status, body) =
+        app.request(reqwest::Method::DELETE, "/v1/tenants/offboard?archive=true", None).await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_tenant("offboard", "DELETED", Duration::from_secs(60), |t| t["status"] == "DELETED").await;
+    let archive = only_file(archives.path());
+    assert!(archive.file_name().unwrap().to_str().unwrap().starts_with("offboard-"));
+    let out = app.cli(&["tenant", "restore", "onboard", "-i", archive.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let restored = tenant_client(&app, "onboard").await;
+    let n: i64 = restored.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}
+
+/// Tries to log in as the tenant with `psql`; returns its exit code and stderr.
+async fn psql_login(details: &Value) -> (i32, String) {
+    let psql = tenantd::pgcluster::PgBinaries::locate().expect("PostgreSQL binaries").program("psql");
+    let out = tokio::process::Command::new(psql)
+        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM customers"])
+        .arg(details["url"].as_str().unwrap())
+        .output()
+        .await
+        .expect("run psql");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn suspend_blocks_new_connections_and_resume_restores_them() {
+    let app = app().spawn().await;
+    let created = ready_tenant(&app, "napping").await;
+    let token = created["token"].as_str().unwrap().to_owned();
+    let (_, details) = app.get("/v1/tenants/napping/connection").await;
+    assert_eq!(psql_login(&details).await.0, 0, "psql logs in while READY");
+    let live = tenant_client(&app, "napping").await;
+    let sql = |token: String| {
+        let app = &app;
+        async move {
+            app.request_as(
+                reqwest::Method::POST,
+                "/v1/tenants/napping/sql",
+                Some(&json!({ "sql": "SELECT 1 AS one" })),
+                Some(&token),
+            )
+            .await
+        }
+    };
+    assert_eq!(sql(token.clone()).await.0, 200);
+
+    let out = app.cli(&["tenant", "suspend", "napping"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("SUSPENDED"), "{}", out.stdout);
+    assert!(live.query_one("SELECT 1", &[]).await.is_err(), "live sessions are ended");
+    let (code, stderr) = psql_login(&details).await;
+    assert_ne!(code, 0, "psql cannot log in while suspended");
+    assert!(stderr.contains("not permitted to log in"), "{stderr}");
+    let (status, body) = wait_for("lending to stop", Duration::from_secs(10), || async {
+        let (status, body) = sql(token.clone()).await;
+        (status != 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (423, Some("tenant_suspended")), "{body}");
+    let (status, _) = app.get("/v1/tenants/napping/connection").await;
+    assert_eq!(status, 423);
+    // Suspending again is harmless; resuming a READY tenant is refused clearly.
+    let (status, body) = app.post("/v1/tenants/napping/suspend", &json!({})).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("SUSPENDED")), "{body}");
+
+    let (status, body) = app.post("/v1/tenants/napping/resume", &json!({})).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("READY")), "{body}");
+    assert_eq!(psql_login(&details).await.0, 0, "psql logs in again");
+    let (status, body) = wait_for("lending to resume", Duration::from_secs(10), || async {
+        let (status, body) = sql(token.clone()).await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = app.cli(&["tenant", "resume", "napping"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("READY"), "{}", out.stderr);
+    let (status, _) = app.post("/v1/tenants/nobody/suspend", &json!({})).await;
+    assert_eq!(status, 404);
+    let kinds = event_kinds(&app, "napping").await;
+    assert!(kinds.contains(&"suspended".to_owned()) && kinds.contains(&"resumed".to_owned()), "{kinds:?}");
+}
+
+/// Crashes the first time `step`/`phase` is reached for `slug`.
+fn crash_once(slug: &'static str, step: Step, phase: Phase) -> FaultHook {
+    let fired = Arc::new(AtomicBool::new(false));
+    Arc::new(move |s: &str, st: Step, ph: Phase| {
+        (s == slug && st == step && ph == phase && !fired.swap(true, Ordering::SeqCst))
+            .then_some(Fault::Crash)
+    })
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart() {
+    // The first daemon "dies" every time it reaches the end of the drop step for `doomed`.
+    let always: FaultHook = Arc::new(|s: &str, st: Step, ph: Phase| {
+        (s == "doomed" && st == Step::Drop && ph == Phase::After).then_some(Fault::Crash)
+    });
+    let mut first =
+        app().faults(always).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    ready_tenant(&first, "source").await;
+    tenant_client(&first, "source").await.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&tenant_client(&first, "source").await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source.dump");
+    let out = first.cli(&["tenant", "dump", "source", "-o", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Restore: the process "dies" right after pg_restore committed, before READY.
+    let daemon = first.daemon.as_ref().unwrap().app().clone();
+    let req = RestoreRequest {
+        slug: "phoenix".into(),
+        input: file.clone(),
+        server: None,
+        replace: false,
+        timeout: Duration::from_secs(60),
+    };
+    let crashed = Driver::new(&daemon.catalog, &daemon.keyring, &daemon.settings, "test-restore".into())
+        .with_faults(crash_once("phoenix", Step::Migrate, Phase::After))
+        .restore(&req)
+        .await
+        .unwrap();
+    assert_eq!(crashed.tenant.status.as_str(), "MIGRATING", "stopped midway");
+    // No daemon touches a restore: it waits for the command that has the file.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(first.get("/v1/tenants/phoenix").await.1["status"], "MIGRATING");
+    // Running the command again carries it on without restoring twice.
+    let out = first.cli(&["tenant", "restore", "phoenix", "-i", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("carrying on the restore"), "{}", out.stderr);
+    assert_eq!(snapshot(&tenant_client(&first, "phoenix").await).await, expected, "no row twice");
+    assert_eq!(foreign_owned(&first, "phoenix").await, Vec::<String>::new());
+
+    // Drop: the daemon "dies" after dropping the database and role, before DELETED.
+    ready_tenant(&first, "doomed").await;
+    let db = db_name(&first, "doomed");
+    let (status, body) = first.request(reqwest::Method::DELETE, "/v1/tenants/doomed", None).await;
+    assert_eq!(status, 202, "{body}");
+    wait_for("the drop to crash midway", Duration::from_secs(30), || async {
+        databases_like(&db).await.is_empty().then_some(())
+    })
+    .await;
+    first.stop().await;
+    let after_crash = {
+        let c = common::connect(&first.catalog_url).await.unwrap();
+        c.query_one("SELECT status FROM tenantd.tenants WHERE slug = 'doomed'", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(after_crash, "DELETING", "the crash left it midway");
+    let second = app().same_catalog_as(&first).spawn().await;
+    let done =
+        second.wait_tenant("doomed", "DELETED", Duration::from_secs(60), |t| t["status"] == "DELETED").await;
+    assert!(done["last_error"].is_null(), "{done}");
+    assert_eq!(roles_like(&db).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_files() {
+    let first = app().spawn().await;
+    ready_tenant(&first, "kept").await;
+    ready_tenant(&first, "other").await;
+    let backups = tempfile::tempdir().unwrap();
+    // Older backups of `kept`, one per day at 03:00 from 2020-01-01 to 2020-01-20 (a Monday)
+    // plus an earlier one on the 20th, and a file that is not a backup.
+    let kept_dir = backups.path().join("kept");
+    std::fs::create_dir_all(&kept_dir).unwrap();
+    for day in 1..=20 {
+        std::fs::write(kept_dir.join(format!("kept-202001{day:02}T030000Z.dump")), b"old").unwrap();
+    }
+    std::fs::write(kept_dir.join("kept-20200120T010000Z.dump"), b"old").unwrap();
+    std::fs::write(kept_dir.join("notes.txt"), b"mine").unwrap();
+
+    let configure = |dir: PathBuf| {
+        move |s: &mut tenantd::config::Settings| {
+            s.backups.dir = Some(dir);
+            s.backups.daily_at = "00:00".into();
+            s.backups.keep_daily = 3;
+            s.backups.keep_weekly = 4;
+        }
+    };
+    let second =
+        app().same_catalog_as(&first).configure(configure(backups.path().to_path_buf())).spawn().await;
+    let third =
+        app().same_catalog_as(&first).configure(configure(backups.path().to_path_buf())).spawn().await;
+
+    let catalog = first.catalog().await;
+    wait_for("today's backup run to finish", Duration::from_secs(60), || async {
+        let row = catalog
+            .query_opt("SELECT succeeded, failed FROM tenantd.backup_runs WHERE finished_at IS NOT NULL", &[])
+            .await
+            .unwrap();
+        row.map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+    })
+    .await;
+    let runs: Vec<(i32, i32)> = catalog
+        .query("SELECT succeeded, failed FROM tenantd.backup_runs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(runs, [(2, 0)], "one run for the day, by one daemon, both tenants backed up");
+    for slug in ["kept", "other"] {
+        let kinds = event_kinds(&first, slug).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "backup.created").count(), 1, "{slug}: {kinds:?}");
+    }
+    assert_eq!(files_in(&backups.path().join("other")).len(), 1);
+
+    // Retention (3 daily, 4 weekly): today's, the 20th and 19th (days), the 12th (week 2);
+    // the earlier backup of the 20th and all older days are gone; other files are untouched.
+    let files = files_in(&kept_dir);
+    let today = files.iter().find(|f| !f.starts_with("kept-2020") && *f != "notes.txt").cloned();
+    let today = today.unwrap_or_else(|| panic!("today's backup in {files:?}"));
+    let mut expected = vec![
+        "kept-20200112T030000Z.dump".to_owned(),
+        "kept-20200119T030000Z.dump".to_owned(),
+        "kept-20200120T030000Z.dump".to_owned(),
+        "notes.txt".to_owned(),
+        today.clone(),
+    ];
+    expected.sort();
+    assert_eq!(files, expected);
+    let restorable = tenantd::dumps::check_archive(&kept_dir.join(&today)).await;
+    assert!(restorable.is_ok(), "{restorable:?}");
+
+    // The CLI lists them, newest first; a manual run adds one and prunes again.
+    let mut env = first.cli_env();
+    env.insert("TENANTD_BACKUPS_DIR".into(), backups.path().display().to_string());
+    env.insert("TENANTD_BACKUPS_KEEP_DAILY".into(), "3".into());
+    env.insert("TENANTD_BACKUPS_KEEP_WEEKLY".into(), "4".into());
+    let out = common::cli(&["backup", "list", "kept"], &env, None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let listed: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(listed.len(), 4, "{}", out.stdout);
+    assert!(listed[0].contains(&today) && listed[3].contains("kept-20200112"), "{}", out.stdout);
+    let out = common::cli(&["backup", "list", "kept"], &first.cli_env(), None).await;
+    assert_eq!(out.code, 2, "no backups.dir: {out:?}");
+    // One recorder per process: both daemons of this test report the same counters.
+    let (_, metrics) = second.get("/metrics").await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("tenantd_backups_total{result=\"ok\"} 2"), "{text}");
+    drop(third);
+}
