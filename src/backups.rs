@@ -213,8 +213,7 @@ impl Backups<'_> {
 
     async fn write(&self, t: &TenantRecord) -> Result<Backup, BackupError> {
         let dir = tenant_dir(self.dir()?, &t.slug);
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| BackupError::Io { what: format!("cannot create {}", dir.display()), source })?;
+        crate::dumps::create_dir(&dir).map_err(LifecycleError::from)?;
         let taken_at = Utc::now();
         let path = dir.join(file_name(&t.slug, taken_at));
         let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, t).await?;

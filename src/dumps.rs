@@ -169,6 +169,9 @@ pub async fn dump(
     }
     let partial = partial_path(target);
     let result = async {
+        // A dump holds all of a customer's data: readable by us only (pg_dump writes into the
+        // file we create, keeping its mode).
+        create_private(&partial)?;
         let mut cmd = command(&pg_dump, admin);
         cmd.args(["--format=custom", "--no-password", "--dbname"])
             .arg(database.as_str())
@@ -195,6 +198,30 @@ pub async fn dump(
         }
     }
     result
+}
+
+fn create_private(file: &Path) -> Result<(), DumpError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(io(format!("cannot create {}", file.display())))?;
+    created
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("cannot restrict {}", file.display())))
+}
+
+/// Creates a directory (and its parents) for dumps, private to us when new.
+pub fn create_dir(dir: &Path) -> Result<(), DumpError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("cannot create {}", dir.display())))
 }
 
 fn partial_path(target: &Path) -> PathBuf {

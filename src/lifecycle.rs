@@ -83,8 +83,7 @@ pub async fn archive(
     slug: &str,
     id: uuid::Uuid,
 ) -> Result<(PathBuf, Dumped), DumpError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| DumpError::Io { what: format!("cannot create {}", dir.display()), source })?;
+    dumps::create_dir(dir)?;
     let file = dir.join(crate::provisioner::archive_name(slug, id));
     let dumped = dumps::dump(admin, db, role, &file).await?;
     Ok((file, dumped))

@@ -94,6 +94,11 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+fn mode(file: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).unwrap().permissions().mode() & 0o777
+}
+
 fn only_file(dir: &Path) -> PathBuf {
     let files = files_in(dir);
     assert_eq!(files.len(), 1, "one file expected in {}: {files:?}", dir.display());
@@ -116,6 +121,7 @@ async fn dump_then_restore_gives_identical_data_owned_by_the_new_role() {
     let bytes = std::fs::read(&file).unwrap();
     assert!(bytes.starts_with(b"PGDMP"), "a custom-format archive");
     assert_eq!(files_in(dir.path()), ["origin.dump"], "no partial file left beside it");
+    assert_eq!(mode(&file), 0o600, "a dump holds a customer's data: private");
 
     // Over HTTP (admin only), the same kind of file as the body.
     let url = format!("{}/v1/tenants/origin/dumps", app.base);
@@ -492,6 +498,8 @@ async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_f
     ];
     expected.sort();
     assert_eq!(files, expected);
+    assert_eq!(mode(&kept_dir.join(&today)), 0o600);
+    assert_eq!(mode(&backups.path().join("other")) & 0o077, 0, "tenant backup directories are private");
     let restorable = tenantd::dumps::check_archive(&kept_dir.join(&today)).await;
     assert!(restorable.is_ok(), "{restorable:?}");
 

@@ -48,7 +48,7 @@ enum Command {
     /// Database servers that receive tenants.
     #[command(subcommand)]
     Server(server::ServerCommand),
-    /// Tenants: create, list, show, retry.
+    /// Tenants: create, list, show, retry, dump, restore, suspend, resume, drop.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
     /// Upgrade tenant databases to this build's migrations (dry run, canary, then all).

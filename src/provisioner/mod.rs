@@ -516,6 +516,22 @@ impl Provisioner<'_> {
             .map_err(|e| format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
     }
 
+    /// Step 5's connection as the tenant role to the database where it is (the one kept from
+    /// step 2 when there is one).
+    async fn tenant_connection<'t>(
+        &self,
+        t: &'t Target,
+        location: Location,
+        connection: Option<Client>,
+    ) -> Result<(Client, &'t PgIdent), StepError> {
+        let db = if location == Location::Staging { &t.staging } else { &t.database };
+        let client = match connection {
+            Some(client) => client,
+            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(Step::Migrate, e))?,
+        };
+        Ok((client, db))
+    }
+
     /// Step 5: the embedded migrations, as the tenant role.
     async fn migrate(
         &self,
@@ -525,11 +541,7 @@ impl Provisioner<'_> {
     ) -> Result<i32, StepError> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let db = if location == Location::Staging { &t.staging } else { &t.database };
-        let mut client = match connection {
-            Some(client) => client,
-            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(STEP, e))?,
-        };
+        let (mut client, _) = self.tenant_connection(t, location, connection).await?;
         let (version, applied) =
             self.migrations.apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);
@@ -550,11 +562,7 @@ impl Provisioner<'_> {
     ) -> Result<i32, StepError> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let db = if location == Location::Staging { &t.staging } else { &t.database };
-        let mut client = match connection {
-            Some(client) => client,
-            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(STEP, e))?,
-        };
+        let (mut client, db) = self.tenant_connection(t, location, connection).await?;
         let relations: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
