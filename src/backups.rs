@@ -2,7 +2,7 @@
 //!
 //! When `backups.dir` is set, each daemon wakes at `backups.daily_at` (UTC) and tries to take
 //! the day in `backup_runs`; exactly one daemon gets it, dumps the due tenants
-//! (`backups.concurrency` at once) into `<dir>/<slug>/<slug>-<YYYYMMDDTHHMMSSZ>.dump`, and
+//! (`backups.concurrency` at once) into `<dir>/<slug>-<id8>/<slug>-<YYYYMMDDTHHMMSSZ>.dump`, and
 //! records each result as an event (`backup.created` / `backup.failed`) and a metric
 //! (`tenantd_backups_total{result}`). A daemon that dies mid-run stops renewing its lease;
 //! another takes the day over and backs up only the tenants still without a backup that day.
@@ -22,6 +22,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::catalog::tenants::TenantRecord;
 use crate::catalog::{Catalog, CatalogError};
@@ -76,14 +77,15 @@ fn parse_name(slug: &str, name: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(stamp, STAMP).ok().map(|t| Utc.from_utc_datetime(&t))
 }
 
-/// The directory of a tenant's backups.
-pub fn tenant_dir(dir: &Path, slug: &str) -> PathBuf {
-    dir.join(slug)
+/// The directory of a tenant's backups: `<slug>-<first 8 hex digits of its id>`, so that a
+/// later tenant reusing the slug never prunes (or lists) an earlier one's backups.
+pub fn tenant_dir(dir: &Path, slug: &str, id: Uuid) -> PathBuf {
+    dir.join(format!("{slug}-{}", &id.simple().to_string()[..8]))
 }
 
 /// A tenant's backups, newest first (none when its directory does not exist).
-pub fn list(dir: &Path, slug: &str) -> Result<Vec<Backup>, BackupError> {
-    let tenant_dir = tenant_dir(dir, slug);
+pub fn list(dir: &Path, slug: &str, id: Uuid) -> Result<Vec<Backup>, BackupError> {
+    let tenant_dir = tenant_dir(dir, slug, id);
     let entries = match std::fs::read_dir(&tenant_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -138,8 +140,13 @@ pub fn retained(taken: &[DateTime<Utc>], keep_daily: usize, keep_weekly: usize) 
 }
 
 /// Deletes the backups of `slug` that retention does not keep; returns the deleted files.
-pub fn prune(dir: &Path, slug: &str, settings: &BackupSettings) -> Result<Vec<PathBuf>, BackupError> {
-    let backups = list(dir, slug)?;
+pub fn prune(
+    dir: &Path,
+    slug: &str,
+    id: Uuid,
+    settings: &BackupSettings,
+) -> Result<Vec<PathBuf>, BackupError> {
+    let backups = list(dir, slug, id)?;
     let taken: Vec<_> = backups.iter().map(|b| b.taken_at).collect();
     let keep = retained(&taken, settings.keep_daily, settings.keep_weekly);
     let mut deleted = Vec::new();
@@ -204,7 +211,7 @@ impl Backups<'_> {
         };
         self.catalog.record_event(t.id, kind, detail, self.actor).await?;
         let backup = result?;
-        let deleted = prune(self.dir()?, &t.slug, self.settings)?;
+        let deleted = prune(self.dir()?, &t.slug, t.id, self.settings)?;
         if !deleted.is_empty() {
             tracing::info!(tenant = %t.slug, deleted = deleted.len(), "old backups pruned");
         }
@@ -212,12 +219,13 @@ impl Backups<'_> {
     }
 
     async fn write(&self, t: &TenantRecord) -> Result<Backup, BackupError> {
-        let dir = tenant_dir(self.dir()?, &t.slug);
+        let dir = tenant_dir(self.dir()?, &t.slug, t.id);
         crate::dumps::create_dir(&dir).map_err(LifecycleError::from)?;
         let taken_at = Utc::now();
         let path = dir.join(file_name(&t.slug, taken_at));
         let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, t).await?;
-        let dumped = crate::dumps::dump(&admin, &db, &role, &path).await.map_err(LifecycleError::from)?;
+        let dumped =
+            crate::dumps::dump(&admin, &db, &role, t.id, &path).await.map_err(LifecycleError::from)?;
         Ok(Backup { path, taken_at, bytes: dumped.bytes })
     }
 

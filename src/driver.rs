@@ -47,6 +47,8 @@ pub struct RestoreRequest {
     pub server: Option<String>,
     /// Drop an existing tenant of this slug first.
     pub replace: bool,
+    /// With `replace`: the final archive of the replaced tenant goes here (`None`: none).
+    pub replace_archive: Option<PathBuf>,
     /// Give up waiting after this long (the restore goes on when the command is run again).
     pub timeout: Duration,
 }
@@ -108,6 +110,18 @@ impl<'a> Driver<'a> {
         timeout: Duration,
         restore_from: Option<&Path>,
     ) -> Result<TenantRecord, LifecycleError> {
+        if tenant.restore_source.is_some()
+            && restore_from.is_none()
+            && tenant.status != TenantStatus::Deleting
+        {
+            // Provisioning it without the dump would make it READY and empty.
+            return Err(LifecycleError::WrongState(format!(
+                "tenant {} is a restore from {}; run `tenantd tenant restore {} -i FILE` to carry it on",
+                tenant.slug,
+                tenant.restore_source.as_deref().unwrap_or_default(),
+                tenant.slug
+            )));
+        }
         let cancel = CancellationToken::new();
         let deadline = Instant::now() + timeout;
         loop {
@@ -155,9 +169,9 @@ impl<'a> Driver<'a> {
 
     /// `tenant restore`: a new tenant provisioned like any other, its database filled from the
     /// dump. A bad file is refused before anything is created; an existing slug is refused
-    /// unless `replace` (the existing tenant is then dropped first, with a final archive into
-    /// `lifecycle.archive_dir` when that is set); an interrupted or failed restore of the same
-    /// slug from the same file is carried on.
+    /// unless `replace` (the existing tenant is then dropped first, after a final archive into
+    /// `replace_archive` when given); an interrupted or failed restore of the same slug from
+    /// the same file is carried on.
     pub async fn restore(&self, req: &RestoreRequest) -> Result<Restored, LifecycleError> {
         crate::dumps::check_archive(&req.input).await?;
         let source = std::fs::canonicalize(&req.input)
@@ -195,8 +209,7 @@ impl<'a> Driver<'a> {
             }
             existing => {
                 if existing.is_some() {
-                    let archive = self.settings.lifecycle.archive_dir.as_deref();
-                    let dropped = self.drop_tenant(slug, archive, req.timeout).await?;
+                    let dropped = self.drop_tenant(slug, req.replace_archive.as_deref(), req.timeout).await?;
                     if dropped.status != TenantStatus::Deleted {
                         return Err(LifecycleError::WrongState(format!(
                             "tenant {slug} could not be dropped for the replace (still {}): {}",
@@ -234,11 +247,12 @@ impl<'a> Driver<'a> {
         if tenant.status == TenantStatus::Deleted {
             return Err(LifecycleError::WrongState(format!("tenant {slug} is deleted already")));
         }
-        if let Some(dir) = archive {
-            self.final_archive(&tenant, dir).await?;
-        }
-        // A daemon may carry the deletion out as well as this process: whoever claims it.
-        let Some(deleting) = self.catalog.request_delete(slug, None, &self.actor).await? else {
+        let requested = match archive {
+            Some(dir) => self.final_archive(&tenant, dir).await?,
+            // A daemon may carry the deletion out as well as this process: whoever claims it.
+            None => self.catalog.request_delete(slug, None, &self.actor, None).await?,
+        };
+        let Some(deleting) = requested else {
             let t = self.catalog.tenant(slug).await?;
             return Err(LifecycleError::WrongState(format!(
                 "tenant {slug} is {} and being worked on by {}; try again shortly",
@@ -249,29 +263,55 @@ impl<'a> Driver<'a> {
         self.drive(&deleting, timeout, None).await
     }
 
-    async fn final_archive(&self, tenant: &TenantRecord, dir: &Path) -> Result<(), LifecycleError> {
+    /// Under one lease from start to end (so nothing resumes it or works on it meanwhile):
+    /// suspends a READY tenant, dumps it into `dir`, and requests the deletion. If the dump
+    /// fails, a tenant that was READY is resumed and the error returned: nothing is dropped.
+    async fn final_archive(
+        &self,
+        tenant: &TenantRecord,
+        dir: &Path,
+    ) -> Result<Option<TenantRecord>, LifecycleError> {
         let slug = tenant.slug.as_str();
-        let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, tenant).await?;
-        let was_ready = tenant.status == TenantStatus::Ready;
-        if was_ready {
-            self.lifecycle().suspend(slug).await?;
-        }
-        match crate::lifecycle::archive(&admin, &db, &role, dir, slug, tenant.id).await {
+        let lifecycle = self.lifecycle();
+        let (t, owner) = lifecycle.claim(slug, &["READY", "SUSPENDED"]).await.map_err(|e| match e {
+            LifecycleError::WrongState(m) => {
+                LifecycleError::WrongState(format!("{m} (a final archive needs a READY or SUSPENDED tenant)"))
+            }
+            other => other,
+        })?;
+        let claimed_at = Instant::now();
+        let was_ready = t.status == TenantStatus::Ready;
+        let work = async {
+            let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, &t).await?;
+            if was_ready {
+                lifecycle.suspend_held(&t, &owner).await?;
+            }
+            Ok::<_, LifecycleError>(crate::lifecycle::archive(&admin, &db, &role, dir, slug, t.id).await?)
+        };
+        let lease = self.settings.workers.lease;
+        let result = tokio::select! {
+            result = work => result,
+            lost = crate::workers::keep_lease(self.catalog, t.id, &owner, lease, claimed_at) => {
+                Err(LifecycleError::WrongState(format!("lost the tenant while archiving it: {lost}")))
+            }
+        };
+        match result {
             Ok((file, dumped)) => {
                 let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
-                self.catalog.record_event(tenant.id, "archive.created", detail, &self.actor).await?;
+                self.catalog.record_event(t.id, "archive.created", detail, &self.actor).await?;
                 (self.report)(&format!("final archive {}: {} bytes", file.display(), dumped.bytes));
-                Ok(())
+                Ok(self.catalog.request_delete(slug, None, &self.actor, Some(&owner)).await?)
             }
             Err(e) => {
                 let detail = json!({ "error": e.to_string() });
-                self.catalog.record_event(tenant.id, "archive.failed", detail, &self.actor).await?;
-                if was_ready {
-                    self.lifecycle().resume(slug).await?;
-                }
+                let recorded = self.catalog.record_event(t.id, "archive.failed", detail, &self.actor).await;
+                let resumed = if was_ready { lifecycle.resume_held(&t, &owner).await } else { Ok(()) };
+                lifecycle.release(&t, &owner).await;
+                recorded?;
+                resumed?;
                 Err(LifecycleError::WrongState(format!(
                     "final archive failed, nothing was dropped ({slug} is {} again): {e}",
-                    if was_ready { "READY" } else { tenant.status.as_str() }
+                    if was_ready { "READY" } else { "SUSPENDED" }
                 )))
             }
         }

@@ -3,7 +3,7 @@
 //! Dumps run as the server's admin role with `--role=<tenant role>` (the admin is made a
 //! member of the tenant role, which a CREATEROLE admin may do for the roles it created): the
 //! tenant role owns every object, so this dumps everything, and it works while the tenant is
-//! suspended (its role cannot log in then). The admin password goes to the child process in
+//! suspended (its role cannot log in then). Restores run as the tenant role itself. The admin password goes to the child process in
 //! `PGPASSWORD`, never on its command line. Dumps are custom-format, taken in one snapshot
 //! (pg_dump's own transaction), written to a temporary file beside the target and renamed into
 //! place only when complete, so a failed or interrupted dump (disk full included) leaves no
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncReadExt;
 
 use crate::names::PgIdent;
@@ -100,20 +100,35 @@ async fn major_version(tool_path: &Path, tool: &'static str) -> Result<u32, Dump
         .ok_or_else(|| DumpError::Failed { tool, message: format!("unexpected --version output {text:?}") })
 }
 
-/// Makes the admin a member of the tenant role (so `--role` may SET ROLE to it) and returns
-/// the server's major version.
-async fn prepare(admin: &AdminTarget, role: &PgIdent) -> Result<u32, DumpError> {
+/// Makes the admin a member of the tenant role (so `--role` may SET ROLE to it) — only a role
+/// that carries this tenant's marker — and returns the server's major version.
+async fn prepare(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Result<u32, DumpError> {
     let client = admin.connect(None).await.map_err(|e| DumpError::Server(e.to_string()))?;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?
         .get(0);
-    let member: bool = client
-        .query_one("SELECT pg_has_role(current_user, $1, 'MEMBER')", &[&role.as_str()])
+    let found = client
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_authid'), pg_has_role(current_user, oid, 'MEMBER') \
+             FROM pg_roles WHERE rolname = $1",
+            &[&role.as_str()],
+        )
         .await
-        .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?
-        .get(0);
+        .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?;
+    let marker = crate::tenant_sql::marker(tenant);
+    let member = match found {
+        Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some(marker.as_str()) => {
+            row.get::<_, bool>(1)
+        }
+        Some(_) => {
+            return Err(DumpError::Server(format!(
+                "role {role} is not this tenant's; tenantd does not use it"
+            )));
+        }
+        None => return Err(DumpError::Server(format!("role {role} does not exist"))),
+    };
     if !member {
         let grant = format!(
             "GRANT {} TO {}",
@@ -130,12 +145,18 @@ async fn prepare(admin: &AdminTarget, role: &PgIdent) -> Result<u32, DumpError> 
     Ok(u32::try_from(version / 10_000).unwrap_or(0))
 }
 
-fn command(tool_path: &Path, admin: &AdminTarget) -> tokio::process::Command {
+/// A client program logging in to `server` as `user`; the password goes in its environment.
+fn command(
+    tool_path: &Path,
+    server: &AdminTarget,
+    user: &str,
+    password: &SecretString,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(tool_path);
-    cmd.env("PGPASSWORD", admin.password.expose_secret())
-        .env("PGHOST", &admin.host)
-        .env("PGPORT", admin.port.to_string())
-        .env("PGUSER", &admin.user)
+    cmd.env("PGPASSWORD", password.expose_secret())
+        .env("PGHOST", &server.host)
+        .env("PGPORT", server.port.to_string())
+        .env("PGUSER", user)
         .env("PGAPPNAME", "tenantd")
         .env_remove("PGPASSFILE")
         .env_remove("PGSERVICE")
@@ -158,60 +179,43 @@ pub async fn dump(
     admin: &AdminTarget,
     database: &PgIdent,
     role: &PgIdent,
+    tenant: uuid::Uuid,
     target: &Path,
 ) -> Result<Dumped, DumpError> {
     let started = Instant::now();
     let pg_dump = tool("pg_dump")?;
-    let server_version = prepare(admin, role).await?;
+    let server_version = prepare(admin, role, tenant).await?;
     let tool_version = major_version(&pg_dump, "pg_dump").await?;
     if tool_version < server_version {
         return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
     }
-    let partial = partial_path(target);
-    let result = async {
-        // A dump holds all of a customer's data: readable by us only (pg_dump writes into the
-        // file we create, keeping its mode).
-        create_private(&partial)?;
-        let mut cmd = command(&pg_dump, admin);
-        cmd.args(["--format=custom", "--no-password", "--dbname"])
-            .arg(database.as_str())
-            .arg(format!("--role={}", role.as_str()))
-            .arg("--file")
-            .arg(&partial)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        run(cmd, "pg_dump").await?;
-        let file = std::fs::File::open(&partial).map_err(io(format!("cannot open {}", partial.display())))?;
-        file.sync_all().map_err(io(format!("cannot sync {}", partial.display())))?;
-        let bytes = file.metadata().map_err(io("cannot stat the dump"))?.len();
-        std::fs::rename(&partial, target)
-            .map_err(io(format!("cannot move the dump to {}", target.display())))?;
-        Ok(Dumped { bytes, duration: started.elapsed() })
-    }
-    .await;
-    if result.is_err() {
-        // Nothing half-written stays behind (a full disk included).
-        if let Err(e) = std::fs::remove_file(&partial)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %partial.display(), error = %e, "cannot remove a partial dump");
-        }
-    }
-    result
-}
-
-fn create_private(file: &Path) -> Result<(), DumpError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(file)
-        .map_err(io(format!("cannot create {}", file.display())))?;
-    created
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("cannot restrict {}", file.display())))
+    // A dump holds all of a customer's data: a private (0600) temporary file beside the
+    // target, which pg_dump fills and which is renamed into place only when complete. Until
+    // then it is removed whatever happens — an error, a full disk, or this future being
+    // dropped (a cancelled request, a shutdown), which also kills pg_dump.
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let partial = tempfile::Builder::new()
+        .prefix(".tenantd-dump-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(io(format!("cannot create a file in {}", dir.display())))?;
+    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password);
+    cmd.args(["--format=custom", "--no-password", "--dbname"])
+        .arg(database.as_str())
+        .arg(format!("--role={}", role.as_str()))
+        .arg("--file")
+        .arg(partial.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    run(cmd, "pg_dump").await?;
+    let file = partial.as_file();
+    file.sync_all().map_err(io(format!("cannot sync {}", partial.path().display())))?;
+    let bytes = file.metadata().map_err(io("cannot stat the dump"))?.len();
+    partial.persist(target).map_err(|e| DumpError::Io {
+        what: format!("cannot move the dump to {}", target.display()),
+        source: e.error,
+    })?;
+    Ok(Dumped { bytes, duration: started.elapsed() })
 }
 
 /// Creates a directory (and its parents) for dumps, private to us when new.
@@ -222,11 +226,6 @@ pub fn create_dir(dir: &Path) -> Result<(), DumpError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(format!("cannot create {}", dir.display())))
-}
-
-fn partial_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dump".into());
-    target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
 async fn run(mut cmd: tokio::process::Command, tool: &'static str) -> Result<(), DumpError> {
@@ -269,17 +268,19 @@ pub async fn check_archive(file: &Path) -> Result<(), DumpError> {
     }
 }
 
-/// Restores `file` into `database` in one transaction, every object created by (and so owned
-/// by) the tenant role; ownership and grants recorded in the dump are ignored.
+/// Restores `file` into `database` in one transaction, logged in as the tenant role itself
+/// (never as the admin: SQL in a dump, or tenant code run while loading it, must not be able to
+/// `RESET ROLE` its way to the admin's rights). Every object is created by, so owned by, that
+/// role; ownership and grants recorded in the dump are ignored.
 pub async fn restore(
-    admin: &AdminTarget,
+    server: &AdminTarget,
     database: &PgIdent,
     role: &PgIdent,
+    password: &SecretString,
     file: &Path,
 ) -> Result<(), DumpError> {
     let pg_restore = tool("pg_restore")?;
-    prepare(admin, role).await?;
-    let mut cmd = command(&pg_restore, admin);
+    let mut cmd = command(&pg_restore, server, role.as_str(), password);
     cmd.args([
         "--single-transaction",
         "--exit-on-error",
@@ -289,7 +290,6 @@ pub async fn restore(
         "--dbname",
     ])
     .arg(database.as_str())
-    .arg(format!("--role={}", role.as_str()))
     .arg(file)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());

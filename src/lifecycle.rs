@@ -85,12 +85,17 @@ pub async fn archive(
 ) -> Result<(PathBuf, Dumped), DumpError> {
     dumps::create_dir(dir)?;
     let file = dir.join(crate::provisioner::archive_name(slug, id));
-    let dumped = dumps::dump(admin, db, role, &file).await?;
+    let dumped = dumps::dump(admin, db, role, id, &file).await?;
     Ok((file, dumped))
 }
 
 impl Lifecycle<'_> {
-    async fn claim(&self, slug: &str, statuses: &[&str]) -> Result<(TenantRecord, String), LifecycleError> {
+    /// Takes the tenant's lease when it is in one of `statuses` and nobody holds it.
+    pub(crate) async fn claim(
+        &self,
+        slug: &str,
+        statuses: &[&str],
+    ) -> Result<(TenantRecord, String), LifecycleError> {
         let owner = crate::workers::claim_owner(self.actor);
         match self.catalog.claim_in_status(slug, &owner, self.settings.workers.lease, statuses).await? {
             Some(t) => Ok((t, owner)),
@@ -121,56 +126,58 @@ impl Lifecycle<'_> {
     /// suspension).
     pub async fn suspend(&self, slug: &str) -> Result<TenantRecord, LifecycleError> {
         let (t, owner) = self.claim(slug, &["READY", "SUSPENDED"]).await?;
-        let result = async {
-            if t.status == TenantStatus::Ready {
-                self.catalog
-                    .set_status(t.id, &owner, TenantStatus::Suspended, "suspended", &json!({}))
-                    .await?;
-            }
-            let (admin, target, role) = self.admin_for(&t).await?;
-            let ddl = format!(
-                "{}; {}",
-                tenant_sql::grant_membership(&role, &target.user),
-                tenant_sql::set_login(&role, false)
-            );
-            admin.batch_execute(&ddl).await.map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
-            let ended: i64 = admin
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
-                    &[&role.as_str()],
-                )
-                .await
-                .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?
-                .get(0);
-            tracing::info!(tenant = %slug, sessions_ended = ended, "tenant suspended");
-            Ok::<(), LifecycleError>(())
-        }
-        .await;
+        let result = self.suspend_held(&t, &owner).await;
         self.release(&t, &owner).await;
         result?;
         Ok(self.catalog.tenant(slug).await?)
+    }
+
+    /// Suspends a tenant whose lease `owner` holds: SUSPENDED, then no LOGIN, sessions ended.
+    pub(crate) async fn suspend_held(&self, t: &TenantRecord, owner: &str) -> Result<(), LifecycleError> {
+        if t.status == TenantStatus::Ready {
+            self.catalog.set_status(t.id, owner, TenantStatus::Suspended, "suspended", &json!({})).await?;
+        }
+        let (admin, target, role) = self.admin_for(t).await?;
+        let ddl = format!(
+            "{}; {}",
+            tenant_sql::grant_membership(&role, &target.user),
+            tenant_sql::set_login(&role, false)
+        );
+        admin.batch_execute(&ddl).await.map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
+        let ended: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+                &[&role.as_str()],
+            )
+            .await
+            .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?
+            .get(0);
+        tracing::info!(tenant = %t.slug, sessions_ended = ended, "tenant suspended");
+        Ok(())
     }
 
     /// Resumes a SUSPENDED tenant.
     pub async fn resume(&self, slug: &str) -> Result<TenantRecord, LifecycleError> {
         let (t, owner) = self.claim(slug, &["SUSPENDED"]).await?;
-        let result = async {
-            let (admin, _, role) = self.admin_for(&t).await?;
-            admin
-                .batch_execute(&tenant_sql::set_login(&role, true))
-                .await
-                .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
-            self.catalog.set_status(t.id, &owner, TenantStatus::Ready, "resumed", &json!({})).await?;
-            tracing::info!(tenant = %slug, "tenant resumed");
-            Ok::<(), LifecycleError>(())
-        }
-        .await;
+        let result = self.resume_held(&t, &owner).await;
         self.release(&t, &owner).await;
         result?;
         Ok(self.catalog.tenant(slug).await?)
     }
 
-    async fn release(&self, t: &TenantRecord, owner: &str) {
+    /// Resumes a tenant whose lease `owner` holds: LOGIN again, then READY.
+    pub(crate) async fn resume_held(&self, t: &TenantRecord, owner: &str) -> Result<(), LifecycleError> {
+        let (admin, _, role) = self.admin_for(t).await?;
+        admin
+            .batch_execute(&tenant_sql::set_login(&role, true))
+            .await
+            .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
+        self.catalog.set_status(t.id, owner, TenantStatus::Ready, "resumed", &json!({})).await?;
+        tracing::info!(tenant = %t.slug, "tenant resumed");
+        Ok(())
+    }
+
+    pub(crate) async fn release(&self, t: &TenantRecord, owner: &str) {
         match self.catalog.release_lease(t.id, owner).await {
             Ok(()) | Err(CatalogError::LeaseLost) => {}
             Err(e) => tracing::warn!(tenant = %t.slug, error = %e, "cannot release a lease; it will expire"),
@@ -187,7 +194,7 @@ impl Lifecycle<'_> {
             )));
         }
         let (admin, db, role) = tenant_target(self.catalog, self.keyring, &t).await?;
-        let dumped = dumps::dump(&admin, &db, &role, target).await?;
+        let dumped = dumps::dump(&admin, &db, &role, t.id, target).await?;
         let detail = json!({ "bytes": dumped.bytes, "seconds": dumped.duration.as_secs_f64() });
         self.catalog.record_event(t.id, "dumped", detail, self.actor).await?;
         Ok(dumped)

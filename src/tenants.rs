@@ -146,6 +146,12 @@ pub async fn create_from(
     if !created && restore_source.is_some() {
         return Err(TenantError::Conflict(format!("tenant {slug:?} exists already")));
     }
+    if !created && tenant.restore_source.is_some() && tenant.status != TenantStatus::Ready {
+        return Err(TenantError::Conflict(format!(
+            "tenant {slug:?} is being restored from a dump ({}); `tenantd tenant restore` carries it on",
+            tenant.status
+        )));
+    }
     if !created && (tenant.requested_server != server || tenant.requested_region != region) {
         return Err(TenantError::Conflict(format!(
             "tenant {slug:?} exists already with a different placement request (server {:?}, region {:?})",

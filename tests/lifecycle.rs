@@ -155,7 +155,25 @@ async fn dump_then_restore_gives_identical_data_owned_by_the_new_role() {
     assert!(out.stderr.contains("exists") && out.stderr.contains("--replace"), "{}", out.stderr);
     assert_eq!(app.get("/v1/tenants/copy").await.1["id"], copy["id"]);
     let out = app.cli(&["tenant", "restore", "copy", "-i", file.to_str().unwrap(), "--replace"]).await;
+    assert_eq!(out.code, 2, "--replace drops a tenant: it needs a decision on its archive: {out:?}");
+    let replaced_dir = dir.path().join("replaced");
+    let replace = [
+        "tenant",
+        "restore",
+        "copy",
+        "-i",
+        file.to_str().unwrap(),
+        "--replace",
+        "--archive",
+        replaced_dir.to_str().unwrap(),
+    ];
+    let out = app.cli(&replace).await;
+    assert_eq!(out.code, 2, "and a confirmation: {out:?}");
+    assert_eq!(app.get("/v1/tenants/copy").await.1["id"], copy["id"], "nothing changed");
+    let out = app.cli(&[&replace[..], &["--yes"]].concat()).await;
     assert_eq!(out.code, 0, "{out:?}");
+    let replaced_archive = only_file(&replaced_dir);
+    assert!(replaced_archive.file_name().unwrap().to_str().unwrap().starts_with("copy-"));
     let replaced = app.wait_ready("copy").await;
     assert_ne!(replaced["id"], copy["id"], "a new tenant in the old one's place");
     assert_eq!(snapshot(&tenant_client(&app, "copy").await).await, expected, "the extra row is gone");
@@ -389,6 +407,7 @@ async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart(
         input: file.clone(),
         server: None,
         replace: false,
+        replace_archive: None,
         timeout: Duration::from_secs(60),
     };
     let crashed = Driver::new(&daemon.catalog, &daemon.keyring, &daemon.settings, "test-restore".into())
@@ -435,12 +454,16 @@ async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart(
 #[tokio::test]
 async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_files() {
     let first = app().spawn().await;
-    ready_tenant(&first, "kept").await;
-    ready_tenant(&first, "other").await;
+    let kept = ready_tenant(&first, "kept").await;
+    let other = ready_tenant(&first, "other").await;
     let backups = tempfile::tempdir().unwrap();
+    let dir_of = |t: &Value| {
+        let id = t["id"].as_str().unwrap().replace('-', "");
+        backups.path().join(format!("{}-{}", t["slug"].as_str().unwrap(), &id[..8]))
+    };
     // Older backups of `kept`, one per day at 03:00 from 2020-01-01 to 2020-01-20 (a Monday)
     // plus an earlier one on the 20th, and a file that is not a backup.
-    let kept_dir = backups.path().join("kept");
+    let kept_dir = dir_of(&kept);
     std::fs::create_dir_all(&kept_dir).unwrap();
     for day in 1..=20 {
         std::fs::write(kept_dir.join(format!("kept-202001{day:02}T030000Z.dump")), b"old").unwrap();
@@ -482,7 +505,7 @@ async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_f
         let kinds = event_kinds(&first, slug).await;
         assert_eq!(kinds.iter().filter(|k| *k == "backup.created").count(), 1, "{slug}: {kinds:?}");
     }
-    assert_eq!(files_in(&backups.path().join("other")).len(), 1);
+    assert_eq!(files_in(&dir_of(&other)).len(), 1);
 
     // Retention (3 daily, 4 weekly): today's, the 20th and 19th (days), the 12th (week 2);
     // the earlier backup of the 20th and all older days are gone; other files are untouched.
@@ -499,7 +522,7 @@ async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_f
     expected.sort();
     assert_eq!(files, expected);
     assert_eq!(mode(&kept_dir.join(&today)), 0o600);
-    assert_eq!(mode(&backups.path().join("other")) & 0o077, 0, "tenant backup directories are private");
+    assert_eq!(mode(&dir_of(&other)) & 0o077, 0, "tenant backup directories are private");
     let restorable = tenantd::dumps::check_archive(&kept_dir.join(&today)).await;
     assert!(restorable.is_ok(), "{restorable:?}");
 
@@ -520,4 +543,41 @@ async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_f
     let text = metrics.as_str().unwrap_or_default();
     assert!(text.contains("tenantd_backups_total{result=\"ok\"} 2"), "{text}");
     drop(third);
+}
+
+#[tokio::test]
+async fn one_daemon_holds_a_backup_day_until_it_finishes_or_its_lease_lapses() {
+    let app = app().without_server().spawn().await;
+    let catalog = &app.daemon.as_ref().unwrap().app().catalog;
+    let day = chrono::NaiveDate::from_ymd_opt(2001, 2, 3).unwrap();
+    let lease = Duration::from_secs(1);
+    assert!(catalog.claim_backup_day(day, "a", lease).await.unwrap(), "the first daemon takes the day");
+    assert!(!catalog.claim_backup_day(day, "b", lease).await.unwrap(), "held: nobody else");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(catalog.claim_backup_day(day, "b", lease).await.unwrap(), "a lapsed lease is taken over");
+    assert!(catalog.renew_backup_day(day, "a", lease).await.is_err(), "the old holder has lost it");
+    assert!(catalog.finish_backup_day(day, "a", 1, 0).await.is_err(), "and cannot finish it");
+    catalog.finish_backup_day(day, "b", 2, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!catalog.claim_backup_day(day, "c", lease).await.unwrap(), "a finished day is never run again");
+}
+
+#[tokio::test]
+async fn a_deletion_never_drops_a_database_or_role_that_is_not_ours() {
+    let app = app().spawn().await;
+    let name = db_name(&app, "squatted");
+    let su = shared_cluster().superuser("postgres").await;
+    su.batch_execute(&format!("CREATE ROLE \"{name}\"")).await.unwrap();
+    su.batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\"")).await.unwrap();
+    let (status, body) = app.post("/v1/tenants", &json!({ "slug": "squatted" })).await;
+    assert_eq!(status, 201, "{body}");
+    app.wait_tenant("squatted", "ERROR", Duration::from_secs(60), |t| t["status"] == "ERROR").await;
+    let (status, body) = app.request(reqwest::Method::DELETE, "/v1/tenants/squatted", None).await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_tenant("squatted", "DELETED", Duration::from_secs(60), |t| t["status"] == "DELETED").await;
+    assert_eq!(databases_like(&name).await, vec![name.clone()], "the foreign database is untouched");
+    assert_eq!(roles_like(&name).await, vec![name.clone()], "the foreign role is untouched");
+    assert!(event_kinds(&app, "squatted").await.contains(&"delete.skipped_foreign".to_owned()));
+    su.batch_execute(&format!("DROP DATABASE \"{name}\"")).await.unwrap();
+    su.batch_execute(&format!("DROP ROLE \"{name}\"")).await.unwrap();
 }

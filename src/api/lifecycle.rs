@@ -73,7 +73,7 @@ pub async fn delete(
             format!("tenant {slug:?} is deleted already"),
         ));
     }
-    let Some(deleting) = app.catalog.request_delete(&slug, archive_dir.as_deref(), "api").await? else {
+    let Some(deleting) = app.catalog.request_delete(&slug, archive_dir.as_deref(), "api", None).await? else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "tenant_busy",
@@ -111,23 +111,19 @@ pub async fn dump(
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
 ) -> Result<Response, ApiError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("tenantd-dump-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
+    // Private and removed when this request ends, however it ends.
+    let dir = tempfile::Builder::new()
+        .prefix("tenantd-dump-")
+        .tempdir()
         .map_err(|e| ApiError::internal(format!("cannot create a temporary directory: {e}")))?;
-    let file = dir.join("dump");
-    let dumped = lifecycle(&app).dump(&slug, &file).await;
-    let opened = dumped.and_then(|d| {
-        std::fs::File::open(&file).map(|f| (d, f)).map_err(|e| LifecycleError::Server(e.to_string()))
-    });
+    let path = dir.path().join("dump");
+    let dumped = lifecycle(&app).dump(&slug, &path).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot open the finished dump: {e}")))?;
     // The open file stays readable after its directory is gone (Unix).
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a temporary dump directory");
-    }
-    let (dumped, file) = opened?;
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    drop(dir);
+    let stream = tokio_util::io::ReaderStream::new(file);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

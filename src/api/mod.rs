@@ -16,7 +16,7 @@ pub mod tenants;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -103,7 +103,12 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().to_string();
     let started = Instant::now();
-    let limit = app.settings.http.request_timeout;
+    // A dump takes as long as the tenant's data needs; every other request is bounded.
+    let limit = if route == "/v1/tenants/{slug}/dumps" {
+        Duration::from_secs(24 * 3600)
+    } else {
+        app.settings.http.request_timeout
+    };
     let response = match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -46,7 +46,8 @@ impl Catalog {
         if n == 1 { Ok(()) } else { Err(CatalogError::LeaseLost) }
     }
 
-    /// Marks `day` done with its counts (added to those of an earlier, interrupted holder).
+    /// Marks `day` done with its counts (added to those of an earlier, interrupted holder);
+    /// [`CatalogError::LeaseLost`] when another daemon took the day over meanwhile.
     pub async fn finish_backup_day(
         &self,
         day: NaiveDate,
@@ -54,13 +55,14 @@ impl Catalog {
         succeeded: i32,
         failed: i32,
     ) -> Result<(), CatalogError> {
-        self.execute(
-            "UPDATE tenantd.backup_runs SET finished_at = now(), succeeded = succeeded + $3, \
-             failed = failed + $4 WHERE day = $1 AND owner = $2",
-            &[&day, &owner, &succeeded, &failed],
-        )
-        .await?;
-        Ok(())
+        let n = self
+            .execute(
+                "UPDATE tenantd.backup_runs SET finished_at = now(), succeeded = succeeded + $3, \
+                 failed = failed + $4 WHERE day = $1 AND owner = $2 AND finished_at IS NULL",
+                &[&day, &owner, &succeeded, &failed],
+            )
+            .await?;
+        if n == 1 { Ok(()) } else { Err(CatalogError::LeaseLost) }
     }
 
     /// READY and SUSPENDED tenants with no successful backup since `since`, by slug.

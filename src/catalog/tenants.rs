@@ -531,25 +531,30 @@ impl Catalog {
     /// Asks for a tenant's deletion: status DELETING, with a final archive into `archive_dir`
     /// when given (written by whichever process carries the deletion out). `None` while
     /// another process holds the tenant, or when it is deleted already.
+    ///
+    /// `holder`: the caller holds the tenant's lease (it wrote the final archive under it);
+    /// the lease is handed back with the request.
     pub async fn request_delete(
         &self,
         slug: &str,
         archive_dir: Option<&str>,
         actor: &str,
+        holder: Option<&str>,
     ) -> Result<Option<TenantRecord>, CatalogError> {
         static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let sql = SQL.get_or_init(|| {
             format!(
                 "WITH asked AS (UPDATE tenantd.tenants SET status = 'DELETING', delete_archive_dir = $2, \
-                   attempts = 0, next_attempt_at = now(), last_error = NULL \
-                   WHERE slug = $1 AND status <> 'DELETED' AND (lease_until IS NULL OR lease_until < now()) \
+                   attempts = 0, next_attempt_at = now(), last_error = NULL, lease_owner = NULL, \
+                   lease_until = NULL WHERE slug = $1 AND status <> 'DELETED' \
+                   AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $4) \
                    RETURNING *), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
                    SELECT id, 'delete.requested', jsonb_build_object('archive_dir', $2::text), $3 FROM asked) \
                  SELECT {COLUMNS} FROM asked"
             )
         });
-        let row = self.query_opt(sql, &[&slug, &archive_dir, &actor]).await?;
+        let row = self.query_opt(sql, &[&slug, &archive_dir, &actor, &holder]).await?;
         Ok(row.as_ref().map(from_row))
     }
 

@@ -37,7 +37,7 @@ pub async fn run(cmd: BackupCommand, ctx: Context) -> Result<(), Failure> {
     match cmd {
         BackupCommand::List { slug, json } => {
             let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
-            let list = backups::list(&dir, &slug).map_err(Failure::failed)?;
+            let list = backups::list(&dir, &slug, tenant.id).map_err(Failure::failed)?;
             let failure = ctx
                 .catalog
                 .latest_event(tenant.id, &["backup.created", "backup.failed"])

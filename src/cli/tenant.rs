@@ -80,9 +80,19 @@ pub enum TenantCommand {
         /// Place it on this server.
         #[arg(long)]
         server: Option<String>,
-        /// Drop an existing tenant with this slug first.
+        /// Drop an existing tenant with this slug first (needs --yes, and --archive DIR,
+        /// lifecycle.archive_dir or --no-archive).
         #[arg(long)]
         replace: bool,
+        /// With --replace: write the replaced tenant's final archive into DIR first.
+        #[arg(long, value_name = "DIR", requires = "replace")]
+        archive: Option<PathBuf>,
+        /// With --replace: drop the replaced tenant without a final archive.
+        #[arg(long, requires = "replace", conflicts_with = "archive")]
+        no_archive: bool,
+        /// Confirm the --replace.
+        #[arg(long, requires = "replace")]
+        yes: bool,
         /// Give up waiting after this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         wait: u64,
@@ -200,8 +210,20 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             Ok(())
         }
         TenantCommand::Dump { slug, output } => dump(&ctx, &slug, &output).await,
-        TenantCommand::Restore { slug, input, server, replace, wait } => {
-            let req = RestoreRequest { slug, input, server, replace, timeout: Duration::from_secs(wait) };
+        TenantCommand::Restore { slug, input, server, replace, archive, no_archive, yes, wait } => {
+            let replace_archive = archive.or_else(|| ctx.settings.lifecycle.archive_dir.clone());
+            if replace {
+                if replace_archive.is_none() && !no_archive {
+                    return Err(Failure::usage(
+                        "--replace drops the existing tenant: pass --archive DIR for a final archive of it \
+                         (or set lifecycle.archive_dir), or --no-archive",
+                    ));
+                }
+                confirm(&slug, yes)?;
+            }
+            let replace_archive = replace_archive.filter(|_| !no_archive);
+            let timeout = Duration::from_secs(wait);
+            let req = RestoreRequest { slug, input, server, replace, replace_archive, timeout };
             let restored = driver(&ctx).restore(&req).await.map_err(lifecycle_failure)?;
             if let Some(token) = &restored.token {
                 eprintln!("tenant token (shown once, store it now): {}", token.expose_secret());
@@ -372,19 +394,16 @@ fn lifecycle(ctx: &Context) -> crate::lifecycle::Lifecycle<'_> {
 
 async fn dump(ctx: &Context, slug: &str, output: &std::path::Path) -> Result<(), Failure> {
     if output.as_os_str() == "-" {
-        // To stdout: dump into a private temporary file, then copy it out.
-        let dir = tempfile_dir()?;
-        let file = dir.join(format!("{slug}.dump"));
-        let dumped = lifecycle(ctx).dump(slug, &file).await.map_err(Failure::failed)?;
+        // To stdout: into a private temporary file first (removed however this ends).
+        let dir = tempfile::Builder::new().prefix("tenantd-dump-").tempdir().map_err(Failure::failed)?;
+        let file = dir.path().join(format!("{slug}.dump"));
+        let dumped = lifecycle(ctx).dump(slug, &file).await.map_err(lifecycle_failure)?;
         let mut reader = std::fs::File::open(&file).map_err(Failure::failed)?;
-        let copied = std::io::copy(&mut reader, &mut std::io::stdout().lock()).map_err(Failure::failed);
-        let removed = std::fs::remove_dir_all(&dir).map_err(Failure::failed);
-        copied?;
-        removed?;
+        std::io::copy(&mut reader, &mut std::io::stdout().lock()).map_err(Failure::failed)?;
         eprintln!("dumped {slug}: {} bytes in {:.1} s", dumped.bytes, dumped.duration.as_secs_f64());
         return Ok(());
     }
-    let dumped = lifecycle(ctx).dump(slug, output).await.map_err(Failure::failed)?;
+    let dumped = lifecycle(ctx).dump(slug, output).await.map_err(lifecycle_failure)?;
     eprintln!(
         "dumped {slug} to {}: {} bytes in {:.1} s",
         output.display(),
@@ -392,13 +411,6 @@ async fn dump(ctx: &Context, slug: &str, output: &std::path::Path) -> Result<(),
         dumped.duration.as_secs_f64()
     );
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf, Failure> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("tenantd-dump-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(Failure::failed)?;
-    Ok(dir)
 }
 
 /// Asks for the slug on a terminal unless `--yes`; refuses without a terminal.

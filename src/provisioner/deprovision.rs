@@ -4,9 +4,10 @@
 //!    ended (nothing writes behind the archive's back), then a final `pg_dump` into the
 //!    directory the deletion named, before anything is dropped; skipped on resume once
 //!    recorded. If it fails, nothing is dropped and it is tried again.
-//! 2. **drop**: `DROP DATABASE ... WITH (FORCE)` (live sessions are ended) for the final name —
-//!    only with this tenant's marker — and for the staging name; then `DROP ROLE`, again only
-//!    with the marker.
+//! 2. **drop**: `DROP DATABASE ... WITH (FORCE)` (live sessions are ended) for the final and
+//!    the staging name, then `DROP ROLE` — each only when it carries this tenant's marker. A
+//!    database or role under the tenant's names that is not ours (the usual reason such a
+//!    tenant went to ERROR) is left alone and named in a `delete.skipped_foreign` event.
 //! 3. DELETED: the token stops working and the slug is free again.
 //!
 //! A failure keeps the tenant in DELETING with the reason in `last_error` and tries again
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use super::{Phase, Provisioner, Step, StepError, pg_retry};
 use crate::catalog::tenants::TenantRecord;
+use crate::names::PgIdent;
 use crate::tenant_sql;
 
 impl Provisioner<'_> {
@@ -60,16 +62,42 @@ impl Provisioner<'_> {
                 .await
                 .map_err(pg_retry(Step::Drop))?;
         }
-        let location = self.locate(&admin, &target, Step::Drop).await?;
+        // Our databases (final name, staging name) carry our marker; anything else under
+        // those names is someone else's and is left alone.
+        let mut ours = Vec::new();
+        let mut foreign = Vec::new();
+        let rows = admin
+            .query(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname IN ($1, $2) \
+                 ORDER BY datname = $2 DESC",
+                &[&target.staging.as_str(), &target.database.as_str()],
+            )
+            .await
+            .map_err(pg_retry(Step::Drop))?;
+        for row in rows {
+            let (name, comment): (String, Option<String>) = (row.get(0), row.get(1));
+            if comment.as_deref() == Some(marker.as_str()) {
+                ours.push(PgIdent::from_catalog(name));
+            } else {
+                foreign.push(json!({ "database": name, "comment": comment }));
+            }
+        }
+        if let Some(comment) = role_comment.as_ref().filter(|_| !role_is_ours) {
+            foreign.push(json!({ "role": target.role.as_str(), "comment": comment }));
+        }
 
         if let Some(dir) = &t.delete_archive_dir
-            && location.is_some()
+            && let Some(db) = ours.first()
             && !self.catalog.has_event_since(t.id, "archive.created", "delete.requested").await?
         {
             self.fault(&t.slug, Step::Archive, Phase::Before).await?;
+            if !role_is_ours {
+                return Err(StepError::Retry(
+                    Step::Archive,
+                    format!("cannot archive: role {:?} is not this tenant's", target.role.as_str()),
+                ));
+            }
             let dir = std::path::Path::new(dir);
-            let db =
-                if location == Some(super::Location::Final) { &target.database } else { &target.staging };
             let (file, dumped) =
                 crate::lifecycle::archive(&target.admin, db, &target.role, dir, &t.slug, t.id)
                     .await
@@ -80,37 +108,17 @@ impl Provisioner<'_> {
         }
 
         self.fault(&t.slug, Step::Drop, Phase::Before).await?;
-        for db in [&target.database, &target.staging] {
-            let exists = admin
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.as_str()])
-                .await
-                .map_err(pg_retry(Step::Drop))?
-                .is_some();
-            // `locate` already refused a final-name database without our marker.
-            if exists {
-                admin.batch_execute(&tenant_sql::drop_database(db)).await.map_err(pg_retry(Step::Drop))?;
-            }
+        for db in &ours {
+            admin.batch_execute(&tenant_sql::drop_database(db)).await.map_err(pg_retry(Step::Drop))?;
         }
-        match &role_comment {
-            None => {}
-            Some(_) if role_is_ours => {
-                admin
-                    .batch_execute(&tenant_sql::drop_role(&target.role))
-                    .await
-                    .map_err(pg_retry(Step::Drop))?;
-            }
-            Some(comment) => {
-                return Err(StepError::Fatal(
-                    Step::Drop,
-                    format!(
-                        "role {:?} is not this tenant's (comment {:?}); tenantd never drops a role it did not create",
-                        target.role.as_str(),
-                        comment.clone().unwrap_or_default()
-                    ),
-                ));
-            }
+        if role_is_ours {
+            admin.batch_execute(&tenant_sql::drop_role(&target.role)).await.map_err(pg_retry(Step::Drop))?;
         }
         self.fault(&t.slug, Step::Drop, Phase::After).await?;
+        if !foreign.is_empty() {
+            tracing::warn!(tenant = %t.slug, ?foreign, "objects with this tenant's names are not tenantd's; left alone");
+            self.event(t.id, "delete.skipped_foreign", json!({ "objects": foreign })).await?;
+        }
         let detail = json!({ "database": target.database.as_str(), "role": target.role.as_str() });
         self.catalog.mark_deleted(t.id, self.actor, &detail).await?;
         metrics::counter!("tenantd_tenants_deleted_total").increment(1);

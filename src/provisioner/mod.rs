@@ -573,7 +573,7 @@ impl Provisioner<'_> {
             .map_err(pg_retry(STEP))?
             .get(0);
         if relations == 0 {
-            crate::dumps::restore(&t.admin, db, &t.role, file)
+            crate::dumps::restore(&t.admin, db, &t.role, &t.password, file)
                 .await
                 .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         }
