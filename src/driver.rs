@@ -289,29 +289,51 @@ impl<'a> Driver<'a> {
             Ok::<_, LifecycleError>(crate::lifecycle::archive(&admin, &db, &role, dir, slug, t.id).await?)
         };
         let lease = self.settings.workers.lease;
-        let result = tokio::select! {
-            result = work => result,
+        let (result, lease_lost) = tokio::select! {
+            result = work => (result, false),
             lost = crate::workers::keep_lease(self.catalog, t.id, &owner, lease, claimed_at) => {
-                Err(LifecycleError::WrongState(format!("lost the tenant while archiving it: {lost}")))
+                (Err(LifecycleError::WrongState(format!("lost the tenant while archiving it: {lost}"))), true)
             }
         };
         match result {
             Ok((file, dumped)) => {
-                let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
-                self.catalog.record_event(t.id, "archive.created", detail, &self.actor).await?;
-                (self.report)(&format!("final archive {}: {} bytes", file.display(), dumped.bytes));
-                Ok(self.catalog.request_delete(slug, None, &self.actor, Some(&owner)).await?)
+                let requested = async {
+                    let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
+                    self.catalog.record_event(t.id, "archive.created", detail, &self.actor).await?;
+                    (self.report)(&format!("final archive {}: {} bytes", file.display(), dumped.bytes));
+                    self.catalog.request_delete(slug, None, &self.actor, Some(&owner)).await
+                }
+                .await;
+                if requested.is_err() {
+                    lifecycle.release(&t, &owner).await;
+                }
+                Ok(requested?)
             }
             Err(e) => {
                 let detail = json!({ "error": e.to_string() });
                 let recorded = self.catalog.record_event(t.id, "archive.failed", detail, &self.actor).await;
-                let resumed = if was_ready { lifecycle.resume_held(&t, &owner).await } else { Ok(()) };
-                lifecycle.release(&t, &owner).await;
-                recorded?;
-                resumed?;
+                // Without the lease, someone else decides about the tenant now: hands off.
+                let state = if lease_lost {
+                    "held by another process now".to_owned()
+                } else if was_ready {
+                    let resumed = lifecycle.resume_held(&t, &owner).await;
+                    lifecycle.release(&t, &owner).await;
+                    match resumed {
+                        Ok(()) => "READY again".to_owned(),
+                        Err(r) => format!(
+                            "still SUSPENDED: resuming it failed ({r}); run `tenantd tenant resume {slug}`"
+                        ),
+                    }
+                } else {
+                    lifecycle.release(&t, &owner).await;
+                    "SUSPENDED as before".to_owned()
+                };
+                let unrecorded = match recorded {
+                    Ok(()) => String::new(),
+                    Err(r) => format!(" (the failure could not be recorded: {r})"),
+                };
                 Err(LifecycleError::WrongState(format!(
-                    "final archive failed, nothing was dropped ({slug} is {} again): {e}",
-                    if was_ready { "READY" } else { "SUSPENDED" }
+                    "final archive failed, nothing was dropped: {e}; {slug} is {state}{unrecorded}"
                 )))
             }
         }

@@ -67,6 +67,9 @@ pub enum DumpError {
     /// Preparing the server (membership grant) failed.
     #[error("{0}")]
     Server(String),
+    /// The tenant's role is missing or not tenantd's: nothing is dumped.
+    #[error("{0}")]
+    NotOurs(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DumpError {
@@ -123,11 +126,11 @@ async fn prepare(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Res
             row.get::<_, bool>(1)
         }
         Some(_) => {
-            return Err(DumpError::Server(format!(
+            return Err(DumpError::NotOurs(format!(
                 "role {role} is not this tenant's; tenantd does not use it"
             )));
         }
-        None => return Err(DumpError::Server(format!("role {role} does not exist"))),
+        None => return Err(DumpError::NotOurs(format!("role {role} does not exist"))),
     };
     if !member {
         let grant = format!(

@@ -146,7 +146,10 @@ pub async fn create_from(
     if !created && restore_source.is_some() {
         return Err(TenantError::Conflict(format!("tenant {slug:?} exists already")));
     }
-    if !created && tenant.restore_source.is_some() && tenant.status != TenantStatus::Ready {
+    if !created
+        && tenant.restore_source.is_some()
+        && (tenant.status.is_in_progress() || tenant.status == TenantStatus::Error)
+    {
         return Err(TenantError::Conflict(format!(
             "tenant {slug:?} is being restored from a dump ({}); `tenantd tenant restore` carries it on",
             tenant.status

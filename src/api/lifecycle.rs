@@ -20,6 +20,12 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::WrongState(m) => ApiError::new(StatusCode::CONFLICT, "wrong_state", m),
             LifecycleError::Catalog(c) => c.into(),
             LifecycleError::Server(m) => ApiError::unavailable("server_unavailable", m, 5),
+            LifecycleError::Dump(crate::dumps::DumpError::NotOurs(m)) => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_state", m)
+            }
+            LifecycleError::Dump(crate::dumps::DumpError::Server(m)) => {
+                ApiError::unavailable("server_unavailable", m, 5)
+            }
             LifecycleError::Dump(d) => ApiError::internal(d.to_string()),
             LifecycleError::Exists(m) => ApiError::conflict(m),
             LifecycleError::Tenant(t) => t.into(),
@@ -117,7 +123,14 @@ pub async fn dump(
         .tempdir()
         .map_err(|e| ApiError::internal(format!("cannot create a temporary directory: {e}")))?;
     let path = dir.path().join("dump");
-    let dumped = lifecycle(&app).dump(&slug, &path).await?;
+    // A shutdown does not wait for a long dump: it is cancelled (pg_dump killed, files removed).
+    let lifecycle = lifecycle(&app);
+    let dumped = tokio::select! {
+        dumped = lifecycle.dump(&slug, &path) => dumped?,
+        () = app.shutdown.token().cancelled() => {
+            return Err(ApiError::unavailable("shutting_down", "tenantd is shutting down; try again", 5));
+        }
+    };
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::internal(format!("cannot open the finished dump: {e}")))?;

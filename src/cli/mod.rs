@@ -143,7 +143,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli, &env)) {
+    let serve = matches!(cli.command, Command::Serve { .. });
+    let outcome = runtime.block_on(async {
+        if serve {
+            // The daemon handles its own signals (graceful shutdown).
+            return run(cli, &env).await;
+        }
+        // Ctrl-C drops the command's future, so its guards run: temporary dump files are
+        // removed, child processes killed, leases left to expire (every step resumes).
+        tokio::select! {
+            outcome = run(cli, &env) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(Failure { message: "interrupted".into(), code: 130 }),
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("tenantd: {}", failure.message);
