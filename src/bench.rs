@@ -238,6 +238,20 @@ async fn ready_times(catalog: &Catalog, slugs: &[String], timeout: Duration) -> 
     Ok(times)
 }
 
+/// The named server, or the first healthy one.
+fn pick_server<'a>(servers: &'a [ServerRecord], name: Option<&str>) -> Result<&'a ServerRecord, BenchError> {
+    match name {
+        Some(name) => servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BenchError(format!("unknown server {name:?}"))),
+        None => servers
+            .iter()
+            .find(|s| s.health == "healthy")
+            .ok_or_else(|| BenchError("no healthy server".into())),
+    }
+}
+
 /// `tenantd bench provision`: prints floor and tenantd figures side by side.
 pub async fn provision(
     settings: &Settings,
@@ -247,16 +261,7 @@ pub async fn provision(
     n: usize,
 ) -> Result<(), BenchError> {
     let servers = catalog.servers().await.map_err(err)?;
-    let server = match server {
-        Some(name) => servers
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| BenchError(format!("unknown server {name:?}")))?,
-        None => servers
-            .iter()
-            .find(|s| s.health == "healthy")
-            .ok_or_else(|| BenchError("no healthy server".into()))?,
-    };
+    let server = pick_server(&servers, server)?;
     let concurrency = settings.workers.concurrency;
     println!(
         "bench provision: {n} tenants on server {} ({}:{}), worker concurrency {concurrency}",
@@ -399,16 +404,7 @@ pub async fn sql(
     concurrency: usize,
 ) -> Result<(), BenchError> {
     let servers = catalog.servers().await.map_err(err)?;
-    let server = match server {
-        Some(name) => servers
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| BenchError(format!("unknown server {name:?}")))?,
-        None => servers
-            .iter()
-            .find(|s| s.health == "healthy")
-            .ok_or_else(|| BenchError("no healthy server".into()))?,
-    };
+    let server = pick_server(&servers, server)?;
     println!(
         "bench sql: {n} queries on server {} ({}:{}), then {concurrency} clients",
         server.name, server.host, server.port
@@ -565,16 +561,7 @@ pub async fn migrate(
     n: usize,
 ) -> Result<(), BenchError> {
     let servers = catalog.servers().await.map_err(err)?;
-    let server = match server {
-        Some(name) => servers
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| BenchError(format!("unknown server {name:?}")))?,
-        None => servers
-            .iter()
-            .find(|s| s.health == "healthy")
-            .ok_or_else(|| BenchError("no healthy server".into()))?,
-    };
+    let server = pick_server(&servers, server)?;
     println!("bench migrate: {n} tenants on server {} ({}:{})", server.name, server.host, server.port);
     let scratch = Scratch::create(server, keyring).await?;
     let prefix = format!("tb{}_", &uuid::Uuid::new_v4().simple().to_string()[..6]);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::catalog::servers::ServerRecord;
 use crate::catalog::tenants::{TenantRecord, TenantStatus};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Settings;
@@ -62,6 +63,16 @@ pub async fn tenant_target(
     keyring: &Keyring,
     t: &TenantRecord,
 ) -> Result<(AdminTarget, PgIdent, PgIdent), LifecycleError> {
+    let (_, admin, db, role) = tenant_server(catalog, keyring, t).await?;
+    Ok((admin, db, role))
+}
+
+/// [`tenant_target`] with the server's catalog row.
+async fn tenant_server(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    t: &TenantRecord,
+) -> Result<(ServerRecord, AdminTarget, PgIdent, PgIdent), LifecycleError> {
     let server = t
         .server
         .as_deref()
@@ -71,7 +82,7 @@ pub async fn tenant_target(
         AdminTarget::from_record(&record, keyring).map_err(|e| LifecycleError::Server(e.to_string()))?;
     let db = PgIdent::from_catalog(t.database_name.clone().unwrap_or_default());
     let role = PgIdent::from_catalog(t.role_name.clone().unwrap_or_default());
-    Ok((admin, db, role))
+    Ok((record, admin, db, role))
 }
 
 /// Dumps a tenant's database into `dir/<archive name>`; returns the file and figures.
@@ -115,8 +126,7 @@ impl Lifecycle<'_> {
         &self,
         t: &TenantRecord,
     ) -> Result<(deadpool_postgres::Client, AdminTarget, PgIdent), LifecycleError> {
-        let (admin, _, role) = tenant_target(self.catalog, self.keyring, t).await?;
-        let record = self.catalog.server(t.server.as_deref().unwrap_or_default()).await?;
+        let (record, admin, _, role) = tenant_server(self.catalog, self.keyring, t).await?;
         let client =
             self.admin_pools.get(&record, &admin).await.map_err(|e| LifecycleError::Server(e.to_string()))?;
         Ok((client, admin, role))
