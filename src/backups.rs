@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -24,12 +23,14 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::CatalogError;
+use crate::catalog::events::EventKind;
 use crate::catalog::tenants::TenantRecord;
-use crate::catalog::{Catalog, CatalogError};
 use crate::config::BackupSettings;
-use crate::crypto::Keyring;
+use crate::core::Core;
 use crate::lifecycle::LifecycleError;
-use crate::startup::App;
 
 const STAMP: &str = "%Y%m%dT%H%M%SZ";
 
@@ -162,16 +163,10 @@ pub fn prune(
     Ok(deleted)
 }
 
-/// What backups need.
+/// Backups taken by one process, acting as `actor`.
 pub struct Backups<'a> {
-    /// Catalog.
-    pub catalog: &'a Catalog,
-    /// Keys (server passwords).
-    pub keyring: &'a Keyring,
-    /// `backups.*`.
-    pub settings: &'a BackupSettings,
-    /// Actor of the events.
-    pub actor: &'a str,
+    core: &'a Core,
+    actor: &'a str,
 }
 
 /// The outcome of backing up a set of tenants.
@@ -183,9 +178,20 @@ pub struct Summary {
     pub failed: usize,
 }
 
+impl<'a> Backups<'a> {
+    /// Backups acting as `actor` (events).
+    pub fn new(core: &'a Core, actor: &'a str) -> Self {
+        Self { core, actor }
+    }
+
+    fn settings(&self) -> &'a BackupSettings {
+        &self.core.settings.backups
+    }
+}
+
 impl Backups<'_> {
     fn dir(&self) -> Result<&Path, BackupError> {
-        self.settings.dir.as_deref().ok_or(BackupError::NotConfigured)
+        self.settings().dir.as_deref().ok_or(BackupError::NotConfigured)
     }
 
     /// Backs up one tenant, records the result (event, metric, log) and prunes its backups.
@@ -199,19 +205,19 @@ impl Backups<'_> {
                 metrics::counter!("tenantd_backups_total", "result" => "ok").increment(1);
                 tracing::info!(tenant = %t.slug, file = %b.path.display(), bytes = b.bytes, seconds, "backup written");
                 (
-                    "backup.created",
+                    EventKind::BackupCreated,
                     json!({ "file": b.path.display().to_string(), "bytes": b.bytes, "seconds": seconds }),
                 )
             }
             Err(e) => {
                 metrics::counter!("tenantd_backups_total", "result" => "failed").increment(1);
                 tracing::error!(tenant = %t.slug, error = %e, "backup failed");
-                ("backup.failed", json!({ "error": e.to_string() }))
+                (EventKind::BackupFailed, json!({ "error": e.to_string() }))
             }
         };
-        self.catalog.record_event(t.id, kind, detail, self.actor).await?;
+        self.core.catalog.record_event(t.id, kind, detail, self.actor).await?;
         let backup = result?;
-        let deleted = prune(self.dir()?, &t.slug, t.id, self.settings)?;
+        let deleted = prune(self.dir()?, &t.slug, t.id, self.settings())?;
         if !deleted.is_empty() {
             tracing::info!(tenant = %t.slug, deleted = deleted.len(), "old backups pruned");
         }
@@ -223,9 +229,10 @@ impl Backups<'_> {
         crate::dumps::create_dir(&dir).map_err(LifecycleError::from)?;
         let taken_at = Utc::now();
         let path = dir.join(file_name(&t.slug, taken_at));
-        let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, t).await?;
-        let dumped =
-            crate::dumps::dump(&admin, &db, &role, t.id, &path).await.map_err(LifecycleError::from)?;
+        let (target, admin) = crate::lifecycle::resolve(self.core, t).await?;
+        let dumped = crate::dumps::dump(&admin, &target.database, &target.role, t.id, &path)
+            .await
+            .map_err(LifecycleError::from)?;
         Ok(Backup { path, taken_at, bytes: dumped.bytes })
     }
 
@@ -245,7 +252,7 @@ impl Backups<'_> {
                     }
                 }
             })
-            .buffer_unordered(self.settings.concurrency)
+            .buffer_unordered(self.settings().concurrency)
             .collect()
             .await;
         let succeeded = results.iter().filter(|ok| **ok).count();
@@ -254,82 +261,61 @@ impl Backups<'_> {
 }
 
 /// The daily time on `day`.
-fn at_on(day: NaiveDate, (hour, minute): (u32, u32)) -> DateTime<Utc> {
+pub(crate) fn at_on(day: NaiveDate, (hour, minute): (u32, u32)) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_hms_opt(hour, minute, 0).unwrap_or_default())
 }
 
 /// How long the scheduler sleeps before looking again: until the next daily time, but at most
 /// a few minutes so that it notices a holder that died.
-fn next_look(now: DateTime<Utc>, time: (u32, u32), lease: Duration) -> Duration {
+pub(crate) fn next_look(now: DateTime<Utc>, time: (u32, u32), lease: Duration) -> Duration {
     let today = at_on(now.date_naive(), time);
     let next = if now < today { today } else { at_on(now.date_naive() + chrono::Days::new(1), time) };
     let until = (next - now).to_std().unwrap_or_default();
     until.min(lease.max(Duration::from_secs(60)) * 2)
 }
 
-/// Starts the daily scheduler of a daemon when `backups.dir` is set.
-pub fn spawn(app: Arc<App>) {
-    let (Some(_), Ok(time)) = (&app.settings.backups.dir, app.settings.backups.time_of_day()) else { return };
-    let shutdown = app.shutdown.clone();
-    shutdown.spawn(async move {
-        tracing::info!(daily_at = %app.settings.backups.daily_at, "daily backups scheduled (UTC)");
-        loop {
-            if let Err(e) = daily(&app, time).await {
-                tracing::error!(error = %e, "daily backups could not run; trying again shortly");
-            }
-            let wait = next_look(Utc::now(), time, app.settings.workers.lease);
-            tokio::select! {
-                () = app.shutdown.token().cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    });
-}
-
-/// Runs today's backups if their time has come and this daemon gets the day.
-async fn daily(app: &App, time: (u32, u32)) -> Result<(), CatalogError> {
-    let now = Utc::now();
-    let day = now.date_naive();
-    let since = at_on(day, time);
-    if now < since {
-        return Ok(());
-    }
-    let owner = crate::workers::claim_owner(&app.instance);
-    let lease = app.settings.workers.lease;
-    if !app.catalog.claim_backup_day(day, &owner, lease).await? {
-        return Ok(());
-    }
-    let due = app.catalog.tenants_due_for_backup(since).await?;
-    tracing::info!(%day, tenants = due.len(), "daily backups started");
-    let backups = Backups {
-        catalog: &app.catalog,
-        keyring: &app.keyring,
-        settings: &app.settings.backups,
-        actor: &app.instance,
-    };
-    let renew = async {
-        loop {
-            tokio::time::sleep(lease / 3).await;
-            if let Err(e) = app.catalog.renew_backup_day(day, &owner, lease).await {
-                return e;
-            }
-        }
-    };
-    let summary = tokio::select! {
-        summary = backups.run(&due) => summary,
-        lost = renew => {
-            tracing::error!(%day, error = %lost, "lost the daily backup run; another daemon carries it on");
+impl Backups<'_> {
+    /// Runs today's backups if their time (`time`, UTC) has come and this process gets the
+    /// day; `cancel` interrupts them (another daemon or the next start carries them on).
+    pub async fn daily(&self, time: (u32, u32), cancel: &CancellationToken) -> Result<(), CatalogError> {
+        let catalog = &self.core.catalog;
+        let now = Utc::now();
+        let day = now.date_naive();
+        let since = at_on(day, time);
+        if now < since {
             return Ok(());
         }
-        () = app.shutdown.token().cancelled() => {
-            tracing::warn!(%day, "daily backups interrupted by shutdown; another daemon or the next start carries them on");
+        let owner = crate::leases::claim_owner(self.actor);
+        let lease = self.core.settings.workers.lease;
+        if !catalog.claim_backup_day(day, &owner, lease).await? {
             return Ok(());
         }
-    };
-    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-    app.catalog.finish_backup_day(day, &owner, count(summary.succeeded), count(summary.failed)).await?;
-    tracing::info!(%day, succeeded = summary.succeeded, failed = summary.failed, "daily backups finished");
-    Ok(())
+        let due = catalog.tenants_due_for_backup(since).await?;
+        tracing::info!(%day, tenants = due.len(), "daily backups started");
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = catalog.renew_backup_day(day, &owner, lease).await {
+                    return e;
+                }
+            }
+        };
+        let summary = tokio::select! {
+            summary = self.run(&due) => summary,
+            lost = renew => {
+                tracing::error!(%day, error = %lost, "lost the daily backup run; another daemon carries it on");
+                return Ok(());
+            }
+            () = cancel.cancelled() => {
+                tracing::warn!(%day, "daily backups interrupted by shutdown; another daemon or the next start carries them on");
+                return Ok(());
+            }
+        };
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        catalog.finish_backup_day(day, &owner, count(summary.succeeded), count(summary.failed)).await?;
+        tracing::info!(%day, succeeded = summary.succeeded, failed = summary.failed, "daily backups finished");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
+/// Most tenants one upgrade run works on at once.
+pub const MAX_UPGRADE_CONCURRENCY: usize = 64;
 /// Environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "TENANTD_CONFIG";
 
@@ -406,7 +408,7 @@ impl Settings {
         in_range("pools.max_handles_per_tenant", p.max_handles_per_tenant, 0, p.per_tenant)?;
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
-        in_range("upgrade.concurrency", self.upgrade.concurrency, 1, crate::upgrade::MAX_CONCURRENCY)?;
+        in_range("upgrade.concurrency", self.upgrade.concurrency, 1, MAX_UPGRADE_CONCURRENCY)?;
         in_range("backups.concurrency", self.backups.concurrency, 1, 64)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
         self.backups.time_of_day()?;

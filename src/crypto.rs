@@ -126,6 +126,16 @@ impl Keyring {
     }
 }
 
+/// Associated data of a server's sealed admin password: the ciphertext opens only on the row
+/// of the server it was sealed for.
+pub fn server_aad(name: &str) -> Vec<u8> {
+    format!("server:{name}").into_bytes()
+}
+
+/// Associated data of a tenant's sealed role password (bound to the tenant's id).
+pub fn tenant_aad(id: uuid::Uuid) -> Vec<u8> {
+    format!("tenant:{id}").into_bytes()
+}
 /// A fresh random master key, base64-encoded (for the embedded default and `tenantd keygen`).
 pub fn generate_master_key() -> SecretString {
     let mut key = [0u8; 32];

@@ -13,26 +13,16 @@ use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{Claim, TenantRecord, TenantStatus};
-use crate::config::Settings;
-use crate::crypto::Keyring;
+use crate::core::Core;
 use crate::lifecycle::{Lifecycle, LifecycleError};
-use crate::provisioner::{FaultHook, Provisioner};
-use crate::servers::AdminPools;
-use crate::tenant_migrations::MigrationSet;
+use crate::provisioner::{Outcome, Provisioner, run_claimed};
 use crate::tenants::CreateTenant;
-use crate::workers::{Outcome, run_claimed};
 
 /// Drives tenants in this process.
 pub struct Driver<'a> {
-    catalog: &'a Catalog,
-    keyring: &'a Keyring,
-    settings: &'a Settings,
-    actor: String,
-    faults: Option<FaultHook>,
-    migrations: MigrationSet,
-    admin_pools: AdminPools,
+    core: &'a Core,
     report: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -63,25 +53,9 @@ pub struct Restored {
 }
 
 impl<'a> Driver<'a> {
-    /// A driver acting as `actor`, with this build's migrations; progress goes to the log.
-    pub fn new(catalog: &'a Catalog, keyring: &'a Keyring, settings: &'a Settings, actor: String) -> Self {
-        Self {
-            catalog,
-            keyring,
-            settings,
-            actor,
-            faults: None,
-            migrations: MigrationSet::embedded(),
-            admin_pools: AdminPools::new(1),
-            report: Box::new(|line| tracing::info!("{line}")),
-        }
-    }
-
-    /// Injects faults into the steps (tests).
-    #[must_use]
-    pub fn with_faults(mut self, faults: FaultHook) -> Self {
-        self.faults = Some(faults);
-        self
+    /// A driver acting as the core's instance; progress goes to the log.
+    pub fn new(core: &'a Core) -> Self {
+        Self { core, report: Box::new(|line| tracing::info!("{line}")) }
     }
 
     /// Sends progress lines ("waiting: ...", "attempt failed: ...") here instead.
@@ -92,13 +66,7 @@ impl<'a> Driver<'a> {
     }
 
     fn lifecycle(&self) -> Lifecycle<'_> {
-        Lifecycle {
-            catalog: self.catalog,
-            keyring: self.keyring,
-            settings: self.settings,
-            actor: &self.actor,
-            admin_pools: &self.admin_pools,
-        }
+        Lifecycle::new(self.core, &self.core.instance)
     }
 
     /// Works on `tenant` until it is settled (READY, ERROR, SUSPENDED, DELETED) or `timeout`
@@ -125,30 +93,21 @@ impl<'a> Driver<'a> {
         let cancel = CancellationToken::new();
         let deadline = Instant::now() + timeout;
         loop {
-            let current = self.catalog.tenant_by_id(tenant.id).await?;
+            let current = self.core.catalog.tenant_by_id(tenant.id).await?;
             if current.status.is_settled() || Instant::now() >= deadline {
                 return Ok(current);
             }
-            let lease = self.settings.workers.lease;
-            let owner = crate::workers::claim_owner(&self.actor);
+            let lease = self.core.settings.workers.lease;
+            let owner = crate::leases::claim_owner(&self.core.instance);
             let claimed_at = Instant::now();
-            let pause = match self.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await? {
+            let pause = match self.core.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await? {
                 Claim::Claimed(claimed) => {
-                    let p = Provisioner {
-                        catalog: self.catalog,
-                        keyring: self.keyring,
-                        settings: self.settings,
-                        actor: &owner,
-                        faults: self.faults.as_ref(),
-                        admin_pools: &self.admin_pools,
-                        migrations: &self.migrations,
-                        restore_from,
-                    };
+                    let p = Provisioner::new(self.core, &owner).restoring_from(restore_from);
                     match run_claimed(&p, &claimed, claimed_at, &cancel).await {
-                        Outcome::Crashed => return Ok(self.catalog.tenant_by_id(tenant.id).await?),
+                        Outcome::Crashed => return Ok(self.core.catalog.tenant_by_id(tenant.id).await?),
                         Outcome::Waiting(reason) => {
                             (self.report)(&format!("waiting: {reason}"));
-                            self.settings.workers.poll_interval
+                            self.core.settings.workers.poll_interval
                         }
                         Outcome::Retrying(error) => {
                             (self.report)(&format!("attempt failed, will retry: {error}"));
@@ -179,7 +138,7 @@ impl<'a> Driver<'a> {
             .display()
             .to_string();
         let slug = req.slug.as_str();
-        let existing = match self.catalog.tenant(slug).await {
+        let existing = match self.core.catalog.tenant(slug).await {
             Ok(t) if t.status != TenantStatus::Deleted => Some(t),
             Ok(_) | Err(crate::catalog::CatalogError::NotFound(_)) => None,
             Err(e) => return Err(e.into()),
@@ -195,7 +154,7 @@ impl<'a> Driver<'a> {
                 }
                 (self.report)(&format!("carrying on the restore of {slug} ({})", t.status));
                 let t = if t.status == TenantStatus::Error {
-                    crate::tenants::retry_unchecked(self.catalog, &t, &self.actor).await?
+                    crate::tenants::retry_unchecked(&self.core.catalog, &t, &self.core.instance).await?
                 } else {
                     t
                 };
@@ -224,8 +183,13 @@ impl<'a> Driver<'a> {
                     region: None,
                     labels: None,
                 };
-                let created =
-                    crate::tenants::create_from(self.catalog, self.settings, &create, Some(&source)).await?;
+                let created = crate::tenants::create_from(
+                    &self.core.catalog,
+                    &self.core.settings,
+                    &create,
+                    Some(&source),
+                )
+                .await?;
                 (created.tenant, created.token)
             }
         };
@@ -243,17 +207,17 @@ impl<'a> Driver<'a> {
         archive: Option<&Path>,
         timeout: Duration,
     ) -> Result<TenantRecord, LifecycleError> {
-        let tenant = self.catalog.tenant(slug).await?;
+        let tenant = self.core.catalog.tenant(slug).await?;
         if tenant.status == TenantStatus::Deleted {
             return Err(LifecycleError::WrongState(format!("tenant {slug} is deleted already")));
         }
         let requested = match archive {
             Some(dir) => self.final_archive(&tenant, dir).await?,
             // A daemon may carry the deletion out as well as this process: whoever claims it.
-            None => self.catalog.request_delete(slug, None, &self.actor, None).await?,
+            None => self.core.catalog.request_delete(slug, None, &self.core.instance, None).await?,
         };
         let Some(deleting) = requested else {
-            let t = self.catalog.tenant(slug).await?;
+            let t = self.core.catalog.tenant(slug).await?;
             return Err(LifecycleError::WrongState(format!(
                 "tenant {slug} is {} and being worked on by {}; try again shortly",
                 t.status,
@@ -273,25 +237,30 @@ impl<'a> Driver<'a> {
     ) -> Result<Option<TenantRecord>, LifecycleError> {
         let slug = tenant.slug.as_str();
         let lifecycle = self.lifecycle();
-        let (t, owner) = lifecycle.claim(slug, &["READY", "SUSPENDED"]).await.map_err(|e| match e {
-            LifecycleError::WrongState(m) => {
-                LifecycleError::WrongState(format!("{m} (a final archive needs a READY or SUSPENDED tenant)"))
-            }
-            other => other,
-        })?;
+        let (t, owner) = lifecycle
+            .claim(slug, &[TenantStatus::Ready, TenantStatus::Suspended])
+            .await
+            .map_err(|e| match e {
+                LifecycleError::WrongState(m) => LifecycleError::WrongState(format!(
+                    "{m} (a final archive needs a READY or SUSPENDED tenant)"
+                )),
+                other => other,
+            })?;
         let claimed_at = Instant::now();
         let was_ready = t.status == TenantStatus::Ready;
         let work = async {
-            let (admin, db, role) = crate::lifecycle::tenant_target(self.catalog, self.keyring, &t).await?;
+            let (target, admin) = crate::lifecycle::resolve(self.core, &t).await?;
             if was_ready {
                 lifecycle.suspend_held(&t, &owner).await?;
             }
-            Ok::<_, LifecycleError>(crate::lifecycle::archive(&admin, &db, &role, dir, slug, t.id).await?)
+            let archived =
+                crate::dumps::archive(&admin, &target.database, &target.role, dir, slug, t.id).await?;
+            Ok::<_, LifecycleError>(archived)
         };
-        let lease = self.settings.workers.lease;
+        let lease = self.core.settings.workers.lease;
         let (result, lease_lost) = tokio::select! {
             result = work => (result, false),
-            lost = crate::workers::keep_lease(self.catalog, t.id, &owner, lease, claimed_at) => {
+            lost = crate::leases::keep_lease(&self.core.catalog, t.id, &owner, lease, claimed_at) => {
                 (Err(LifecycleError::WrongState(format!("lost the tenant while archiving it: {lost}"))), true)
             }
         };
@@ -299,9 +268,12 @@ impl<'a> Driver<'a> {
             Ok((file, dumped)) => {
                 let requested = async {
                     let detail = json!({ "file": file.display().to_string(), "bytes": dumped.bytes });
-                    self.catalog.record_event(t.id, "archive.created", detail, &self.actor).await?;
+                    self.core
+                        .catalog
+                        .record_event(t.id, EventKind::ArchiveCreated, detail, &self.core.instance)
+                        .await?;
                     (self.report)(&format!("final archive {}: {} bytes", file.display(), dumped.bytes));
-                    self.catalog.request_delete(slug, None, &self.actor, Some(&owner)).await
+                    self.core.catalog.request_delete(slug, None, &self.core.instance, Some(&owner)).await
                 }
                 .await;
                 if requested.is_err() {
@@ -311,7 +283,11 @@ impl<'a> Driver<'a> {
             }
             Err(e) => {
                 let detail = json!({ "error": e.to_string() });
-                let recorded = self.catalog.record_event(t.id, "archive.failed", detail, &self.actor).await;
+                let recorded = self
+                    .core
+                    .catalog
+                    .record_event(t.id, EventKind::ArchiveFailed, detail, &self.core.instance)
+                    .await;
                 // Without the lease, someone else decides about the tenant now: hands off.
                 let state = if lease_lost {
                     "held by another process now".to_owned()

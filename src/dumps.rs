@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncReadExt;
 
+use crate::admin::AdminTarget;
+use crate::markers::Ownership;
 use crate::names::PgIdent;
-use crate::servers::AdminTarget;
 
 /// A dump or restore problem.
 #[derive(Debug, thiserror::Error)]
@@ -108,37 +109,24 @@ async fn major_version(tool_path: &Path, tool: &'static str) -> Result<u32, Dump
 async fn prepare(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Result<u32, DumpError> {
     let client = admin.connect(None).await.map_err(|e| DumpError::Server(e.to_string()))?;
     let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .query_one("SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4", &[])
         .await
         .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?
         .get(0);
-    let found = client
-        .query_opt(
-            "SELECT shobj_description(oid, 'pg_authid'), pg_has_role(current_user, oid, 'MEMBER') \
-             FROM pg_roles WHERE rolname = $1",
-            &[&role.as_str()],
-        )
+    let found = crate::markers::role(&client, tenant, role)
         .await
         .map_err(|e| DumpError::Server(crate::pg::describe(&e)))?;
-    let marker = crate::tenant_sql::marker(tenant);
-    let member = match found {
-        Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some(marker.as_str()) => {
-            row.get::<_, bool>(1)
-        }
-        Some(_) => {
+    match found.ownership {
+        Ownership::Ours => {}
+        Ownership::Foreign(_) => {
             return Err(DumpError::NotOurs(format!(
                 "role {role} is not this tenant's; tenantd does not use it"
             )));
         }
-        None => return Err(DumpError::NotOurs(format!("role {role} does not exist"))),
-    };
-    if !member {
-        let grant = format!(
-            "GRANT {} TO {}",
-            crate::tenant_sql::quote_ident(role.as_str()),
-            crate::tenant_sql::quote_ident(&admin.user)
-        );
-        client.batch_execute(&grant).await.map_err(|e| {
+        Ownership::Absent => return Err(DumpError::NotOurs(format!("role {role} does not exist"))),
+    }
+    if !found.admin_is_member {
+        client.batch_execute(&crate::tenant_sql::grant_membership(role, &admin.user)).await.map_err(|e| {
             DumpError::Server(format!(
                 "cannot make the admin a member of {role}: {}",
                 crate::pg::describe(&e)
@@ -297,4 +285,26 @@ pub async fn restore(
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     run(cmd, "pg_restore").await
+}
+
+/// The archive file name of a tenant: `<slug>-<id prefix>-<UTC timestamp>.dump`.
+pub fn archive_name(slug: &str, id: uuid::Uuid) -> String {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    format!("{slug}-{}-{stamp}.dump", &id.simple().to_string()[..8])
+}
+
+/// Dumps a tenant's database into `dir/<archive name>` (the final archive before a drop);
+/// returns the file and figures.
+pub async fn archive(
+    admin: &AdminTarget,
+    db: &PgIdent,
+    role: &PgIdent,
+    dir: &Path,
+    slug: &str,
+    id: uuid::Uuid,
+) -> Result<(PathBuf, Dumped), DumpError> {
+    create_dir(dir)?;
+    let file = dir.join(archive_name(slug, id));
+    let dumped = dump(admin, db, role, id, &file).await?;
+    Ok((file, dumped))
 }

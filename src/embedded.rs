@@ -25,9 +25,9 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::catalog::Catalog;
 use crate::catalog::servers::NewServer;
 use crate::config::Settings;
+use crate::crypto::server_aad;
 use crate::crypto::{self, Keyring};
 use crate::pgcluster::{self, Cluster, ClusterError, ClusterOptions, PgBinaries, RunningCluster};
-use crate::servers::server_aad;
 
 /// Role tenantd uses on the embedded cluster.
 pub const ADMIN_ROLE: &str = "tenantd_admin";
@@ -155,36 +155,31 @@ pub async fn prepare_cluster(
     let client = crate::pg::connect(&config, "embedded bootstrap").await.map_err(fail)?;
     let verifier = postgres_protocol::password::scram_sha_256(admin_password.expose_secret().as_bytes());
     let role_exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&ADMIN_ROLE])
+        .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&ADMIN_ROLE])
         .await
         .map_err(fail)?
         .is_some();
-    let verb = if role_exists { "ALTER" } else { "CREATE" };
     client
-        .batch_execute(&format!(
-            "{verb} ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}",
-            crate::tenant_sql::quote_ident(ADMIN_ROLE),
-            crate::tenant_sql::quote_literal(&verifier)
-        ))
+        .batch_execute(&crate::tenant_sql::admin_role(ADMIN_ROLE, role_exists, &verifier))
         .await
         .map_err(fail)?;
     let db_exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&CATALOG_DB])
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&CATALOG_DB])
         .await
         .map_err(fail)?
         .is_some();
     if !db_exists {
         client
-            .batch_execute(&format!("CREATE DATABASE {CATALOG_DB} OWNER {ADMIN_ROLE} TEMPLATE template0"))
+            .batch_execute(&crate::tenant_sql::create_database_owned_by(CATALOG_DB, ADMIN_ROLE))
             .await
             .map_err(fail)?;
     }
     // Tenant roles must not reach the maintenance or catalog databases.
     client
         .batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; \
-             GRANT CONNECT ON DATABASE postgres TO {ADMIN_ROLE}; \
-             REVOKE CONNECT ON DATABASE {CATALOG_DB} FROM PUBLIC"
+            "{}; {}",
+            crate::tenant_sql::close_database("postgres", ADMIN_ROLE),
+            crate::tenant_sql::close_database(CATALOG_DB, ADMIN_ROLE)
         ))
         .await
         .map_err(fail)?;

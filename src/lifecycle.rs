@@ -6,18 +6,17 @@
 //! with a lease like every other writer, so they never interleave with provisioning,
 //! upgrades or deletion, and both can simply be run again if interrupted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 
-use crate::catalog::servers::ServerRecord;
+use crate::admin::AdminTarget;
+use crate::catalog::CatalogError;
+use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{TenantRecord, TenantStatus};
-use crate::catalog::{Catalog, CatalogError};
-use crate::config::Settings;
-use crate::crypto::Keyring;
+use crate::core::Core;
 use crate::dumps::{self, DumpError, Dumped};
-use crate::names::PgIdent;
-use crate::servers::{AdminPools, AdminTarget};
+use crate::target::{TargetError, TenantTarget};
 use crate::tenant_sql;
 
 /// A lifecycle problem.
@@ -29,6 +28,9 @@ pub enum LifecycleError {
     /// Catalog failure (not found included).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The tenant's catalog row cannot lead to its database.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// The tenant's server could not be used.
     #[error("{0}")]
     Server(String),
@@ -43,61 +45,28 @@ pub enum LifecycleError {
     Tenant(#[from] crate::tenants::TenantError),
 }
 
-/// What lifecycle operations need.
+/// Lifecycle operations of one process, acting as `actor`.
 pub struct Lifecycle<'a> {
-    /// Catalog.
-    pub catalog: &'a Catalog,
-    /// Keys.
-    pub keyring: &'a Keyring,
-    /// Settings (lease).
-    pub settings: &'a Settings,
-    /// Actor of events and leases.
-    pub actor: &'a str,
-    /// Admin connections.
-    pub admin_pools: &'a AdminPools,
+    core: &'a Core,
+    actor: &'a str,
 }
 
-/// The admin of a tenant's server and the tenant's database and role names.
-pub async fn tenant_target(
-    catalog: &Catalog,
-    keyring: &Keyring,
+/// A tenant's target and its server's admin.
+pub(crate) async fn resolve(
+    core: &Core,
     t: &TenantRecord,
-) -> Result<(AdminTarget, PgIdent, PgIdent), LifecycleError> {
-    let (_, admin, db, role) = tenant_server(catalog, keyring, t).await?;
-    Ok((admin, db, role))
+) -> Result<(TenantTarget, AdminTarget), LifecycleError> {
+    let target = TenantTarget::resolve(&core.catalog, &core.keyring, t).await?;
+    let admin = AdminTarget::from_record(&target.server, &core.keyring)
+        .map_err(|e| LifecycleError::Server(e.to_string()))?;
+    Ok((target, admin))
 }
 
-/// [`tenant_target`] with the server's catalog row.
-async fn tenant_server(
-    catalog: &Catalog,
-    keyring: &Keyring,
-    t: &TenantRecord,
-) -> Result<(ServerRecord, AdminTarget, PgIdent, PgIdent), LifecycleError> {
-    let server = t
-        .server
-        .as_deref()
-        .ok_or_else(|| LifecycleError::WrongState(format!("tenant {} has no server", t.slug)))?;
-    let record = catalog.server(server).await?;
-    let admin =
-        AdminTarget::from_record(&record, keyring).map_err(|e| LifecycleError::Server(e.to_string()))?;
-    let db = PgIdent::from_catalog(t.database_name.clone().unwrap_or_default());
-    let role = PgIdent::from_catalog(t.role_name.clone().unwrap_or_default());
-    Ok((record, admin, db, role))
-}
-
-/// Dumps a tenant's database into `dir/<archive name>`; returns the file and figures.
-pub async fn archive(
-    admin: &AdminTarget,
-    db: &PgIdent,
-    role: &PgIdent,
-    dir: &Path,
-    slug: &str,
-    id: uuid::Uuid,
-) -> Result<(PathBuf, Dumped), DumpError> {
-    dumps::create_dir(dir)?;
-    let file = dir.join(crate::provisioner::archive_name(slug, id));
-    let dumped = dumps::dump(admin, db, role, id, &file).await?;
-    Ok((file, dumped))
+impl<'a> Lifecycle<'a> {
+    /// Lifecycle operations acting as `actor` (events, lease owners).
+    pub fn new(core: &'a Core, actor: &'a str) -> Self {
+        Self { core, actor }
+    }
 }
 
 impl Lifecycle<'_> {
@@ -105,18 +74,27 @@ impl Lifecycle<'_> {
     pub(crate) async fn claim(
         &self,
         slug: &str,
-        statuses: &[&str],
+        statuses: &[TenantStatus],
     ) -> Result<(TenantRecord, String), LifecycleError> {
-        let owner = crate::workers::claim_owner(self.actor);
-        match self.catalog.claim_in_status(slug, &owner, self.settings.workers.lease, statuses).await? {
+        let owner = crate::leases::claim_owner(self.actor);
+        match self
+            .core
+            .catalog
+            .claim_in_status(slug, &owner, self.core.settings.workers.lease, statuses)
+            .await?
+        {
             Some(t) => Ok((t, owner)),
             None => {
-                let t = self.catalog.tenant(slug).await?;
+                let t = self.core.catalog.tenant(slug).await?;
                 Err(LifecycleError::WrongState(match (&t.lease_owner, t.lease_until) {
                     (Some(holder), Some(until)) if until > chrono::Utc::now() => {
                         format!("tenant {slug:?} is being worked on by {holder}; try again shortly")
                     }
-                    _ => format!("tenant {slug:?} is {}; this needs {}", t.status, statuses.join(" or ")),
+                    _ => format!(
+                        "tenant {slug:?} is {}; this needs {}",
+                        t.status,
+                        statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+                    ),
                 }))
             }
         }
@@ -125,38 +103,47 @@ impl Lifecycle<'_> {
     async fn admin_for(
         &self,
         t: &TenantRecord,
-    ) -> Result<(deadpool_postgres::Client, AdminTarget, PgIdent), LifecycleError> {
-        let (record, admin, _, role) = tenant_server(self.catalog, self.keyring, t).await?;
-        let client =
-            self.admin_pools.get(&record, &admin).await.map_err(|e| LifecycleError::Server(e.to_string()))?;
-        Ok((client, admin, role))
+    ) -> Result<(deadpool_postgres::Client, TenantTarget, AdminTarget), LifecycleError> {
+        let (target, admin) = resolve(self.core, t).await?;
+        let client = self
+            .core
+            .admin_pools
+            .get(&target.server, &admin)
+            .await
+            .map_err(|e| LifecycleError::Server(e.to_string()))?;
+        Ok((client, target, admin))
     }
 
     /// Suspends a READY tenant (running it again on a SUSPENDED one finishes an interrupted
     /// suspension).
     pub async fn suspend(&self, slug: &str) -> Result<TenantRecord, LifecycleError> {
-        let (t, owner) = self.claim(slug, &["READY", "SUSPENDED"]).await?;
+        let (t, owner) = self.claim(slug, &[TenantStatus::Ready, TenantStatus::Suspended]).await?;
         let result = self.suspend_held(&t, &owner).await;
         self.release(&t, &owner).await;
         result?;
-        Ok(self.catalog.tenant(slug).await?)
+        Ok(self.core.catalog.tenant(slug).await?)
     }
 
     /// Suspends a tenant whose lease `owner` holds: SUSPENDED, then no LOGIN, sessions ended.
     pub(crate) async fn suspend_held(&self, t: &TenantRecord, owner: &str) -> Result<(), LifecycleError> {
         if t.status == TenantStatus::Ready {
-            self.catalog.set_status(t.id, owner, TenantStatus::Suspended, "suspended", &json!({})).await?;
+            self.core
+                .catalog
+                .set_status(t.id, owner, TenantStatus::Suspended, EventKind::Suspended, &json!({}))
+                .await?;
         }
-        let (admin, target, role) = self.admin_for(t).await?;
+        let (admin, target, server_admin) = self.admin_for(t).await?;
+        let role = &target.role;
         let ddl = format!(
             "{}; {}",
-            tenant_sql::grant_membership(&role, &target.user),
-            tenant_sql::set_login(&role, false)
+            tenant_sql::grant_membership(role, &server_admin.user),
+            tenant_sql::set_login(role, false)
         );
         admin.batch_execute(&ddl).await.map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
         let ended: i64 = admin
             .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+                "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
+                 WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name",
                 &[&role.as_str()],
             )
             .await
@@ -168,27 +155,30 @@ impl Lifecycle<'_> {
 
     /// Resumes a SUSPENDED tenant.
     pub async fn resume(&self, slug: &str) -> Result<TenantRecord, LifecycleError> {
-        let (t, owner) = self.claim(slug, &["SUSPENDED"]).await?;
+        let (t, owner) = self.claim(slug, &[TenantStatus::Suspended]).await?;
         let result = self.resume_held(&t, &owner).await;
         self.release(&t, &owner).await;
         result?;
-        Ok(self.catalog.tenant(slug).await?)
+        Ok(self.core.catalog.tenant(slug).await?)
     }
 
     /// Resumes a tenant whose lease `owner` holds: LOGIN again, then READY.
     pub(crate) async fn resume_held(&self, t: &TenantRecord, owner: &str) -> Result<(), LifecycleError> {
-        let (admin, _, role) = self.admin_for(t).await?;
+        let (admin, target, _) = self.admin_for(t).await?;
         admin
-            .batch_execute(&tenant_sql::set_login(&role, true))
+            .batch_execute(&tenant_sql::set_login(&target.role, true))
             .await
             .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
-        self.catalog.set_status(t.id, owner, TenantStatus::Ready, "resumed", &json!({})).await?;
+        self.core
+            .catalog
+            .set_status(t.id, owner, TenantStatus::Ready, EventKind::Resumed, &json!({}))
+            .await?;
         tracing::info!(tenant = %t.slug, "tenant resumed");
         Ok(())
     }
 
     pub(crate) async fn release(&self, t: &TenantRecord, owner: &str) {
-        match self.catalog.release_lease(t.id, owner).await {
+        match self.core.catalog.release_lease(t.id, owner).await {
             Ok(()) | Err(CatalogError::LeaseLost) => {}
             Err(e) => tracing::warn!(tenant = %t.slug, error = %e, "cannot release a lease; it will expire"),
         }
@@ -196,17 +186,17 @@ impl Lifecycle<'_> {
 
     /// Dumps a READY or SUSPENDED tenant to `target` (`pg_dump` custom format).
     pub async fn dump(&self, slug: &str, target: &Path) -> Result<Dumped, LifecycleError> {
-        let t = self.catalog.tenant(slug).await?;
+        let t = self.core.catalog.tenant(slug).await?;
         if !matches!(t.status, TenantStatus::Ready | TenantStatus::Suspended) {
             return Err(LifecycleError::WrongState(format!(
                 "tenant {slug:?} is {}; only READY or SUSPENDED tenants can be dumped",
                 t.status
             )));
         }
-        let (admin, db, role) = tenant_target(self.catalog, self.keyring, &t).await?;
-        let dumped = dumps::dump(&admin, &db, &role, t.id, target).await?;
+        let (tenant, admin) = resolve(self.core, &t).await?;
+        let dumped = dumps::dump(&admin, &tenant.database, &tenant.role, t.id, target).await?;
         let detail = json!({ "bytes": dumped.bytes, "seconds": dumped.duration.as_secs_f64() });
-        self.catalog.record_event(t.id, "dumped", detail, self.actor).await?;
+        self.core.catalog.record_event(t.id, EventKind::Dumped, detail, self.actor).await?;
         Ok(dumped)
     }
 }

@@ -109,9 +109,24 @@ impl PgIdent {
         Self(format!("tenantd_staging_{}", id.simple()))
     }
 
-    /// Wraps a name read back from the catalog (written there by tenantd).
-    pub fn from_catalog(text: String) -> Self {
-        Self(text)
+    /// Checks a database or role name read back from the catalog (or from a server) as
+    /// strictly as names tenantd derives: 1 to 63 bytes of lowercase letters, digits and
+    /// `_`, not starting with a digit. The catalog may be written by hand (a direct INSERT
+    /// is a documented way to ask for a tenant), so nothing read there is trusted as is.
+    pub fn from_catalog(text: &str) -> Result<Self, NameError> {
+        let bytes = text.as_bytes();
+        let ok = (1..=63).contains(&bytes.len())
+            && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(NameError(format!(
+                "name {} is not one tenantd uses: 1 to 63 lowercase letters, digits or '_', \
+                 not starting with a digit",
+                printable(text)
+            )))
+        }
     }
 
     /// The identifier as text (unquoted).
@@ -192,6 +207,16 @@ mod tests {
         assert!(db.as_str().len() <= 63);
         assert_eq!(PgIdent::for_tenant("tenant_", &TenantSlug::parse("a-b").unwrap()).as_str(), "tenant_a_b");
         assert!(PgIdent::staging(Uuid::new_v4()).as_str().len() <= 63);
+    }
+
+    #[test]
+    fn catalog_names_are_checked_like_derived_ones() {
+        assert_eq!(PgIdent::from_catalog("tenant_acme").unwrap().as_str(), "tenant_acme");
+        assert!(PgIdent::from_catalog(&PgIdent::staging(Uuid::new_v4()).to_string()).is_ok());
+        let long = "a".repeat(64);
+        for bad in ["", "host=evil.example user=x", "Acme", "1db", "a-b", "x\"; DROP", "é", long.as_str()] {
+            assert!(PgIdent::from_catalog(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

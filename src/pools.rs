@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
-use secrecy::ExposeSecret;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::servers::ServerRecord;
@@ -29,6 +28,7 @@ use crate::catalog::tenants::TenantRecord;
 use crate::config::PoolSettings;
 use crate::crypto::Keyring;
 use crate::shutdown::Shutdown;
+use crate::target::TenantTarget;
 
 /// Why no connection could be lent.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ pub enum LendError {
     /// The tenant's pool was closed meanwhile (suspended, moved, deleted).
     #[error("the tenant's pool was closed; retry")]
     Closed,
-    /// The stored role password cannot be opened.
-    #[error("tenant role password cannot be opened: {0}")]
-    Sealed(String),
+    /// The tenant's catalog row cannot lead to its database (names, sealed password).
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
 }
 
 /// Error of the pool manager (internal to deadpool).
@@ -218,24 +218,10 @@ impl Pools {
             }
             existing.pool.close();
         }
-        let sealed = tenant
-            .role_password_sealed
-            .as_deref()
-            .ok_or_else(|| LendError::Sealed("no password stored".into()))?;
-        let password = keyring
-            .open(sealed, &crate::provisioner::tenant_aad(tenant.id))
-            .map_err(|e| LendError::Sealed(e.to_string()))?;
+        let target = TenantTarget::new(tenant, server, keyring)?;
         let settings = &self.inner.settings;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&server.host)
-            .port(server.port)
-            .dbname(tenant.database_name.as_deref().unwrap_or_default())
-            .user(tenant.role_name.as_deref().unwrap_or_default())
-            .password(password.expose_secret())
-            .application_name("tenantd-lend")
-            .connect_timeout(Duration::from_secs(10))
-            .options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        let mut config = target.config(None, "tenantd-lend");
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
         let manager = TenantManager {
             inner: deadpool_postgres::Manager::from_config(
                 config,

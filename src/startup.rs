@@ -7,17 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use secrecy::SecretString;
-use tokio::sync::{Notify, broadcast};
-
-use crate::catalog::{Catalog, CatalogError};
+use crate::app::App;
+use crate::catalog::CatalogError;
 use crate::config::{ConfigError, Settings};
-use crate::crypto::{CryptoError, Keyring};
+use crate::core::{Core, CoreError};
 use crate::embedded::{self, EmbeddedError};
-use crate::provisioner::FaultHook;
-use crate::shutdown::Shutdown;
+use crate::steps::FaultHook;
 use crate::tenant_migrations::MigrationSet;
-use crate::watcher::Change;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,86 +38,21 @@ pub enum StartupError {
     },
 }
 
-/// State shared by every handler and background task of one daemon.
-pub struct App {
-    /// Effective settings.
-    pub settings: Settings,
-    /// The catalog.
-    pub catalog: Catalog,
-    /// Master keys.
-    pub keyring: Keyring,
-    /// Admin bearer token.
-    pub admin_token: SecretString,
-    /// This daemon's identity as a lease owner and event actor: `host:pid:random`.
-    pub instance: String,
-    /// Shutdown of this daemon.
-    pub shutdown: Shutdown,
-    /// Fault injection into provisioning steps (tests only; `None` in production).
-    pub faults: Option<FaultHook>,
-    /// The tenant migrations this daemon applies (the embedded ones in production).
-    pub migrations: MigrationSet,
-    /// Wakes the workers (catalog notifications).
-    pub wake: Arc<Notify>,
-    /// Catalog changes, for requests that wait on a tenant.
-    pub changes: broadcast::Sender<Change>,
-    /// Pooled admin connections to the servers.
-    pub admin_pools: crate::servers::AdminPools,
-    /// Cached tenant and server lookups.
-    pub resolver: crate::resolver::Resolver,
-    /// Tenant connection pools.
-    pub pools: crate::pools::Pools,
-    /// Open connection handles.
-    pub handles: Arc<crate::handles::Handles>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("instance", &self.instance).finish_non_exhaustive()
+impl From<CoreError> for StartupError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Config(c) => StartupError::Config(c),
+            CoreError::Catalog(c) => StartupError::Catalog(c),
+        }
     }
-}
-
-/// Opens the keyring from settings; the master key is required.
-pub fn keyring(settings: &Settings) -> Result<Keyring, ConfigError> {
-    let key = settings.master_key.as_ref().ok_or_else(|| {
-        ConfigError::new(
-            "TENANTD_MASTER_KEY",
-            "required when TENANTD_CATALOG_URL is set (base64 of 32 random bytes; \
-             `tenantd keygen` prints one)",
-        )
-    })?;
-    Keyring::new(key, &settings.old_master_keys).map_err(|e: CryptoError| {
-        let setting = match e {
-            CryptoError::BadKey(name) => name,
-            _ => "TENANTD_MASTER_KEY",
-        };
-        ConfigError::new(setting, e.to_string())
-    })
-}
-
-/// Opens the catalog and applies its schema.
-pub async fn open_catalog(settings: &Settings) -> Result<Catalog, StartupError> {
-    let url = settings.catalog_url.as_ref().ok_or_else(|| {
-        ConfigError::new("TENANTD_CATALOG_URL", "not set and no embedded cluster is running")
-    })?;
-    let catalog = Catalog::new(url, settings.workers.concurrency + 6)
-        .map_err(|e| ConfigError::new("TENANTD_CATALOG_URL", e.to_string()))?;
-    catalog.migrate().await?;
-    Ok(catalog)
-}
-
-/// A unique identity for this process: host, pid and a random suffix.
-fn instance_id() -> String {
-    let host =
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
 
 /// What tests and benchmarks may add to a daemon; production uses the defaults.
 #[derive(Default)]
 pub struct Extras {
-    /// Fault injection into provisioning steps.
-    pub faults: Option<FaultHook>,
+    /// Fault injection into provisioning steps (tests only).
+    #[doc(hidden)]
+    pub fault_injection: Option<FaultHook>,
     /// Tenant migrations other than the embedded ones ("a newer build").
     pub migrations: Option<MigrationSet>,
 }
@@ -141,46 +72,33 @@ impl Daemon {
 
     /// [`Daemon::start`] with test or benchmark extras.
     pub async fn start_with(settings: Settings, extras: Extras) -> Result<Daemon, StartupError> {
-        settings.validate()?;
-        let keyring = keyring(&settings)?;
         let admin_token = settings.admin_token.clone().ok_or_else(|| {
             ConfigError::new("TENANTD_ADMIN_TOKEN", "required when TENANTD_CATALOG_URL is set")
         })?;
-        let catalog = open_catalog(&settings).await?;
-        let listener = tokio::net::TcpListener::bind(settings.listen)
+        let mut core = Core::open(settings, crate::core::daemon_instance()).await?;
+        if let Some(migrations) = extras.migrations {
+            core = core.with_migrations(migrations);
+        }
+        if let Some(faults) = extras.fault_injection {
+            core = core.with_fault_injection(faults);
+        }
+        let listen = core.settings.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        let addr =
-            listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        let settings_pools = settings.pools.clone();
-        let settings_pools_admin = settings.workers.concurrency + 1;
-        let app = Arc::new(App {
-            settings,
-            catalog,
-            keyring,
-            admin_token,
-            instance: instance_id(),
-            shutdown: Shutdown::new(),
-            faults: extras.faults,
-            migrations: extras.migrations.unwrap_or_default(),
-            wake: Arc::new(Notify::new()),
-            changes: broadcast::channel(1024).0,
-            admin_pools: crate::servers::AdminPools::new(settings_pools_admin),
-            resolver: crate::resolver::Resolver::default(),
-            pools: crate::pools::Pools::new(settings_pools),
-            handles: Arc::new(crate::handles::Handles::default()),
-        });
+            .map_err(|source| StartupError::Listen { addr: listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: listen, source })?;
+        let app = Arc::new(App::new(core, admin_token));
         app.pools.spawn_reaper(&app.shutdown);
         app.handles.spawn_reaper(&app.shutdown);
         crate::telemetry::metrics();
-        crate::health::spawn(app.clone());
-        crate::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
-        crate::workers::spawn(app.clone(), app.wake.clone());
+        crate::tasks::health::spawn(app.clone());
+        crate::tasks::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
+        crate::tasks::workers::spawn(app.clone(), app.wake.clone());
         crate::api::spawn(app.clone(), listener);
-        crate::backups::spawn(app.clone());
+        crate::tasks::backups::spawn(app.clone());
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
-            auto_upgrade(app.clone()).await;
+            crate::tasks::upgrade::auto(app.clone()).await;
         }
         Ok(Daemon { app, addr })
     }
@@ -199,24 +117,6 @@ impl Daemon {
     pub async fn stop(self) {
         self.app.shutdown.shutdown().await;
         tracing::info!(instance = %self.app.instance, "tenantd stopped");
-    }
-}
-
-/// `upgrade.auto`: upgrades every READY tenant in the background. A failure to even start
-/// is logged loudly; the daemon keeps serving (tenants stay at their old versions).
-async fn auto_upgrade(app: Arc<App>) {
-    let selection = crate::upgrade::Selection { slugs: Vec::new(), all: true, server: None };
-    let options = crate::upgrade::Options {
-        concurrency: app.settings.upgrade.concurrency,
-        canary: 0,
-        max_failures: None,
-        dry_run: false,
-    };
-    match crate::upgrade::spawn_in_daemon(app, selection, options).await {
-        Ok(started) => {
-            tracing::info!(run = %started.run, behind = started.plan.behind().count(), "automatic upgrade started")
-        }
-        Err(error) => tracing::error!(%error, "automatic upgrade could not start"),
     }
 }
 
@@ -239,7 +139,7 @@ async fn run_until_signal(
     let daemon = Daemon::start(settings).await?;
     if let Some(embedded) = embedded {
         embedded.register(&daemon.app.catalog, &daemon.app.keyring).await?;
-        crate::health::check_now(&daemon.app).await;
+        crate::tasks::health::check_now(&daemon.app).await;
         print_banner(&daemon, &data_dir, token_from_file);
     }
     crate::shutdown::signal().await;

@@ -10,19 +10,15 @@ use uuid::Uuid;
 
 use crate::names::PgIdent;
 
-/// Quotes an identifier for PostgreSQL: wraps it in `"` and doubles any `"` inside.
+/// Quotes an identifier for PostgreSQL: wraps it in `"` and doubles any `"` inside
+/// (`postgres_protocol`'s escaping, the driver's own).
 pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    postgres_protocol::escape::escape_identifier(name)
 }
 
 /// Quotes a string literal: `'` doubled; backslashes handled with the `E''` form.
 pub fn quote_literal(text: &str) -> String {
-    let doubled = text.replace('\'', "''");
-    if doubled.contains('\\') {
-        format!("E'{}'", doubled.replace('\\', "\\\\"))
-    } else {
-        format!("'{doubled}'")
-    }
+    postgres_protocol::escape::escape_literal(text)
 }
 
 /// The comment tenantd puts on every role and database it creates for a tenant.
@@ -108,6 +104,31 @@ pub fn drop_role(role: &PgIdent) -> String {
     format!("DROP ROLE IF EXISTS {}", quote_ident(role.as_str()))
 }
 
+/// Creates (or, when it exists, resets) the admin role of the embedded cluster: may log in,
+/// create databases and roles, nothing more. The password travels as a SCRAM verifier.
+pub fn admin_role(role: &str, exists: bool, scram_verifier: &str) -> String {
+    format!(
+        "{} ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}",
+        if exists { "ALTER" } else { "CREATE" },
+        quote_ident(role),
+        quote_literal(scram_verifier)
+    )
+}
+
+/// `CREATE DATABASE` from `template0` owned by `owner` (the embedded catalog database).
+pub fn create_database_owned_by(database: &str, owner: &str) -> String {
+    format!("CREATE DATABASE {} OWNER {} TEMPLATE template0", quote_ident(database), quote_ident(owner))
+}
+
+/// Nobody but `keep` (and superusers) may connect to `database` any more.
+pub fn close_database(database: &str, keep: &str) -> String {
+    let db = quote_ident(database);
+    format!(
+        "REVOKE CONNECT ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {}",
+        quote_ident(keep)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,12 +143,12 @@ mod tests {
     #[test]
     fn literals_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
+        assert_eq!(quote_literal("a\\'b"), " E'a\\\\''b'");
     }
 
     #[test]
     fn ddl_uses_quoted_names() {
-        let role = PgIdent::from_catalog("tenant_acme".into());
+        let role = PgIdent::from_catalog("tenant_acme").unwrap();
         let id = Uuid::nil();
         assert_eq!(
             comment_on_role(&role, id),

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Change;
 use crate::catalog::tenants::{NewTenant, TenantRecord, TenantStatus};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Settings;
 use crate::crypto;
 use crate::names::{NameError, PgIdent, TenantSlug};
-use crate::watcher::Change;
 
 /// Prefix of tenant bearer tokens (easy to spot for secret scanners).
 pub const TOKEN_PREFIX: &str = "tdt_";
@@ -236,7 +236,14 @@ pub async fn retry_unchecked(
             tenant.status
         )));
     }
-    catalog.record_event(tenant.id, "retry", serde_json::json!({ "from": tenant.status }), actor).await?;
+    catalog
+        .record_event(
+            tenant.id,
+            crate::catalog::events::EventKind::Retry,
+            serde_json::json!({ "from": tenant.status }),
+            actor,
+        )
+        .await?;
     tracing::info!(tenant = %slug, from = %tenant.status, "retry requested");
     Ok(catalog.tenant(slug).await?)
 }

@@ -16,19 +16,20 @@
 //! starting new tenants after that many failures. Re-running continues where a run stopped:
 //! tenants already current have nothing pending.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::catalog::events::EventKind;
 use crate::catalog::tenants::TenantRecord;
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::Settings;
-use crate::crypto::Keyring;
+/// Largest concurrency accepted (each in-flight tenant holds a connection).
+pub use crate::config::MAX_UPGRADE_CONCURRENCY as MAX_CONCURRENCY;
+use crate::core::Core;
+use crate::target::TenantTarget;
 use crate::tenant_migrations::{Known, MigrationSet};
 
 /// Which tenants a run covers.
@@ -54,9 +55,6 @@ pub struct Options {
     /// Plan only.
     pub dry_run: bool,
 }
-
-/// Largest concurrency accepted (each in-flight tenant holds a connection).
-pub const MAX_CONCURRENCY: usize = 64;
 
 impl Options {
     /// Checks the numbers; the message names the option.
@@ -239,18 +237,11 @@ impl Summary {
     }
 }
 
-/// What a run needs; borrowed from a daemon or a CLI process.
+/// Upgrade runs of one process, acting as `actor`.
 pub struct Upgrader<'a> {
-    /// Catalog.
-    pub catalog: &'a Catalog,
-    /// Keys (tenant role passwords).
-    pub keyring: &'a Keyring,
-    /// Settings (lease).
-    pub settings: &'a Settings,
-    /// Lease owner and event actor.
-    pub actor: &'a str,
-    /// Migrations of this build.
-    pub migrations: &'a MigrationSet,
+    core: &'a Core,
+    actor: &'a str,
+    migrations: &'a MigrationSet,
 }
 
 /// A run that has been planned and recorded, ready to execute.
@@ -262,6 +253,20 @@ pub struct Started {
     pub plan: Plan,
 }
 
+impl<'a> Upgrader<'a> {
+    /// Upgrade runs acting as `actor` (run records, events, lease owners).
+    pub fn new(core: &'a Core, actor: &'a str) -> Self {
+        Self { core, actor, migrations: &core.migrations }
+    }
+
+    /// Applies these migrations instead of the core's (a benchmark's "newer build").
+    #[must_use]
+    pub fn with_migrations(mut self, migrations: &'a MigrationSet) -> Self {
+        self.migrations = migrations;
+        self
+    }
+}
+
 impl Upgrader<'_> {
     /// Plans and (unless dry) runs; `progress` is called after every tenant.
     pub async fn run(
@@ -271,7 +276,7 @@ impl Upgrader<'_> {
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Summary, CatalogError> {
         if options.dry_run {
-            let plan = plan(self.catalog, self.migrations, selection).await?;
+            let plan = plan(&self.core.catalog, self.migrations, selection).await?;
             return Ok(Summary { run: None, plan, results: Vec::new(), stopped: None });
         }
         let started = self.start(selection, options).await?;
@@ -280,12 +285,13 @@ impl Upgrader<'_> {
 
     /// Plans and records the run (and the tenants it will not touch).
     pub async fn start(&self, selection: &Selection, options: &Options) -> Result<Started, CatalogError> {
-        let plan = plan(self.catalog, self.migrations, selection).await?;
+        let plan = plan(&self.core.catalog, self.migrations, selection).await?;
         let params = json!({ "selection": selection, "options": options });
         let total = plan.behind().count() as i32;
-        let run = self.catalog.insert_run(self.actor, &params, plan.target_version, total).await?;
+        let run = self.core.catalog.insert_run(self.actor, &params, plan.target_version, total).await?;
         for slug in &plan.not_found {
-            self.catalog
+            self.core
+                .catalog
                 .insert_result(run, slug, "not_found", None, None, Some("no such READY tenant"))
                 .await?;
         }
@@ -294,7 +300,8 @@ impl Upgrader<'_> {
                 "database at version {}, newer than this build ({})",
                 t.from_version, plan.target_version
             );
-            self.catalog
+            self.core
+                .catalog
                 .insert_result(run, &t.slug, "ahead", Some(t.from_version), None, Some(&detail))
                 .await?;
         }
@@ -320,7 +327,7 @@ impl Upgrader<'_> {
     async fn heartbeat(&self, run: Uuid) -> std::convert::Infallible {
         loop {
             tokio::time::sleep(crate::catalog::upgrades::RUN_HEARTBEAT).await;
-            if let Err(e) = self.catalog.run_heartbeat(run).await {
+            if let Err(e) = self.core.catalog.run_heartbeat(run).await {
                 tracing::warn!(%run, error = %e, "cannot mark the upgrade run alive");
             }
         }
@@ -364,7 +371,7 @@ impl Upgrader<'_> {
             .map(|t| (t.slug.clone(), Outcome::NotStarted))
             .collect();
         for (slug, _) in &not_started {
-            self.catalog.insert_result(run, slug, "not_started", None, None, stopped.as_deref()).await?;
+            self.core.catalog.insert_result(run, slug, "not_started", None, None, stopped.as_deref()).await?;
         }
         results.extend(not_started);
         let status = if stopped.is_some() { "stopped" } else { "finished" };
@@ -374,7 +381,7 @@ impl Upgrader<'_> {
             (Some(r), n) => Some(format!("{r}; {n} result(s) could not be recorded (see the log)")),
             (None, n) => Some(format!("{n} result(s) could not be recorded (see the log)")),
         };
-        self.catalog.finish_run(run, status, reason.as_deref()).await?;
+        self.core.catalog.finish_run(run, status, reason.as_deref()).await?;
         tracing::info!(%run, status, failed = counters.failed.load(Ordering::SeqCst), "upgrade run ended");
         Ok(Summary { run: Some(run), plan, results, stopped })
     }
@@ -419,20 +426,21 @@ impl Upgrader<'_> {
             Outcome::Skipped { reason } => (None, Some(reason.clone())),
             Outcome::NotStarted => (None, None),
         };
-        self.catalog
+        self.core
+            .catalog
             .insert_result(run, &t.slug, outcome.name(), Some(t.from_version), to, detail.as_deref())
             .await
     }
 
     /// Upgrades one tenant, holding its lease throughout.
     async fn one(&self, planned: &Planned) -> Outcome {
-        let lease = self.settings.workers.lease;
-        let owner = crate::workers::claim_owner(self.actor);
+        let lease = self.core.settings.workers.lease;
+        let owner = crate::leases::claim_owner(self.actor);
         let claimed_at = std::time::Instant::now();
-        let tenant = match self.catalog.claim_for_upgrade(&planned.slug, &owner, lease).await {
+        let tenant = match self.core.catalog.claim_for_upgrade(&planned.slug, &owner, lease).await {
             Ok(Some(t)) => t,
             Ok(None) => {
-                let reason = match self.catalog.tenant(&planned.slug).await {
+                let reason = match self.core.catalog.tenant(&planned.slug).await {
                     Ok(t) if t.status != crate::catalog::tenants::TenantStatus::Ready => {
                         format!("tenant is {}", t.status)
                     }
@@ -449,7 +457,7 @@ impl Upgrader<'_> {
         let work = async {
             tokio::select! {
                 outcome = self.apply(&tenant) => outcome,
-                lost = crate::workers::keep_lease(self.catalog, tenant.id, &owner, lease, claimed_at) => {
+                lost = crate::leases::keep_lease(&self.core.catalog, tenant.id, &owner, lease, claimed_at) => {
                     Err(format!("stopped: {lost}"))
                 }
             }
@@ -460,21 +468,10 @@ impl Upgrader<'_> {
 
     /// Connects as the tenant role and applies what is pending.
     async fn apply(&self, tenant: &TenantRecord) -> Result<Outcome, String> {
-        let server = self
-            .catalog
-            .server(tenant.server.as_deref().unwrap_or_default())
+        let target = TenantTarget::resolve(&self.core.catalog, &self.core.keyring, tenant)
             .await
             .map_err(|e| e.to_string())?;
-        let details = crate::api::lending::details(tenant, &server, self.keyring)?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&details.host)
-            .port(details.port)
-            .dbname(&details.dbname)
-            .user(&details.user)
-            .password(&details.password)
-            .application_name("tenantd-upgrade")
-            .connect_timeout(Duration::from_secs(10));
+        let config = target.config(None, "tenantd-upgrade");
         let mut client =
             crate::pg::connect(&config, "tenant upgrade").await.map_err(|e| crate::pg::describe(&e))?;
         let recorded =
@@ -497,11 +494,17 @@ impl Upgrader<'_> {
                 tracing::info!(tenant = %tenant.slug, from, to, "tenant upgraded");
                 metrics::counter!("tenantd_upgrades_total", "outcome" => "upgraded").increment(1);
                 let detail = json!({ "from": from, "to": to, "applied": applied });
-                self.catalog.finish_upgrade(tenant.id, owner, *to, "upgrade.applied", &detail).await
+                self.core
+                    .catalog
+                    .finish_upgrade(tenant.id, owner, *to, EventKind::UpgradeApplied, &detail)
+                    .await
             }
             Ok(Outcome::Current { version }) => {
                 let detail = json!({ "version": version });
-                self.catalog.finish_upgrade(tenant.id, owner, *version, "upgrade.current", &detail).await
+                self.core
+                    .catalog
+                    .finish_upgrade(tenant.id, owner, *version, EventKind::UpgradeCurrent, &detail)
+                    .await
             }
             Ok(Outcome::Ahead { version }) => {
                 tracing::warn!(tenant = %tenant.slug, version, "tenant database is newer than this build; left alone");
@@ -509,14 +512,14 @@ impl Upgrader<'_> {
                     "database at version {version}, newer than this build ({})",
                     self.migrations.latest_version()
                 );
-                self.catalog.fail_upgrade(tenant.id, owner, &error, &json!({ "ahead": version })).await
+                self.core.catalog.fail_upgrade(tenant.id, owner, &error, &json!({ "ahead": version })).await
             }
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(tenant = %tenant.slug, %error, "tenant upgrade failed; it stays at its old version");
                 metrics::counter!("tenantd_upgrades_total", "outcome" => "failed").increment(1);
                 let detail = json!({ "error": error, "version": tenant.schema_version });
-                self.catalog.fail_upgrade(tenant.id, owner, &format!("upgrade: {error}"), &detail).await
+                self.core.catalog.fail_upgrade(tenant.id, owner, &format!("upgrade: {error}"), &detail).await
             }
         };
         if let Err(e) = written {
@@ -548,45 +551,5 @@ impl Counters {
     }
 }
 
-/// Starts an upgrade run in the daemon's background (API and `upgrade.auto`); returns once
-/// the run is recorded, with its id and plan. Shutdown interrupts it: in-flight tenants roll
-/// back, and the run is marked `interrupted` (a new run continues where it stopped).
-pub async fn spawn_in_daemon(
-    app: Arc<crate::startup::App>,
-    selection: Selection,
-    options: Options,
-) -> Result<Started, CatalogError> {
-    let started = upgrader(&app).start(&selection, &options).await?;
-    let handed = started.clone();
-    let daemon = app.clone();
-    app.shutdown.spawn(async move {
-        let run = handed.run;
-        let upgrader = upgrader(&daemon);
-        tokio::select! {
-            summary = upgrader.execute(handed, &options, &no_progress) => {
-                if let Err(e) = summary {
-                    tracing::error!(%run, error = %e, "upgrade run failed");
-                }
-            }
-            () = daemon.shutdown.token().cancelled() => {
-                tracing::warn!(%run, "upgrade run interrupted by shutdown");
-                if let Err(e) = daemon.catalog.finish_run(run, "interrupted", Some("daemon shut down")).await {
-                    tracing::error!(%run, error = %e, "cannot mark the run interrupted");
-                }
-            }
-        }
-    });
-    Ok(started)
-}
-
-fn no_progress(_: Progress) {}
-
-fn upgrader(app: &crate::startup::App) -> Upgrader<'_> {
-    Upgrader {
-        catalog: &app.catalog,
-        keyring: &app.keyring,
-        settings: &app.settings,
-        actor: &app.instance,
-        migrations: &app.migrations,
-    }
-}
+/// A progress callback that reports nothing (background runs).
+pub fn no_progress(_: Progress) {}

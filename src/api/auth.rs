@@ -11,8 +11,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
+use crate::app::App;
 use crate::crypto;
-use crate::startup::App;
 
 /// Who is calling the data plane: the admin, or a tenant with its own token.
 #[derive(Debug, Clone)]

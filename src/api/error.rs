@@ -1,7 +1,9 @@
 //! The one place where domain errors become HTTP statuses.
 //!
 //! Every error response is `{"error": {"code": "...", "message": "..."}}`. A client's mistake
-//! is a 4xx naming the problem; only tenantd's own failures are 5xx, and those are logged.
+//! is a 4xx naming the problem; only tenantd's own failures are 5xx. An internal error is
+//! answered with a generic message and the request's id (also in the `x-request-id` header);
+//! its detail goes to the log only, under that id.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
@@ -10,8 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::admin::AdminError;
 use crate::catalog::CatalogError;
 use crate::servers::ServerError;
+use crate::target::TargetError;
 use crate::tenants::TenantError;
 
 /// An error answered to an HTTP client.
@@ -66,11 +70,18 @@ impl ApiError {
         Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
 
-    /// 500: tenantd's own failure; logged here so that it is never lost.
-    pub fn internal(message: impl Into<String>) -> Self {
-        let message = message.into();
-        tracing::error!(error = %message, "internal error answered as 500");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// 500: tenantd's own failure. The detail is logged here, under the request's id, so it
+    /// is never lost; the client sees only a generic message with that id.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let request = super::request_id();
+        tracing::error!(error = %detail, request_id = %request, "internal error answered as 500");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error; the daemon's log has the detail under request id {request}"),
+        )
+        .with("request_id", request)
     }
 
     /// The status code.
@@ -118,16 +129,16 @@ impl From<CatalogError> for ApiError {
 impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
         match e {
-            ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => {
+            ServerError::Name(_) | ServerError::Admin(AdminError::BadUrl(_)) | ServerError::BadValue(_) => {
                 Self::bad_request("invalid", e.to_string())
             }
-            ServerError::Unreachable { .. } => {
+            ServerError::Admin(AdminError::Unreachable { .. }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unreachable", e.to_string())
             }
             ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
             }
-            ServerError::Sealed { .. } => Self::internal(e.to_string()),
+            ServerError::Admin(AdminError::Sealed { .. }) => Self::internal(e.to_string()),
             ServerError::Catalog(c) => c.into(),
         }
     }
@@ -159,8 +170,30 @@ impl From<crate::pools::LendError> for ApiError {
                 tracing::warn!(error = %e, "cannot lend a connection");
                 Self::unavailable("tenant_unreachable", e.to_string(), 5)
             }
-            LendError::Sealed(_) => Self::internal(e.to_string()),
+            LendError::Target(t) => t.into(),
         }
+    }
+}
+
+impl From<TargetError> for ApiError {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Catalog(c) => c.into(),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::target::NotLendable> for ApiError {
+    fn from(e: crate::target::NotLendable) -> Self {
+        use crate::target::NotLendable;
+        let (status, code) = match &e {
+            NotLendable::SchemaNewer { .. } => (StatusCode::CONFLICT, "tenant_schema_newer"),
+            NotLendable::Suspended(_) => (StatusCode::LOCKED, "tenant_suspended"),
+            NotLendable::Deleted(..) => (StatusCode::GONE, "tenant_deleted"),
+            NotLendable::NotReady(..) => (StatusCode::CONFLICT, "tenant_not_ready"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }
 

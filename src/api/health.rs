@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, Json, Query};
-use crate::startup::App;
+use crate::app::App;
 
 /// Liveness: the process answers.
 pub async fn healthz() -> Json<Value> {

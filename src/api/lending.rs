@@ -15,43 +15,18 @@ use serde_json::{Value, json};
 
 use super::auth::{Admin, Caller};
 use super::error::{ApiError, Json, Path};
-use crate::catalog::tenants::{TenantRecord, TenantStatus};
+use crate::app::App;
+use crate::catalog::tenants::TenantRecord;
 use crate::pools::Lent;
 use crate::sqlhttp::{self, Limits, SqlRequest, StatementResult};
-use crate::startup::App;
+use crate::target::{ConnectionDetails, TenantTarget};
 
 /// A READY tenant the caller may use, or the error that says why not.
 async fn lendable(app: &App, caller: &Caller, slug: &str) -> Result<Arc<TenantRecord>, ApiError> {
     caller.may_use(slug)?;
     let tenant = app.resolver.tenant(&app.catalog, slug).await?;
-    match tenant.status {
-        TenantStatus::Ready if tenant.schema_version > app.migrations.latest_version() => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "tenant_schema_newer",
-            format!(
-                "tenant {slug:?} is at schema version {}, newer than this tenantd build ({}); \
-                 run the newer build to lend it",
-                tenant.schema_version,
-                app.migrations.latest_version()
-            ),
-        )),
-        TenantStatus::Ready => Ok(tenant),
-        TenantStatus::Suspended => Err(ApiError::new(
-            StatusCode::LOCKED,
-            "tenant_suspended",
-            format!("tenant {slug:?} is suspended"),
-        )),
-        TenantStatus::Deleting | TenantStatus::Deleted => Err(ApiError::new(
-            StatusCode::GONE,
-            "tenant_deleted",
-            format!("tenant {slug:?} is {}", tenant.status),
-        )),
-        other => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "tenant_not_ready",
-            format!("tenant {slug:?} is {other}, not READY"),
-        )),
-    }
+    crate::target::lendable(&tenant, app.migrations.latest_version())?;
+    Ok(tenant)
 }
 
 async fn borrow(app: &App, tenant: &TenantRecord) -> Result<Lent, ApiError> {
@@ -174,52 +149,12 @@ pub async fn close_handle(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Connection details of a tenant's own role.
-#[derive(Serialize)]
-pub struct ConnectionDetails {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// Database.
-    pub dbname: String,
-    /// Role.
-    pub user: String,
-    /// Role password.
-    pub password: String,
-    /// All of it as a URL.
-    pub url: String,
-}
-
 /// The connection details of a READY tenant (the one path for HTTP and CLI).
 pub async fn connection_details(app: &App, tenant: &TenantRecord) -> Result<ConnectionDetails, ApiError> {
     let server_name =
         tenant.server.as_deref().ok_or_else(|| ApiError::internal("READY tenant without a server"))?;
     let server = app.resolver.server(&app.catalog, server_name).await?;
-    details(tenant, &server, &app.keyring).map_err(ApiError::internal)
-}
-
-/// Builds connection details from catalog rows.
-pub fn details(
-    tenant: &TenantRecord,
-    server: &crate::catalog::servers::ServerRecord,
-    keyring: &crate::crypto::Keyring,
-) -> Result<ConnectionDetails, String> {
-    let sealed = tenant.role_password_sealed.as_deref().ok_or("no role password stored")?;
-    let password = keyring
-        .open(sealed, &crate::provisioner::tenant_aad(tenant.id))
-        .map_err(|e| format!("role password cannot be opened: {e}"))?;
-    let (user, dbname) =
-        (tenant.role_name.clone().unwrap_or_default(), tenant.database_name.clone().unwrap_or_default());
-    let url = crate::pg::url(&user, password.expose_secret(), &server.host, server.port, &dbname);
-    Ok(ConnectionDetails {
-        host: server.host.clone(),
-        port: server.port,
-        dbname,
-        user,
-        password: password.expose_secret().to_owned(),
-        url,
-    })
+    Ok(TenantTarget::new(tenant, &server, &app.keyring)?.details())
 }
 
 /// `GET /v1/tenants/{slug}/connection`: host, port, dbname, user, password and URL of the
@@ -248,7 +183,9 @@ pub async fn rotate_token(
     }
     app.resolver.invalidate(&slug);
     let tenant = app.catalog.tenant(&slug).await?;
-    app.catalog.record_event(tenant.id, "token.rotated", json!({}), "api").await?;
+    app.catalog
+        .record_event(tenant.id, crate::catalog::events::EventKind::TokenRotated, json!({}), "api")
+        .await?;
     tracing::info!(tenant = %slug, "tenant token rotated");
     Ok((StatusCode::CREATED, Json(json!({ "slug": slug, "token": token.expose_secret() }))))
 }

@@ -10,15 +10,16 @@ use serde::Deserialize;
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path, Query};
+use crate::app::App;
 use crate::catalog::tenants::TenantRecord;
 use crate::lifecycle::{Lifecycle, LifecycleError};
-use crate::startup::App;
 
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::WrongState(m) => ApiError::new(StatusCode::CONFLICT, "wrong_state", m),
             LifecycleError::Catalog(c) => c.into(),
+            LifecycleError::Target(t) => t.into(),
             LifecycleError::Server(m) => ApiError::unavailable("server_unavailable", m, 5),
             LifecycleError::Dump(crate::dumps::DumpError::NotOurs(m)) => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_state", m)
@@ -34,13 +35,7 @@ impl From<LifecycleError> for ApiError {
 }
 
 fn lifecycle(app: &App) -> Lifecycle<'_> {
-    Lifecycle {
-        catalog: &app.catalog,
-        keyring: &app.keyring,
-        settings: &app.settings,
-        actor: &app.instance,
-        admin_pools: &app.admin_pools,
-    }
+    Lifecycle::new(&app.core, &app.core.instance)
 }
 
 /// Query of `DELETE /v1/tenants/{slug}`.

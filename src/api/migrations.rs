@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path};
-use crate::startup::App;
+use crate::app::App;
 use crate::upgrade::{Options, Selection};
 
 /// Body of `POST /v1/migrations`.
@@ -63,7 +63,7 @@ pub async fn start(
         let plan = crate::upgrade::plan(&app.catalog, &app.migrations, &selection).await?;
         return Ok((StatusCode::OK, Json(json!({ "plan": plan }))));
     }
-    let started = crate::upgrade::spawn_in_daemon(app.clone(), selection, options).await?;
+    let started = crate::tasks::upgrade::spawn_in_daemon(app.clone(), selection, options).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": started.run, "plan": started.plan }))))
 }
 

@@ -1,9 +1,10 @@
 //! The HTTP API (axum on hyper): routes, middleware and the server task.
 //!
-//! Every response body is JSON, errors included (404 and 405 too). Requests are counted and
-//! timed per route for `/metrics`; a panic in a handler is caught, logged and answered 500
-//! without taking the daemon down; the server stops accepting on shutdown and lets in-flight
-//! requests finish.
+//! Every response body is JSON, errors included (404 and 405 too). Every request gets an id
+//! (`x-request-id`, taken from the client when it sends a sane one) and a tracing span with
+//! method, matched route, status and latency; requests are counted and timed per route for
+//! `/metrics`; a panic in a handler is caught, logged and answered 500 without taking the
+//! daemon down; the server stops accepting on shutdown and lets in-flight requests finish.
 
 pub mod auth;
 pub mod error;
@@ -20,14 +21,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
 
 use self::error::ApiError;
-use crate::startup::App;
+use crate::app::App;
 
 /// Builds the router of one daemon: [`routes`] under [`layered`].
 pub fn router(app: Arc<App>) -> Router {
@@ -95,13 +97,48 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Times out slow requests with a JSON 503 and records per-route metrics.
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled (`-` outside a request).
+pub(crate) fn request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
+}
+
+/// The client's `x-request-id` when it is short and printable, else a new one.
+fn request_id_of(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
+/// Gives the request its id and span, times it out with a JSON 503, and records per-route
+/// metrics.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().to_string();
+    let id = request_id_of(&req);
+    let span = tracing::info_span!("request", request_id = %id, %method, %route, status = tracing::field::Empty, ms = tracing::field::Empty);
+    let mut response = REQUEST_ID
+        .scope(id.clone(), timed(app, route.clone(), method, req, next))
+        .instrument(span.clone())
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn timed(app: Arc<App>, route: String, method: String, req: Request, next: Next) -> Response {
     let started = Instant::now();
     // A dump takes as long as the tenant's data needs; every other request is bounded.
     let limit = if route == "/v1/tenants/{slug}/dumps" {
@@ -117,6 +154,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         }
     };
     let status = response.status().as_u16().to_string();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let span = tracing::Span::current();
+    span.record("status", status.as_str());
+    span.record("ms", ms);
+    tracing::debug!("request finished");
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("tenantd_http_requests_total", &labels).increment(1);
     metrics::histogram!("tenantd_http_request_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());

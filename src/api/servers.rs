@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path};
+use crate::app::App;
 use crate::catalog::servers::{ServerPatch, ServerRecord};
 use crate::servers::{AddServer, Added};
-use crate::startup::App;
 
 /// `GET /v1/servers`: every server with health and tenant count; never a password.
 pub async fn list(_: Admin, State(app): State<Arc<App>>) -> Result<Json<Vec<ServerRecord>>, ApiError> {

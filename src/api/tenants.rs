@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path, Query};
+use crate::app::App;
 use crate::catalog::events::Event;
 use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
-use crate::startup::App;
 use crate::tenants::{CreateTenant, Created};
 
 /// Query of `POST /v1/tenants`.

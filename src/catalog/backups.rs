@@ -75,10 +75,10 @@ impl Catalog {
                 &format!(
                     "SELECT {COLUMNS} FROM tenantd.tenants t WHERE status IN ('READY', 'SUSPENDED') \
                      AND NOT EXISTS (SELECT 1 FROM tenantd.tenant_events e WHERE e.tenant_id = t.id \
-                       AND e.kind = 'backup.created' AND e.at >= $1) \
+                       AND e.kind = $2 AND e.at >= $1) \
                      ORDER BY slug"
                 ),
-                &[&since],
+                &[&since, &super::events::EventKind::BackupCreated.as_str()],
             )
             .await?;
         Ok(rows.iter().map(from_row).collect())

@@ -21,18 +21,158 @@ pub struct Event {
     pub actor: String,
 }
 
+/// What an event says happened: the one list of event kinds (their spelling is the `kind`
+/// column, which operators and scripts read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Server and names persisted (provisioning step 1).
+    StepPlaced,
+    /// The tenant role was created with its marker.
+    RoleCreated,
+    /// An existing role with this tenant's marker was adopted.
+    RoleAdopted,
+    /// The staging database was created.
+    DatabaseCreated,
+    /// An existing database with this tenant's marker was adopted.
+    DatabaseAdopted,
+    /// The database was locked down; migrations come next.
+    Lockdown,
+    /// The tenant migrations were applied.
+    Migrated,
+    /// A dump was restored instead of the migrations.
+    Restored,
+    /// The staging database got its final name.
+    Renamed,
+    /// The tenant is READY.
+    Ready,
+    /// An attempt failed and will be retried.
+    AttemptFailed,
+    /// The tenant went to ERROR.
+    Error,
+    /// No eligible server: the tenant waits.
+    Waiting,
+    /// The database vanished: creation starts again.
+    Recreate,
+    /// An operator asked for a retry.
+    Retry,
+    /// The tenant was suspended.
+    Suspended,
+    /// The tenant was resumed.
+    Resumed,
+    /// A dump of the tenant was taken.
+    Dumped,
+    /// The tenant's bearer token was replaced.
+    TokenRotated,
+    /// Deletion was asked for.
+    DeleteRequested,
+    /// The final archive before a drop was written.
+    ArchiveCreated,
+    /// The final archive could not be written; nothing was dropped.
+    ArchiveFailed,
+    /// Objects under the tenant's names that are not ours were left alone.
+    SkippedForeign,
+    /// The tenant was deleted.
+    Deleted,
+    /// Pending migrations were applied by an upgrade run.
+    UpgradeApplied,
+    /// An upgrade run found the tenant current.
+    UpgradeCurrent,
+    /// An upgrade of the tenant failed; it stays at its version.
+    UpgradeFailed,
+    /// A scheduled or manual backup was written.
+    BackupCreated,
+    /// A backup failed.
+    BackupFailed,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 29] = [
+        Self::StepPlaced,
+        Self::RoleCreated,
+        Self::RoleAdopted,
+        Self::DatabaseCreated,
+        Self::DatabaseAdopted,
+        Self::Lockdown,
+        Self::Migrated,
+        Self::Restored,
+        Self::Renamed,
+        Self::Ready,
+        Self::AttemptFailed,
+        Self::Error,
+        Self::Waiting,
+        Self::Recreate,
+        Self::Retry,
+        Self::Suspended,
+        Self::Resumed,
+        Self::Dumped,
+        Self::TokenRotated,
+        Self::DeleteRequested,
+        Self::ArchiveCreated,
+        Self::ArchiveFailed,
+        Self::SkippedForeign,
+        Self::Deleted,
+        Self::UpgradeApplied,
+        Self::UpgradeCurrent,
+        Self::UpgradeFailed,
+        Self::BackupCreated,
+        Self::BackupFailed,
+    ];
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StepPlaced => "step.placed",
+            Self::RoleCreated => "step.role.created",
+            Self::RoleAdopted => "step.role.adopted",
+            Self::DatabaseCreated => "step.database.created",
+            Self::DatabaseAdopted => "step.database.adopted",
+            Self::Lockdown => "step.lockdown",
+            Self::Migrated => "step.migrated",
+            Self::Restored => "step.restored",
+            Self::Renamed => "step.renamed",
+            Self::Ready => "ready",
+            Self::AttemptFailed => "attempt.failed",
+            Self::Error => "error",
+            Self::Waiting => "waiting",
+            Self::Recreate => "recreate",
+            Self::Retry => "retry",
+            Self::Suspended => "suspended",
+            Self::Resumed => "resumed",
+            Self::Dumped => "dumped",
+            Self::TokenRotated => "token.rotated",
+            Self::DeleteRequested => "delete.requested",
+            Self::ArchiveCreated => "archive.created",
+            Self::ArchiveFailed => "archive.failed",
+            Self::SkippedForeign => "delete.skipped_foreign",
+            Self::Deleted => "deleted",
+            Self::UpgradeApplied => "upgrade.applied",
+            Self::UpgradeCurrent => "upgrade.current",
+            Self::UpgradeFailed => "upgrade.failed",
+            Self::BackupCreated => "backup.created",
+            Self::BackupFailed => "backup.failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Catalog {
     /// Appends an event.
     pub async fn record_event(
         &self,
         tenant: Uuid,
-        kind: &str,
+        kind: EventKind,
         detail: serde_json::Value,
         actor: &str,
     ) -> Result<(), CatalogError> {
         self.execute(
             "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $2, $3, $4)",
-            &[&tenant, &kind, &detail, &actor],
+            &[&tenant, &kind.as_str(), &detail, &actor],
         )
         .await?;
         Ok(())
@@ -42,14 +182,14 @@ impl Catalog {
     pub async fn has_event_since(
         &self,
         tenant: Uuid,
-        kind: &str,
-        since_kind: &str,
+        kind: EventKind,
+        since_kind: EventKind,
     ) -> Result<bool, CatalogError> {
         Ok(self
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM tenantd.tenant_events WHERE tenant_id = $1 AND kind = $2 AND id > \
                  coalesce((SELECT max(id) FROM tenantd.tenant_events WHERE tenant_id = $1 AND kind = $3), 0))",
-                &[&tenant, &kind, &since_kind],
+                &[&tenant, &kind.as_str(), &since_kind.as_str()],
             )
             .await?
             .get(0))
@@ -68,7 +208,12 @@ impl Catalog {
     }
 
     /// A tenant's latest event of one of `kinds`.
-    pub async fn latest_event(&self, tenant: Uuid, kinds: &[&str]) -> Result<Option<Event>, CatalogError> {
+    pub async fn latest_event(
+        &self,
+        tenant: Uuid,
+        kinds: &[EventKind],
+    ) -> Result<Option<Event>, CatalogError> {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let row = self
             .query_opt(
                 "SELECT id, at, kind, detail, actor FROM tenantd.tenant_events \
@@ -82,4 +227,17 @@ impl Catalog {
 
 fn event(r: &tokio_postgres::Row) -> Event {
     Event { id: r.get(0), at: r.get(1), kind: r.get(2), detail: r.get(3), actor: r.get(4) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    #[test]
+    fn event_kinds_are_distinct() {
+        let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EventKind::ALL.len());
+    }
 }

@@ -5,6 +5,14 @@
 //! with refinery from `schema/` (embedded in the binary), under an advisory lock so that any
 //! number of daemons and CLI processes may start together.
 
+/// The one lease predicate of the catalog: the row is `$1` and `$2` holds its lease now.
+/// Every write a lease holder makes is guarded by it; zero rows means the lease is lost.
+macro_rules! held {
+    () => {
+        "id = $1 AND lease_owner = $2 AND lease_until > now()"
+    };
+}
+
 pub mod backups;
 pub mod events;
 pub mod servers;
@@ -26,6 +34,22 @@ mod embedded_schema {
 const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74_6401;
 /// Channel of the catalog's change notifications.
 pub const CHANNEL: &str = "tenantd";
+
+/// One notification from the catalog (`NOTIFY tenantd`). Anyone who can connect to the
+/// catalog database may send one, so it is only a hint: receivers re-read the catalog
+/// before acting on it.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+pub struct Change {
+    /// `tenants` or `servers`.
+    pub table: String,
+    /// `INSERT` or `UPDATE`.
+    pub op: String,
+    /// Tenant slug or server name.
+    pub key: String,
+    /// The row's new status.
+    #[serde(default)]
+    pub status: Option<String>,
+}
 
 /// A catalog problem.
 #[derive(Debug, thiserror::Error)]

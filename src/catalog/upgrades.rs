@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::tenants::TenantRecord;
+use super::events::EventKind;
+use super::tenants::{TenantRecord, TenantStatus};
 use super::{Catalog, CatalogError};
 
 /// How often a process working on a run marks it alive.
@@ -64,7 +65,7 @@ impl Catalog {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<TenantRecord>, CatalogError> {
-        self.claim_in_status(slug, owner, lease, &["READY"]).await
+        self.claim_in_status(slug, owner, lease, &[TenantStatus::Ready]).await
     }
 
     /// Claims a live tenant that is in one of `statuses` and not held by anyone.
@@ -73,8 +74,9 @@ impl Catalog {
         slug: &str,
         owner: &str,
         lease: Duration,
-        statuses: &[&str],
+        statuses: &[TenantStatus],
     ) -> Result<Option<TenantRecord>, CatalogError> {
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let claimed = self
             .execute(
                 "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
@@ -96,14 +98,14 @@ impl Catalog {
         id: Uuid,
         owner: &str,
         version: i32,
-        kind: &str,
+        kind: EventKind,
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
         self.leased_write(
-            "WITH done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
-               lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done",
-            &[&id, &owner, &version, &kind, detail],
+            concat!("WITH done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
+               lease_owner = NULL, lease_until = NULL WHERE ", held!(), " RETURNING id) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done"),
+            &[&id, &owner, &version, &kind.as_str(), detail],
         )
         .await
     }
@@ -118,11 +120,11 @@ impl Catalog {
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
         self.leased_write(
-            "WITH failed AS (UPDATE tenantd.tenants SET last_error = $3, lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
+            concat!("WITH failed AS (UPDATE tenantd.tenants SET last_error = $3, lease_owner = NULL, lease_until = NULL \
+               WHERE ", held!(), " RETURNING id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-             SELECT id, 'upgrade.failed', $4, $2 FROM failed",
-            &[&id, &owner, &error, detail],
+             SELECT id, $5, $4, $2 FROM failed"),
+            &[&id, &owner, &error, detail, &EventKind::UpgradeFailed.as_str()],
         )
         .await
     }

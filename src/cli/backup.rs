@@ -1,5 +1,6 @@
 //! `tenantd backup ...`: the backups of `backups.dir`.
 
+use crate::catalog::events::EventKind;
 use clap::Subcommand;
 
 use super::{Context, Failure, output};
@@ -40,7 +41,7 @@ pub async fn run(cmd: BackupCommand, ctx: Context) -> Result<(), Failure> {
             let list = backups::list(&dir, &slug, tenant.id).map_err(Failure::failed)?;
             let failure = ctx
                 .catalog
-                .latest_event(tenant.id, &["backup.created", "backup.failed"])
+                .latest_event(tenant.id, &[EventKind::BackupCreated, EventKind::BackupFailed])
                 .await
                 .map_err(Failure::failed)?
                 .filter(|e| e.kind == "backup.failed");
@@ -69,12 +70,7 @@ pub async fn run(cmd: BackupCommand, ctx: Context) -> Result<(), Failure> {
         }
         BackupCommand::Run { slugs, all } => {
             let tenants = select(&ctx, &slugs, all).await?;
-            let backups = Backups {
-                catalog: &ctx.catalog,
-                keyring: &ctx.keyring,
-                settings: &ctx.settings.backups,
-                actor: &super::actor(),
-            };
+            let backups = Backups::new(&ctx, &ctx.instance);
             let mut failed = 0;
             for tenant in &tenants {
                 match backups.one(tenant).await {

@@ -47,15 +47,7 @@ pub async fn run(args: MigrateArgs, ctx: Context) -> Result<(), Failure> {
     };
     options.validate().map_err(Failure::usage)?;
     let selection = Selection { slugs: args.slugs, all: args.all, server: args.server };
-    let actor = super::actor();
-    let migrations = crate::tenant_migrations::MigrationSet::embedded();
-    let upgrader = Upgrader {
-        catalog: &ctx.catalog,
-        keyring: &ctx.keyring,
-        settings: &ctx.settings,
-        actor: &actor,
-        migrations: &migrations,
-    };
+    let upgrader = Upgrader::new(&ctx, &ctx.instance);
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

@@ -16,10 +16,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::catalog::Catalog;
 use crate::config::{ConfigError, Overrides, Settings};
-use crate::crypto::Keyring;
+use crate::core::{Core, CoreError};
 use crate::startup::{self, StartupError};
+
+/// What a CLI command works with: the process's [`Core`] (catalog, keys, admin pools), opened
+/// as the daemon opens it.
+pub type Context = Core;
 
 /// tenantd: a PostgreSQL database per tenant, provisioned, migrated and lent out.
 #[derive(Debug, Parser)]
@@ -123,6 +126,15 @@ impl From<ConfigError> for Failure {
     }
 }
 
+impl From<CoreError> for Failure {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Config(c) => c.into(),
+            other => Self::failed(other),
+        }
+    }
+}
+
 impl From<StartupError> for Failure {
     fn from(e: StartupError) -> Self {
         match e {
@@ -185,76 +197,42 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             println!("{}", crate::crypto::generate_master_key().expose_secret());
             Ok(())
         }
-        Command::Server(cmd) => server::run(cmd, Context::open(settings).await?).await,
-        Command::Tenant(cmd) => tenant::run(cmd, Context::open(settings).await?).await,
-        Command::Migrate(args) => migrate::run(args, Context::open(settings).await?).await,
-        Command::Backup(cmd) => backup::run(cmd, Context::open(settings).await?).await,
+        Command::Server(cmd) => server::run(cmd, open(settings).await?).await,
+        Command::Tenant(cmd) => tenant::run(cmd, open(settings).await?).await,
+        Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
+        Command::Backup(cmd) => backup::run(cmd, open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));
             }
-            let mut ctx = Context::open(settings).await?;
+            let mut ctx = open(settings).await?;
             if let Some(c) = concurrency {
                 ctx.settings.workers.concurrency = c;
                 ctx.settings.validate()?;
             }
-            crate::bench::provision(&ctx.settings, &ctx.catalog, &ctx.keyring, server.as_deref(), tenants)
-                .await
-                .map_err(Failure::failed)
+            crate::bench::provision(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
         }
         Command::Bench(BenchCommand::Migrate { tenants, server }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));
             }
-            let ctx = Context::open(settings).await?;
-            crate::bench::migrate(&ctx.settings, &ctx.catalog, &ctx.keyring, server.as_deref(), tenants)
-                .await
-                .map_err(Failure::failed)
+            let ctx = open(settings).await?;
+            crate::bench::migrate(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
         }
         Command::Bench(BenchCommand::Sql { queries, server, concurrency }) => {
             if queries == 0 || concurrency == 0 {
                 return Err(Failure::usage("--queries and --concurrency must be at least 1"));
             }
-            let ctx = Context::open(settings).await?;
-            crate::bench::sql(
-                &ctx.settings,
-                &ctx.catalog,
-                &ctx.keyring,
-                server.as_deref(),
-                queries,
-                concurrency,
-            )
-            .await
-            .map_err(Failure::failed)
+            let ctx = open(settings).await?;
+            crate::bench::sql(&ctx, server.as_deref(), queries, concurrency).await.map_err(Failure::failed)
         }
     }
 }
 
-/// The lease owner and event actor of this CLI process: `cli:<user>@<host>:<pid>`.
-pub fn actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    format!("cli:{user}@{host}:{}", std::process::id())
-}
-
-/// What a CLI command works with: the catalog and the keys, as the daemon has them.
-pub struct Context {
-    /// Effective settings.
-    pub settings: Settings,
-    /// Catalog (schema applied).
-    pub catalog: Catalog,
-    /// Master keys.
-    pub keyring: Keyring,
-}
-
-impl Context {
-    /// Opens the catalog named by the settings, or the running embedded one.
-    pub async fn open(mut settings: Settings) -> Result<Self, Failure> {
-        if settings.is_embedded() {
-            crate::embedded::attach(&mut settings).map_err(Failure::failed)?;
-        }
-        let keyring = startup::keyring(&settings)?;
-        let catalog = startup::open_catalog(&settings).await?;
-        Ok(Self { settings, catalog, keyring })
+/// Opens the catalog named by the settings, or the running embedded one, as this CLI process.
+async fn open(mut settings: Settings) -> Result<Core, Failure> {
+    if settings.is_embedded() {
+        crate::embedded::attach(&mut settings).map_err(Failure::failed)?;
     }
+    Ok(Core::open(settings, crate::core::cli_instance()).await?)
 }

@@ -127,7 +127,9 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
 
 fn server_failure(e: ServerError) -> Failure {
     match e {
-        ServerError::Name(_) | ServerError::BadUrl(_) | ServerError::BadValue(_) => Failure::usage(e),
+        ServerError::Name(_)
+        | ServerError::Admin(crate::admin::AdminError::BadUrl(_))
+        | ServerError::BadValue(_) => Failure::usage(e),
         other => Failure::failed(other),
     }
 }

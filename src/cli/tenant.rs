@@ -10,6 +10,7 @@ use super::{Context, Failure, output};
 use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
 use crate::driver::{Driver, RestoreRequest};
 use crate::lifecycle::LifecycleError;
+use crate::target::TenantTarget;
 use crate::tenants::{CreateTenant, TenantError};
 
 #[derive(Debug, Subcommand)]
@@ -250,13 +251,11 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
         }
         TenantCommand::Connection { slug, json } => {
             let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
-            if tenant.status != TenantStatus::Ready {
-                return Err(Failure::failed(format!("tenant {slug} is {}, not READY", tenant.status)));
-            }
-            let server_name = tenant.server.as_deref().unwrap_or_default();
-            let server = ctx.catalog.server(server_name).await.map_err(Failure::failed)?;
-            let details =
-                crate::api::lending::details(&tenant, &server, &ctx.keyring).map_err(Failure::failed)?;
+            crate::target::lendable(&tenant, ctx.migrations.latest_version()).map_err(Failure::failed)?;
+            let details = TenantTarget::resolve(&ctx.catalog, &ctx.keyring, &tenant)
+                .await
+                .map_err(Failure::failed)?
+                .details();
             if json {
                 return output::json(&details);
             }
@@ -264,8 +263,8 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             Ok(())
         }
         TenantCommand::Retry { slug, wait } => {
-            let actor = super::actor();
-            let tenant = crate::tenants::retry(&ctx.catalog, &slug, &actor).await.map_err(tenant_failure)?;
+            let tenant =
+                crate::tenants::retry(&ctx.catalog, &slug, &ctx.instance).await.map_err(tenant_failure)?;
             let tenant = match wait {
                 Some(secs) => provision_and_wait(&ctx, &tenant, Duration::from_secs(secs)).await?,
                 None => tenant,
@@ -287,8 +286,7 @@ async fn provision_and_wait(
 }
 
 fn driver(ctx: &Context) -> Driver<'_> {
-    Driver::new(&ctx.catalog, &ctx.keyring, &ctx.settings, super::actor())
-        .with_report(|line| eprintln!("{line}"))
+    Driver::new(ctx).with_report(|line| eprintln!("{line}"))
 }
 
 fn lifecycle_failure(e: LifecycleError) -> Failure {
@@ -381,15 +379,7 @@ fn print_details(t: &TenantRecord) {
 }
 
 fn lifecycle(ctx: &Context) -> crate::lifecycle::Lifecycle<'_> {
-    static ACTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static POOLS: std::sync::OnceLock<crate::servers::AdminPools> = std::sync::OnceLock::new();
-    crate::lifecycle::Lifecycle {
-        catalog: &ctx.catalog,
-        keyring: &ctx.keyring,
-        settings: &ctx.settings,
-        actor: ACTOR.get_or_init(super::actor),
-        admin_pools: POOLS.get_or_init(|| crate::servers::AdminPools::new(1)),
-    }
+    crate::lifecycle::Lifecycle::new(ctx, &ctx.instance)
 }
 
 async fn dump(ctx: &Context, slug: &str, output: &std::path::Path) -> Result<(), Failure> {

@@ -17,99 +17,31 @@
 //! adopted, altered or dropped: that is a fatal error with a reason that says so.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use crate::admin::AdminTarget;
+use crate::catalog::CatalogError;
+use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{Placement, TenantRecord, TenantStatus};
-use crate::catalog::{Catalog, CatalogError};
-use crate::config::Settings;
-use crate::crypto::{self, Keyring};
+use crate::core::Core;
+use crate::crypto::{self, tenant_aad};
+use crate::leases::LeaseLost;
+use crate::markers::{self, Ownership};
 use crate::names::{PgIdent, TenantSlug};
-use crate::servers::AdminTarget;
+pub use crate::steps::Step;
+use crate::steps::{Fault, Phase};
+use crate::target::TenantTarget;
 use crate::{placement, tenant_migrations, tenant_sql};
 
+mod attempt;
 mod deprovision;
-pub use deprovision::archive_name;
-
-/// A step of provisioning (also the names used in events, metrics and fault points).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
-    /// Choose and persist a server and names.
-    Place,
-    /// Create or adopt the role.
-    Role,
-    /// Create or adopt the database.
-    Database,
-    /// Revoke PUBLIC, grant the tenant role.
-    Lockdown,
-    /// Apply tenant migrations.
-    Migrate,
-    /// Staging name → final name.
-    Rename,
-    /// Mark READY.
-    Ready,
-    /// Write the final archive of a tenant being deleted.
-    Archive,
-    /// Drop the database and the role of a tenant being deleted.
-    Drop,
-}
-
-impl Step {
-    /// Every step in order.
-    pub const ALL: [Step; 7] =
-        [Step::Place, Step::Role, Step::Database, Step::Lockdown, Step::Migrate, Step::Rename, Step::Ready];
-
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Place => "place",
-            Step::Role => "role",
-            Step::Database => "database",
-            Step::Lockdown => "lockdown",
-            Step::Migrate => "migrate",
-            Step::Rename => "rename",
-            Step::Ready => "ready",
-            Step::Archive => "archive",
-            Step::Drop => "drop",
-        }
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a fault may be injected: before a step does anything, or after it did its work on
-/// the server but before anything was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Before the step.
-    Before,
-    /// After the step's effect, before its bookkeeping.
-    After,
-}
-
-/// A fault to inject (tests only).
-#[derive(Debug, Clone)]
-pub enum Fault {
-    /// The attempt fails with this message (recorded, retried with backoff).
-    Fail(String),
-    /// The process "dies": nothing more is written, the lease is left to expire.
-    Crash,
-    /// The step stalls this long (a frozen process, a hung server), then goes on.
-    Stall(Duration),
-}
-
-/// A fault-injection hook: called at every step and phase with the tenant's slug.
-pub type FaultHook = Arc<dyn Fn(&str, Step, Phase) -> Option<Fault> + Send + Sync>;
+pub use attempt::{Outcome, backoff, run_claimed};
 
 /// Why an attempt stopped.
 #[derive(Debug)]
@@ -143,6 +75,21 @@ impl fmt::Display for StepError {
     }
 }
 
+impl From<LeaseLost> for StepError {
+    fn from(_: LeaseLost) -> Self {
+        StepError::LeaseLost
+    }
+}
+
+impl From<crate::target::TargetError> for StepError {
+    fn from(e: crate::target::TargetError) -> Self {
+        match e {
+            crate::target::TargetError::Catalog(c) => c.into(),
+            other => StepError::Fatal(Step::Place, other.to_string()),
+        }
+    }
+}
+
 impl From<CatalogError> for StepError {
     fn from(e: CatalogError) -> Self {
         match e {
@@ -162,11 +109,6 @@ async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) 
     result
 }
 
-/// Associated data of a tenant's sealed role password.
-pub fn tenant_aad(id: Uuid) -> Vec<u8> {
-    format!("tenant:{id}").into_bytes()
-}
-
 /// Where the tenant's database is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Location {
@@ -174,46 +116,51 @@ enum Location {
     Final,
 }
 
-/// Everything one provisioning run needs; borrowed from a daemon or a CLI process.
+/// One provisioning (or deletion) run of a claimed tenant, in a daemon or a CLI process.
 pub struct Provisioner<'a> {
-    /// Catalog.
-    pub catalog: &'a Catalog,
-    /// Keys.
-    pub keyring: &'a Keyring,
-    /// Settings (names prefix).
-    pub settings: &'a Settings,
-    /// Lease owner and event actor.
-    pub actor: &'a str,
-    /// Fault injection (tests).
-    pub faults: Option<&'a FaultHook>,
-    /// Pooled admin connections.
-    pub admin_pools: &'a crate::servers::AdminPools,
-    /// Tenant migrations to apply.
-    pub migrations: &'a tenant_migrations::MigrationSet,
+    core: &'a Core,
+    /// Lease owner and event actor (the claim's owner).
+    actor: &'a str,
     /// Fill the database from this dump instead of applying migrations (`tenant restore`).
-    pub restore_from: Option<&'a std::path::Path>,
+    restore_from: Option<&'a std::path::Path>,
 }
 
-/// The resolved facts of a placed tenant.
+/// The resolved facts of a placed tenant: its database and role, and its server's admin.
 struct Target {
-    id: Uuid,
-    server: String,
-    record: crate::catalog::servers::ServerRecord,
-    slug: String,
+    tenant: TenantTarget,
     admin: AdminTarget,
     staging: PgIdent,
-    database: PgIdent,
-    role: PgIdent,
-    password: SecretString,
+}
+
+impl std::ops::Deref for Target {
+    type Target = TenantTarget;
+
+    fn deref(&self) -> &TenantTarget {
+        &self.tenant
+    }
 }
 
 fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
     move |e| StepError::Retry(step, crate::pg::describe(&e))
 }
 
+impl<'a> Provisioner<'a> {
+    /// A run acting as `actor`, the owner of the tenant's lease.
+    pub fn new(core: &'a Core, actor: &'a str) -> Self {
+        Self { core, actor, restore_from: None }
+    }
+
+    /// Fills the database from `file` instead of applying migrations (`tenant restore`).
+    #[must_use]
+    pub fn restoring_from(mut self, file: Option<&'a std::path::Path>) -> Self {
+        self.restore_from = file;
+        self
+    }
+}
+
 impl Provisioner<'_> {
     pub(crate) async fn fault(&self, slug: &str, step: Step, phase: Phase) -> Result<(), StepError> {
-        match self.faults.and_then(|hook| hook(slug, step, phase)) {
+        match self.core.faults.as_ref().and_then(|hook| hook(slug, step, phase)) {
             None => Ok(()),
             Some(Fault::Fail(message)) => Err(StepError::Retry(step, format!("injected failure: {message}"))),
             Some(Fault::Crash) => Err(StepError::Crashed),
@@ -225,8 +172,8 @@ impl Provisioner<'_> {
     }
 
     /// Records a step's event; fails with `LeaseLost` when another process holds the tenant.
-    async fn event(&self, id: Uuid, kind: &str, detail: serde_json::Value) -> Result<(), StepError> {
-        Ok(self.catalog.leased_event(id, self.actor, kind, &detail).await?)
+    async fn event(&self, id: Uuid, kind: EventKind, detail: serde_json::Value) -> Result<(), StepError> {
+        Ok(self.core.catalog.leased_event(id, self.actor, kind, &detail).await?)
     }
 
     /// Runs every remaining step of a claimed tenant; returns its schema version when READY.
@@ -237,11 +184,7 @@ impl Provisioner<'_> {
             Some(_) => None,
         };
         let target = self.target(tenant, placed).await?;
-        let admin = self
-            .admin_pools
-            .get(&target.record, &target.admin)
-            .await
-            .map_err(|e| StepError::Retry(Step::Role, e.to_string()))?;
+        let admin = self.admin(&target, Step::Role).await?;
         // A foreign database under our final name stops everything before anything is made.
         let mut location = self.locate(&admin, &target, Step::Role).await?;
         let mut tenant_conn = None;
@@ -249,16 +192,18 @@ impl Provisioner<'_> {
             timed(Step::Role, self.ensure_role(&admin, &target)).await?;
             let created = timed(Step::Database, self.ensure_database(&admin, &target, location)).await?;
             tenant_conn = Some(timed(Step::Lockdown, self.lock_down(&admin, &target, created)).await?);
-            self.catalog
-                .set_status(target.id, self.actor, TenantStatus::Migrating, "step.lockdown", &json!({}))
+            self.core
+                .catalog
+                .set_status(target.id, self.actor, TenantStatus::Migrating, EventKind::Lockdown, &json!({}))
                 .await?;
             location = Some(created);
         }
         let Some(location) = location else {
             // The database vanished (dropped by hand?): start the creation steps again.
             let detail = json!({ "reason": "tenant database is missing" });
-            self.catalog
-                .set_status(target.id, self.actor, TenantStatus::Creating, "recreate", &detail)
+            self.core
+                .catalog
+                .set_status(target.id, self.actor, TenantStatus::Creating, EventKind::Recreate, &detail)
                 .await?;
             return Err(StepError::Retry(Step::Migrate, "tenant database is missing; recreating it".into()));
         };
@@ -269,20 +214,16 @@ impl Provisioner<'_> {
             None => timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?,
         };
         if location == Location::Staging {
-            let admin = self
-                .admin_pools
-                .get(&target.record, &target.admin)
-                .await
-                .map_err(|e| StepError::Retry(Step::Rename, e.to_string()))?;
+            let admin = self.admin(&target, Step::Rename).await?;
             timed(Step::Rename, self.rename(&admin, &target)).await?;
         }
         self.fault(&target.slug, Step::Ready, Phase::Before).await?;
         let seconds = started.elapsed().as_secs_f64();
         let detail = json!({ "schema_version": version, "seconds": seconds });
-        self.catalog.mark_ready(target.id, self.actor, version, &detail).await?;
+        self.core.catalog.mark_ready(target.id, self.actor, version, &detail).await?;
         metrics::counter!("tenantd_tenants_ready_total").increment(1);
         metrics::histogram!("tenantd_provision_seconds").record(seconds);
-        tracing::info!(tenant = %target.slug, server = %target.server, version, seconds, "tenant is READY");
+        tracing::info!(tenant = %target.slug, server = %target.server.name, version, seconds, "tenant is READY");
         Ok(version)
     }
 
@@ -290,13 +231,14 @@ impl Provisioner<'_> {
     async fn place(&self, t: &TenantRecord) -> Result<Option<Placement>, StepError> {
         self.fault(&t.slug, Step::Place, Phase::Before).await?;
         let slug = TenantSlug::parse(&t.slug).map_err(|e| StepError::Fatal(Step::Place, e.to_string()))?;
-        let derived = PgIdent::for_tenant(&self.settings.names.prefix, &slug);
+        let derived = PgIdent::for_tenant(&self.core.settings.names.prefix, &slug);
         let database = t.database_name.clone().unwrap_or_else(|| derived.to_string());
         let role = t.role_name.clone().unwrap_or_else(|| derived.to_string());
         let password = crypto::random_secret(24);
-        let sealed = self.keyring.seal(password.expose_secret(), &tenant_aad(t.id));
+        let sealed = self.core.keyring.seal(password.expose_secret(), &tenant_aad(t.id));
         let (server, region) = (t.requested_server.as_deref(), t.requested_region.as_deref());
         let placed = self
+            .core
             .catalog
             .place_tenant(t.id, self.actor, |servers| {
                 placement::choose(servers, server, region).map(|server| Placement {
@@ -319,51 +261,44 @@ impl Provisioner<'_> {
     }
 
     async fn target(&self, t: &TenantRecord, placed: Option<Placement>) -> Result<Target, StepError> {
-        let inconsistent = |what: &str| StepError::Fatal(Step::Place, format!("catalog row has no {what}"));
-        let (server, database, role, sealed) = match placed {
-            Some(p) => (p.server, p.database_name, p.role_name, p.role_password_sealed),
-            None => (
-                t.server.clone().ok_or_else(|| inconsistent("server"))?,
-                t.database_name.clone().ok_or_else(|| inconsistent("database_name"))?,
-                t.role_name.clone().ok_or_else(|| inconsistent("role_name"))?,
-                t.role_password_sealed.clone().ok_or_else(|| inconsistent("role password"))?,
-            ),
+        let core = self.core;
+        let tenant = match placed {
+            Some(p) => {
+                let server = core.catalog.server(&p.server).await?;
+                TenantTarget::from_parts(
+                    t.id,
+                    &t.slug,
+                    &server,
+                    &p.database_name,
+                    &p.role_name,
+                    &p.role_password_sealed,
+                    &core.keyring,
+                )?
+            }
+            None => TenantTarget::resolve(&core.catalog, &core.keyring, t).await?,
         };
-        let record = self.catalog.server(&server).await?;
-        let admin = AdminTarget::from_record(&record, self.keyring)
+        let admin = AdminTarget::from_record(&tenant.server, &core.keyring)
             .map_err(|e| StepError::Fatal(Step::Role, e.to_string()))?;
-        let password = self
-            .keyring
-            .open(&sealed, &tenant_aad(t.id))
-            .map_err(|e| StepError::Fatal(Step::Role, format!("role password: {e}")))?;
-        Ok(Target {
-            id: t.id,
-            server: record.name.clone(),
-            record: record.clone(),
-            slug: t.slug.clone(),
-            admin,
-            staging: PgIdent::staging(t.id),
-            database: PgIdent::from_catalog(database),
-            role: PgIdent::from_catalog(role),
-            password,
-        })
+        Ok(Target { tenant, admin, staging: PgIdent::staging(t.id) })
+    }
+
+    /// A pooled admin connection to the tenant's server.
+    async fn admin(&self, t: &Target, step: Step) -> Result<deadpool_postgres::Client, StepError> {
+        self.core
+            .admin_pools
+            .get(&t.server, &t.admin)
+            .await
+            .map_err(|e| StepError::Retry(step, e.to_string()))
     }
 
     /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
     async fn ensure_role(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let verifier = postgres_protocol::password::scram_sha_256(t.password.expose_secret().as_bytes());
-        let existing = admin
-            .query_opt(
-                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
-                &[&t.role.as_str()],
-            )
-            .await
-            .map_err(pg_retry(STEP))?;
-        let marker = tenant_sql::marker(t.id);
-        let kind = match existing {
-            None => {
+        let verifier = postgres_protocol::password::scram_sha_256(t.password().expose_secret().as_bytes());
+        let found = markers::role(admin, t.id, &t.role).await.map_err(pg_retry(STEP))?;
+        let kind = match found.ownership {
+            Ownership::Absent => {
                 // One simple-query message = one implicit transaction: role and marker together.
                 let ddl = format!(
                     "{}; {}",
@@ -371,24 +306,24 @@ impl Provisioner<'_> {
                     tenant_sql::comment_on_role(&t.role, t.id)
                 );
                 admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
-                "step.role.created"
+                EventKind::RoleCreated
             }
-            Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some(marker.as_str()) => {
+            Ownership::Ours => {
                 admin
                     .batch_execute(&tenant_sql::reset_role(&t.role, &verifier))
                     .await
                     .map_err(pg_retry(STEP))?;
-                "step.role.adopted"
+                EventKind::RoleAdopted
             }
-            Some(row) => {
-                let comment: Option<String> = row.get(0);
+            Ownership::Foreign(comment) => {
                 return Err(StepError::Fatal(
                     STEP,
                     format!(
-                        "role {:?} already exists and is not this tenant's (comment {:?}, expected {marker:?}); \
+                        "role {:?} already exists and is not this tenant's (comment {:?}, expected {:?}); \
                          tenantd never adopts or alters a role it did not create",
                         t.role.as_str(),
-                        comment.unwrap_or_default()
+                        comment.unwrap_or_default(),
+                        tenant_sql::marker(t.id)
                     ),
                 ));
             }
@@ -401,31 +336,27 @@ impl Provisioner<'_> {
     /// Where the database is: staging name, final name (with our marker), or nowhere.
     /// A final-name database without our marker is fatal.
     async fn locate(&self, admin: &Client, t: &Target, step: Step) -> Result<Option<Location>, StepError> {
-        let rows = admin
-            .query(
-                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname IN ($1, $2)",
-                &[&t.staging.as_str(), &t.database.as_str()],
-            )
-            .await
-            .map_err(pg_retry(step))?;
-        let marker = tenant_sql::marker(t.id);
+        let found =
+            markers::databases(admin, t.id, &[&t.database, &t.staging]).await.map_err(pg_retry(step))?;
         let mut location = None;
-        for row in rows {
-            let (name, comment): (String, Option<String>) = (row.get(0), row.get(1));
-            if name == t.database.as_str() {
-                if comment.as_deref() != Some(marker.as_str()) {
+        for (name, ownership) in found {
+            match ownership {
+                Ownership::Absent => {}
+                Ownership::Foreign(comment) if name == t.database => {
                     return Err(StepError::Fatal(
                         step,
                         format!(
-                            "database {name:?} already exists and is not this tenant's (comment {:?}, expected \
-                             {marker:?}); tenantd never adopts, alters or drops a database it did not create",
-                            comment.unwrap_or_default()
+                            "database {:?} already exists and is not this tenant's (comment {:?}, expected \
+                             {:?}); tenantd never adopts, alters or drops a database it did not create",
+                            name.as_str(),
+                            comment.unwrap_or_default(),
+                            tenant_sql::marker(t.id)
                         ),
                     ));
                 }
-                location = Some(Location::Final);
-            } else if location.is_none() {
-                location = Some(Location::Staging);
+                _ if name == t.database => location = Some(Location::Final),
+                // The staging name is derived from our id and used by nobody else.
+                _ => location = location.or(Some(Location::Staging)),
             }
         }
         Ok(location)
@@ -441,13 +372,13 @@ impl Provisioner<'_> {
         const STEP: Step = Step::Database;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let (location, kind) = match found {
-            Some(location) => (location, "step.database.adopted"),
+            Some(location) => (location, EventKind::DatabaseAdopted),
             None => {
                 admin
                     .batch_execute(&tenant_sql::create_database(&t.staging))
                     .await
                     .map_err(pg_retry(STEP))?;
-                (Location::Staging, "step.database.created")
+                (Location::Staging, EventKind::DatabaseCreated)
             }
         };
         if location == Location::Staging {
@@ -509,9 +440,7 @@ impl Provisioner<'_> {
     }
 
     async fn connect_as_tenant(&self, t: &Target, db: &PgIdent) -> Result<Client, String> {
-        let mut config = t.admin.config(Some(db.as_str()));
-        config.user(t.role.as_str()).password(t.password.expose_secret());
-        crate::pg::connect(&config, "tenant migration")
+        crate::pg::connect(&t.config(Some(db), "tenantd-migrate"), "tenant migration")
             .await
             .map_err(|e| format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
     }
@@ -542,11 +471,15 @@ impl Provisioner<'_> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let (mut client, _) = self.tenant_connection(t, location, connection).await?;
-        let (version, applied) =
-            self.migrations.apply(&mut client).await.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        let (version, applied) = self
+            .core
+            .migrations
+            .apply(&mut client)
+            .await
+            .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(t.id, "step.migrated", json!({ "version": version, "applied": applied })).await?;
+        self.event(t.id, EventKind::Migrated, json!({ "version": version, "applied": applied })).await?;
         Ok(version)
     }
 
@@ -573,7 +506,7 @@ impl Provisioner<'_> {
             .map_err(pg_retry(STEP))?
             .get(0);
         if relations == 0 {
-            crate::dumps::restore(&t.admin, db, &t.role, &t.password, file)
+            crate::dumps::restore(&t.admin, db, &t.role, t.password(), file)
                 .await
                 .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         }
@@ -592,7 +525,7 @@ impl Provisioner<'_> {
         drop(client);
         self.fault(&t.slug, STEP, Phase::After).await?;
         let detail = json!({ "from": file.display().to_string(), "version": version, "already_restored": relations > 0 });
-        self.event(t.id, "step.restored", detail).await?;
+        self.event(t.id, EventKind::Restored, detail).await?;
         Ok(version)
     }
 
@@ -613,8 +546,12 @@ impl Provisioner<'_> {
             }
         }
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(t.id, "step.renamed", json!({ "from": t.staging.as_str(), "to": t.database.as_str() }))
-            .await?;
+        self.event(
+            t.id,
+            EventKind::Renamed,
+            json!({ "from": t.staging.as_str(), "to": t.database.as_str() }),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -2,15 +2,13 @@
 //! INSERT — locked down, crash-safe at every step, never done twice, and never touching what
 //! is not tenantd's.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestApp, app, shared_cluster, spawn_app};
+use crate::common::{TestApp, app, shared_cluster, spawn_app};
 use serde_json::{Value, json};
-use tenantd::provisioner::{Fault, FaultHook, Phase, Step};
+use tenantd::steps::{Fault, FaultHook, Phase, Step};
 
 fn db_name(app: &TestApp, slug: &str) -> String {
     format!("{}{}", app.settings.names.prefix, slug.replace('-', "_"))
@@ -112,14 +110,14 @@ async fn a_new_tenant_becomes_a_locked_down_ready_database() {
     assert_eq!(role, (false, false, false), "tenant role is plain LOGIN");
 
     // Another role cannot connect: PostgreSQL refuses because of how the database was made.
-    let outsider = format!("outsider_{}", common::random_suffix());
+    let outsider = format!("outsider_{}", crate::common::random_suffix());
     cluster
         .superuser("postgres")
         .await
         .batch_execute(&format!("CREATE ROLE {outsider} LOGIN PASSWORD 'pw'"))
         .await
         .unwrap();
-    let refused = common::connect(&cluster.url(&outsider, "pw", &db)).await.unwrap_err();
+    let refused = crate::common::connect(&cluster.url(&outsider, "pw", &db)).await.unwrap_err();
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
 
     let kinds = kinds(&events(&app, "acme-corp").await);
@@ -256,7 +254,7 @@ async fn a_foreign_role_with_the_tenants_name_is_never_adopted() {
     assert_eq!(body["status"], "ERROR", "{body}");
     assert!(body["last_error"].as_str().unwrap().contains("not this tenant's"), "{body}");
     // The foreign role's password and attributes are untouched, and no database was made.
-    common::connect(&shared_cluster().url(&role, "theirs", "postgres"))
+    crate::common::connect(&shared_cluster().url(&role, "theirs", "postgres"))
         .await
         .expect("their password still works");
     let (dbs, _, staging) = server_objects(&app).await;
@@ -385,7 +383,7 @@ async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
     let url = cluster.admin_url("postgres");
-    let down = common::TestCluster::start_owned();
+    let down = crate::common::TestCluster::start_owned();
     for (name, extra, server_url) in [
         ("light", json!({ "weight": 1 }), &url),
         ("heavy", json!({ "weight": 3 }), &url),
@@ -402,7 +400,7 @@ async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
     app.patch("/v1/servers/drain", &json!({ "status": "draining" })).await;
     app.patch("/v1/servers/maint", &json!({ "status": "maintenance" })).await;
     down.stop();
-    common::wait_for("server down marked unhealthy", Duration::from_secs(20), || async {
+    crate::common::wait_for("server down marked unhealthy", Duration::from_secs(20), || async {
         let (_, s) = app.get("/v1/servers/down").await;
         (s["health"] == "unhealthy").then_some(())
     })
@@ -444,7 +442,7 @@ async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
 
 #[tokio::test]
 async fn a_server_failing_mid_provisioning_is_retried_with_the_error_recorded() {
-    let second = common::TestCluster::start_owned();
+    let second = crate::common::TestCluster::start_owned();
     // The server dies right after the tenant's role is created.
     let down = Arc::new(Mutex::new(Some(second)));
     let (killer, fired) = (down.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
@@ -553,7 +551,7 @@ async fn an_in_flight_wait_is_answered_when_the_daemon_stops() {
         .send();
     let stop = async {
         // The handler has inserted the tenant, so the request is in flight.
-        common::wait_for("request in flight", Duration::from_secs(10), || async {
+        crate::common::wait_for("request in flight", Duration::from_secs(10), || async {
             (app.get("/v1/tenants/patient").await.0 == 200).then_some(())
         })
         .await;

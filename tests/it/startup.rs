@@ -1,13 +1,11 @@
 //! Starting tenantd: the embedded default from an empty directory, catalog migrations when
 //! several processes start at once, and configuration mistakes refused with exit code 2.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{cli, shared_cluster, traversable_tempdir};
+use crate::common::{cli, shared_cluster, traversable_tempdir};
 
 /// Starts `tenantd serve` in `dir` and returns the child and the API base URL from its banner.
 fn start_embedded(dir: &std::path::Path) -> (Child, String) {
@@ -121,7 +119,7 @@ async fn catalog_migrations_are_safe_when_processes_start_together() {
     }
     let again = cli(&["server", "list"], &env, None).await;
     assert_eq!(again.code, 0, "re-running the migrations is a no-op: {again:?}");
-    let client = common::connect(&cluster.admin_url(&db)).await.unwrap();
+    let client = crate::common::connect(&cluster.admin_url(&db)).await.unwrap();
     let applied: i64 =
         client.query_one("SELECT count(*) FROM tenantd.schema_history", &[]).await.unwrap().get(0);
     let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema")).unwrap().count() as i64;
@@ -193,7 +191,7 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_without_secrets() {
-    let mut app = common::spawn_app().await;
+    let mut app = crate::common::spawn_app().await;
     app.stop().await; // the CLI process provisions, and logs, by itself
     let mut env = app.cli_env();
     env.insert("TENANTD_LOG_FORMAT".into(), "json".into());
@@ -247,13 +245,13 @@ async fn json_logs_are_one_object_per_line_without_secrets() {
 }
 
 /// Runs the CLI with `RUST_LOG` from `env` (the harness forces `warn` otherwise).
-async fn cli_env_override(args: &[&str], env: &BTreeMap<String, String>) -> common::CliOutput {
+async fn cli_env_override(args: &[&str], env: &BTreeMap<String, String>) -> crate::common::CliOutput {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
     for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
         cmd.env_remove(name);
     }
     let out = cmd.args(args).envs(env).stdin(std::process::Stdio::null()).output().await.unwrap();
-    common::CliOutput {
+    crate::common::CliOutput {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -1,8 +1,6 @@
 //! SQL over HTTP against a real PostgreSQL: JSON parameters bound by type, rows rendered by
 //! type, errors with their SQLSTATE, limits, and statement lists as one transaction.
 
-mod common;
-
 use serde_json::{Map, Value, json};
 use tenantd::sqlhttp::{self, Limits, SqlError, SqlRequest, StatementResult};
 
@@ -10,9 +8,9 @@ const LIMITS: Limits = Limits { max_rows: 1000, max_result_bytes: 1 << 20 };
 
 /// A connection to a fresh database of this test's own.
 async fn database() -> tokio_postgres::Client {
-    let cluster = common::shared_cluster();
+    let cluster = crate::common::shared_cluster();
     let db = cluster.create_database("sqlh").await;
-    common::connect(&cluster.admin_url(&db)).await.expect("connection")
+    crate::common::connect(&cluster.admin_url(&db)).await.expect("connection")
 }
 
 /// A request body, parsed as the HTTP layer parses it.
@@ -436,14 +434,14 @@ async fn duplicate_column_names_get_suffixes() {
 #[tokio::test]
 async fn raw_runs_leave_transactions_to_the_caller() {
     let client = database().await;
-    let cluster = common::shared_cluster();
+    let cluster = crate::common::shared_cluster();
     run(&client, "CREATE TABLE t (id int)", json!([])).await.unwrap();
     let open = body(json!({"statements": [{"sql": "BEGIN"}, {"sql": "INSERT INTO t VALUES (1)"}]}));
     let results = sqlhttp::run_raw(&client, &open, &LIMITS).await.expect("BEGIN on a handle");
     assert_eq!(results[1].row_count, 1);
     // Uncommitted: another session sees nothing.
     let db: String = client.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
-    let other = common::connect(&cluster.admin_url(&db)).await.unwrap();
+    let other = crate::common::connect(&cluster.admin_url(&db)).await.unwrap();
     let seen = only_row(&other, "SELECT count(*) AS n FROM t", json!([])).await;
     assert_eq!(seen["n"], "0");
     let rollback = body(json!({"sql": "ROLLBACK"}));

@@ -1,18 +1,21 @@
 //! Queries on `tenantd.tenants`: creation, listing, claiming work with a lease, and the
 //! lease-guarded state writes of workers.
 //!
-//! Every write a worker makes is `... WHERE id = $1 AND lease_owner = $2 AND lease_until > now()`: zero rows means
-//! another process now holds the tenant, and the worker stops ([`CatalogError::LeaseLost`]).
+//! Every write a lease holder makes is guarded by the one lease predicate, `held!()`: zero
+//! rows means another process now holds the tenant, and the worker stops
+//! ([`CatalogError::LeaseLost`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::events::EventKind;
 use super::{Catalog, CatalogError};
+
+mod leased;
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -386,132 +389,6 @@ impl Catalog {
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
     }
 
-    /// Runs a lease-guarded write; zero rows is [`CatalogError::LeaseLost`].
-    pub(crate) async fn leased_write(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<(), CatalogError> {
-        self.leased(sql, params).await
-    }
-
-    /// Runs a lease-guarded update; zero rows is [`CatalogError::LeaseLost`].
-    async fn leased(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), CatalogError> {
-        let n = self.execute(sql, params).await?;
-        if n == 0 { Err(CatalogError::LeaseLost) } else { Ok(()) }
-    }
-
-    /// Extends our lease.
-    pub async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> Result<(), CatalogError> {
-        self.leased(
-            "UPDATE tenantd.tenants SET lease_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
-            &[&id, &owner, &secs(lease)],
-        )
-        .await
-    }
-
-    /// Gives the tenant back (shutdown): another process may claim it at once.
-    pub async fn release_lease(&self, id: Uuid, owner: &str) -> Result<(), CatalogError> {
-        self.leased(
-            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
-            &[&id, &owner],
-        )
-        .await
-    }
-
-    /// Appends a step event, only while we hold the lease (zero rows: lease lost).
-    pub async fn leased_event(
-        &self,
-        id: Uuid,
-        owner: &str,
-        kind: &str,
-        detail: &serde_json::Value,
-    ) -> Result<(), CatalogError> {
-        self.leased(
-            "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-             SELECT id, $3, $4, $2 FROM tenantd.tenants WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
-            &[&id, &owner, &kind, detail],
-        )
-        .await
-    }
-
-    /// Sets the status and appends its event in one statement, under the lease.
-    pub async fn set_status(
-        &self,
-        id: Uuid,
-        owner: &str,
-        status: TenantStatus,
-        kind: &str,
-        detail: &serde_json::Value,
-    ) -> Result<(), CatalogError> {
-        self.leased(
-            "WITH moved AS (UPDATE tenantd.tenants SET status = $3 WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM moved",
-            &[&id, &owner, &status.as_str(), &kind, detail],
-        )
-        .await
-    }
-
-    /// READY: records the schema version, clears errors and attempts, releases the lease, and
-    /// appends the `ready` event, in one statement.
-    pub async fn mark_ready(
-        &self,
-        id: Uuid,
-        owner: &str,
-        schema_version: i32,
-        detail: &serde_json::Value,
-    ) -> Result<(), CatalogError> {
-        self.leased(
-            "WITH ready AS (UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
-               last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, 'ready', $4, $2 FROM ready",
-            &[&id, &owner, &schema_version, detail],
-        )
-        .await
-    }
-
-    /// A failed attempt: counts it, schedules the next one (or ERROR), releases the lease and
-    /// appends its event — one statement, so the failure and its record cannot part.
-    pub async fn record_failure(
-        &self,
-        id: Uuid,
-        owner: &str,
-        error: &str,
-        retry_in: Option<Duration>,
-        event: (&str, &serde_json::Value),
-    ) -> Result<(), CatalogError> {
-        let delay = retry_in.map(secs);
-        self.leased(
-            "WITH failed AS (UPDATE tenantd.tenants SET attempts = attempts + 1, last_error = $3, \
-               status = CASE WHEN $4::float8 IS NULL THEN 'ERROR' ELSE status END, \
-               next_attempt_at = now() + make_interval(secs => coalesce($4, 0)), \
-               lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $5, $6, $2 FROM failed",
-            &[&id, &owner, &error, &delay, &event.0, event.1],
-        )
-        .await
-    }
-
-    /// Waiting without failing (no eligible server): the reason is visible, attempts are not
-    /// counted, the lease is released.
-    pub async fn record_wait(
-        &self,
-        id: Uuid,
-        owner: &str,
-        reason: &str,
-        retry_in: Duration,
-    ) -> Result<(), CatalogError> {
-        self.leased(
-            "UPDATE tenantd.tenants SET last_error = $3, next_attempt_at = now() + make_interval(secs => $4), \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
-            &[&id, &owner, &reason, &secs(retry_in)],
-        )
-        .await
-    }
-
     /// Starts a tenant in ERROR (or waiting in PENDING) again from where the world is.
     /// Returns false when the tenant is in a state that cannot be retried.
     pub async fn retry_tenant(&self, slug: &str) -> Result<bool, CatalogError> {
@@ -550,30 +427,14 @@ impl Catalog {
                    AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $4) \
                    RETURNING *), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-                   SELECT id, 'delete.requested', jsonb_build_object('archive_dir', $2::text), $3 FROM asked) \
+                   SELECT id, $5, jsonb_build_object('archive_dir', $2::text), $3 FROM asked) \
                  SELECT {COLUMNS} FROM asked"
             )
         });
-        let row = self.query_opt(sql, &[&slug, &archive_dir, &actor, &holder]).await?;
+        let row = self
+            .query_opt(sql, &[&slug, &archive_dir, &actor, &holder, &EventKind::DeleteRequested.as_str()])
+            .await?;
         Ok(row.as_ref().map(from_row))
-    }
-
-    /// DELETED: the token stops working, the slug and names are free again, lease released,
-    /// event appended — one statement.
-    pub async fn mark_deleted(
-        &self,
-        id: Uuid,
-        owner: &str,
-        detail: &serde_json::Value,
-    ) -> Result<(), CatalogError> {
-        self.leased(
-            "WITH gone AS (UPDATE tenantd.tenants SET status = 'DELETED', deleted_at = now(), token_hash = NULL, \
-               last_error = NULL, lease_owner = NULL, lease_until = NULL \
-               WHERE id = $1 AND lease_owner = $2 AND lease_until > now() RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, 'deleted', $3, $2 FROM gone",
-            &[&id, &owner, detail],
-        )
-        .await
     }
 
     /// Makes waiting, unplaced tenants due now (a server was added or became eligible).
@@ -584,89 +445,5 @@ impl Catalog {
             &[],
         )
         .await
-    }
-}
-
-/// Advisory lock key serialising placement decisions across processes ("tenantd" + 2).
-const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
-
-impl Catalog {
-    /// Places a tenant: in one transaction under a catalog-wide advisory lock, reads the load of
-    /// every server, lets `choose` decide, and persists the placement (status CREATING).
-    /// Two processes placing at once therefore never overfill a server.
-    /// Returns `Ok(Err(reason))` when `choose` finds nothing eligible.
-    pub async fn place_tenant<F>(
-        &self,
-        id: Uuid,
-        owner: &str,
-        choose: F,
-    ) -> Result<Result<Placement, String>, CatalogError>
-    where
-        F: FnOnce(&[crate::placement::ServerLoad]) -> Result<Placement, String>,
-    {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
-        let rows = tx
-            .query(
-                "SELECT s.name, s.status, s.health, s.weight, s.max_tenants, s.region, \
-                 (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
-                 FROM tenantd.servers s ORDER BY s.name",
-                &[],
-            )
-            .await?;
-        let servers: Vec<crate::placement::ServerLoad> = rows
-            .iter()
-            .map(|r| crate::placement::ServerLoad {
-                name: r.get(0),
-                status: r.get(1),
-                health: r.get(2),
-                weight: r.get(3),
-                max_tenants: r.get(4),
-                region: r.get(5),
-                tenants: r.get(6),
-            })
-            .collect();
-        let placement = match choose(&servers) {
-            Ok(p) => p,
-            Err(reason) => return Ok(Err(reason)),
-        };
-        let n = tx
-            .execute(
-                "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                 role_password_sealed = $6, status = 'CREATING', last_error = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND lease_until > now()",
-                &[
-                    &id,
-                    &owner,
-                    &placement.server,
-                    &placement.database_name,
-                    &placement.role_name,
-                    &placement.role_password_sealed,
-                ],
-            )
-            .await;
-        match n {
-            Ok(0) => return Err(CatalogError::LeaseLost),
-            Ok(_) => {
-                let detail = serde_json::json!({
-                    "server": placement.server, "database": placement.database_name, "role": placement.role_name,
-                });
-                tx.execute(
-                    "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, 'step.placed', $2, $3)",
-                    &[&id, &detail, &owner],
-                )
-                .await?;
-            }
-            Err(e) if CatalogError::is_unique_violation(&e) => {
-                return Err(CatalogError::Conflict(format!(
-                    "database or role name {:?} is already used by another tenant",
-                    placement.database_name
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tx.commit().await?;
-        Ok(Ok(placement))
     }
 }

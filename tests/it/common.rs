@@ -1,13 +1,13 @@
 //! Test harness: real PostgreSQL clusters and in-process daemons.
 //!
-//! One throwaway cluster per test binary ([`shared_cluster`]), started from the local binaries
+//! One throwaway cluster for the whole test run ([`shared_cluster`]): every area is a module
+//! of this one test binary, so it links once and starts one cluster, started from the local binaries
 //! (as the `postgres` OS user when the tests run as root) and removed when the test process
 //! exits, however it exits. Every test gets its own catalog database and its own name prefix,
 //! so tests run in parallel on one cluster without seeing each other. Tests that need a second
 //! server start their own cluster with [`TestCluster::start`]; it stops when dropped.
 //!
 //! Missing PostgreSQL binaries fail loudly with the install hint: no test is ever skipped.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -197,7 +197,7 @@ type Configure = Box<dyn FnOnce(&mut Settings)>;
 pub struct AppBuilder {
     register_server: Option<String>,
     configure: Vec<Configure>,
-    faults: Option<tenantd::provisioner::FaultHook>,
+    faults: Option<tenantd::steps::FaultHook>,
     migrations: Option<tenantd::tenant_migrations::MigrationSet>,
     catalog: Option<(String, String)>,
 }
@@ -216,7 +216,7 @@ impl AppBuilder {
     }
 
     /// Inject faults into provisioning steps.
-    pub fn faults(mut self, hook: tenantd::provisioner::FaultHook) -> Self {
+    pub fn faults(mut self, hook: tenantd::steps::FaultHook) -> Self {
         self.faults = Some(hook);
         self
     }
@@ -269,7 +269,7 @@ impl AppBuilder {
         }
         let master_key = settings.master_key.clone().unwrap();
         let admin_token = settings.admin_token.clone().unwrap();
-        let extras = tenantd::startup::Extras { faults: self.faults, migrations: self.migrations };
+        let extras = tenantd::startup::Extras { fault_injection: self.faults, migrations: self.migrations };
         let daemon = Daemon::start_with(settings.clone(), extras)
             .await
             .unwrap_or_else(|e| panic!("daemon start: {e}"));

@@ -2,17 +2,15 @@
 //! each observed the way an operator would: files on disk, databases and roles on the
 //! server, connections that work or are refused, and the catalog's status and events.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TestApp, app, shared_cluster, wait_for};
+use crate::common::{TestApp, app, shared_cluster, wait_for};
 use serde_json::{Value, json};
 use tenantd::driver::{Driver, RestoreRequest};
-use tenantd::provisioner::{Fault, FaultHook, Phase, Step};
+use tenantd::steps::{Fault, FaultHook, Phase, Step};
 
 /// Sample data written through the tenant's own role (the embedded sample migrations).
 const SEED: &str = "INSERT INTO customers (email, name) VALUES ('ada@example.com', 'Ada'), ('bob@example.com', 'Bob'); \
@@ -38,7 +36,7 @@ async fn ready_tenant(app: &TestApp, slug: &str) -> Value {
 async fn tenant_client(app: &TestApp, slug: &str) -> tokio_postgres::Client {
     let (status, details) = app.get(&format!("/v1/tenants/{slug}/connection")).await;
     assert_eq!(status, 200, "{details}");
-    common::connect(details["url"].as_str().unwrap()).await.expect("tenant connection")
+    crate::common::connect(details["url"].as_str().unwrap()).await.expect("tenant connection")
 }
 
 async fn snapshot(client: &tokio_postgres::Client) -> String {
@@ -401,7 +399,10 @@ async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart(
     assert_eq!(out.code, 0, "{out:?}");
 
     // Restore: the process "dies" right after pg_restore committed, before READY.
-    let daemon = first.daemon.as_ref().unwrap().app().clone();
+    let core = tenantd::core::Core::open(first.settings.clone(), "cli:test-restore".into())
+        .await
+        .unwrap()
+        .with_fault_injection(crash_once("phoenix", Step::Migrate, Phase::After));
     let req = RestoreRequest {
         slug: "phoenix".into(),
         input: file.clone(),
@@ -410,11 +411,7 @@ async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart(
         replace_archive: None,
         timeout: Duration::from_secs(60),
     };
-    let crashed = Driver::new(&daemon.catalog, &daemon.keyring, &daemon.settings, "test-restore".into())
-        .with_faults(crash_once("phoenix", Step::Migrate, Phase::After))
-        .restore(&req)
-        .await
-        .unwrap();
+    let crashed = Driver::new(&core).restore(&req).await.unwrap();
     assert_eq!(crashed.tenant.status.as_str(), "MIGRATING", "stopped midway");
     // No daemon touches a restore: it waits for the command that has the file.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -437,7 +434,7 @@ async fn a_crash_in_the_middle_of_restore_and_of_drop_is_recovered_by_a_restart(
     .await;
     first.stop().await;
     let after_crash = {
-        let c = common::connect(&first.catalog_url).await.unwrap();
+        let c = crate::common::connect(&first.catalog_url).await.unwrap();
         c.query_one("SELECT status FROM tenantd.tenants WHERE slug = 'doomed'", &[])
             .await
             .unwrap()
@@ -531,12 +528,12 @@ async fn daily_backups_run_once_across_daemons_and_keep_exactly_the_configured_f
     env.insert("TENANTD_BACKUPS_DIR".into(), backups.path().display().to_string());
     env.insert("TENANTD_BACKUPS_KEEP_DAILY".into(), "3".into());
     env.insert("TENANTD_BACKUPS_KEEP_WEEKLY".into(), "4".into());
-    let out = common::cli(&["backup", "list", "kept"], &env, None).await;
+    let out = crate::common::cli(&["backup", "list", "kept"], &env, None).await;
     assert_eq!(out.code, 0, "{out:?}");
     let listed: Vec<&str> = out.stdout.lines().skip(1).collect();
     assert_eq!(listed.len(), 4, "{}", out.stdout);
     assert!(listed[0].contains(&today) && listed[3].contains("kept-20200112"), "{}", out.stdout);
-    let out = common::cli(&["backup", "list", "kept"], &first.cli_env(), None).await;
+    let out = crate::common::cli(&["backup", "list", "kept"], &first.cli_env(), None).await;
     assert_eq!(out.code, 2, "no backups.dir: {out:?}");
     // One recorder per process: both daemons of this test report the same counters.
     let (_, metrics) = second.get("/metrics").await;

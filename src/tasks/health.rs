@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::startup::App;
+use crate::app::App;
 
 /// Runs one round of checks now, logging (not returning) a catalog failure.
 pub async fn check_now(app: &App) {

@@ -12,26 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Deserialize;
 use tokio::sync::{Notify, broadcast};
 use tokio_postgres::AsyncMessage;
 
-use crate::catalog::CHANNEL;
-use crate::startup::App;
-
-/// One notification from the catalog.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Change {
-    /// `tenants` or `servers`.
-    pub table: String,
-    /// `INSERT` or `UPDATE`.
-    pub op: String,
-    /// Tenant slug or server name.
-    pub key: String,
-    /// The row's new status.
-    #[serde(default)]
-    pub status: Option<String>,
-}
+use crate::app::App;
+use crate::catalog::{CHANNEL, Change};
 
 /// Starts the watcher on the daemon's tracker.
 pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change>) {

@@ -1,13 +1,11 @@
 //! Lending: SQL over HTTP, handles, connection details and tokens — bounded, clean between
 //! borrowers, and confined to each tenant's own database.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestApp, app, shared_cluster, spawn_app};
+use crate::common::{TestApp, app, shared_cluster, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -123,7 +121,7 @@ async fn tenants_cannot_reach_each_other() {
     // With its own credentials, alpha's role cannot even connect to beta's database.
     let (_, a) = app.request_as(Method::GET, "/v1/tenants/alpha/connection", None, Some(&alpha)).await;
     let (_, b) = app.request_as(Method::GET, "/v1/tenants/beta/connection", None, Some(&beta)).await;
-    let own = common::connect(a["url"].as_str().unwrap()).await.expect("own database");
+    let own = crate::common::connect(a["url"].as_str().unwrap()).await.expect("own database");
     let n: i32 = own.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
     let cross = shared_cluster().url(
@@ -131,11 +129,11 @@ async fn tenants_cannot_reach_each_other() {
         a["password"].as_str().unwrap(),
         b["dbname"].as_str().unwrap(),
     );
-    let refused = common::connect(&cross).await.unwrap_err();
+    let refused = crate::common::connect(&cross).await.unwrap_err();
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
     let maintenance =
         shared_cluster().url(a["user"].as_str().unwrap(), a["password"].as_str().unwrap(), "postgres");
-    let refused = common::connect(&maintenance).await.unwrap_err();
+    let refused = crate::common::connect(&maintenance).await.unwrap_err();
     assert_eq!(
         refused.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
@@ -349,7 +347,7 @@ async fn idle_pools_are_closed() {
     let daemon = app.daemon.as_ref().unwrap().app().clone();
     assert!(daemon.pools.tenant_status("sleepy").is_some_and(|s| s.size >= 1));
     let role = format!("{}sleepy", app.settings.names.prefix);
-    common::wait_for("idle pool closed", Duration::from_secs(10), || async {
+    crate::common::wait_for("idle pool closed", Duration::from_secs(10), || async {
         let su = shared_cluster().superuser("postgres").await;
         let n: i64 = su
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
@@ -381,7 +379,7 @@ async fn handles_expire_count_and_are_limited() {
     }
     let handle = first["handle"].as_str().unwrap().to_owned();
     // Once the unused handle expires it no longer counts (polling it would keep it alive).
-    common::wait_for("handle expired", Duration::from_secs(10), || async {
+    crate::common::wait_for("handle expired", Duration::from_secs(10), || async {
         let (status, _) = open(json!({})).await;
         (status == 201).then_some(())
     })
@@ -439,7 +437,7 @@ async fn lending_answers_clearly_for_tenants_that_are_not_ready() {
         .execute("UPDATE tenantd.tenants SET status = 'SUSPENDED' WHERE slug = 'unplaced'", &[])
         .await
         .unwrap();
-    let locked = common::wait_for("suspension seen", Duration::from_secs(5), || async {
+    let locked = crate::common::wait_for("suspension seen", Duration::from_secs(5), || async {
         let (status, body) = sql_as(&app, token, "unplaced", json!({ "sql": "SELECT 1" })).await;
         (status == 423).then_some(body)
     })

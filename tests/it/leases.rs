@@ -2,17 +2,15 @@
 //! worker's belief, decides who may touch a tenant. (Own test binary: it reads a
 //! process-wide metric.)
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{app, shared_cluster};
+use crate::common::{app, shared_cluster};
 use serde_json::json;
-use tenantd::provisioner::{Fault, FaultHook, Phase, Step};
+use tenantd::steps::{Fault, FaultHook, Phase, Step};
 
-async fn leases_lost(app: &common::TestApp) -> u64 {
+async fn leases_lost(app: &crate::common::TestApp) -> u64 {
     let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find(|l| l.starts_with("tenantd_leases_lost_total"))
@@ -49,7 +47,7 @@ async fn a_worker_that_loses_its_lease_does_no_more_ddl() {
         )
         .await
         .unwrap();
-    common::wait_for("the worker notices", Duration::from_secs(10), || async {
+    crate::common::wait_for("the worker notices", Duration::from_secs(10), || async {
         (leases_lost(&app).await >= 1).then_some(())
     })
     .await;

@@ -1,9 +1,7 @@
 //! Registering and managing database servers, over HTTP and the CLI, and the API's guard
 //! rails: tokens, malformed input, limits, JSON errors everywhere.
 
-mod common;
-
-use common::{app, shared_cluster, spawn_app};
+use crate::common::{app, shared_cluster, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -124,7 +122,7 @@ fn common_free_port() -> u16 {
 async fn a_role_without_createdb_is_refused_naming_what_is_missing() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
-    let role = format!("weak_{}", common::random_suffix());
+    let role = format!("weak_{}", crate::common::random_suffix());
     cluster
         .superuser("postgres")
         .await
@@ -243,13 +241,13 @@ async fn servers_over_the_cli() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
     // Password kept out of the URL: read from stdin-less env variable.
-    let url = format!("postgres://{}@127.0.0.1:{}/postgres", common::ADMIN_ROLE, cluster.port);
+    let url = format!("postgres://{}@127.0.0.1:{}/postgres", crate::common::ADMIN_ROLE, cluster.port);
     let mut env = app.cli_env();
     env.insert(
         "TENANTD_SERVER_PASSWORD".into(),
         secrecy::ExposeSecret::expose_secret(&cluster.admin_password).to_owned(),
     );
-    let added = common::cli(
+    let added = crate::common::cli(
         &["server", "add", "db-a", "--url", &url, "--weight", "5", "--max-tenants", "50"],
         &env,
         None,
@@ -260,13 +258,14 @@ async fn servers_over_the_cli() {
     assert!(!added.stderr.contains("warning"), "postgres is locked down on test clusters: {}", added.stderr);
 
     // A maintenance database that PUBLIC may connect to earns a warning with the fix.
-    let open_db = format!("postgres://{}@127.0.0.1:{}/{}", common::ADMIN_ROLE, cluster.port, app.catalog_db);
-    let warned = common::cli(&["server", "add", "db-b", "--url", &open_db], &env, None).await;
+    let open_db =
+        format!("postgres://{}@127.0.0.1:{}/{}", crate::common::ADMIN_ROLE, cluster.port, app.catalog_db);
+    let warned = crate::common::cli(&["server", "add", "db-b", "--url", &open_db], &env, None).await;
     assert_eq!(warned.code, 0, "{warned:?}");
     assert!(warned.stderr.contains("warning: PUBLIC may connect"), "{}", warned.stderr);
     assert!(warned.stderr.contains("REVOKE CONNECT ON DATABASE"), "{}", warned.stderr);
 
-    let dup = common::cli(&["server", "add", "db-a", "--url", &url], &env, None).await;
+    let dup = crate::common::cli(&["server", "add", "db-a", "--url", &url], &env, None).await;
     assert_eq!(dup.code, 1);
     assert!(dup.stderr.contains("already exists"), "{}", dup.stderr);
 
@@ -302,12 +301,12 @@ async fn master_key_rotation_reseals_every_server_password() {
     let catalog = app.catalog().await;
     let before: String =
         catalog.query_one("SELECT admin_password_sealed FROM tenantd.servers", &[]).await.unwrap().get(0);
-    let without_old = common::cli(&["server", "rotate-key"], &env, None).await;
+    let without_old = crate::common::cli(&["server", "rotate-key"], &env, None).await;
     assert_eq!(without_old.code, 1, "{without_old:?}");
     assert!(without_old.stderr.contains("TENANTD_OLD_MASTER_KEYS"), "{}", without_old.stderr);
 
     env.insert("TENANTD_OLD_MASTER_KEYS".into(), old_key);
-    let rotated = common::cli(&["server", "rotate-key"], &env, None).await;
+    let rotated = crate::common::cli(&["server", "rotate-key"], &env, None).await;
     assert_eq!(rotated.code, 0, "{rotated:?}");
     assert!(rotated.stdout.contains("re-sealed 1 server password"), "{}", rotated.stdout);
     let after: String =

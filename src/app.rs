@@ -1,0 +1,69 @@
+//! [`App`]: the state of a running daemon, shared by every HTTP handler and background task.
+//!
+//! It is the process's [`Core`] plus what only a daemon has: the admin token, shutdown, the
+//! catalog change channel and worker wake-up, the tenant resolver, the tenant pools and the
+//! open connection handles. It derefs to [`Core`], so `app.catalog` is the core's catalog.
+//! Assembling an `App` and starting its tasks is `startup`'s job; this module only holds it.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::sync::{Notify, broadcast};
+
+use crate::catalog::Change;
+use crate::core::Core;
+use crate::handles::Handles;
+use crate::pools::Pools;
+use crate::resolver::Resolver;
+use crate::shutdown::Shutdown;
+
+/// State shared by every handler and background task of one daemon.
+pub struct App {
+    /// Settings, catalog, keys, admin pools, migrations, identity.
+    pub core: Core,
+    /// Admin bearer token.
+    pub admin_token: SecretString,
+    /// Shutdown of this daemon.
+    pub shutdown: Shutdown,
+    /// Wakes the workers (catalog notifications).
+    pub wake: Arc<Notify>,
+    /// Catalog changes, for requests that wait on a tenant.
+    pub changes: broadcast::Sender<Change>,
+    /// Cached tenant and server lookups.
+    pub resolver: Resolver,
+    /// Tenant connection pools.
+    pub pools: Pools,
+    /// Open connection handles.
+    pub handles: Arc<Handles>,
+}
+
+impl App {
+    /// A daemon's state around `core`; nothing runs until `startup` starts the tasks.
+    pub fn new(core: Core, admin_token: SecretString) -> App {
+        let pools = Pools::new(core.settings.pools.clone());
+        App {
+            core,
+            admin_token,
+            shutdown: Shutdown::new(),
+            wake: Arc::new(Notify::new()),
+            changes: broadcast::channel(1024).0,
+            resolver: Resolver::default(),
+            pools,
+            handles: Arc::new(Handles::default()),
+        }
+    }
+}
+
+impl std::ops::Deref for App {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("instance", &self.core.instance).finish_non_exhaustive()
+    }
+}

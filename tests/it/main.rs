@@ -1,0 +1,15 @@
+//! The integration tests: one binary (linked once), one module per area, one shared
+//! PostgreSQL cluster for the run (see [`common`]). Tests that need a second server, or one
+//! they can stop, start their own cluster.
+#![allow(dead_code)]
+
+mod common;
+
+mod leases;
+mod lending;
+mod lifecycle;
+mod provisioning;
+mod servers;
+mod sqlhttp;
+mod startup;
+mod upgrade;
