@@ -3,7 +3,7 @@
 //! Settings, the catalog (schema applied), the master keys, pooled admin connections to the
 //! servers, the tenant migrations of this build and this process's identity. Domain
 //! operations (provisioning, lifecycle, upgrades, backups, the CLI driver) take `&Core` plus
-//! their own parameters; the daemon wraps it in [`crate::app::App`] with its runtime parts.
+//! their own parameters; the daemon wraps it in its `App` with its runtime parts.
 
 use crate::admin::AdminPools;
 use crate::catalog::{Catalog, CatalogError};

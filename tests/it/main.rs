@@ -5,6 +5,7 @@
 
 mod common;
 
+mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
