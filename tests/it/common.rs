@@ -467,3 +467,64 @@ pub fn traversable_tempdir() -> tempfile::TempDir {
 pub fn path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// A daemon running as a separate `tenantd serve` process on a test's catalog, so that a test
+/// can kill it for real (SIGKILL: no shutdown code runs, leases are left to expire).
+pub struct ProcessDaemon {
+    child: Option<tokio::process::Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl ProcessDaemon {
+    /// Starts `tenantd serve` on `app`'s catalog (same keys, token and prefix) with extra
+    /// `TENANTD_*` settings, and waits until it answers `/healthz`.
+    pub async fn start(app: &TestApp, extra: &[(&str, &str)]) -> ProcessDaemon {
+        let port = tenantd::pgcluster::free_port().expect("free port");
+        let mut env = app.cli_env();
+        env.insert("TENANTD_ADMIN_TOKEN".into(), app.admin_token.clone());
+        env.insert("TENANTD_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TENANTD_WORKERS_POLL_INTERVAL".into(), "500ms".into());
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
+            cmd.env_remove(name);
+        }
+        cmd.arg("serve")
+            .envs(&env)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start tenantd serve");
+        let daemon = ProcessDaemon { child: Some(child), base: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let url = format!("{}/healthz", daemon.base);
+        wait_for("the daemon process to answer /healthz", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        daemon
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("SIGKILL the daemon");
+            child.wait().await.expect("daemon exit");
+        }
+    }
+}
+
+impl Drop for ProcessDaemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Err(e) = child.start_kill()
+        {
+            eprintln!("cannot kill the daemon process: {e}");
+        }
+    }
+}

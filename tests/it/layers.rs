@@ -12,16 +12,38 @@ const LAYERS: &[(usize, &[&str])] = &[
     (
         4,
         &[
-            "provisioner", "lifecycle", "driver", "upgrade", "backups", "dumps", "tenants", "servers", "pools",
-            "handles", "sqlhttp", "resolver",
+            "provisioner",
+            "lifecycle",
+            "driver",
+            "upgrade",
+            "backups",
+            "dumps",
+            "tenants",
+            "servers",
+            "pools",
+            "handles",
+            "sqlhttp",
+            "resolver",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),
     (
         6,
         &[
-            "catalog", "tenant_sql", "admin", "crypto", "names", "config", "steps", "placement",
-            "tenant_migrations", "embedded", "pg", "pgcluster", "shutdown", "telemetry",
+            "catalog",
+            "tenant_sql",
+            "admin",
+            "crypto",
+            "names",
+            "config",
+            "steps",
+            "placement",
+            "tenant_migrations",
+            "embedded",
+            "pg",
+            "pgcluster",
+            "shutdown",
+            "telemetry",
         ],
     ),
 ];
@@ -79,7 +101,11 @@ fn every_module_uses_only_its_layer_and_those_below() {
     for (module, used) in imports() {
         for other in &used {
             if layer_of(other) < layer_of(&module) {
-                wrong.push(format!("{module} (layer {}) uses {other} (layer {})", layer_of(&module), layer_of(other)));
+                wrong.push(format!(
+                    "{module} (layer {}) uses {other} (layer {})",
+                    layer_of(&module),
+                    layer_of(other)
+                ));
             }
         }
     }
