@@ -7,15 +7,22 @@
 
 use serde::Serialize;
 
+use crate::catalog::servers::{ServerHealth, ServerStatus};
+
+/// No server can take the tenant now; the message says why for each candidate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no eligible server: {0}")]
+pub struct NoEligibleServer(pub String);
+
 /// A server as placement sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerLoad {
     /// Name.
     pub name: String,
     /// `active`, `draining`, `maintenance`.
-    pub status: String,
+    pub status: ServerStatus,
     /// `unknown`, `healthy`, `unhealthy`.
-    pub health: String,
+    pub health: ServerHealth,
     /// Share of new tenants.
     pub weight: i32,
     /// Capacity.
@@ -28,11 +35,11 @@ pub struct ServerLoad {
 
 impl ServerLoad {
     fn ineligibility(&self) -> Option<String> {
-        if self.status != "active" {
-            return Some(self.status.clone());
+        if self.status != ServerStatus::Active {
+            return Some(self.status.to_string());
         }
-        if self.health != "healthy" {
-            return Some(self.health.clone());
+        if self.health != ServerHealth::Healthy {
+            return Some(self.health.to_string());
         }
         match self.max_tenants {
             Some(max) if self.tenants >= i64::from(max) => Some(format!("full ({}/{max})", self.tenants)),
@@ -42,20 +49,22 @@ impl ServerLoad {
 }
 
 /// Picks a server, or explains why none fits.
-pub fn choose(servers: &[ServerLoad], server: Option<&str>, region: Option<&str>) -> Result<String, String> {
+pub fn choose(
+    servers: &[ServerLoad],
+    server: Option<&str>,
+    region: Option<&str>,
+) -> Result<String, NoEligibleServer> {
     let candidates: Vec<&ServerLoad> = servers
         .iter()
         .filter(|s| server.is_none_or(|want| s.name == want))
         .filter(|s| region.is_none_or(|want| s.region.as_deref() == Some(want)))
         .collect();
     if candidates.is_empty() {
-        return Err(match (server, region) {
-            (Some(name), _) => {
-                format!("no eligible server: server {name:?} is not registered{}", in_region(region))
-            }
-            (None, Some(r)) => format!("no eligible server: no server in region {r:?}"),
-            (None, None) => "no eligible server: no servers registered (tenantd server add)".to_owned(),
-        });
+        return Err(NoEligibleServer(match (server, region) {
+            (Some(name), _) => format!("server {name:?} is not registered{}", in_region(region)),
+            (None, Some(r)) => format!("no server in region {r:?}"),
+            (None, None) => "no servers registered (tenantd server add)".to_owned(),
+        }));
     }
     let best = candidates.iter().filter(|s| s.ineligibility().is_none()).min_by(|a, b| {
         let load = |s: &ServerLoad| s.tenants as f64 / f64::from(s.weight.max(1));
@@ -68,7 +77,7 @@ pub fn choose(servers: &[ServerLoad], server: Option<&str>, region: Option<&str>
                 .iter()
                 .filter_map(|s| s.ineligibility().map(|why| format!("{} is {why}", s.name)))
                 .collect();
-            Err(format!("no eligible server: {}", reasons.join(", ")))
+            Err(NoEligibleServer(reasons.join(", ")))
         }
     }
 }
@@ -84,8 +93,8 @@ mod tests {
     fn s(name: &str, weight: i32, tenants: i64) -> ServerLoad {
         ServerLoad {
             name: name.into(),
-            status: "active".into(),
-            health: "healthy".into(),
+            status: ServerStatus::Active,
+            health: ServerHealth::Healthy,
             weight,
             max_tenants: None,
             region: None,
@@ -113,16 +122,16 @@ mod tests {
     #[test]
     fn ineligible_servers_are_skipped_with_reasons() {
         let mut draining = s("a", 1, 0);
-        draining.status = "draining".into();
+        draining.status = ServerStatus::Draining;
         let mut sick = s("b", 1, 0);
-        sick.health = "unhealthy".into();
+        sick.health = ServerHealth::Unhealthy;
         let mut full = s("c", 1, 2);
         full.max_tenants = Some(2);
         let mut maint = s("d", 1, 0);
-        maint.status = "maintenance".into();
+        maint.status = ServerStatus::Maintenance;
         let servers = vec![draining, sick, full, maint, s("e", 1, 100)];
         assert_eq!(choose(&servers, None, None).unwrap(), "e");
-        let why = choose(&servers[..4], None, None).unwrap_err();
+        let why = choose(&servers[..4], None, None).unwrap_err().to_string();
         assert!(why.contains("a is draining") && why.contains("b is unhealthy"), "{why}");
         assert!(why.contains("c is full (2/2)") && why.contains("d is maintenance"), "{why}");
     }
@@ -134,8 +143,8 @@ mod tests {
         let servers = vec![eu, s("us1", 1, 0)];
         assert_eq!(choose(&servers, Some("eu1"), None).unwrap(), "eu1");
         assert_eq!(choose(&servers, None, Some("eu")).unwrap(), "eu1");
-        assert!(choose(&servers, None, Some("ap")).unwrap_err().contains("region \"ap\""));
-        assert!(choose(&servers, Some("nope"), None).unwrap_err().contains("not registered"));
-        assert!(choose(&[], None, None).unwrap_err().contains("no servers registered"));
+        assert!(choose(&servers, None, Some("ap")).unwrap_err().to_string().contains("region \"ap\""));
+        assert!(choose(&servers, Some("nope"), None).unwrap_err().to_string().contains("not registered"));
+        assert!(choose(&[], None, None).unwrap_err().to_string().contains("no servers registered"));
     }
 }

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminError, AdminTarget};
-use crate::catalog::servers::{NewServer, ServerRecord};
+use crate::catalog::servers::{NewServer, ServerHealth, ServerRecord};
 use crate::catalog::{Catalog, CatalogError};
 use crate::crypto::{Keyring, server_aad};
 use crate::names::{NameError, ServerName};
@@ -172,12 +172,23 @@ pub async fn add(catalog: &Catalog, keyring: &Keyring, req: &AddServer) -> Resul
     Ok(Added { server, warnings: verified.warnings })
 }
 
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The admin password cannot be opened, or no connection could be made.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Connected, but `SELECT 1` failed.
+    #[error("{}", crate::pg::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+}
+
 /// Checks one server: connects as admin and runs `SELECT 1`; returns the latency in ms.
-pub async fn check_health(server: &ServerRecord, keyring: &Keyring) -> Result<f64, String> {
-    let target = AdminTarget::from_record(server, keyring).map_err(|e| e.to_string())?;
+pub async fn check_health(server: &ServerRecord, keyring: &Keyring) -> Result<f64, HealthError> {
+    let target = AdminTarget::from_record(server, keyring)?;
     let started = Instant::now();
-    let client = target.connect(None).await.map_err(|e| e.to_string())?;
-    client.simple_query("SELECT 1").await.map_err(|e| crate::pg::describe(&e))?;
+    let client = target.connect(None).await?;
+    client.simple_query("SELECT 1").await?;
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -189,7 +200,7 @@ pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), Catal
         let healthy = result.is_ok();
         if let Err(error) = &result {
             tracing::warn!(server = %server.name, %error, "server health check failed");
-        } else if server.health != "healthy" {
+        } else if server.health != ServerHealth::Healthy {
             tracing::info!(server = %server.name, "server is healthy");
         }
         metrics::gauge!("tenantd_server_healthy", "server" => server.name.clone())
@@ -197,7 +208,8 @@ pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), Catal
         if let Ok(ms) = &result {
             metrics::gauge!("tenantd_server_latency_ms", "server" => server.name.clone()).set(*ms);
         }
-        catalog.record_server_health(&server.name, result).await?;
+        let result = result.map_err(|e| e.to_string());
+        catalog.record_server_health(&server.name, result.as_ref().copied().map_err(String::as_str)).await?;
     }
     Ok(())
 }

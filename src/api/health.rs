@@ -58,7 +58,7 @@ pub async fn readyz(
             Ok(ms) => json!({ "name": s.name, "status": s.status, "healthy": true, "latency_ms": ms, "tenants": s.tenants }),
             Err(error) => {
                 all_ok = false;
-                json!({ "name": s.name, "status": s.status, "healthy": false, "error": error, "tenants": s.tenants })
+                json!({ "name": s.name, "status": s.status, "healthy": false, "error": error.to_string(), "tenants": s.tenants })
             }
         })
         .collect();

@@ -1,5 +1,6 @@
 //! `/v1/migrations` (admin): upgrade runs for automation.
 
+use crate::catalog::upgrades::ResultKind;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -57,7 +58,7 @@ pub async fn start(
         max_failures: req.max_failures,
         dry_run: req.dry_run,
     };
-    options.validate().map_err(|m| ApiError::bad_request("invalid", m))?;
+    options.validate().map_err(|m| ApiError::bad_request("invalid", m.to_string()))?;
     let selection = Selection { slugs: req.tenants, all: req.all, server: req.server };
     if options.dry_run {
         let plan = crate::upgrade::plan(&app.catalog, &app.migrations, &selection).await?;
@@ -75,17 +76,11 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| ApiError::bad_request("invalid_path", "run id must be a UUID"))?;
     let (run, results) = app.catalog.run(id).await?;
-    let count = |outcome: &str| results.iter().filter(|r| r.outcome == outcome).count();
-    let progress = json!({
-        "total": run.total,
-        "done": results.iter().filter(|r| ["upgraded", "current", "failed", "skipped"].contains(&r.outcome.as_str())).count(),
-        "upgraded": count("upgraded"),
-        "current": count("current"),
-        "failed": count("failed"),
-        "skipped": count("skipped"),
-        "not_started": count("not_started"),
-        "ahead": count("ahead"),
-        "not_found": count("not_found"),
-    });
+    let mut progress = serde_json::Map::new();
+    progress.insert("total".into(), json!(run.total));
+    progress.insert("done".into(), json!(results.iter().filter(|r| r.outcome.is_done()).count()));
+    for kind in ResultKind::ALL {
+        progress.insert(kind.as_str().into(), json!(results.iter().filter(|r| r.outcome == kind).count()));
+    }
     Ok(Json(json!({ "run": run, "progress": progress, "results": results })))
 }

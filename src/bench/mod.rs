@@ -250,7 +250,7 @@ fn pick_server<'a>(servers: &'a [ServerRecord], name: Option<&str>) -> Result<&'
             .ok_or_else(|| BenchError(format!("unknown server {name:?}"))),
         None => servers
             .iter()
-            .find(|s| s.health == "healthy")
+            .find(|s| s.health == crate::catalog::servers::ServerHealth::Healthy)
             .ok_or_else(|| BenchError("no healthy server".into())),
     }
 }

@@ -39,6 +39,63 @@ impl ServerStatus {
     }
 }
 
+/// Result of the last health check of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerHealth {
+    /// Not checked yet.
+    Unknown,
+    /// The last check connected and answered.
+    Healthy,
+    /// The last check failed (`health_error` says why).
+    Unhealthy,
+}
+
+impl ServerHealth {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// Parses the catalog spelling (anything else reads as `unknown`).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "healthy" => Self::Healthy,
+            "unhealthy" => Self::Unhealthy,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A server status that is none of `active`, `draining`, `maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of active, draining, maintenance")]
+pub struct BadServerStatus(String);
+
+impl std::str::FromStr for ServerStatus {
+    type Err = BadServerStatus;
+
+    fn from_str(text: &str) -> Result<Self, BadServerStatus> {
+        Self::parse(text).ok_or_else(|| BadServerStatus(text.to_owned()))
+    }
+}
+
+impl std::fmt::Display for ServerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A server row as shown to operators. The sealed admin password is kept out of
 /// serialisation and Debug output.
 #[derive(Clone, Serialize)]
@@ -64,7 +121,7 @@ pub struct ServerRecord {
     /// `active`, `draining` or `maintenance`.
     pub status: ServerStatus,
     /// `unknown`, `healthy` or `unhealthy`.
-    pub health: String,
+    pub health: ServerHealth,
     /// Round trip of the last health check.
     pub health_latency_ms: Option<f64>,
     /// Time of the last health check.
@@ -151,7 +208,7 @@ fn from_row(row: &Row) -> ServerRecord {
         max_tenants: row.get(7),
         region: row.get(8),
         status: ServerStatus::parse(&status).unwrap_or(ServerStatus::Maintenance),
-        health: row.get(10),
+        health: ServerHealth::parse(row.get(10)),
         health_latency_ms: row.get(11),
         health_checked_at: row.get(12),
         health_error: row.get(13),
@@ -254,7 +311,7 @@ impl Catalog {
     pub async fn record_server_health(
         &self,
         name: &str,
-        result: Result<f64, String>,
+        result: Result<f64, &str>,
     ) -> Result<(), CatalogError> {
         let client = self.client().await?;
         match result {

@@ -16,6 +16,96 @@ pub const RUN_HEARTBEAT: Duration = Duration::from_secs(10);
 /// A running run without a heartbeat for this long is considered interrupted.
 pub const RUN_STALE_AFTER: Duration = Duration::from_secs(60);
 
+/// State of an upgrade run (stored as text with a CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Its process is working on it.
+    Running,
+    /// Every planned tenant was attempted.
+    Finished,
+    /// Stopped early on purpose (canary failed, max failures reached).
+    Stopped,
+    /// Its process stopped (shutdown, or no heartbeat any more).
+    Interrupted,
+}
+
+impl RunStatus {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Stopped => "stopped",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "running" => Self::Running,
+            "finished" => Self::Finished,
+            "stopped" => Self::Stopped,
+            _ => Self::Interrupted,
+        }
+    }
+}
+
+/// What became of one tenant in a run (stored as text with a CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultKind {
+    /// Pending migrations applied.
+    Upgraded,
+    /// Nothing was pending.
+    Current,
+    /// Its database is newer than the build that ran.
+    Ahead,
+    /// Failed; left at its old version.
+    Failed,
+    /// Not attempted: held by another process or not READY any more.
+    Skipped,
+    /// Not attempted because the run stopped.
+    NotStarted,
+    /// Named in the selection but no such READY tenant.
+    NotFound,
+}
+
+impl ResultKind {
+    /// Every kind.
+    pub const ALL: [ResultKind; 7] = [
+        Self::Upgraded,
+        Self::Current,
+        Self::Ahead,
+        Self::Failed,
+        Self::Skipped,
+        Self::NotStarted,
+        Self::NotFound,
+    ];
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upgraded => "upgraded",
+            Self::Current => "current",
+            Self::Ahead => "ahead",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::NotStarted => "not_started",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        Self::ALL.into_iter().find(|k| k.as_str() == text).unwrap_or(Self::Failed)
+    }
+
+    /// True when the tenant was attempted (any outcome but not started / not found / ahead).
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Upgraded | Self::Current | Self::Failed | Self::Skipped)
+    }
+}
+
 /// A run as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -28,7 +118,7 @@ pub struct RunRecord {
     /// Version the run upgrades to.
     pub target_version: i32,
     /// `running`, `finished`, `stopped` (canary or max failures), `interrupted`.
-    pub status: String,
+    pub status: RunStatus,
     /// Why it stopped early.
     pub stop_reason: Option<String>,
     /// Tenants in the plan.
@@ -45,7 +135,7 @@ pub struct ResultRecord {
     /// Tenant.
     pub slug: String,
     /// `upgraded`, `current`, `ahead`, `failed`, `skipped`, `not_found`, `not_started`.
-    pub outcome: String,
+    pub outcome: ResultKind,
     /// Version before.
     pub from_version: Option<i32>,
     /// Version after.
@@ -151,7 +241,7 @@ impl Catalog {
         &self,
         run: Uuid,
         slug: &str,
-        outcome: &str,
+        outcome: ResultKind,
         from: Option<i32>,
         to: Option<i32>,
         detail: Option<&str>,
@@ -161,7 +251,7 @@ impl Catalog {
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, slug) DO UPDATE SET outcome = EXCLUDED.outcome, \
              from_version = EXCLUDED.from_version, to_version = EXCLUDED.to_version, detail = EXCLUDED.detail, \
              at = EXCLUDED.at",
-            &[&run, &slug, &outcome, &from, &to, &detail],
+            &[&run, &slug, &outcome.as_str(), &from, &to, &detail],
         )
         .await?;
         Ok(())
@@ -171,12 +261,12 @@ impl Catalog {
     pub async fn finish_run(
         &self,
         run: Uuid,
-        status: &str,
+        status: RunStatus,
         reason: Option<&str>,
     ) -> Result<(), CatalogError> {
         self.execute(
             "UPDATE tenantd.migration_runs SET status = $2, stop_reason = $3, finished_at = now() WHERE id = $1",
-            &[&run, &status, &reason],
+            &[&run, &status.as_str(), &reason],
         )
         .await?;
         Ok(())
@@ -211,7 +301,7 @@ impl Catalog {
             actor: row.get(1),
             params: row.get(2),
             target_version: row.get(3),
-            status: row.get(4),
+            status: RunStatus::parse(row.get(4)),
             stop_reason: row.get(5),
             total: row.get(6),
             created_at: row.get(7),
@@ -227,7 +317,7 @@ impl Catalog {
             .iter()
             .map(|r| ResultRecord {
                 slug: r.get(0),
-                outcome: r.get(1),
+                outcome: ResultKind::parse(r.get(1)),
                 from_version: r.get(2),
                 to_version: r.get(3),
                 detail: r.get(4),

@@ -1,5 +1,6 @@
 //! `tenantd migrate`: upgrade tenant databases to this build's migrations.
 
+use crate::catalog::upgrades::ResultKind;
 use std::io::IsTerminal;
 
 use clap::Args;
@@ -103,14 +104,14 @@ fn print_summary(summary: &Summary, dry_run: bool) {
     if dry_run {
         return;
     }
-    let count = |name: &str| summary.results.iter().filter(|(_, o)| o.name() == name).count();
+    let count = |kind: ResultKind| summary.results.iter().filter(|(_, o)| o.kind() == kind).count();
     println!(
         "upgraded {}, already current {}, failed {}, skipped {}, not started {}",
-        count("upgraded"),
-        count("current"),
-        count("failed"),
-        count("skipped"),
-        count("not_started")
+        count(ResultKind::Upgraded),
+        count(ResultKind::Current),
+        count(ResultKind::Failed),
+        count(ResultKind::Skipped),
+        count(ResultKind::NotStarted)
     );
     for (slug, error) in summary.failures() {
         println!("  FAILED {slug}: {error}");

@@ -62,8 +62,8 @@ pub enum ServerCommand {
     RotateKey,
 }
 
-fn parse_status(text: &str) -> Result<ServerStatus, String> {
-    ServerStatus::parse(text).ok_or_else(|| format!("{text:?} is not one of active, draining, maintenance"))
+fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::BadServerStatus> {
+    text.parse()
 }
 
 pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
@@ -142,7 +142,7 @@ fn print_servers(servers: &[ServerRecord]) {
                 s.name.clone(),
                 format!("{}:{}", s.host, s.port),
                 s.status.as_str().to_owned(),
-                s.health.clone(),
+                s.health.to_string(),
                 output::opt(s.health_latency_ms.map(|l| format!("{l:.1}"))),
                 s.weight.to_string(),
                 format!("{}/{}", s.tenants, output::opt(s.max_tenants)),

@@ -16,7 +16,6 @@
 //! second role or database. Anything that exists under our names without our marker is never
 //! adopted, altered or dropped: that is a fatal error with a reason that says so.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
@@ -31,73 +30,20 @@ use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{Placement, TenantRecord, TenantStatus};
 use crate::core::Core;
 use crate::crypto::{self, tenant_aad};
-use crate::leases::LeaseLost;
 use crate::markers::{self, Ownership};
 use crate::names::{PgIdent, TenantSlug};
 pub use crate::steps::Step;
 use crate::steps::{Fault, Phase};
 use crate::target::TenantTarget;
-use crate::{placement, tenant_migrations, tenant_sql};
+use crate::{placement, tenant_sql};
 
 mod attempt;
 mod deprovision;
+mod error;
+mod restore;
 pub use attempt::{Outcome, backoff, run_claimed};
-
-/// Why an attempt stopped.
-#[derive(Debug)]
-pub enum StepError {
-    /// Worth another attempt after a delay (connection refused, lock held, SQL error, …).
-    Retry(Step, String),
-    /// Must not be retried: something we may not touch is in the way.
-    Fatal(Step, String),
-    /// Not a failure: no eligible server yet.
-    Wait(String),
-    /// Another process holds the tenant now.
-    LeaseLost,
-    /// A simulated crash (fault injection).
-    Crashed,
-    /// The process is shutting down.
-    Interrupted,
-    /// The catalog failed; nothing could be recorded.
-    Catalog(CatalogError),
-}
-
-impl fmt::Display for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StepError::Retry(step, m) | StepError::Fatal(step, m) => write!(f, "step {step}: {m}"),
-            StepError::Wait(m) => f.write_str(m),
-            StepError::LeaseLost => f.write_str("lease lost"),
-            StepError::Crashed => f.write_str("crashed (injected)"),
-            StepError::Interrupted => f.write_str("interrupted by shutdown"),
-            StepError::Catalog(e) => write!(f, "catalog: {e}"),
-        }
-    }
-}
-
-impl From<LeaseLost> for StepError {
-    fn from(_: LeaseLost) -> Self {
-        StepError::LeaseLost
-    }
-}
-
-impl From<crate::target::TargetError> for StepError {
-    fn from(e: crate::target::TargetError) -> Self {
-        match e {
-            crate::target::TargetError::Catalog(c) => c.into(),
-            other => StepError::Fatal(Step::Place, other.to_string()),
-        }
-    }
-}
-
-impl From<CatalogError> for StepError {
-    fn from(e: CatalogError) -> Self {
-        match e {
-            CatalogError::LeaseLost => StepError::LeaseLost,
-            other => StepError::Catalog(other),
-        }
-    }
-}
+pub use error::StepError;
+use error::pg_retry;
 
 /// Runs one step, recording its duration (`tenantd_provision_step_seconds{step}`).
 async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
@@ -138,10 +84,6 @@ impl std::ops::Deref for Target {
     fn deref(&self) -> &TenantTarget {
         &self.tenant
     }
-}
-
-fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
-    move |e| StepError::Retry(step, crate::pg::describe(&e))
 }
 
 impl<'a> Provisioner<'a> {
@@ -251,7 +193,7 @@ impl Provisioner<'_> {
             .await;
         let placed = match placed {
             Ok(Ok(p)) => p,
-            Ok(Err(reason)) => return Err(StepError::Wait(reason)),
+            Ok(Err(reason)) => return Err(StepError::Wait(reason.to_string())),
             Err(CatalogError::Conflict(m)) => return Err(StepError::Fatal(Step::Place, m)),
             Err(e) => return Err(e.into()),
         };
@@ -407,7 +349,7 @@ impl Provisioner<'_> {
         let db = if location == Location::Staging { &t.staging } else { &t.database };
         admin.batch_execute(&tenant_sql::lock_down_database(db, &t.role)).await.map_err(pg_retry(STEP))?;
         let (inside, tenant) =
-            tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db));
+            tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db, STEP));
         let inside = inside.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
         // A GRANT or REVOKE that the admin may not make is only a WARNING in PostgreSQL:
@@ -434,15 +376,15 @@ impl Provisioner<'_> {
         if public_may_connect {
             return Err(StepError::Fatal(STEP, "PUBLIC can still connect after REVOKE".into()));
         }
-        let tenant = tenant.map_err(|e| StepError::Retry(STEP, e))?;
+        let tenant = tenant?;
         self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(tenant)
     }
 
-    async fn connect_as_tenant(&self, t: &Target, db: &PgIdent) -> Result<Client, String> {
-        crate::pg::connect(&t.config(Some(db), "tenantd-migrate"), "tenant migration")
-            .await
-            .map_err(|e| format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
+    async fn connect_as_tenant(&self, t: &Target, db: &PgIdent, step: Step) -> Result<Client, StepError> {
+        crate::pg::connect(&t.config(Some(db), "tenantd-migrate"), "tenant migration").await.map_err(|e| {
+            StepError::Retry(step, format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
+        })
     }
 
     /// Step 5's connection as the tenant role to the database where it is (the one kept from
@@ -456,7 +398,7 @@ impl Provisioner<'_> {
         let db = if location == Location::Staging { &t.staging } else { &t.database };
         let client = match connection {
             Some(client) => client,
-            None => self.connect_as_tenant(t, db).await.map_err(|e| StepError::Retry(Step::Migrate, e))?,
+            None => self.connect_as_tenant(t, db, Step::Migrate).await?,
         };
         Ok((client, db))
     }
@@ -480,52 +422,6 @@ impl Provisioner<'_> {
         drop(client);
         self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(t.id, EventKind::Migrated, json!({ "version": version, "applied": applied })).await?;
-        Ok(version)
-    }
-
-    /// Step 5 of a restore: the dump instead of the migrations, everything owned by the tenant
-    /// role; the version is what the restored history says. A database that already holds
-    /// relations was restored by an earlier attempt (pg_restore runs in one transaction).
-    async fn restore(
-        &self,
-        t: &Target,
-        location: Location,
-        file: &std::path::Path,
-        connection: Option<Client>,
-    ) -> Result<i32, StepError> {
-        const STEP: Step = Step::Migrate;
-        self.fault(&t.slug, STEP, Phase::Before).await?;
-        let (mut client, db) = self.tenant_connection(t, location, connection).await?;
-        let relations: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = 'public'",
-                &[],
-            )
-            .await
-            .map_err(pg_retry(STEP))?
-            .get(0);
-        if relations == 0 {
-            crate::dumps::restore(&t.admin, db, &t.role, t.password(), file)
-                .await
-                .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
-        }
-        let has_history: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tenant_migrations::HISTORY_TABLE])
-            .await
-            .map_err(pg_retry(STEP))?
-            .get(0);
-        let version = if has_history {
-            tenant_migrations::current_version(&mut client)
-                .await
-                .map_err(|e| StepError::Retry(STEP, e.to_string()))?
-        } else {
-            0
-        };
-        drop(client);
-        self.fault(&t.slug, STEP, Phase::After).await?;
-        let detail = json!({ "from": file.display().to_string(), "version": version, "already_restored": relations > 0 });
-        self.event(t.id, EventKind::Restored, detail).await?;
         Ok(version)
     }
 

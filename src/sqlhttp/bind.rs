@@ -219,8 +219,8 @@ fn scalar(value: &Value, ty: &Type) -> Result<Param, Refusal> {
     })
 }
 
-fn parsed<T>(result: Result<T, String>) -> Result<T, Refusal> {
-    result.map_err(Refusal::Invalid)
+fn parsed<T>(result: Result<T, super::ValueError>) -> Result<T, Refusal> {
+    result.map_err(|e| Refusal::Invalid(e.to_string()))
 }
 
 /// A text-like value: strings as they are, numbers and booleans as their JSON text.

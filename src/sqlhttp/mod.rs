@@ -68,18 +68,32 @@ struct RequestBody {
 }
 
 impl TryFrom<RequestBody> for SqlRequest {
-    type Error = String;
+    type Error = ValueError;
 
-    fn try_from(body: RequestBody) -> Result<Self, String> {
+    fn try_from(body: RequestBody) -> Result<Self, ValueError> {
         match (body.sql, body.statements, body.params) {
             (Some(sql), None, params) => {
                 Ok(SqlRequest::One(StatementRequest { sql, params: params.unwrap_or_default() }))
             }
             (None, Some(statements), None) => Ok(SqlRequest::Many { statements }),
-            (None, Some(_), Some(_)) => Err("`params` goes inside each entry of `statements`".into()),
-            (Some(_), Some(_), _) => Err("give either `sql` or `statements`, not both".into()),
-            (None, None, _) => Err("missing field `sql` (or `statements`)".into()),
+            (None, Some(_), Some(_)) => {
+                Err(ValueError::new("`params` goes inside each entry of `statements`"))
+            }
+            (Some(_), Some(_), _) => Err(ValueError::new("give either `sql` or `statements`, not both")),
+            (None, None, _) => Err(ValueError::new("missing field `sql` (or `statements`)")),
         }
+    }
+}
+
+/// A value that cannot be read as its type (a parameter, or a value from the server); the
+/// message names the value and the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(String);
+
+impl ValueError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
     }
 }
 

@@ -5,6 +5,7 @@
 //! number of decimal digits after the point. No floating point is involved either way, so
 //! a 40-digit value survives the round trip exactly.
 
+use super::ValueError;
 use std::fmt;
 
 use tokio_util::bytes::{BufMut, BytesMut};
@@ -35,7 +36,7 @@ pub(crate) enum Numeric {
 impl Numeric {
     /// Parses a decimal string (`-12.50`, `1e-20`, `NaN`, `Infinity`, `-inf`) exactly; the
     /// number of digits after the point is kept as the display scale, as PostgreSQL does.
-    pub(crate) fn parse(text: &str) -> Result<Numeric, String> {
+    pub(crate) fn parse(text: &str) -> Result<Numeric, ValueError> {
         let text = text.trim();
         match text.to_ascii_lowercase().as_str() {
             "nan" => return Ok(Numeric::NaN),
@@ -43,7 +44,7 @@ impl Numeric {
             "-infinity" | "-inf" => return Ok(Numeric::NegInfinity),
             _ => {}
         }
-        let invalid = || format!("{text:?} is not a decimal number");
+        let invalid = || ValueError::new(format!("{text:?} is not a decimal number"));
         let (negative, unsigned) = match text.as_bytes().first() {
             Some(b'-') => (true, &text[1..]),
             Some(b'+') => (false, &text[1..]),
@@ -53,7 +54,7 @@ impl Numeric {
             Some(at) => {
                 let exponent: i64 = unsigned[at + 1..].parse().map_err(|_| invalid())?;
                 if exponent.abs() > MAX_EXPONENT {
-                    return Err(format!("{text:?}: exponent out of range"));
+                    return Err(ValueError::new(format!("{text:?}: exponent out of range")));
                 }
                 (&unsigned[..at], exponent)
             }
@@ -66,7 +67,7 @@ impl Numeric {
         }
         let dscale = (frac_part.len() as i64 - exponent).max(0) as usize;
         if dscale > MAX_DSCALE {
-            return Err(format!("{text:?}: too many digits after the decimal point"));
+            return Err(ValueError::new(format!("{text:?}: too many digits after the decimal point")));
         }
         // All digits, and how many of them stand before the point once the exponent applies.
         let digits = format!("{int_part}{frac_part}");
@@ -87,7 +88,7 @@ impl Numeric {
         int_digits: &str,
         frac_digits: &str,
         dscale: usize,
-    ) -> Result<Numeric, String> {
+    ) -> Result<Numeric, ValueError> {
         let int_pad = (4 - int_digits.len() % 4) % 4;
         let frac_pad = (4 - frac_digits.len() % 4) % 4;
         let padded = format!("{}{int_digits}{frac_digits}{}", "0".repeat(int_pad), "0".repeat(frac_pad));
@@ -106,9 +107,9 @@ impl Numeric {
         if groups.is_empty() {
             return Ok(Numeric::Finite { negative: false, weight: 0, dscale: dscale as u16, digits: groups });
         }
-        let weight = i16::try_from(weight).map_err(|_| "value out of range for numeric".to_owned())?;
+        let weight = i16::try_from(weight).map_err(|_| ValueError::new("value out of range for numeric"))?;
         if groups.len() > i16::MAX as usize {
-            return Err("value has too many digits for numeric".to_owned());
+            return Err(ValueError::new("value has too many digits for numeric"));
         }
         Ok(Numeric::Finite { negative, weight, dscale: dscale as u16, digits: groups })
     }
@@ -134,19 +135,19 @@ impl Numeric {
     }
 
     /// Reads the binary wire format.
-    pub(crate) fn decode(raw: &[u8]) -> Result<Numeric, String> {
+    pub(crate) fn decode(raw: &[u8]) -> Result<Numeric, ValueError> {
         let word = |i: usize| raw.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
         let header = (word(0), word(2), word(4), word(6));
         let (Some(ndigits), Some(weight), Some(sign), Some(dscale)) = header else {
-            return Err("numeric value shorter than its header".to_owned());
+            return Err(ValueError::new("numeric value shorter than its header"));
         };
         let ndigits = ndigits as usize;
         if raw.len() != 8 + 2 * ndigits {
-            return Err("numeric value length does not match its digit count".to_owned());
+            return Err(ValueError::new("numeric value length does not match its digit count"));
         }
         let digits: Vec<i16> = raw[8..].chunks(2).map(|b| i16::from_be_bytes([b[0], b[1]])).collect();
         if digits.iter().any(|d| !(0..10000).contains(d)) {
-            return Err("numeric digit out of range".to_owned());
+            return Err(ValueError::new("numeric digit out of range"));
         }
         match sign {
             SIGN_NAN => Ok(Numeric::NaN),
@@ -155,7 +156,7 @@ impl Numeric {
             SIGN_POSITIVE | SIGN_NEGATIVE => {
                 Ok(Numeric::Finite { negative: sign == SIGN_NEGATIVE, weight: weight as i16, dscale, digits })
             }
-            other => Err(format!("unknown numeric sign {other:#06x}")),
+            other => Err(ValueError::new(format!("unknown numeric sign {other:#06x}"))),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::catalog::CatalogError;
+use crate::catalog::upgrades::RunStatus;
 use crate::upgrade::{Options, Selection, Started, Upgrader};
 
 /// Starts an upgrade run in the daemon's background (API and `upgrade.auto`); returns once
@@ -29,7 +30,7 @@ pub async fn spawn_in_daemon(
             }
             () = daemon.shutdown.token().cancelled() => {
                 tracing::warn!(%run, "upgrade run interrupted by shutdown");
-                if let Err(e) = daemon.catalog.finish_run(run, "interrupted", Some("daemon shut down")).await {
+                if let Err(e) = daemon.catalog.finish_run(run, RunStatus::Interrupted, Some("daemon shut down")).await {
                     tracing::error!(%run, error = %e, "cannot mark the run interrupted");
                 }
             }

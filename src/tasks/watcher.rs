@@ -43,10 +43,20 @@ pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change
     });
 }
 
+/// Why the LISTEN connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    /// Connecting, LISTEN or reading failed.
+    #[error("{}", crate::pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The server closed the connection.
+    #[error("connection closed")]
+    Closed,
+}
+
 /// Listens until shutdown (`Ok`) or until the connection fails (`Err`).
-async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -> Result<(), String> {
-    let (client, mut connection) =
-        app.catalog.pg_config().connect(tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))?;
+async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -> Result<(), ListenError> {
+    let (client, mut connection) = app.catalog.pg_config().connect(tokio_postgres::NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&statement);
@@ -54,11 +64,11 @@ async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -
     // The connection must be driven while LISTEN runs.
     loop {
         tokio::select! {
-            done = &mut listen => { done.map_err(|e| crate::pg::describe(&e))?; break; }
+            done = &mut listen => { done?; break; }
             message = messages.next() => match message {
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(crate::pg::describe(&e)),
-                None => return Err("connection closed".into()),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ListenError::Closed),
             },
         }
     }
@@ -71,8 +81,8 @@ async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -
             message = messages.next() => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => on_notification(app, wake, changes, n.payload()).await,
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(crate::pg::describe(&e)),
-                None => return Err("connection closed".into()),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ListenError::Closed),
             },
         }
     }

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use super::{Placement, TenantStatus, secs};
 use crate::catalog::events::EventKind;
+use crate::catalog::servers::{ServerHealth, ServerStatus};
 use crate::catalog::{Catalog, CatalogError};
+use crate::placement::NoEligibleServer;
 
 impl Catalog {
     /// Runs a lease-guarded write; zero rows is [`CatalogError::LeaseLost`].
@@ -177,9 +179,9 @@ impl Catalog {
         id: Uuid,
         owner: &str,
         choose: F,
-    ) -> Result<Result<Placement, String>, CatalogError>
+    ) -> Result<Result<Placement, NoEligibleServer>, CatalogError>
     where
-        F: FnOnce(&[crate::placement::ServerLoad]) -> Result<Placement, String>,
+        F: FnOnce(&[crate::placement::ServerLoad]) -> Result<Placement, NoEligibleServer>,
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -196,8 +198,8 @@ impl Catalog {
             .iter()
             .map(|r| crate::placement::ServerLoad {
                 name: r.get(0),
-                status: r.get(1),
-                health: r.get(2),
+                status: ServerStatus::parse(r.get(1)).unwrap_or(ServerStatus::Maintenance),
+                health: ServerHealth::parse(r.get(2)),
                 weight: r.get(3),
                 max_tenants: r.get(4),
                 region: r.get(5),

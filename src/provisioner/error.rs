@@ -1,0 +1,67 @@
+//! Why a provisioning attempt stopped, and how other errors become that.
+
+use std::fmt;
+
+use super::Step;
+use crate::catalog::CatalogError;
+use crate::leases::LeaseLost;
+
+/// Why an attempt stopped.
+#[derive(Debug)]
+pub enum StepError {
+    /// Worth another attempt after a delay (connection refused, lock held, SQL error, …).
+    Retry(Step, String),
+    /// Must not be retried: something we may not touch is in the way.
+    Fatal(Step, String),
+    /// Not a failure: no eligible server yet.
+    Wait(String),
+    /// Another process holds the tenant now.
+    LeaseLost,
+    /// A simulated crash (fault injection).
+    Crashed,
+    /// The process is shutting down.
+    Interrupted,
+    /// The catalog failed; nothing could be recorded.
+    Catalog(CatalogError),
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Retry(step, m) | StepError::Fatal(step, m) => write!(f, "step {step}: {m}"),
+            StepError::Wait(m) => f.write_str(m),
+            StepError::LeaseLost => f.write_str("lease lost"),
+            StepError::Crashed => f.write_str("crashed (injected)"),
+            StepError::Interrupted => f.write_str("interrupted by shutdown"),
+            StepError::Catalog(e) => write!(f, "catalog: {e}"),
+        }
+    }
+}
+
+impl From<LeaseLost> for StepError {
+    fn from(_: LeaseLost) -> Self {
+        StepError::LeaseLost
+    }
+}
+
+impl From<crate::target::TargetError> for StepError {
+    fn from(e: crate::target::TargetError) -> Self {
+        match e {
+            crate::target::TargetError::Catalog(c) => c.into(),
+            other => StepError::Fatal(Step::Place, other.to_string()),
+        }
+    }
+}
+
+impl From<CatalogError> for StepError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::LeaseLost => StepError::LeaseLost,
+            other => StepError::Catalog(other),
+        }
+    }
+}
+
+pub(super) fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
+    move |e| StepError::Retry(step, crate::pg::describe(&e))
+}

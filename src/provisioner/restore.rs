@@ -1,0 +1,56 @@
+//! Step 5 of `tenant restore`: the dump instead of the migrations.
+
+use serde_json::json;
+
+use super::{Location, Phase, Provisioner, Step, StepError, Target, pg_retry};
+use crate::catalog::events::EventKind;
+use crate::tenant_migrations;
+use tokio_postgres::Client;
+
+impl Provisioner<'_> {
+    /// Step 5 of a restore: the dump instead of the migrations, everything owned by the tenant
+    /// role; the version is what the restored history says. A database that already holds
+    /// relations was restored by an earlier attempt (pg_restore runs in one transaction).
+    pub(super) async fn restore(
+        &self,
+        t: &Target,
+        location: Location,
+        file: &std::path::Path,
+        connection: Option<Client>,
+    ) -> Result<i32, StepError> {
+        const STEP: Step = Step::Migrate;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
+        let (mut client, db) = self.tenant_connection(t, location, connection).await?;
+        let relations: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public'",
+                &[],
+            )
+            .await
+            .map_err(pg_retry(STEP))?
+            .get(0);
+        if relations == 0 {
+            crate::dumps::restore(&t.admin, db, &t.role, t.password(), file)
+                .await
+                .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        }
+        let has_history: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tenant_migrations::HISTORY_TABLE])
+            .await
+            .map_err(pg_retry(STEP))?
+            .get(0);
+        let version = if has_history {
+            tenant_migrations::current_version(&mut client)
+                .await
+                .map_err(|e| StepError::Retry(STEP, e.to_string()))?
+        } else {
+            0
+        };
+        drop(client);
+        self.fault(&t.slug, STEP, Phase::After).await?;
+        let detail = json!({ "from": file.display().to_string(), "version": version, "already_restored": relations > 0 });
+        self.event(t.id, EventKind::Restored, detail).await?;
+        Ok(version)
+    }
+}
