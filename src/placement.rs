@@ -5,8 +5,7 @@
 //! the choice. When nothing is eligible the answer says why for every server, so an operator
 //! reading `last_error` knows what to fix.
 
-use serde::Serialize;
-
+pub use crate::catalog::servers::ServerLoad;
 use crate::catalog::servers::{ServerHealth, ServerStatus};
 
 /// No server can take the tenant now; the message says why for each candidate.
@@ -14,37 +13,17 @@ use crate::catalog::servers::{ServerHealth, ServerStatus};
 #[error("no eligible server: {0}")]
 pub struct NoEligibleServer(pub String);
 
-/// A server as placement sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerLoad {
-    /// Name.
-    pub name: String,
-    /// `active`, `draining`, `maintenance`.
-    pub status: ServerStatus,
-    /// `unknown`, `healthy`, `unhealthy`.
-    pub health: ServerHealth,
-    /// Share of new tenants.
-    pub weight: i32,
-    /// Capacity.
-    pub max_tenants: Option<i32>,
-    /// Region.
-    pub region: Option<String>,
-    /// Tenants placed there (not deleted).
-    pub tenants: i64,
-}
-
-impl ServerLoad {
-    fn ineligibility(&self) -> Option<String> {
-        if self.status != ServerStatus::Active {
-            return Some(self.status.to_string());
-        }
-        if self.health != ServerHealth::Healthy {
-            return Some(self.health.to_string());
-        }
-        match self.max_tenants {
-            Some(max) if self.tenants >= i64::from(max) => Some(format!("full ({}/{max})", self.tenants)),
-            _ => None,
-        }
+/// Why `server` cannot take a tenant now, if it cannot.
+fn ineligibility(server: &ServerLoad) -> Option<String> {
+    if server.status != ServerStatus::Active {
+        return Some(server.status.to_string());
+    }
+    if server.health != ServerHealth::Healthy {
+        return Some(server.health.to_string());
+    }
+    match server.max_tenants {
+        Some(max) if server.tenants >= i64::from(max) => Some(format!("full ({}/{max})", server.tenants)),
+        _ => None,
     }
 }
 
@@ -66,7 +45,7 @@ pub fn choose(
             (None, None) => "no servers registered (tenantd server add)".to_owned(),
         }));
     }
-    let best = candidates.iter().filter(|s| s.ineligibility().is_none()).min_by(|a, b| {
+    let best = candidates.iter().filter(|s| ineligibility(s).is_none()).min_by(|a, b| {
         let load = |s: &ServerLoad| s.tenants as f64 / f64::from(s.weight.max(1));
         load(a).total_cmp(&load(b)).then_with(|| a.name.cmp(&b.name))
     });
@@ -75,7 +54,7 @@ pub fn choose(
         None => {
             let reasons: Vec<String> = candidates
                 .iter()
-                .filter_map(|s| s.ineligibility().map(|why| format!("{} is {why}", s.name)))
+                .filter_map(|s| ineligibility(s).map(|why| format!("{} is {why}", s.name)))
                 .collect();
             Err(NoEligibleServer(reasons.join(", ")))
         }

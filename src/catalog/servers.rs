@@ -96,6 +96,25 @@ impl std::fmt::Display for ServerStatus {
     }
 }
 
+/// A server as placement sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerLoad {
+    /// Name.
+    pub name: String,
+    /// `active`, `draining`, `maintenance`.
+    pub status: ServerStatus,
+    /// `unknown`, `healthy`, `unhealthy`.
+    pub health: ServerHealth,
+    /// Share of new tenants.
+    pub weight: i32,
+    /// Capacity.
+    pub max_tenants: Option<i32>,
+    /// Region.
+    pub region: Option<String>,
+    /// Tenants placed there (not deleted).
+    pub tenants: i64,
+}
+
 /// A server row as shown to operators. The sealed admin password is kept out of
 /// serialisation and Debug output.
 #[derive(Clone, Serialize)]

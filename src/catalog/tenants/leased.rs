@@ -10,9 +10,8 @@ use uuid::Uuid;
 
 use super::{Placement, TenantStatus, secs};
 use crate::catalog::events::EventKind;
-use crate::catalog::servers::{ServerHealth, ServerStatus};
+use crate::catalog::servers::{ServerHealth, ServerLoad, ServerStatus};
 use crate::catalog::{Catalog, CatalogError};
-use crate::placement::NoEligibleServer;
 
 impl Catalog {
     /// Runs a lease-guarded write; zero rows is [`CatalogError::LeaseLost`].
@@ -174,14 +173,14 @@ impl Catalog {
     /// every server, lets `choose` decide, and persists the placement (status CREATING).
     /// Two processes placing at once therefore never overfill a server.
     /// Returns `Ok(Err(reason))` when `choose` finds nothing eligible.
-    pub async fn place_tenant<F>(
+    pub async fn place_tenant<F, E>(
         &self,
         id: Uuid,
         owner: &str,
         choose: F,
-    ) -> Result<Result<Placement, NoEligibleServer>, CatalogError>
+    ) -> Result<Result<Placement, E>, CatalogError>
     where
-        F: FnOnce(&[crate::placement::ServerLoad]) -> Result<Placement, NoEligibleServer>,
+        F: FnOnce(&[ServerLoad]) -> Result<Placement, E>,
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -194,9 +193,9 @@ impl Catalog {
                 &[],
             )
             .await?;
-        let servers: Vec<crate::placement::ServerLoad> = rows
+        let servers: Vec<ServerLoad> = rows
             .iter()
-            .map(|r| crate::placement::ServerLoad {
+            .map(|r| ServerLoad {
                 name: r.get(0),
                 status: ServerStatus::parse(r.get(1)).unwrap_or(ServerStatus::Maintenance),
                 health: ServerHealth::parse(r.get(2)),
