@@ -91,13 +91,3 @@ pub async fn databases(
     }
     Ok(found)
 }
-
-/// Looks up one database by name (see [`databases`]).
-pub async fn database(
-    client: &Client,
-    tenant: Uuid,
-    name: &PgIdent,
-) -> Result<Ownership, tokio_postgres::Error> {
-    let mut found = databases(client, tenant, &[name]).await?;
-    Ok(found.pop().map_or(Ownership::Absent, |(_, ownership)| ownership))
-}

@@ -41,7 +41,7 @@ mod attempt;
 mod deprovision;
 mod error;
 mod restore;
-pub use attempt::{Outcome, backoff, run_claimed};
+pub use attempt::{Outcome, run_claimed};
 pub use error::StepError;
 use error::pg_retry;
 

@@ -1,8 +1,8 @@
 //! SQL over HTTP: runs a client's statements on a tenant connection and returns rows as JSON.
 //!
 //! Each statement goes through the extended protocol: it is prepared, its JSON parameters
-//! are checked against and bound by the parameter types PostgreSQL inferred ([`bind`]), and
-//! its rows are streamed and rendered by column type ([`render`]): int8 and numeric as exact
+//! are checked against and bound by the parameter types PostgreSQL inferred (`bind`), and
+//! its rows are streamed and rendered by column type (`render`): int8 and numeric as exact
 //! strings, json as JSON, timestamps as RFC 3339, bytea as `\x` hex, arrays as arrays.
 //!
 //! Results are bounded by [`Limits`] while they stream: one row past `max_rows`, or one value
