@@ -13,6 +13,8 @@ use crate::crypto::{CryptoError, Keyring, server_aad};
 
 /// Timeout of connections tenantd opens to servers as admin.
 const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled admin connection may take to answer its check before reuse.
+const ADMIN_RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A problem reaching a server as its admin; messages never contain a password.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,7 @@ impl AdminTarget {
             .dbname(dbname.unwrap_or(&self.maintenance_db))
             .application_name("tenantd")
             .connect_timeout(ADMIN_CONNECT_TIMEOUT);
+        crate::pg::add_options(&mut config, crate::pg::ADMIN_SESSION);
         config
     }
 
@@ -169,8 +172,11 @@ impl AdminPools {
                     let manager = deadpool_postgres::Manager::from_config(
                         target.config(None),
                         tokio_postgres::NoTls,
+                        // Verified: a connection given back while a statement still runs (its
+                        // request was dropped) does not answer the check in time and is closed
+                        // instead of being lent to the next caller.
                         deadpool_postgres::ManagerConfig {
-                            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                            recycling_method: deadpool_postgres::RecyclingMethod::Verified,
                         },
                     );
                     let pool = deadpool_postgres::Pool::builder(manager)
@@ -178,6 +184,7 @@ impl AdminPools {
                         .runtime(deadpool_postgres::Runtime::Tokio1)
                         .wait_timeout(Some(ADMIN_CONNECT_TIMEOUT))
                         .create_timeout(Some(ADMIN_CONNECT_TIMEOUT))
+                        .recycle_timeout(Some(ADMIN_RECYCLE_TIMEOUT))
                         .build()
                         .map_err(|e| AdminError::Unreachable {
                             target: format!("{target:?}"),

@@ -93,7 +93,7 @@ pub fn tool(name: &'static str) -> Result<PathBuf, DumpError> {
 }
 
 async fn major_version(tool_path: &Path, tool: &'static str) -> Result<u32, DumpError> {
-    let out = tokio::process::Command::new(tool_path)
+    let out = crate::pg::child(tool_path)
         .arg("--version")
         .output()
         .await
@@ -136,21 +136,24 @@ async fn prepare(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Res
     Ok(u32::try_from(version / 10_000).unwrap_or(0))
 }
 
-/// A client program logging in to `server` as `user`; the password goes in its environment.
+/// A client program logging in to `server` as `user` to `database`. Only what it needs is in
+/// its environment: the password (never on the command line, where `ps` shows it) and the
+/// connection parameters. The database name travels as `PGDATABASE`, which libpq never reads
+/// as a connection string (a `--dbname` argument containing `=` would be one).
 fn command(
     tool_path: &Path,
     server: &AdminTarget,
     user: &str,
     password: &SecretString,
+    database: &PgIdent,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(tool_path);
+    let mut cmd = crate::pg::child(tool_path);
     cmd.env("PGPASSWORD", password.expose_secret())
         .env("PGHOST", &server.host)
         .env("PGPORT", server.port.to_string())
         .env("PGUSER", user)
+        .env("PGDATABASE", database.as_str())
         .env("PGAPPNAME", "tenantd")
-        .env_remove("PGPASSFILE")
-        .env_remove("PGSERVICE")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
@@ -190,9 +193,10 @@ pub async fn dump(
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(io(format!("cannot create a file in {}", dir.display())))?;
-    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password);
-    cmd.args(["--format=custom", "--no-password", "--dbname"])
-        .arg(database.as_str())
+    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password, database);
+    // A tenant holding a lock on its own tables fails its dump after a bounded wait instead
+    // of freezing a backup run.
+    cmd.args(["--format=custom", "--no-password", "--lock-wait-timeout=10s"])
         .arg(format!("--role={}", role.as_str()))
         .arg("--file")
         .arg(partial.path())
@@ -242,7 +246,7 @@ async fn run(mut cmd: tokio::process::Command, tool: &'static str) -> Result<(),
 /// Checks that `file` is a readable custom-format archive, before anything is created.
 pub async fn check_archive(file: &Path) -> Result<(), DumpError> {
     let pg_restore = tool("pg_restore")?;
-    let out = tokio::process::Command::new(&pg_restore)
+    let out = crate::pg::child(&pg_restore)
         .arg("--list")
         .arg(file)
         .stdin(Stdio::null())
@@ -271,20 +275,21 @@ pub async fn restore(
     file: &Path,
 ) -> Result<(), DumpError> {
     let pg_restore = tool("pg_restore")?;
-    let mut cmd = command(&pg_restore, server, role.as_str(), password);
-    cmd.args([
-        "--single-transaction",
-        "--exit-on-error",
-        "--no-owner",
-        "--no-privileges",
-        "--no-password",
-        "--dbname",
-    ])
-    .arg(database.as_str())
-    .arg(file)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = command(&pg_restore, server, role.as_str(), password, database);
+    // pg_restore connects only when given `--dbname`, which libpq reads as a connection
+    // string when it holds `=`: give it one whose only key is the quoted database name, so no
+    // name (checked to [a-z0-9_] anyway) can ever add a host or another parameter.
+    cmd.args(["--single-transaction", "--exit-on-error", "--no-owner", "--no-privileges", "--no-password"])
+        .arg(format!("--dbname={}", conninfo_dbname(database)))
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     run(cmd, "pg_restore").await
+}
+
+/// `dbname='<name>'` as a libpq connection string, the value quoted (`\` and `'` escaped).
+fn conninfo_dbname(database: &PgIdent) -> String {
+    format!("dbname='{}'", database.as_str().replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The archive file name of a tenant: `<slug>-<id prefix>-<UTC timestamp>.dump`.

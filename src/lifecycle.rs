@@ -133,22 +133,9 @@ impl Lifecycle<'_> {
                 .await?;
         }
         let (admin, target, server_admin) = self.admin_for(t).await?;
-        let role = &target.role;
-        let ddl = format!(
-            "{}; {}",
-            tenant_sql::grant_membership(role, &server_admin.user),
-            tenant_sql::set_login(role, false)
-        );
-        admin.batch_execute(&ddl).await.map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
-        let ended: i64 = admin
-            .query_one(
-                "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
-                 WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name",
-                &[&role.as_str()],
-            )
+        let ended = tenant_sql::close_role(&admin, &target.role, &server_admin.user)
             .await
-            .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?
-            .get(0);
+            .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
         tracing::info!(tenant = %t.slug, sessions_ended = ended, "tenant suspended");
         Ok(())
     }

@@ -16,6 +16,75 @@ pub async fn connect(config: &Config, label: &str) -> Result<Client, tokio_postg
     Ok(client)
 }
 
+/// Session settings of every admin session tenantd opens on a server (maintenance database
+/// and inside tenant databases): only `pg_catalog` is searched, so nothing a tenant created
+/// can stand in for a function the daemon calls, and every wait is bounded.
+pub const ADMIN_SESSION: &str = "-c search_path=pg_catalog -c lock_timeout=5s -c statement_timeout=300s \
+     -c idle_in_transaction_session_timeout=60s";
+
+/// Session settings of catalog connections: only `pg_catalog` is searched (every catalog
+/// object is named `tenantd.`), and every wait is bounded.
+pub const CATALOG_SESSION: &str = "-c search_path=pg_catalog -c lock_timeout=10s -c statement_timeout=60s \
+     -c idle_in_transaction_session_timeout=60s";
+
+/// Session settings of tenant-role sessions that apply migrations: the default search path
+/// (whatever the role's defaults say) and a bounded wait for locks the tenant may hold.
+pub const MIGRATION_SESSION: &str = "-c search_path=\"$user\",public -c lock_timeout=5s";
+
+/// A PostgreSQL client or server program with a clean environment: `PATH` and a locale only.
+/// Nothing of the daemon's own environment (master key, admin token, catalog URL) reaches a
+/// child; callers add exactly the `PG*` variables it needs.
+pub fn child(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear().env("LC_ALL", "C.UTF-8");
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+/// Adds `-c` settings to a configuration's startup options, after any the URL already had.
+/// Startup options take precedence over role and database defaults, so a tenant cannot lift
+/// them with `ALTER ROLE ... SET`.
+pub fn add_options(config: &mut Config, options: &str) {
+    let combined = match config.get_options() {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {options}"),
+        _ => options.to_owned(),
+    };
+    config.options(combined);
+}
+
+/// Cancels the statement running on a connection if dropped while armed: work started for a
+/// request that was dropped (client gone, timeout) does not go on on the server.
+pub struct CancelOnDrop {
+    token: Option<tokio_postgres::CancelToken>,
+}
+
+impl CancelOnDrop {
+    /// Armed for `client`'s current statement.
+    pub fn arm(client: &Client) -> Self {
+        Self { token: Some(client.cancel_token()) }
+    }
+
+    /// The work finished: nothing to cancel.
+    pub fn disarm(mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = token.cancel_query(NoTls).await {
+                    tracing::warn!(error = %describe(&error), "cannot cancel an abandoned statement");
+                }
+            });
+        }
+    }
+}
+
 /// A one-line description of a PostgreSQL error: message and SQLSTATE, or the I/O cause chain.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
@@ -47,6 +116,15 @@ fn percent(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn options_are_added_after_the_urls_own() {
+        let mut config: tokio_postgres::Config =
+            "postgres://u@h/db?options=-c%20work_mem%3D8MB".parse().unwrap();
+        super::add_options(&mut config, super::CATALOG_SESSION);
+        let options = config.get_options().unwrap();
+        assert!(options.starts_with("-c work_mem=8MB -c search_path=pg_catalog"), "{options}");
+    }
+
     #[test]
     fn urls_round_trip_through_the_driver() {
         let url = super::url("we ird", "p@ss:w/rd'\\", "db.example", 6543, "my db");

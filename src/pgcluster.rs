@@ -160,7 +160,11 @@ impl RunAs {
 
     fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
         let mut cmd = Command::new(program);
-        cmd.current_dir(cwd).env_remove("PGPASSWORD").env("LC_ALL", "C.UTF-8");
+        // Only what the server programs need: none of the daemon's secrets.
+        cmd.current_dir(cwd).env_clear().env("LC_ALL", "C.UTF-8");
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
         if self.switch {
             cmd.uid(self.uid).gid(self.gid).env("HOME", cwd).env("USER", "postgres");
         }
@@ -368,6 +372,7 @@ impl RunningCluster {
                 });
             }
             let ready = Command::new(bin.program("pg_isready"))
+                .env_clear()
                 .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "1"])
                 .status()
                 .map_err(io("cannot run pg_isready"))?;

@@ -164,6 +164,19 @@ impl TenantTarget {
         config
     }
 
+    /// [`TenantTarget::config`] for applying migrations: the default search path and a bounded
+    /// wait for locks (a tenant holding `ACCESS EXCLUSIVE` fails the attempt with a clear
+    /// reason instead of freezing a fleet upgrade).
+    pub fn migration_config(
+        &self,
+        database: Option<&PgIdent>,
+        application_name: &str,
+    ) -> tokio_postgres::Config {
+        let mut config = self.config(database, application_name);
+        crate::pg::add_options(&mut config, crate::pg::MIGRATION_SESSION);
+        config
+    }
+
     /// The details an application connects with.
     pub fn details(&self) -> ConnectionDetails {
         let password = self.password.expose_secret();

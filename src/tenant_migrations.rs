@@ -119,9 +119,9 @@ impl MigrationSet {
     /// Applies every pending migration in one transaction, under the tenant's advisory lock.
     /// Returns the resulting version and the migrations applied now.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
-        client.execute("SELECT pg_advisory_lock($1)", &[&LOCK]).await?;
+        client.execute("SELECT pg_catalog.pg_advisory_lock($1)", &[&LOCK]).await?;
         let report = self.runner().run_async(client).await;
-        let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await;
+        let unlocked = client.execute("SELECT pg_catalog.pg_advisory_unlock($1)", &[&LOCK]).await;
         let report = report?;
         unlocked?;
         let applied = report

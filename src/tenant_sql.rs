@@ -55,17 +55,28 @@ pub fn create_database(database: &PgIdent) -> String {
     format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(database.as_str()))
 }
 
+/// `CREATE DATABASE` for a tenant, from `template0`, closed to every connection until
+/// [`lock_down_database`] has revoked PUBLIC's rights: its name is visible in `pg_database`
+/// at once, but no neighbour can connect in the window before the lockdown.
+pub fn create_tenant_database(database: &PgIdent) -> String {
+    format!("CREATE DATABASE {} TEMPLATE template0 ALLOW_CONNECTIONS false", quote_ident(database.as_str()))
+}
+
 /// Marks a database as tenantd's.
 pub fn comment_on_database(database: &PgIdent, tenant: Uuid) -> String {
     format!("COMMENT ON DATABASE {} IS {}", quote_ident(database.as_str()), quote_literal(&marker(tenant)))
 }
 
 /// Database-level lock-down, run on the maintenance database: nobody but the tenant role (and
-/// the owner) may connect or create temporary tables.
+/// the owner) may connect or create temporary tables; only then does the database accept
+/// connections at all (it is created closed).
 pub fn lock_down_database(database: &PgIdent, role: &PgIdent) -> String {
     let db = quote_ident(database.as_str());
     let role = quote_ident(role.as_str());
-    format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}")
+    format!(
+        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}; \
+         ALTER DATABASE {db} ALLOW_CONNECTIONS true"
+    )
 }
 
 /// Schema-level grants, run inside the tenant database: the tenant role may use and create in
@@ -127,6 +138,44 @@ pub fn close_database(database: &str, keep: &str) -> String {
         "REVOKE CONNECT ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {}",
         quote_ident(keep)
     )
+}
+
+/// Stops a tenant role from working: the admin becomes a member (to end its sessions), its
+/// sessions are ended, it loses LOGIN, and sessions that slipped in meanwhile are ended again.
+/// Ending sessions first matters: a tenant holding its own role row locked (`BEGIN; ALTER
+/// ROLE self PASSWORD ...`) would otherwise block `NOLOGIN` for ever. Each attempt is bounded
+/// by the admin session's `lock_timeout` and retried a few times. Returns the sessions ended.
+pub async fn close_role(
+    admin: &tokio_postgres::Client,
+    role: &PgIdent,
+    admin_user: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    const TERMINATE: &str = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) \
+         FROM pg_catalog.pg_stat_activity a WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name";
+    admin.batch_execute(&grant_membership(role, admin_user)).await?;
+    let guard = crate::pg::CancelOnDrop::arm(admin);
+    let mut ended: i64 = 0;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        ended += admin.query_one(TERMINATE, &[&role.as_str()]).await?.get::<_, i64>(0);
+        match admin.batch_execute(&set_login(role, false)).await {
+            Ok(()) => break,
+            Err(e) if attempt < 5 && is_lock_wait(&e) => {
+                tracing::warn!(role = %role, attempt, "NOLOGIN waited on a lock the tenant holds; ending its sessions again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    ended += admin.query_one(TERMINATE, &[&role.as_str()]).await?.get::<_, i64>(0);
+    guard.disarm();
+    Ok(ended)
+}
+
+/// True for a wait cut short by `lock_timeout` or `statement_timeout`.
+pub fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED)
 }
 
 #[cfg(test)]

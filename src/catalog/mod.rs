@@ -117,6 +117,7 @@ impl Catalog {
     pub fn new(url: &SecretString, max_connections: usize) -> Result<Self, CatalogError> {
         let mut config = parse_pg_config(url)?;
         config.application_name("tenantd").connect_timeout(Duration::from_secs(10));
+        crate::pg::add_options(&mut config, crate::pg::CATALOG_SESSION);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -191,18 +192,22 @@ impl Catalog {
     /// others wait on the advisory lock and then find nothing to do.
     pub async fn migrate(&self) -> Result<(), CatalogError> {
         let mut client = crate::pg::connect(&self.config, "catalog migration").await?;
-        let version: i32 =
-            client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+        let version: i32 = client
+            .query_one("SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4", &[])
+            .await?
+            .get(0);
         if version < 130_000 {
             return Err(CatalogError::TooOld(version.to_string()));
         }
-        // The lock is released with the session if anything below fails.
-        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        // The lock is released with the session if anything below fails. Another process may
+        // be applying the schema: wait for it longer than the session's usual lock timeout.
+        client.batch_execute("SET lock_timeout = '5min'; SET statement_timeout = '10min'").await?;
+        client.execute("SELECT pg_catalog.pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         client.batch_execute("CREATE SCHEMA IF NOT EXISTS tenantd").await?;
         let mut runner = embedded_schema::migrations::runner();
         runner.set_migration_table_name("tenantd.schema_history");
         let report = runner.set_grouped(true).run_async(&mut client).await?;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        client.execute("SELECT pg_catalog.pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
         for m in report.applied_migrations() {
             tracing::info!(version = m.version(), name = m.name(), "applied catalog migration");
         }

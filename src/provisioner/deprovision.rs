@@ -87,18 +87,7 @@ impl Provisioner<'_> {
     /// No new sessions from here on, and none left writing behind the archive's back; the
     /// membership lets `DROP DATABASE ... WITH (FORCE)` end any that remain.
     async fn close(&self, admin: &tokio_postgres::Client, target: &Target) -> Result<(), StepError> {
-        let ddl = format!(
-            "{}; {}",
-            tenant_sql::grant_membership(&target.role, &target.admin.user),
-            tenant_sql::set_login(&target.role, false)
-        );
-        admin.batch_execute(&ddl).await.map_err(pg_retry(Step::Drop))?;
-        admin
-            .execute(
-                "SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
-                 WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name",
-                &[&target.role.as_str()],
-            )
+        tenant_sql::close_role(admin, &target.role, &target.admin.user)
             .await
             .map_err(pg_retry(Step::Drop))?;
         Ok(())

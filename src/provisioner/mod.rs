@@ -317,7 +317,7 @@ impl Provisioner<'_> {
             Some(location) => (location, EventKind::DatabaseAdopted),
             None => {
                 admin
-                    .batch_execute(&tenant_sql::create_database(&t.staging))
+                    .batch_execute(&tenant_sql::create_tenant_database(&t.staging))
                     .await
                     .map_err(pg_retry(STEP))?;
                 (Location::Staging, EventKind::DatabaseCreated)
@@ -356,8 +356,10 @@ impl Provisioner<'_> {
         // check the result instead of trusting it.
         let row = inside
             .query_one(
-                "SELECT has_schema_privilege($1, 'public', 'CREATE'), \
-                        has_database_privilege('public', current_database(), 'CONNECT')",
+                "SELECT pg_catalog.has_schema_privilege($1::pg_catalog.text, 'public'::pg_catalog.text, \
+                          'CREATE'::pg_catalog.text), \
+                        pg_catalog.has_database_privilege('public'::pg_catalog.text, \
+                          pg_catalog.current_database()::pg_catalog.text, 'CONNECT'::pg_catalog.text)",
                 &[&t.role.as_str()],
             )
             .await
@@ -382,9 +384,14 @@ impl Provisioner<'_> {
     }
 
     async fn connect_as_tenant(&self, t: &Target, db: &PgIdent, step: Step) -> Result<Client, StepError> {
-        crate::pg::connect(&t.config(Some(db), "tenantd-migrate"), "tenant migration").await.map_err(|e| {
-            StepError::Retry(step, format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)))
-        })
+        crate::pg::connect(&t.migration_config(Some(db), "tenantd-migrate"), "tenant migration")
+            .await
+            .map_err(|e| {
+                StepError::Retry(
+                    step,
+                    format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)),
+                )
+            })
     }
 
     /// Step 5's connection as the tenant role to the database where it is (the one kept from

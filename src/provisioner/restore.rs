@@ -23,7 +23,7 @@ impl Provisioner<'_> {
         let (mut client, db) = self.tenant_connection(t, location, connection).await?;
         let relations: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = 'public'",
                 &[],
             )
@@ -36,7 +36,10 @@ impl Provisioner<'_> {
                 .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         }
         let has_history: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tenant_migrations::HISTORY_TABLE])
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1::pg_catalog.text) IS NOT NULL",
+                &[&tenant_migrations::HISTORY_TABLE],
+            )
             .await
             .map_err(pg_retry(STEP))?
             .get(0);

@@ -46,7 +46,7 @@ impl Upgrader<'_> {
     /// Connects as the tenant role and applies what is pending.
     async fn apply(&self, tenant: &TenantRecord) -> Result<Outcome, UpgradeError> {
         let target = TenantTarget::resolve(&self.core.catalog, &self.core.keyring, tenant).await?;
-        let config = target.config(None, "tenantd-upgrade");
+        let config = target.migration_config(None, "tenantd-upgrade");
         let mut client = crate::pg::connect(&config, "tenant upgrade").await?;
         let recorded = crate::tenant_migrations::current_version(&mut client).await?;
         if recorded > self.migrations.latest_version() {
