@@ -37,6 +37,7 @@ pub(crate) mod markers;
 pub(crate) mod names;
 pub(crate) mod pg;
 pub mod pgcluster;
+pub(crate) mod pgwire;
 pub(crate) mod placement;
 pub(crate) mod pools;
 pub(crate) mod provisioner;

@@ -8,9 +8,13 @@
 //!   to `pools.acquire_timeout`; after that the caller gets [`LendError::Saturated`] (503 with
 //!   `Retry-After`).
 //! - **Idle**: a pool unused for `pools.idle_timeout` is closed by a background task.
-//! - **Clean lending**: a [`Lent`] connection goes back through `ROLLBACK` + `DISCARD ALL`
-//!   (session settings, temporary objects, prepared statements, advisory locks, LISTENs, role)
+//! - **Clean lending**: a [`Lent`] connection goes back through `ROLLBACK` and everything
+//!   `DISCARD ALL` does but deallocating the driver's own statements (session settings,
+//!   temporary objects, the tenant's prepared statements, advisory locks, LISTENs, role)
 //!   before anyone else may borrow it; a connection that cannot be reset is closed instead.
+//! - **Limits the tenant cannot lift** ([`Lent::run_guarded`]): a deadline enforced with a
+//!   cancel request, a cap on server message size read from the wire before the message is
+//!   (see `pgwire`), and a cap on type lookups while preparing.
 //!
 //! Pools are keyed by slug and carry a fingerprint of the tenant's placement and credentials,
 //! so a moved, recreated or re-keyed tenant gets a fresh pool.
@@ -20,6 +24,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use deadpool_postgres::ClientWrapper;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -27,7 +33,9 @@ use crate::catalog::servers::ServerRecord;
 use crate::catalog::tenants::TenantRecord;
 use crate::config::PoolSettings;
 use crate::crypto::Keyring;
+use crate::pgwire::{GuardedStream, MAX_TYPE_LOOKUPS, Tripped, WireGuard};
 use crate::shutdown::Shutdown;
+use crate::sqlhttp::SqlError;
 use crate::target::TenantTarget;
 
 /// Why no connection could be lent.
@@ -62,17 +70,26 @@ pub enum ManagerError {
     Saturated,
     /// Connecting failed.
     Connect(tokio_postgres::Error),
+    /// The server could not be reached.
+    Unreachable(String),
 }
 
-/// A pooled connection and the server permit it holds.
+/// A pooled connection, the server permit it holds, and the guards on its wire.
 pub struct PooledConn {
     client: ClientWrapper,
+    guard: Arc<WireGuard>,
+    /// Where cancel requests go.
+    address: (String, u16),
+    /// A statement may be running (a request is using the connection).
+    busy: AtomicBool,
     _permit: OwnedSemaphorePermit,
 }
 
 /// Creates tenant connections under the server budget.
 pub struct TenantManager {
-    inner: deadpool_postgres::Manager,
+    config: tokio_postgres::Config,
+    address: (String, u16),
+    max_message: usize,
     budget: Arc<Semaphore>,
     server: String,
     slug: String,
@@ -98,14 +115,52 @@ impl managed::Manager for TenantManager {
                 }
             }
         };
-        let client = managed::Manager::create(&self.inner).await.map_err(ManagerError::Connect)?;
+        let guard = WireGuard::new(self.max_message);
+        let client = self.connect(&guard).await?;
         metrics::counter!("tenantd_pool_connections_opened_total", "server" => self.server.clone())
             .increment(1);
-        Ok(PooledConn { client, _permit: permit })
+        Ok(PooledConn {
+            client,
+            guard,
+            address: self.address.clone(),
+            busy: AtomicBool::new(false),
+            _permit: permit,
+        })
     }
 
     async fn recycle(&self, conn: &mut PooledConn, _: &Metrics) -> RecycleResult<ManagerError> {
-        if conn.client.is_closed() { Err(RecycleError::message("connection closed")) } else { Ok(()) }
+        if conn.client.is_closed() || conn.guard.tripped().is_some() {
+            Err(RecycleError::message("connection closed"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl TenantManager {
+    /// Connects over a [`GuardedStream`]: server messages larger than the result limit end
+    /// the connection before they are read into memory.
+    async fn connect(&self, guard: &Arc<WireGuard>) -> Result<ClientWrapper, ManagerError> {
+        let timeout = self.config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+        let (host, port) = (&self.address.0, self.address.1);
+        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| ManagerError::Unreachable(format!("{host}:{port}: connect timed out")))?
+            .map_err(|e| ManagerError::Unreachable(format!("{host}:{port}: {e}")))?;
+        tcp.set_nodelay(true).map_err(|e| ManagerError::Unreachable(format!("{host}:{port}: {e}")))?;
+        let stream = GuardedStream::new(tcp, guard.clone());
+        let (client, connection) =
+            tokio::time::timeout(timeout, self.config.connect_raw(stream, tokio_postgres::NoTls))
+                .await
+                .map_err(|_| ManagerError::Unreachable(format!("{host}:{port}: login timed out")))?
+                .map_err(ManagerError::Connect)?;
+        let slug = self.slug.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(tenant = %slug, error = %crate::pg::describe(&error), "tenant connection ended");
+            }
+        });
+        Ok(ClientWrapper::new(client, task))
     }
 }
 
@@ -221,15 +276,16 @@ impl Pools {
         let target = TenantTarget::new(tenant, server, keyring)?;
         let settings = &self.inner.settings;
         let mut config = target.config(None, "tenantd-lend");
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        crate::pg::add_options(
+            &mut config,
+            &format!("-c statement_timeout={}", settings.statement_timeout.as_millis()),
+        );
         let manager = TenantManager {
-            inner: deadpool_postgres::Manager::from_config(
-                config,
-                tokio_postgres::NoTls,
-                deadpool_postgres::ManagerConfig {
-                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                },
-            ),
+            config,
+            address: (server.host.clone(), server.port),
+            // A message may hold one row; no row may be larger than a whole result.
+            max_message: settings.max_result_bytes + 64 * 1024,
             budget: self.budget(&server.name),
             server: server.name.clone(),
             slug: tenant.slug.clone(),
@@ -272,6 +328,7 @@ impl Pools {
             managed::PoolError::Backend(ManagerError::Connect(pg)) => {
                 LendError::Connect(crate::pg::describe(&pg))
             }
+            managed::PoolError::Backend(ManagerError::Unreachable(m)) => LendError::Connect(m),
             managed::PoolError::Timeout(_) => LendError::TenantBusy(self.inner.settings.per_tenant),
             managed::PoolError::Closed => LendError::Closed,
             other => LendError::Connect(format!("{other:?}")),
@@ -327,7 +384,8 @@ impl Pools {
 }
 
 /// A lent connection. Dereferences to a `tokio_postgres::Client`; when dropped it is reset
-/// (`ROLLBACK`, `DISCARD ALL`) in the background and only then returned to the pool.
+/// in the background (a statement still running is cancelled first) and only then returned
+/// to the pool.
 pub struct Lent {
     object: Option<managed::Object<TenantManager>>,
 }
@@ -336,10 +394,97 @@ impl std::ops::Deref for Lent {
     type Target = tokio_postgres::Client;
 
     fn deref(&self) -> &tokio_postgres::Client {
+        &self.conn().client
+    }
+}
+
+impl Lent {
+    fn conn(&self) -> &PooledConn {
         match &self.object {
-            Some(object) => &object.client,
+            Some(object) => object,
             None => unreachable!("a Lent holds its connection until dropped"),
         }
+    }
+
+    /// Runs a tenant's request on this connection under limits the tenant cannot lift: it is
+    /// cancelled on the server when `deadline` passes (whatever `statement_timeout` the
+    /// session set) or when this future is dropped; preparing its `statements` may look up at
+    /// most [`MAX_TYPE_LOOKUPS`] types; no server message may exceed the result limit.
+    pub async fn run_guarded<'a, T, Fut>(
+        &'a self,
+        deadline: Duration,
+        statements: usize,
+        work: impl FnOnce(&'a tokio_postgres::Client) -> Fut,
+    ) -> Result<T, SqlError>
+    where
+        Fut: Future<Output = Result<T, SqlError>>,
+    {
+        let conn = self.conn();
+        conn.busy.store(true, Ordering::SeqCst);
+        conn.guard.limit_lookups(MAX_TYPE_LOOKUPS + i64::try_from(statements).unwrap_or(i64::MAX / 2));
+        // Dropped before the work ends (client gone, HTTP timeout): cancel it on the server,
+        // so a held connection (a handle) is not left running it.
+        let abandoned = CancelOnDrop { conn: Some((conn.client.cancel_token(), conn.address.clone())) };
+        let outcome = tokio::time::timeout(deadline, work(&conn.client)).await;
+        abandoned.disarm();
+        conn.guard.unlimited();
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                cancel(conn).await;
+                return Err(SqlError::Timeout(format!(
+                    "the request ran longer than {deadline:?} and was cancelled"
+                )));
+            }
+        };
+        conn.busy.store(false, Ordering::SeqCst);
+        result.map_err(|e| match (conn.guard.tripped(), e) {
+            (Some(Tripped::TooLarge(limit)), _) => SqlError::TooLarge(format!(
+                "a row of the result is larger than {limit} bytes; the connection was closed before reading it"
+            )),
+            (Some(Tripped::TooDeep(limit)), _) => SqlError::BadRequest(format!(
+                "the statement's types need more than {limit} lookups to resolve (types nested too deeply)"
+            )),
+            (None, e) => e,
+        })
+    }
+}
+
+/// Cancels a tenant statement when dropped while armed.
+struct CancelOnDrop {
+    conn: Option<(tokio_postgres::CancelToken, (String, u16))>,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some((token, address)) = self.conn.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { cancel_with(&token, &address).await });
+        }
+    }
+}
+
+/// Sends a cancel request for whatever runs on `conn` (a new connection to the server, as the
+/// protocol wants); a failure is logged, and the reset that follows is bounded anyway.
+async fn cancel(conn: &PooledConn) {
+    cancel_with(&conn.client.cancel_token(), &conn.address).await;
+}
+
+async fn cancel_with(token: &tokio_postgres::CancelToken, (host, port): &(String, u16)) {
+    let cancelled = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(|e| e.to_string())?;
+        token.cancel_query_raw(tcp, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), cancelled).await {
+        Ok(Ok(())) => metrics::counter!("tenantd_statements_cancelled_total").increment(1),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a tenant statement"),
+        Err(_) => tracing::warn!("cancel request to the tenant server timed out"),
     }
 }
 
@@ -356,20 +501,54 @@ impl Drop for Lent {
     }
 }
 
-/// Resets a connection before it goes back to the pool; closes it if that fails.
+/// Everything `DISCARD ALL` does except `DEALLOCATE ALL`: the driver keeps prepared statements
+/// of its own on the connection (type lookups), and deallocating them would break the next
+/// borrower's queries. The tenant's own `PREPARE`d statements are deallocated one by one.
+const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES";
+
+/// Resets a connection before it goes back to the pool; closes it if that fails. A statement
+/// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
 async fn reset(object: managed::Object<TenantManager>) {
     let reset = async {
-        object.client.batch_execute("ROLLBACK").await?;
-        object.client.batch_execute("DISCARD ALL").await
+        if object.busy.load(Ordering::SeqCst) {
+            cancel(&object).await;
+        }
+        if object.guard.tripped().is_some() || object.client.is_closed() {
+            return Ok(false);
+        }
+        let client = &object.client;
+        client.batch_execute("ROLLBACK").await?;
+        client.batch_execute(RESET).await?;
+        let prepared =
+            client.simple_query("SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql").await?;
+        let deallocate: Vec<String> = prepared
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .map(|name| format!("DEALLOCATE {}", crate::tenant_sql::quote_ident(name)))
+            .collect();
+        if !deallocate.is_empty() {
+            client.batch_execute(&deallocate.join("; ")).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(true)
     };
-    match reset.await {
-        Ok(()) => {
-            object.client.statement_cache.clear();
+    match tokio::time::timeout(Duration::from_secs(10), reset).await {
+        Ok(Ok(true)) => {
+            object.busy.store(false, Ordering::SeqCst);
             drop(object);
         }
-        Err(error) => {
+        Ok(Ok(false)) => drop(managed::Object::take(object)),
+        Ok(Err(error)) => {
             metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
             tracing::warn!(error = %crate::pg::describe(&error), "connection could not be reset; closing it");
+            drop(managed::Object::take(object));
+        }
+        Err(_) => {
+            metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
+            tracing::warn!("connection reset did not finish in time; closing it");
             drop(managed::Object::take(object));
         }
     }

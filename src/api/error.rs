@@ -217,6 +217,7 @@ impl From<crate::sqlhttp::SqlError> for ApiError {
             SqlError::BadRequest(m) => Self::bad_request("invalid_sql_request", m),
             SqlError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "result_too_large", m),
             SqlError::Connection(m) => Self::unavailable("tenant_unreachable", m, 1),
+            SqlError::Timeout(m) => Self::new(StatusCode::REQUEST_TIMEOUT, "statement_timeout", m),
             SqlError::Postgres { sqlstate, message, detail, hint, position } => {
                 let status = sql_status(&sqlstate);
                 let mut error = if status.is_server_error() {

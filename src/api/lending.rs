@@ -36,6 +36,13 @@ async fn borrow(app: &App, tenant: &TenantRecord) -> Result<Lent, ApiError> {
     Ok(app.pools.get(tenant, &server, &app.keyring).await?)
 }
 
+/// How long one SQL request may run before tenantd cancels it on the server. The session's
+/// `statement_timeout` (the same value) normally ends it first; this holds even when the
+/// tenant lifted that with `SET`.
+fn deadline(app: &App) -> Duration {
+    app.settings.pools.statement_timeout + Duration::from_secs(1)
+}
+
 fn limits(app: &App) -> Limits {
     Limits { max_rows: app.settings.pools.max_rows, max_result_bytes: app.settings.pools.max_result_bytes }
 }
@@ -59,7 +66,10 @@ pub async fn sql(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = lendable(&app, &caller, &slug).await?;
     let connection = borrow(&app, &tenant).await?;
-    let results = sqlhttp::run_request(&connection, &req, &limits(&app)).await?;
+    let limits = limits(&app);
+    let results = connection
+        .run_guarded(deadline(&app), req.len(), |client| sqlhttp::run_request(client, &req, &limits))
+        .await?;
     answer(&req, results)
 }
 
@@ -129,7 +139,10 @@ pub async fn handle_sql(
     lendable(&app, &caller, &handle.slug).await?;
     handle.touch();
     let connection = handle.connection.lock().await;
-    let results = sqlhttp::run_raw(&connection, &req, &limits(&app)).await;
+    let limits = limits(&app);
+    let results = connection
+        .run_guarded(deadline(&app), req.len(), |client| sqlhttp::run_raw(client, &req, &limits))
+        .await;
     drop(connection);
     let expires_at = handle.touch();
     let mut headers = HeaderMap::new();

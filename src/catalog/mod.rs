@@ -121,6 +121,9 @@ impl Catalog {
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
+            // Fast (no check query per checkout: the catalog is on every hot path). A query
+            // abandoned while it waits (a lease renewal that timed out) can hold its
+            // connection only until the session's lock_timeout/statement_timeout end it.
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)

@@ -97,6 +97,21 @@ impl ValueError {
     }
 }
 
+impl SqlRequest {
+    /// Statements in the request.
+    pub fn len(&self) -> usize {
+        match self {
+            SqlRequest::One(_) => 1,
+            SqlRequest::Many { statements } => statements.len(),
+        }
+    }
+
+    /// True for an empty statement list.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Bounds on what one request may return.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -158,6 +173,9 @@ pub enum SqlError {
     /// Connection-level failure (closed connection, I/O): not the client's fault.
     #[error("{0}")]
     Connection(String),
+    /// The request ran past its deadline and was cancelled on the server.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Server errors keep their SQLSTATE and fields; anything else is a connection failure.
@@ -192,7 +210,7 @@ impl SqlError {
                 hint,
                 position,
             },
-            connection @ SqlError::Connection(_) => connection,
+            other @ (SqlError::Connection(_) | SqlError::Timeout(_)) => other,
         }
     }
 }
