@@ -96,9 +96,10 @@ pub async fn open_handle(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Opened>), ApiError> {
-    // The body is optional: an empty one means the defaults.
+    // The body is optional: an empty one means the defaults. Too large is a JSON 413 too.
+    let body = body?;
     let req: OpenHandle = if body.iter().all(u8::is_ascii_whitespace) {
         OpenHandle::default()
     } else {

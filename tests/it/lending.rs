@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::common::{TestApp, app, shared_cluster, spawn_app};
+use crate::common::{TestApp, app, shared_cluster, spawn_app, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -327,6 +327,8 @@ async fn bounds_hold_under_a_burst() {
     let busy = results.iter().filter(|(s, _)| *s == 503).count();
     assert_eq!(ok + busy, 50, "only 200 or 503: {results:?}");
     assert!(ok > 0, "{results:?}");
+    // (A burst may or may not spend the budget; `a_spent_server_budget_answers_503_with_retry_after`
+    // spends it for certain.)
     assert!(results.iter().filter(|(s, _)| *s == 503).all(|(_, retry)| *retry), "503 carries Retry-After");
     assert!(peak.load(Ordering::SeqCst) <= 4, "server budget exceeded: {}", peak.load(Ordering::SeqCst));
     assert!(
@@ -468,4 +470,266 @@ async fn a_panicking_handler_is_a_500_and_the_daemon_lives_on() {
     assert_eq!(body["error"]["code"], "internal");
     let after = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(after.status(), 200, "still serving");
+}
+
+/// Faster than this is the catalog's notification at work, not the resolver's cache running
+/// out (its TTL is 2 s).
+const BY_NOTIFICATION: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn a_token_rotated_on_one_daemon_is_refused_by_another_at_once() {
+    let a = spawn_app().await;
+    let b = app().same_catalog_as(&a).spawn().await;
+    let old = ready_tenant(&a, "rotated").await;
+    // The tenant's first use on daemon B puts it and its token into B's cache.
+    let warmed = Instant::now();
+    assert_eq!(sql_as(&b, &old, "rotated", json!({ "sql": "SELECT 1" })).await.0, 200);
+
+    let (status, rotated) = a.post("/v1/tenants/rotated/tokens", &json!({})).await;
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["token"].as_str().unwrap();
+    wait_for("daemon B to refuse the old token", Duration::from_secs(5), || async {
+        (sql_as(&b, &old, "rotated", json!({ "sql": "SELECT 1" })).await.0 == 401).then_some(())
+    })
+    .await;
+    let refused = warmed.elapsed();
+    wait_for("daemon B to accept the new token", Duration::from_secs(5), || async {
+        (sql_as(&b, new, "rotated", json!({ "sql": "SELECT 1" })).await.0 == 200).then_some(())
+    })
+    .await;
+    let accepted = warmed.elapsed();
+    assert!(
+        refused < BY_NOTIFICATION,
+        "old token still accepted by B {refused:?} after its cache was filled"
+    );
+    assert!(accepted < BY_NOTIFICATION, "new token refused by B for {accepted:?} after its cache was filled");
+    let (status, _) = a.request_as(Method::GET, "/v1/tenants/rotated/connection", None, Some(&old)).await;
+    assert_eq!(status, 401, "and by the daemon that rotated it");
+}
+
+#[tokio::test]
+async fn a_tenant_suspended_on_one_daemon_is_locked_on_another_at_once_handles_included() {
+    let a = spawn_app().await;
+    let b = app().same_catalog_as(&a).spawn().await;
+    let token = ready_tenant(&a, "frozen").await;
+    // On daemon B, the tenant is in use through a handle (and so in B's cache).
+    let warmed = Instant::now();
+    let (status, opened) = b
+        .request_as(
+            Method::POST,
+            "/v1/tenants/frozen/handles",
+            Some(&json!({ "ttl_seconds": 60 })),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let on_handle = format!("/v1/handles/{}/sql", opened["handle"].as_str().unwrap());
+    let select_one = json!({ "sql": "SELECT 1" });
+    let handle_sql = || b.request_as(Method::POST, &on_handle, Some(&select_one), Some(&token));
+    assert_eq!(handle_sql().await.0, 200);
+
+    // Suspended through daemon A, while a client keeps using the tenant through B.
+    let no_body = json!({});
+    let suspend = a.post("/v1/tenants/frozen/suspend", &no_body);
+    let locked = async {
+        let body = wait_for("daemon B to answer 423", Duration::from_secs(5), || async {
+            let (status, body) = sql_as(&b, &token, "frozen", json!({ "sql": "SELECT 1" })).await;
+            (status == 423).then_some(body)
+        })
+        .await;
+        (body, warmed.elapsed())
+    };
+    let ((status, suspended), (locked, elapsed)) = tokio::join!(suspend, locked);
+    assert_eq!((status, suspended["status"].as_str()), (200, Some("SUSPENDED")), "{suspended}");
+    assert_eq!(locked["error"]["code"], "tenant_suspended");
+    assert!(
+        elapsed < BY_NOTIFICATION,
+        "B lent a suspended tenant for {elapsed:?} after its cache was filled"
+    );
+    // B closed the handle (a stale handle would answer 423 once the cache ran out, never 404)
+    // and the tenant's pool.
+    let (status, body) = wait_for("B to close the handle", Duration::from_secs(5), || async {
+        let (status, body) = handle_sql().await;
+        (status != 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 404, "the handle on B is closed: {body}");
+    assert!(b.daemon.as_ref().unwrap().app().pools.tenant_status("frozen").is_none(), "B's pool is closed");
+}
+
+#[tokio::test]
+async fn a_spent_server_budget_answers_503_with_retry_after() {
+    let app = app()
+        .configure(|s| {
+            s.pools.per_tenant = 2;
+            s.pools.per_server = 2;
+            s.pools.max_handles_per_tenant = 2;
+            s.pools.acquire_timeout = Duration::from_millis(300);
+        })
+        .spawn()
+        .await;
+    let hog = ready_tenant(&app, "hog").await;
+    let starved = ready_tenant(&app, "starved").await;
+    // Two handles of one tenant hold the server's whole budget.
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let (status, opened) =
+            app.request_as(Method::POST, "/v1/tenants/hog/handles", None, Some(&hog)).await;
+        assert_eq!(status, 201, "{opened}");
+        handles.push(opened["handle"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.daemon.as_ref().unwrap().app().pools.server_connections("pg1"), 2);
+
+    let raw_sql = |slug: &'static str, token: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(format!("{}/v1/tenants/{slug}/sql", app.base))
+                .bearer_auth(token)
+                .json(&json!({ "sql": "SELECT 1" }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.expect("a JSON body");
+            (status, retry_after, body)
+        }
+    };
+    // Another tenant on that server: 503 with Retry-After once the acquire timeout is over.
+    let (status, retry_after, body) = raw_sql("starved", starved.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("saturated")), "{body}");
+    let seconds: u64 = retry_after.expect("Retry-After on 503").parse().expect("Retry-After in seconds");
+    assert!(seconds >= 1, "{seconds}");
+    // The tenant holding both: its own pool is full, same answer.
+    let (status, retry_after, body) = raw_sql("hog", hog.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("tenant_busy")), "{body}");
+    assert!(retry_after.is_some(), "Retry-After on 503");
+
+    // One handle closed: its connection goes back idle, and is closed to make room.
+    let (status, _) =
+        app.request_as(Method::DELETE, &format!("/v1/handles/{}", handles[0]), None, Some(&hog)).await;
+    assert_eq!(status, 204);
+    wait_for("the starved tenant to be served", Duration::from_secs(10), || async {
+        (raw_sql("starved", starved.clone()).await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(app.daemon.as_ref().unwrap().app().pools.server_connections("pg1") <= 2, "budget held");
+}
+
+#[tokio::test]
+async fn each_use_of_a_handle_pushes_its_expiry_back() {
+    let app = app().configure(|s| s.pools.max_handles_per_tenant = 1).spawn().await;
+    let token = ready_tenant(&app, "kept").await;
+    let (status, opened) = app
+        .request_as(
+            Method::POST,
+            "/v1/tenants/kept/handles",
+            Some(&json!({ "ttl_seconds": 2 })),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let path = format!("/v1/handles/{}/sql", opened["handle"].as_str().unwrap());
+    let parse =
+        |v: &str| chrono::DateTime::parse_from_rfc3339(v).expect("RFC 3339").with_timezone(&chrono::Utc);
+    let mut expires = parse(opened["expires_at"].as_str().unwrap());
+    let opened_at = Instant::now();
+    let ttl = chrono::Duration::seconds(2);
+    // A client using the handle every half second, for longer than its TTL (the pauses are its
+    // pace, not synchronisation).
+    while opened_at.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let response = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(&token)
+            .json(&json!({ "sql": "SELECT 1" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "still open {:?} after opening", opened_at.elapsed());
+        let header = response.headers().get("x-handle-expires-at").expect("X-Handle-Expires-At");
+        let now = chrono::Utc::now();
+        let until = parse(header.to_str().unwrap());
+        assert!(until > expires, "each use pushes the expiry back: {until} after {expires}");
+        assert!(until > now + ttl / 2 && until <= now + ttl, "one TTL from now: {until} at {now}");
+        expires = until;
+    }
+    // Left alone, it expires when the last answer said: only then may another be opened.
+    let reopened = wait_for("the handle to expire", Duration::from_secs(10), || async {
+        let (status, _) = app.request_as(Method::POST, "/v1/tenants/kept/handles", None, Some(&token)).await;
+        (status == 201).then(chrono::Utc::now)
+    })
+    .await;
+    assert!(reopened >= expires, "expired at {reopened}, before {expires}");
+    let (status, _) =
+        app.request_as(Method::POST, &path, Some(&json!({ "sql": "SELECT 1" })), Some(&token)).await;
+    assert_eq!(status, 404, "the expired handle is gone");
+}
+
+#[tokio::test]
+async fn slow_statements_slow_requests_and_big_bodies_answer_json_errors() {
+    let app = app()
+        .configure(|s| {
+            s.pools.statement_timeout = Duration::from_millis(500);
+            s.pools.max_rows = 5;
+            s.http.body_limit_bytes = 4096;
+            s.http.request_timeout = Duration::from_secs(3);
+        })
+        .spawn()
+        .await;
+    let (status, created) = app.post("/v1/tenants", &json!({ "slug": "limited" })).await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    app.wait_ready("limited").await;
+    let send = |path: &str, body: Vec<u8>| {
+        let request = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: Value = response.json().await.expect("a JSON error body");
+            (status, body, retry_after)
+        }
+    };
+    let sql = |sql: &str| serde_json::to_vec(&json!({ "sql": sql })).unwrap();
+
+    // 408: the statement ran past pools.statement_timeout.
+    let (status, body, _) = send("/v1/tenants/limited/sql", sql("SELECT pg_sleep(5)")).await;
+    assert_eq!((status, body["error"]["sqlstate"].as_str()), (408, Some("57014")), "{body}");
+    assert_eq!(body["error"]["code"], "sql_error");
+    // 413: more rows than pools.max_rows.
+    let (status, body, _) = send("/v1/tenants/limited/sql", sql("SELECT generate_series(1, 100) AS n")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("result_too_large")), "{body}");
+    // 413: a body over http.body_limit_bytes, on a JSON route and on the handle route.
+    let big = format!("{{\"sql\": \"SELECT '{}'\"}}", "x".repeat(10_000)).into_bytes();
+    let (status, body, _) = send("/v1/tenants/limited/sql", big.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
+    let (status, body, _) = send("/v1/tenants/limited/handles", big).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
+
+    // A request over http.request_timeout is answered (503, Retry-After) when the limit is up.
+    let (status, opened, _) = send("/v1/tenants/limited/handles", b"{}".to_vec()).await;
+    assert_eq!(status, 201, "{opened}");
+    let handle = format!("/v1/handles/{}/sql", opened["handle"].as_str().unwrap());
+    assert_eq!(send(&handle, sql("SET statement_timeout = 0")).await.0, 200);
+    let started = Instant::now();
+    let (status, body, retry_after) = send(&handle, sql("SELECT pg_sleep(8)")).await;
+    let took = started.elapsed();
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("timeout")), "{body}");
+    assert!(retry_after, "Retry-After on 503");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(7),
+        "answered at the limit: {took:?}"
+    );
+    // The daemon serves the tenant on as before.
+    let (status, body, _) = send("/v1/tenants/limited/sql", sql("SELECT 1 AS one")).await;
+    assert_eq!((status, &body["rows"][0]["one"]), (200, &json!(1)), "{body}");
 }

@@ -3,10 +3,11 @@
 //! is not tenantd's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{TestApp, app, shared_cluster, spawn_app};
+use crate::common::{ProcessDaemon, TestApp, app, shared_cluster, spawn_app, wait_for};
 use serde_json::{Value, json};
 use tenantd::steps::{Fault, FaultHook, Phase, Step};
 
@@ -22,6 +23,11 @@ async fn events(app: &TestApp, slug: &str) -> Vec<Value> {
 
 fn kinds(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The daemon that wrote an event (actors are `<daemon instance>/<claim>`).
+fn instance_of(event: &Value) -> &str {
+    event["actor"].as_str().unwrap().split('/').next().unwrap()
 }
 
 /// Databases and roles on the shared cluster whose names start with this app's prefix, and
@@ -261,7 +267,10 @@ async fn a_foreign_role_with_the_tenants_name_is_never_adopted() {
     assert!(dbs.is_empty() && staging.is_empty(), "{dbs:?} {staging:?}");
 }
 
-/// One tenant per (step, phase, fault) fails on its first pass through that point.
+/// One tenant per (step, phase, fault). A `fail` fault fails the tenant's first pass through
+/// its point; a `crash` fault "kills" the process at its point on every pass, so that a tenant
+/// whose crash point comes round again can only be finished by another daemon (one without the
+/// hook: the restart).
 fn fault_plan() -> (FaultHook, Vec<String>) {
     let mut plan: HashMap<String, (Step, Phase, Fault)> = HashMap::new();
     for step in Step::ALL {
@@ -283,10 +292,11 @@ fn fault_plan() -> (FaultHook, Vec<String>) {
     let fired: Arc<Mutex<HashSet<String>>> = Arc::default();
     let hook: FaultHook = Arc::new(move |slug, step, phase| {
         let (want_step, want_phase, fault) = plan.get(slug)?;
-        if (*want_step, *want_phase) != (step, phase) || !fired.lock().unwrap().insert(slug.to_owned()) {
+        if (*want_step, *want_phase) != (step, phase) {
             return None;
         }
-        Some(fault.clone())
+        let first_pass = fired.lock().unwrap().insert(slug.to_owned());
+        (first_pass || matches!(fault, Fault::Crash)).then(|| fault.clone())
     });
     (hook, slugs)
 }
@@ -307,7 +317,7 @@ async fn a_failure_or_crash_at_every_step_is_recovered_after_a_restart() {
         assert_eq!(status, 201, "{body}");
     }
     // Every injected failure is recorded and retried; crashed tenants stay claimed by the dead
-    // "process" until their lease runs out.
+    // "process" until their lease runs out, and crash again at the same point when it retries.
     for slug in slugs.iter().filter(|s| s.ends_with("-fail")) {
         first.wait_ready(slug).await;
         let events = events(&first, slug).await;
@@ -316,14 +326,35 @@ async fn a_failure_or_crash_at_every_step_is_recovered_after_a_restart() {
         assert!(failed[0]["detail"]["error"].as_str().unwrap().contains("injected failure: boom"));
     }
     first.stop().await;
+    // A crash point that every retry passes again (all but those after `place` and `rename`,
+    // whose work a retry finds done and skips) kept those tenants from READY in that process.
+    let catalog = first.catalog().await;
+    let unfinished: HashSet<String> = catalog
+        .query("SELECT slug FROM tenantd.tenants WHERE status <> 'READY'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for slug in slugs.iter().filter(|s| s.ends_with("-crash")) {
+        if !["f-place-post-crash", "f-rename-post-crash"].contains(&slug.as_str()) {
+            assert!(unfinished.contains(slug), "{slug} cannot be READY before the restart: {unfinished:?}");
+        }
+    }
 
     // "Restart": a new daemon on the same catalog picks up where the crashed one stopped.
     let second =
         app().same_catalog_as(&first).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    let restarted = second.daemon.as_ref().unwrap().app().instance.clone();
     for slug in &slugs {
         let tenant = second.wait_ready(slug).await;
-        let kinds = kinds(&events(&second, slug).await);
+        let events = events(&second, slug).await;
+        let kinds = kinds(&events);
         assert_eq!(kinds.iter().filter(|k| *k == "ready").count(), 1, "{slug}: {kinds:?}");
+        if unfinished.contains(slug) {
+            let ready = events.iter().find(|e| e["kind"] == "ready").unwrap();
+            assert_eq!(instance_of(ready), restarted, "{slug} finished by the restarted daemon: {events:?}");
+        }
         let created = kinds.iter().filter(|k| *k == "step.role.created").count();
         let adopted = kinds.iter().filter(|k| *k == "step.role.adopted").count();
         // A fault after CREATE ROLE but before its event shows as an adoption on the retry.
@@ -562,4 +593,165 @@ async fn an_in_flight_wait_is_answered_when_the_daemon_stops() {
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "PENDING");
+}
+
+#[tokio::test]
+async fn tenants_caught_mid_step_by_a_sigkill_are_finished_by_the_next_daemon() {
+    // The catalog and server `pg1` are set up by an in-process daemon that then steps aside;
+    // the daemon that provisions is a real process, so it can die for real.
+    let mut setup = spawn_app().await;
+    setup.stop().await;
+    let mut doomed = ProcessDaemon::start(
+        &setup,
+        &[("TENANTD_WORKERS_LEASE", "2s"), ("TENANTD_WORKERS_CONCURRENCY", "4")],
+    )
+    .await;
+    let slugs: Vec<String> = (0..16).map(|i| format!("killed-{i:02}")).collect();
+    for slug in &slugs {
+        let response = setup
+            .http
+            .post(format!("{}/v1/tenants", doomed.base))
+            .bearer_auth(&setup.admin_token)
+            .json(&json!({ "slug": slug }))
+            .send()
+            .await
+            .expect("create over HTTP");
+        assert_eq!(response.status(), 201, "{slug}");
+    }
+    // SIGKILL while tenants are mid-step (claimed, placed, not READY), some others done.
+    let catalog = setup.catalog().await;
+    let mid_step = "SELECT slug FROM tenantd.tenants \
+                    WHERE status IN ('CREATING', 'MIGRATING') AND lease_owner IS NOT NULL ORDER BY slug";
+    let ready = "SELECT slug FROM tenantd.tenants WHERE status = 'READY'";
+    wait_for("tenants mid-step in the daemon process", Duration::from_secs(60), || async {
+        let mid = catalog.query(mid_step, &[]).await.unwrap().len();
+        (mid >= 2 && catalog.query(ready, &[]).await.unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    doomed.kill().await;
+    let crashed: Vec<String> = catalog.query(mid_step, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(!crashed.is_empty(), "the kill must catch tenants mid-step, or this test proves nothing");
+    let ready_before: HashSet<String> =
+        catalog.query(ready, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+
+    // The next daemon waits out the dead process's leases and finishes its work.
+    let second = app()
+        .same_catalog_as(&setup)
+        .configure(|s| {
+            s.workers.lease = Duration::from_secs(2);
+            s.workers.concurrency = 4;
+        })
+        .spawn()
+        .await;
+    let restarted = second.daemon.as_ref().unwrap().app().instance.clone();
+    for slug in &slugs {
+        second.wait_ready(slug).await;
+        let events = events(&second, slug).await;
+        let kinds = kinds(&events);
+        assert_eq!(kinds.iter().filter(|k| *k == "ready").count(), 1, "{slug}: {kinds:?}");
+        for step in ["role", "database"] {
+            let created = kinds.iter().filter(|k| **k == format!("step.{step}.created")).count();
+            let adopted = kinds.iter().filter(|k| **k == format!("step.{step}.adopted")).count();
+            assert!(created <= 1 && created + adopted >= 1, "{slug}: {step} made once: {kinds:?}");
+        }
+        let by_second = events.iter().filter(|e| instance_of(e) == restarted).count();
+        if crashed.contains(slug) {
+            let ready = events.iter().find(|e| e["kind"] == "ready").unwrap();
+            assert_eq!(instance_of(ready), restarted, "{slug} finished after the crash: {events:?}");
+            assert!(
+                events.iter().any(|e| e["kind"] == "step.placed" && instance_of(e) != restarted),
+                "{slug} was begun by the killed process: {events:?}"
+            );
+        }
+        if ready_before.contains(slug) {
+            assert_eq!(by_second, 0, "{slug} was READY before the crash and is left alone: {events:?}");
+        }
+    }
+    // Exactly one database and one role per tenant on the server, nothing left in staging.
+    let (dbs, roles, staging) = server_objects(&second).await;
+    let mut expected: Vec<String> = slugs.iter().map(|s| db_name(&second, s)).collect();
+    expected.sort();
+    assert_eq!(dbs, expected, "exactly one database per tenant");
+    assert_eq!(roles, expected, "exactly one role per tenant");
+    assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+}
+
+#[tokio::test]
+async fn a_tenant_that_keeps_failing_goes_to_error_after_max_attempts() {
+    // The database step fails until the "operator" repairs things.
+    let repaired = Arc::new(AtomicBool::new(false));
+    let fixed = repaired.clone();
+    let hook: FaultHook = Arc::new(move |slug, step, phase| {
+        (slug == "doomed"
+            && step == Step::Database
+            && phase == Phase::Before
+            && !fixed.load(Ordering::SeqCst))
+        .then(|| Fault::Fail("disk on fire".into()))
+    });
+    let app = app().faults(hook).configure(|s| s.workers.max_attempts = 3).spawn().await;
+    let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "doomed" })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["attempts"], 3, "{body}");
+    let last_error = body["last_error"].as_str().unwrap();
+    assert!(last_error.contains("step database") && last_error.contains("disk on fire"), "{body}");
+
+    let history = events(&app, "doomed").await;
+    let failed: Vec<&Value> = history.iter().filter(|e| e["kind"] == "attempt.failed").collect();
+    assert_eq!(failed.len(), 2, "attempts 1 and 2 are retried: {history:?}");
+    let errors: Vec<&Value> = history.iter().filter(|e| e["kind"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{history:?}");
+    assert_eq!(errors[0]["detail"]["attempt"], 3, "{history:?}");
+    assert!(errors[0]["detail"]["error"].as_str().unwrap().contains("disk on fire"), "{history:?}");
+    assert!(
+        errors[0]["detail"]["reason"].as_str().unwrap().contains("gave up after 3 attempts"),
+        "{history:?}"
+    );
+
+    // ERROR is final: while another tenant is provisioned start to end, no fourth attempt runs.
+    let (_, other) = app.post("/v1/tenants?wait=30", &json!({ "slug": "bystander" })).await;
+    assert_eq!(other["status"], "READY", "{other}");
+    let (_, still) = app.get("/v1/tenants/doomed").await;
+    assert_eq!((still["status"].as_str(), still["attempts"].as_i64()), (Some("ERROR"), Some(3)), "{still}");
+    assert_eq!(events(&app, "doomed").await.len(), history.len(), "nothing happened to it meanwhile");
+
+    // Repaired, retried: it starts again from where the world is.
+    repaired.store(true, Ordering::SeqCst);
+    let (status, body) = app.post("/v1/tenants/doomed/retry", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let ready = app.wait_ready("doomed").await;
+    assert_eq!(ready["attempts"], 0);
+}
+
+#[tokio::test]
+async fn a_dropped_listen_connection_is_reestablished() {
+    // Polling is far away: anything fast below comes from a notification.
+    let app = app().configure(|s| s.workers.poll_interval = Duration::from_secs(300)).spawn().await;
+    let su = shared_cluster().superuser(&app.catalog_db).await;
+    let listener = "SELECT pid FROM pg_stat_activity \
+                    WHERE datname = current_database() AND application_name = 'tenantd' AND query LIKE 'LISTEN%'";
+    let watcher = |sql: &'static str| {
+        let su = &su;
+        async move { su.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>() }
+    };
+    let old = wait_for("the daemon's LISTEN connection", Duration::from_secs(20), || async {
+        let pids = watcher(listener).await;
+        (pids.len() == 1).then(|| pids[0])
+    })
+    .await;
+    let killed: bool = su.query_one("SELECT pg_terminate_backend($1)", &[&old]).await.unwrap().get(0);
+    assert!(killed);
+    let new = wait_for("a new LISTEN connection", Duration::from_secs(20), || async {
+        let pids = watcher(listener).await;
+        (pids.len() == 1 && pids[0] != old).then(|| pids[0])
+    })
+    .await;
+    assert_ne!(new, old);
+
+    // A plain INSERT is provisioned at once: its notification arrived on the new connection.
+    app.catalog().await.execute("INSERT INTO tenantd.tenants (slug) VALUES ('heard')", &[]).await.unwrap();
+    app.wait_tenant("heard", "READY well before the 300 s poll", Duration::from_secs(60), |t| {
+        t["status"] == "READY"
+    })
+    .await;
 }

@@ -1,6 +1,8 @@
 //! Registering and managing database servers, over HTTP and the CLI, and the API's guard
 //! rails: tokens, malformed input, limits, JSON errors everywhere.
 
+use std::time::Duration;
+
 use crate::common::{app, shared_cluster, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -331,4 +333,76 @@ async fn master_key_rotation_reseals_every_server_password() {
         .unwrap();
     assert_eq!(ready["servers"][0]["healthy"], true, "{ready}");
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_internal_error_hides_its_detail_behind_the_request_id() {
+    let app = spawn_app().await;
+    let (status, created) = app.post("/v1/tenants?wait=30", &json!({ "slug": "broken-seal" })).await;
+    assert_eq!((status, created["status"].as_str()), (201, Some("READY")), "{created}");
+    // Someone edits the catalog by hand: the tenant's sealed role password no longer opens.
+    app.catalog()
+        .await
+        .execute(
+            "UPDATE tenantd.tenants SET role_password_sealed = 'v1.bogus.AAAA' WHERE slug = 'broken-seal'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let get = |request_id: Option<&'static str>| {
+        let mut request = app
+            .http
+            .get(format!("{}/v1/tenants/broken-seal/connection", app.base))
+            .bearer_auth(&app.admin_token);
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.expect("a JSON body");
+            (status, id, body)
+        }
+    };
+    let (id, body) = crate::common::wait_for("the 500", Duration::from_secs(10), || async {
+        let (status, id, body) = get(None).await;
+        (status == 500).then_some((id, body))
+    })
+    .await;
+    let id = id.expect("x-request-id on the 500");
+    assert_eq!(error_code(&body), "internal", "{body}");
+    assert_eq!(body["error"]["request_id"], id.as_str(), "the body names the request: {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&id), "{message}");
+    let text = body.to_string().to_lowercase();
+    for detail in ["bogus", "seal", "password", "open", "key", "broken-seal"] {
+        assert!(!text.contains(detail), "{detail:?} leaked: {body}");
+    }
+
+    // A sane id sent by the client is the request's id, echoed in the header and the body.
+    let (status, echoed, body) = get(Some("trace-42_abc")).await;
+    assert_eq!(status, 500);
+    assert_eq!(echoed.as_deref(), Some("trace-42_abc"));
+    assert_eq!(body["error"]["request_id"], "trace-42_abc", "{body}");
+    // An unreasonable one is replaced by a fresh id.
+    let (_, replaced, body) = get(Some("<script>alert(1)</script>")).await;
+    let replaced = replaced.expect("x-request-id");
+    assert!(replaced.len() == 32 && replaced.bytes().all(|b| b.is_ascii_hexdigit()), "{replaced}");
+    assert_eq!(body["error"]["request_id"], replaced.as_str());
+
+    // Every response carries an id, whatever its status.
+    for (path, token) in [
+        ("/healthz", None),
+        ("/v1/servers", Some(app.admin_token.as_str())),
+        ("/v1/servers", None),
+        ("/v1/nowhere", Some(app.admin_token.as_str())),
+    ] {
+        let mut request = app.http.get(format!("{}{path}", app.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert!(response.headers().contains_key("x-request-id"), "{path}: {}", response.status());
+    }
 }
