@@ -675,6 +675,9 @@ async fn slow_statements_slow_requests_and_big_bodies_answer_json_errors() {
         .configure(|s| {
             s.pools.statement_timeout = Duration::from_millis(500);
             s.pools.max_rows = 5;
+            s.pools.per_tenant = 1;
+            s.pools.max_handles_per_tenant = 1;
+            s.pools.acquire_timeout = Duration::from_secs(6);
             s.http.body_limit_bytes = 4096;
             s.http.request_timeout = Duration::from_secs(3);
         })
@@ -715,20 +718,53 @@ async fn slow_statements_slow_requests_and_big_bodies_answer_json_errors() {
     let (status, body, _) = send("/v1/tenants/limited/handles", big).await;
     assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
 
-    // A request over http.request_timeout is answered (503, Retry-After) when the limit is up.
+    // A tenant cannot lift the deadline: with statement_timeout switched off in its session,
+    // a slow statement on a handle is cancelled on the server at pools.statement_timeout + 1 s
+    // (408), and the handle goes on working.
     let (status, opened, _) = send("/v1/tenants/limited/handles", b"{}".to_vec()).await;
     assert_eq!(status, 201, "{opened}");
-    let handle = format!("/v1/handles/{}/sql", opened["handle"].as_str().unwrap());
+    let handle_id = opened["handle"].as_str().unwrap().to_owned();
+    let handle = format!("/v1/handles/{handle_id}/sql");
     assert_eq!(send(&handle, sql("SET statement_timeout = 0")).await.0, 200);
     let started = Instant::now();
-    let (status, body, retry_after) = send(&handle, sql("SELECT pg_sleep(8)")).await;
+    let (status, body, _) = send(&handle, sql("SELECT pg_sleep(8)")).await;
+    let took = started.elapsed();
+    assert_eq!((status, body["error"]["code"].as_str()), (408, Some("statement_timeout")), "{body}");
+    assert!(took < Duration::from_secs(4), "cancelled at the deadline, not when the sleep ended: {took:?}");
+    let sleeping = || async {
+        let su = shared_cluster().superuser("postgres").await;
+        let n: i64 = su
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(8)%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    };
+    crate::common::wait_for("the cancelled sleep to end on the server", Duration::from_secs(3), sleeping)
+        .await;
+    let (status, body, _) = send(&handle, sql("SELECT 2 AS two")).await;
+    assert_eq!((status, &body["rows"][0]["two"]), (200, &json!(2)), "{body}");
+
+    // A request over http.request_timeout is answered (503, Retry-After) when the limit is up:
+    // the handle holds the tenant's only connection, so this one waits for a connection
+    // longer than the request may take.
+    let started = Instant::now();
+    let (status, body, retry_after) = send("/v1/tenants/limited/sql", sql("SELECT 1")).await;
     let took = started.elapsed();
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("timeout")), "{body}");
     assert!(retry_after, "Retry-After on 503");
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(7),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(5),
         "answered at the limit: {took:?}"
     );
+    let closed = app
+        .http
+        .delete(format!("{}/v1/handles/{handle_id}", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 204);
     // The daemon serves the tenant on as before.
     let (status, body, _) = send("/v1/tenants/limited/sql", sql("SELECT 1 AS one")).await;
     assert_eq!((status, &body["rows"][0]["one"]), (200, &json!(1)), "{body}");
