@@ -174,10 +174,11 @@ pub async fn prepare_cluster(
             .await
             .map_err(fail)?;
     }
-    // Tenant roles must not reach the maintenance or catalog databases.
+    // Tenant roles must not reach the maintenance, catalog or template databases (the
+    // superuser may revoke what a tenantd admin role never could).
     client
         .batch_execute(&format!(
-            "{}; {}",
+            "{}; {}; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC",
             crate::tenant_sql::close_database("postgres", ADMIN_ROLE),
             crate::tenant_sql::close_database(CATALOG_DB, ADMIN_ROLE)
         ))

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{AdminError, AdminTarget};
 use crate::catalog::servers::{NewServer, ServerHealth, ServerRecord};
 use crate::catalog::{Catalog, CatalogError};
+use crate::config::Settings;
+use crate::core::Core;
 use crate::crypto::{Keyring, server_aad};
 use crate::names::{NameError, ServerName};
 
@@ -43,6 +45,9 @@ pub enum ServerError {
     /// The server is older than PostgreSQL 13.
     #[error("{0} runs PostgreSQL {1}; tenantd needs 13 or newer")]
     TooOld(String, String),
+    /// The server would let tenants reach what they must not, or cannot hold the pools.
+    #[error("{0}")]
+    Unsafe(String),
     /// Weight or capacity out of range.
     #[error("{0}")]
     BadValue(String),
@@ -71,6 +76,11 @@ pub struct AddServer {
     /// Admin password, when the URL has none (keeps it out of URLs and process lists).
     #[serde(default)]
     pub password: Option<SecretString>,
+    /// Accept a maintenance database that PUBLIC may connect to or create objects in (the
+    /// PostgreSQL 13/14 defaults): refused otherwise, since tenant roles could plant objects
+    /// there.
+    #[serde(default)]
+    pub allow_public_maintenance_db: bool,
 }
 
 /// The result of registering a server: its row and advice for the operator.
@@ -89,33 +99,74 @@ struct Verified {
     warnings: Vec<String>,
 }
 
-async fn verify(target: &AdminTarget) -> Result<Verified, ServerError> {
+/// What the admin's session finds on a server being added.
+struct Findings {
+    version_num: i32,
+    version: String,
+    superuser: bool,
+    createdb: bool,
+    createrole: bool,
+    /// PUBLIC may connect to the maintenance database.
+    public_connect: bool,
+    /// Schemas of the maintenance database where PUBLIC may create objects.
+    public_create: Vec<String>,
+    /// Other databases PUBLIC may connect to (tenant roles can reach them).
+    open_databases: Vec<String>,
+    /// `max_connections` − `superuser_reserved_connections`.
+    usable_connections: i32,
+}
+
+async fn inspect(client: &tokio_postgres::Client) -> Result<Findings, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, \
+                    pg_catalog.current_setting('server_version'), \
+                    r.rolsuper, r.rolcreatedb, r.rolcreaterole, \
+                    pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'CONNECT'), \
+                    ARRAY(SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_namespace n \
+                          WHERE pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') ORDER BY 1), \
+                    ARRAY(SELECT d.datname::pg_catalog.text FROM pg_catalog.pg_database d \
+                          WHERE d.datallowconn AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() \
+                          AND pg_catalog.has_database_privilege('public', d.oid, 'CONNECT') ORDER BY 1), \
+                    pg_catalog.current_setting('max_connections')::pg_catalog.int4 \
+                      OPERATOR(pg_catalog.-) pg_catalog.current_setting('superuser_reserved_connections')::pg_catalog.int4 \
+             FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER",
+            &[],
+        )
+        .await?;
+    Ok(Findings {
+        version_num: row.get(0),
+        version: row.get(1),
+        superuser: row.get(2),
+        createdb: row.get(3),
+        createrole: row.get(4),
+        public_connect: row.get(5),
+        public_create: row.get(6),
+        open_databases: row.get(7),
+        usable_connections: row.get(8),
+    })
+}
+
+/// Connections tenantd may open to one server beside the tenant pools: admin pools, health
+/// checks, upgrade runs, dumps and backups, with room to spare.
+pub fn headroom(settings: &Settings) -> usize {
+    settings.workers.concurrency + 1 + settings.upgrade.concurrency + settings.backups.concurrency + 5
+}
+
+async fn verify(target: &AdminTarget, settings: &Settings, req: &AddServer) -> Result<Verified, ServerError> {
     let started = Instant::now();
     let client = target.connect(None).await?;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let describe = |e: tokio_postgres::Error| AdminError::Unreachable {
+    let found = inspect(&client).await.map_err(|e| AdminError::Unreachable {
         target: format!("{}:{}", target.host, target.port),
         reason: crate::pg::describe(&e),
-    };
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), \
-             r.rolsuper, r.rolcreatedb, r.rolcreaterole, \
-             has_database_privilege('public', current_database(), 'CONNECT') \
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(describe)?;
-    let (num, version): (i32, String) = (row.get(0), row.get(1));
-    if num < 130_000 {
-        return Err(ServerError::TooOld(format!("{}:{}", target.host, target.port), version));
+    })?;
+    if found.version_num < 130_000 {
+        return Err(ServerError::TooOld(format!("{}:{}", target.host, target.port), found.version));
     }
-    let (superuser, createdb, createrole, public_connect): (bool, bool, bool, bool) =
-        (row.get(2), row.get(3), row.get(4), row.get(5));
-    let missing: Vec<&str> = [("CREATEDB", createdb), ("CREATEROLE", createrole)]
+    let missing: Vec<&str> = [("CREATEDB", found.createdb), ("CREATEROLE", found.createrole)]
         .into_iter()
-        .filter(|(_, has)| !(superuser || *has))
+        .filter(|(_, has)| !(found.superuser || *has))
         .map(|(name, _)| name)
         .collect();
     if !missing.is_empty() {
@@ -126,25 +177,61 @@ async fn verify(target: &AdminTarget) -> Result<Verified, ServerError> {
             missing: missing.join(" "),
         });
     }
+    let db = crate::tenant_sql::quote_ident(&target.maintenance_db);
+    let mut open = Vec::new();
+    if found.public_connect {
+        open.push(format!("PUBLIC may connect to it (fix: REVOKE CONNECT ON DATABASE {db} FROM PUBLIC)"));
+    }
+    for schema in &found.public_create {
+        let schema = crate::tenant_sql::quote_ident(schema);
+        open.push(format!(
+            "PUBLIC may create objects in schema {schema} (fix: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC)"
+        ));
+    }
     let mut warnings = Vec::new();
-    if superuser {
+    if !open.is_empty() {
+        let problem = format!(
+            "maintenance database {:?} is open to every role, tenants included: {}",
+            target.maintenance_db,
+            open.join("; ")
+        );
+        if !req.allow_public_maintenance_db {
+            return Err(ServerError::Unsafe(format!(
+                "{problem}. Run the fixes as a superuser, or pass allow_public_maintenance_db \
+                 (--allow-public-maintenance-db) to accept the risk"
+            )));
+        }
+        warnings.push(problem);
+    }
+    let needed = settings.pools.per_server + headroom(settings);
+    if usize::try_from(found.usable_connections).unwrap_or(0) < needed {
+        return Err(ServerError::Unsafe(format!(
+            "max_connections leaves {} connections for non-superusers; tenantd needs {needed} \
+             (pools.per_server {} + {} for admin work): raise max_connections or lower pools.per_server",
+            found.usable_connections,
+            settings.pools.per_server,
+            headroom(settings)
+        )));
+    }
+    if found.superuser {
         warnings.push(format!(
             "role {:?} is a superuser; tenantd needs only LOGIN CREATEDB CREATEROLE",
             target.user
         ));
     }
-    if public_connect {
+    if !found.open_databases.is_empty() {
         warnings.push(format!(
-            "PUBLIC may connect to database {:?}, so tenant roles can too; to stop it run: \
-             REVOKE CONNECT ON DATABASE \"{}\" FROM PUBLIC",
-            target.maintenance_db, target.maintenance_db
+            "tenant roles can connect to these databases because PUBLIC may: {}; a superuser can \
+             REVOKE CONNECT ON DATABASE ... FROM PUBLIC for each one they should not reach",
+            found.open_databases.join(", ")
         ));
     }
     Ok(Verified { latency_ms, warnings })
 }
 
 /// Registers a server after verifying it (the one code path of CLI and HTTP).
-pub async fn add(catalog: &Catalog, keyring: &Keyring, req: &AddServer) -> Result<Added, ServerError> {
+pub async fn add(core: &Core, req: &AddServer) -> Result<Added, ServerError> {
+    let (catalog, keyring) = (&core.catalog, &core.keyring);
     let name = ServerName::parse(&req.name)?;
     let target = AdminTarget::from_url(&req.url, req.password.as_ref())?;
     let weight = req.weight.unwrap_or(100);
@@ -154,7 +241,7 @@ pub async fn add(catalog: &Catalog, keyring: &Keyring, req: &AddServer) -> Resul
     if let Some(max) = req.max_tenants.filter(|m| *m < 0) {
         return Err(ServerError::BadValue(format!("max_tenants must be 0 or more (got {max})")));
     }
-    let verified = verify(&target).await?;
+    let verified = verify(&target, &core.settings, req).await?;
     let new = NewServer {
         name: name.to_string(),
         host: target.host.clone(),

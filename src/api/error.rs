@@ -135,6 +135,9 @@ impl From<ServerError> for ApiError {
             ServerError::Admin(AdminError::Unreachable { .. }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unreachable", e.to_string())
             }
+            ServerError::Unsafe(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsafe", e.to_string())
+            }
             ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
             }

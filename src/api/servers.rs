@@ -31,7 +31,7 @@ pub async fn add(
     State(app): State<Arc<App>>,
     Json(req): Json<AddServer>,
 ) -> Result<(StatusCode, Json<Added>), ApiError> {
-    let added = crate::servers::add(&app.catalog, &app.keyring, &req).await?;
+    let added = crate::servers::add(&app.core, &req).await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 

@@ -31,6 +31,10 @@ pub enum ServerCommand {
         /// Region, for placement.
         #[arg(long)]
         region: Option<String>,
+        /// Accept a maintenance database that PUBLIC may connect to or create in (refused
+        /// otherwise: tenant roles could plant objects there).
+        #[arg(long)]
+        allow_public_maintenance_db: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -68,7 +72,16 @@ fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::Bad
 
 pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
     match cmd {
-        ServerCommand::Add { name, url, password_stdin, weight, max_tenants, region, json } => {
+        ServerCommand::Add {
+            name,
+            url,
+            password_stdin,
+            weight,
+            max_tenants,
+            region,
+            allow_public_maintenance_db,
+            json,
+        } => {
             let password = if password_stdin {
                 let mut text = String::new();
                 std::io::stdin().read_to_string(&mut text).map_err(Failure::failed)?;
@@ -76,9 +89,16 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             } else {
                 std::env::var("TENANTD_SERVER_PASSWORD").ok().map(SecretString::from)
             };
-            let req = AddServer { name, url: SecretString::from(url), password, weight, max_tenants, region };
-            let added =
-                crate::servers::add(&ctx.catalog, &ctx.keyring, &req).await.map_err(server_failure)?;
+            let req = AddServer {
+                name,
+                url: SecretString::from(url),
+                password,
+                weight,
+                max_tenants,
+                region,
+                allow_public_maintenance_db,
+            };
+            let added = crate::servers::add(&ctx, &req).await.map_err(server_failure)?;
             for warning in &added.warnings {
                 eprintln!("warning: {warning}");
             }

@@ -16,7 +16,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_postgres::AsyncMessage;
 
 use crate::app::App;
-use crate::catalog::{CHANNEL, Change};
+use crate::catalog::tenants::TenantStatus;
+use crate::catalog::{CHANNEL, CatalogError, Change};
 
 /// Starts the watcher on the daemon's tracker.
 pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change>) {
@@ -88,6 +89,26 @@ async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -
     }
 }
 
+/// Closes a tenant's pools and handles when its catalog row says it is not READY (suspended,
+/// deleting, moving, gone).
+async fn close_if_not_lendable(app: &App, slug: &str) {
+    let lendable = match app.catalog.tenant(slug).await {
+        Ok(tenant) => tenant.status == TenantStatus::Ready,
+        Err(CatalogError::NotFound(_)) => false,
+        Err(error) => {
+            // Cannot tell: closing is the safe side (the next request reconnects if READY).
+            tracing::warn!(tenant = %slug, %error, "cannot re-read a tenant after a notification; closing its connections");
+            false
+        }
+    };
+    if lendable {
+        tracing::debug!(tenant = %slug, "notification did not match the catalog; nothing closed");
+        return;
+    }
+    app.pools.close(slug);
+    app.handles.close_tenant(slug);
+}
+
 async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>, payload: &str) {
     let change: Change = match serde_json::from_str(payload) {
         Ok(change) => change,
@@ -103,11 +124,12 @@ async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<C
             tracing::warn!(error = %e, "cannot wake tenants waiting for a server");
         }
     } else {
+        // Anyone who can connect to the catalog database can send a notification, so it is a
+        // hint: the cached row is dropped (a re-read is harmless), and what is lent is closed
+        // only when the catalog itself says the tenant may no longer be lent.
         app.resolver.invalidate(&change.key);
         if change.status.as_deref() != Some("READY") {
-            // Suspended, deleting, moving back to provisioning: nothing may stay lent.
-            app.pools.close(&change.key);
-            app.handles.close_tenant(&change.key);
+            close_if_not_lendable(app, &change.key).await;
         }
     }
     // Nobody listening on the channel is normal (no ?wait= request in flight).

@@ -141,14 +141,13 @@ impl TestCluster {
         connect(&url).await.expect("superuser connection")
     }
 
-    /// Creates an empty database owned by `tenantd_admin` and returns its name.
+    /// Creates an empty database owned by `tenantd_admin`, closed to PUBLIC as a catalog
+    /// database should be (tenant roles must not reach it), and returns its name.
     pub async fn create_database(&self, prefix: &str) -> String {
         let name = format!("{prefix}_{}", random_suffix());
-        self.superuser("postgres")
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name} OWNER {ADMIN_ROLE}"))
-            .await
-            .expect("create database");
+        let su = self.superuser("postgres").await;
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {ADMIN_ROLE}")).await.expect("create database");
+        su.batch_execute(&format!("REVOKE CONNECT ON DATABASE {name} FROM PUBLIC")).await.expect("close database");
         name
     }
 }

@@ -259,13 +259,30 @@ async fn servers_over_the_cli() {
     assert!(added.stdout.contains("server db-a added"), "{}", added.stdout);
     assert!(!added.stderr.contains("warning"), "postgres is locked down on test clusters: {}", added.stderr);
 
-    // A maintenance database that PUBLIC may connect to earns a warning with the fix.
-    let open_db =
-        format!("postgres://{}@127.0.0.1:{}/{}", crate::common::ADMIN_ROLE, cluster.port, app.catalog_db);
-    let warned = crate::common::cli(&["server", "add", "db-b", "--url", &open_db], &env, None).await;
+    // A maintenance database that PUBLIC may connect to (PostgreSQL's default) is refused with
+    // the fix, unless the operator accepts the risk explicitly; then it is a warning.
+    let open = cluster.create_database("open").await;
+    cluster
+        .superuser("postgres")
+        .await
+        .batch_execute(&format!("GRANT CONNECT ON DATABASE {open} TO PUBLIC"))
+        .await
+        .unwrap();
+    let open_db = format!("postgres://{}@127.0.0.1:{}/{open}", crate::common::ADMIN_ROLE, cluster.port);
+    let refused = crate::common::cli(&["server", "add", "db-b", "--url", &open_db], &env, None).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("PUBLIC may connect"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("REVOKE CONNECT ON DATABASE"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--allow-public-maintenance-db"), "{}", refused.stderr);
+    let warned = crate::common::cli(
+        &["server", "add", "db-b", "--url", &open_db, "--allow-public-maintenance-db"],
+        &env,
+        None,
+    )
+    .await;
     assert_eq!(warned.code, 0, "{warned:?}");
-    assert!(warned.stderr.contains("warning: PUBLIC may connect"), "{}", warned.stderr);
-    assert!(warned.stderr.contains("REVOKE CONNECT ON DATABASE"), "{}", warned.stderr);
+    assert!(warned.stderr.contains("warning: maintenance database"), "{}", warned.stderr);
+    assert!(warned.stderr.contains("PUBLIC may connect"), "{}", warned.stderr);
 
     let dup = crate::common::cli(&["server", "add", "db-a", "--url", &url], &env, None).await;
     assert_eq!(dup.code, 1);
