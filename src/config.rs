@@ -84,6 +84,32 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     /// Scheduled backups.
     pub backups: BackupSettings,
+    /// What each tenant role may use when it connects directly.
+    pub limits: LimitSettings,
+}
+
+/// Limits of tenant roles, applied on the servers (each tenant may override them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// `CONNECTION LIMIT` of each tenant role: one tenant cannot use up `max_connections`.
+    pub connections_per_tenant: u32,
+    /// Default `statement_timeout` of tenant sessions (`ALTER ROLE ... SET`); 0 = none.
+    #[serde(deserialize_with = "de_duration")]
+    pub statement_timeout: Duration,
+    /// Default `idle_in_transaction_session_timeout` of tenant sessions; 0 = none.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            connections_per_tenant: 20,
+            statement_timeout: Duration::from_secs(60),
+            idle_in_transaction_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Final archives of dropped tenants.
@@ -236,6 +262,7 @@ impl Default for Settings {
             upgrade: UpgradeSettings::default(),
             lifecycle: LifecycleSettings::default(),
             backups: BackupSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -354,6 +381,9 @@ knobs! {
     "backups.keep_daily", "TENANTD_BACKUPS_KEEP_DAILY", Integer, "7", "daily backups kept per tenant";
     "backups.keep_weekly", "TENANTD_BACKUPS_KEEP_WEEKLY", Integer, "4", "weekly backups kept per tenant";
     "backups.concurrency", "TENANTD_BACKUPS_CONCURRENCY", Integer, "2", "tenants backed up at once";
+    "limits.connections_per_tenant", "TENANTD_LIMITS_CONNECTIONS_PER_TENANT", Integer, "20", "CONNECTION LIMIT of each tenant role";
+    "limits.statement_timeout", "TENANTD_LIMITS_STATEMENT_TIMEOUT", Text, "60s", "default statement_timeout of tenant sessions";
+    "limits.idle_in_transaction_timeout", "TENANTD_LIMITS_IDLE_IN_TRANSACTION_TIMEOUT", Text, "5m", "default idle_in_transaction_session_timeout of tenant sessions";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.

@@ -32,6 +32,7 @@ pub mod dumps;
 pub mod embedded;
 pub(crate) mod handles;
 pub(crate) mod leases;
+pub(crate) mod limits;
 pub(crate) mod lifecycle;
 pub(crate) mod markers;
 pub(crate) mod names;

@@ -45,6 +45,17 @@ pub fn reset_role(role: &PgIdent, scram_verifier: &str) -> String {
     format!("ALTER ROLE {} LOGIN PASSWORD {}", quote_ident(role.as_str()), quote_literal(scram_verifier))
 }
 
+/// The limits of a tenant role: its `CONNECTION LIMIT` and the defaults of its sessions.
+/// Values are numbers tenantd computed, never text from a request.
+pub fn role_limits(role: &PgIdent, limits: &crate::limits::TenantLimits) -> String {
+    let role = quote_ident(role.as_str());
+    format!(
+        "ALTER ROLE {role} CONNECTION LIMIT {}; ALTER ROLE {role} SET statement_timeout = {}; \
+         ALTER ROLE {role} SET idle_in_transaction_session_timeout = {}",
+        limits.connections, limits.statement_timeout_ms, limits.idle_in_transaction_timeout_ms
+    )
+}
+
 /// Marks a role as tenantd's.
 pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
     format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))

@@ -30,6 +30,7 @@ use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{Placement, TenantRecord, TenantStatus};
 use crate::core::Core;
 use crate::crypto::{self, tenant_aad};
+use crate::limits::TenantLimits;
 use crate::markers::{self, Ownership};
 use crate::names::{PgIdent, TenantSlug};
 pub use crate::steps::Step;
@@ -131,7 +132,7 @@ impl Provisioner<'_> {
         let mut location = self.locate(&admin, &target, Step::Role).await?;
         let mut tenant_conn = None;
         if tenant.status != TenantStatus::Migrating {
-            timed(Step::Role, self.ensure_role(&admin, &target)).await?;
+            timed(Step::Role, self.ensure_role(&admin, &target, tenant)).await?;
             let created = timed(Step::Database, self.ensure_database(&admin, &target, location)).await?;
             tenant_conn = Some(timed(Step::Lockdown, self.lock_down(&admin, &target, created)).await?);
             self.core
@@ -234,27 +235,33 @@ impl Provisioner<'_> {
     }
 
     /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
-    async fn ensure_role(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
+    async fn ensure_role(&self, admin: &Client, t: &Target, tenant: &TenantRecord) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let verifier = postgres_protocol::password::scram_sha_256(t.password().expose_secret().as_bytes());
+        let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
+            .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
         let found = markers::role(admin, t.id, &t.role).await.map_err(pg_retry(STEP))?;
         let kind = match found.ownership {
             Ownership::Absent => {
                 // One simple-query message = one implicit transaction: role and marker together.
+                // Its limits too: no window in which the role could open connections unbounded.
                 let ddl = format!(
-                    "{}; {}",
+                    "{}; {}; {}",
                     tenant_sql::create_role(&t.role, &verifier),
-                    tenant_sql::comment_on_role(&t.role, t.id)
+                    tenant_sql::comment_on_role(&t.role, t.id),
+                    tenant_sql::role_limits(&t.role, &limits)
                 );
                 admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
                 EventKind::RoleCreated
             }
             Ownership::Ours => {
-                admin
-                    .batch_execute(&tenant_sql::reset_role(&t.role, &verifier))
-                    .await
-                    .map_err(pg_retry(STEP))?;
+                let ddl = format!(
+                    "{}; {}",
+                    tenant_sql::reset_role(&t.role, &verifier),
+                    tenant_sql::role_limits(&t.role, &limits)
+                );
+                admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
                 EventKind::RoleAdopted
             }
             Ownership::Foreign(comment) => {
@@ -271,7 +278,8 @@ impl Provisioner<'_> {
             }
         };
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(t.id, kind, json!({ "role": t.role.as_str() })).await?;
+        self.core.catalog.record_limits_applied(t.id, self.actor, &limits.to_json()).await?;
+        self.event(t.id, kind, json!({ "role": t.role.as_str(), "limits": limits })).await?;
         Ok(())
     }
 

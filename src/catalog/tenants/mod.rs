@@ -16,6 +16,7 @@ use super::events::EventKind;
 use super::{Catalog, CatalogError};
 
 mod leased;
+mod limits;
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -133,6 +134,10 @@ pub struct TenantRecord {
     pub delete_archive_dir: Option<String>,
     /// When it was deleted.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Overrides of the `[limits]` settings for this tenant (`{"connections": 50}`).
+    pub limits: serde_json::Value,
+    /// The limits last applied to its role (null: not yet).
+    pub limits_applied: Option<serde_json::Value>,
     #[serde(skip)]
     pub(crate) role_password_sealed: Option<String>,
     #[serde(skip)]
@@ -153,7 +158,7 @@ impl std::fmt::Debug for TenantRecord {
 pub(crate) const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
     attempts, next_attempt_at, last_error, requested_server, requested_region, labels, \
     lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash, \
-    restore_source, delete_archive_dir, deleted_at";
+    restore_source, delete_archive_dir, deleted_at, limits, limits_applied";
 
 pub(crate) fn from_row(row: &Row) -> TenantRecord {
     let status: String = row.get(2);
@@ -182,6 +187,8 @@ pub(crate) fn from_row(row: &Row) -> TenantRecord {
         restore_source: row.get(20),
         delete_archive_dir: row.get(21),
         deleted_at: row.get(22),
+        limits: row.get(23),
+        limits_applied: row.get(24),
     }
 }
 
