@@ -527,3 +527,57 @@ impl Drop for ProcessDaemon {
         }
     }
 }
+
+impl ProcessDaemon {
+    /// `POST`s JSON to this daemon with a bearer token; returns status and JSON body.
+    pub async fn post(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("HTTP request to the daemon process");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("HTTP body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+/// Runs the `tenantd` binary like [`cli`], keeping its stdout as bytes (for binary output
+/// such as `tenant dump -o -`); returns exit code, stdout and stderr.
+pub async fn cli_bytes(args: &[&str], env: &BTreeMap<String, String>) -> (i32, Vec<u8>, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantd"));
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
+        cmd.env_remove(name);
+    }
+    cmd.args(args).envs(env).env("RUST_LOG", "warn").stdin(std::process::Stdio::null());
+    let out = cmd.output().await.expect("run tenantd");
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Sessions in database `db` of `cluster` that wait for a lock (a migration or a dump held
+/// up by a lock a test holds).
+pub async fn sessions_waiting_on_a_lock(cluster: &TestCluster, db: &str) -> i64 {
+    cluster
+        .superuser("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// Holds `ACCESS EXCLUSIVE` on `table` in database `db` until the returned client sends
+/// `ROLLBACK`: whatever touches that table (DDL referencing it, `pg_dump`) waits meanwhile.
+pub async fn hold_lock(cluster: &TestCluster, db: &str, table: &str) -> tokio_postgres::Client {
+    let client = cluster.superuser(db).await;
+    client
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .expect("lock the table");
+    client
+}

@@ -578,3 +578,266 @@ async fn a_deletion_never_drops_a_database_or_role_that_is_not_ours() {
     su.batch_execute(&format!("DROP DATABASE \"{name}\"")).await.unwrap();
     su.batch_execute(&format!("DROP ROLE \"{name}\"")).await.unwrap();
 }
+
+/// A tenant's backups in `dir` (as `backup list` sees them), newest first.
+fn backups_of(dir: &Path, tenant: &Value) -> Vec<tenantd::backups::Backup> {
+    let id = tenant["id"].as_str().unwrap().parse().unwrap();
+    tenantd::backups::list(dir, tenant["slug"].as_str().unwrap(), id).unwrap()
+}
+
+/// The tenant's events of one kind.
+async fn events_of(app: &TestApp, slug: &str, kind: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/v1/tenants/{slug}/events?limit=1000")).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().iter().filter(|e| e["kind"] == kind).cloned().collect()
+}
+
+#[tokio::test]
+async fn backups_run_on_demand_from_the_cli_and_a_failed_one_is_recorded_and_warned_about() {
+    let app = app().spawn().await;
+    let one = ready_tenant(&app, "bk-one").await;
+    let two = ready_tenant(&app, "bk-two").await;
+    let napping = ready_tenant(&app, "bk-napping").await;
+    tenant_client(&app, "bk-one").await.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&tenant_client(&app, "bk-one").await).await;
+    let backups = tempfile::tempdir().unwrap();
+    let mut env = app.cli_env();
+    env.insert("TENANTD_BACKUPS_DIR".into(), backups.path().display().to_string());
+
+    // One named tenant: backed up now into its directory, private, recorded, and restorable.
+    let out = crate::common::cli(&["backup", "run", "bk-one"], &env, None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let taken = backups_of(backups.path(), &one);
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert!(out.stdout.starts_with("bk-one  ok  "), "{}", out.stdout);
+    assert!(out.stdout.contains(&taken[0].path.display().to_string()), "{}", out.stdout);
+    assert_eq!(mode(&taken[0].path), 0o600);
+    assert_eq!(events_of(&app, "bk-one", "backup.created").await.len(), 1);
+    assert!(backups_of(backups.path(), &two).is_empty(), "only the named tenant");
+    let out = app.cli(&["tenant", "restore", "bk-copy", "-i", taken[0].path.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(snapshot(&tenant_client(&app, "bk-copy").await).await, expected);
+    let out = crate::common::cli(&["backup", "run"], &env, None).await;
+    assert_eq!(out.code, 2, "neither tenants nor --all: {out:?}");
+
+    // --all: every READY and SUSPENDED tenant; retention keeps the newest backup of the day.
+    let (status, body) = app.post("/v1/tenants/bk-napping/suspend", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let out = crate::common::cli(&["backup", "run", "--all"], &env, None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for slug in ["bk-one", "bk-two", "bk-napping", "bk-copy"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(&format!("{slug}  ok  "))),
+            "{slug}: {}",
+            out.stdout
+        );
+    }
+    for tenant in [&one, &two, &napping] {
+        let taken = backups_of(backups.path(), tenant);
+        assert_eq!(taken.len(), 1, "{}: {taken:?}", tenant["slug"]);
+        assert!(tenantd::dumps::check_archive(&taken[0].path).await.is_ok(), "{taken:?}");
+    }
+    assert_eq!(events_of(&app, "bk-one", "backup.created").await.len(), 2);
+    assert_eq!(app.get("/v1/tenants/bk-napping").await.1["status"], "SUSPENDED", "backed up as it was");
+
+    // A backup that cannot be written: named as failed, exit 1, a backup.failed event with the
+    // reason, and `backup list` warns that the latest backup failed.
+    let not_a_directory = backups.path().join("not-a-directory");
+    std::fs::write(&not_a_directory, b"a file").unwrap();
+    let mut broken = env.clone();
+    broken.insert("TENANTD_BACKUPS_DIR".into(), not_a_directory.join("backups").display().to_string());
+    let out = crate::common::cli(&["backup", "run", "bk-two"], &broken, None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.starts_with("bk-two  FAILED  "), "{}", out.stdout);
+    assert!(out.stderr.contains("1 of 1 backups failed"), "{}", out.stderr);
+    let failed = events_of(&app, "bk-two", "backup.failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]["detail"]["error"].as_str().unwrap_or_default().contains("cannot create"),
+        "{failed:?}"
+    );
+    let out = crate::common::cli(&["backup", "list", "bk-two"], &env, None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("warning: the latest backup of bk-two failed"), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().skip(1).count(), 1, "the earlier backup is still listed: {}", out.stdout);
+    let out = crate::common::cli(&["backup", "list", "bk-one"], &env, None).await;
+    assert!(!out.stderr.contains("warning"), "bk-one's latest backup succeeded: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_daemon_that_dies_mid_backup_run_is_taken_over_and_only_the_missing_tenants_are_backed_up() {
+    let app = app().spawn().await;
+    let tenants = [
+        ready_tenant(&app, "bk-a").await,
+        ready_tenant(&app, "bk-b").await,
+        ready_tenant(&app, "bk-c").await,
+    ];
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().display().to_string();
+    let cluster = shared_cluster();
+
+    // A daemon process takes today's run and backs up one tenant at a time, in slug order.
+    // bk-b's dump waits on a lock held here, so the daemon is killed (SIGKILL) with bk-a
+    // backed up and bk-b's dump under way.
+    let stuck = db_name(&app, "bk-b");
+    let blocker = crate::common::hold_lock(cluster, &stuck, "customers").await;
+    let settings = [
+        ("TENANTD_BACKUPS_DIR", dir.as_str()),
+        ("TENANTD_BACKUPS_DAILY_AT", "00:00"),
+        ("TENANTD_BACKUPS_CONCURRENCY", "1"),
+        ("TENANTD_WORKERS_LEASE", "6s"),
+    ];
+    let mut process = crate::common::ProcessDaemon::start(&app, &settings).await;
+    wait_for("bk-a backed up and bk-b's dump under way", Duration::from_secs(60), || async {
+        let a_done = events_of(&app, "bk-a", "backup.created").await.len() == 1;
+        (a_done && crate::common::sessions_waiting_on_a_lock(cluster, &stuck).await == 1).then_some(())
+    })
+    .await;
+    let catalog = app.catalog().await;
+    let dead_owner: String = catalog
+        .query_one("SELECT owner FROM tenantd.backup_runs WHERE finished_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    process.kill().await;
+    // The whole machine is gone: its pg_dump too (ended through its server session).
+    cluster
+        .superuser("postgres")
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            &[&stuck],
+        )
+        .await
+        .unwrap();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let counts: Vec<usize> = tenants.iter().map(|t| backups_of(backups.path(), t).len()).collect();
+    assert_eq!(counts, [1, 0, 0], "the dead daemon backed up bk-a only");
+
+    // When its hold on the day lapses, another daemon takes the day over and backs up only
+    // the tenants still without a backup today.
+    wait_for("the dead daemon's hold on the day to lapse", Duration::from_secs(60), || async {
+        let row = catalog
+            .query_one("SELECT lease_until < now() FROM tenantd.backup_runs WHERE finished_at IS NULL", &[])
+            .await
+            .unwrap();
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
+    // (Another process too: backups in this test process would add to the metrics that other
+    // tests of this binary read.)
+    let _second = crate::common::ProcessDaemon::start(&app, &settings).await;
+    let (owner, succeeded, failed) = wait_for("the day's run to finish", Duration::from_secs(60), || async {
+        let row = catalog
+            .query_opt(
+                "SELECT owner, succeeded, failed FROM tenantd.backup_runs WHERE finished_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1), r.get::<_, i32>(2)))
+    })
+    .await;
+    assert_ne!(owner, dead_owner, "taken over by another daemon");
+    assert_eq!((succeeded, failed), (2, 0), "bk-b and bk-c");
+    let runs: i64 = catalog.query_one("SELECT count(*) FROM tenantd.backup_runs", &[]).await.unwrap().get(0);
+    assert_eq!(runs, 1, "still one run for the day");
+    let first = &events_of(&app, "bk-a", "backup.created").await;
+    assert_eq!(first.len(), 1, "bk-a is not backed up twice: {first:?}");
+    let dead_actor = first[0]["actor"].as_str().unwrap().to_owned();
+    assert!(dead_owner.starts_with(&dead_actor), "{dead_owner} / {dead_actor}");
+    for slug in ["bk-b", "bk-c"] {
+        let created = events_of(&app, slug, "backup.created").await;
+        assert_eq!(created.len(), 1, "{slug}: {created:?}");
+        assert_ne!(created[0]["actor"], dead_actor.as_str(), "{slug}: by the daemon that took over");
+    }
+    for tenant in &tenants {
+        let taken = backups_of(backups.path(), tenant);
+        assert_eq!(taken.len(), 1, "{}: {taken:?}", tenant["slug"]);
+        assert!(tenantd::dumps::check_archive(&taken[0].path).await.is_ok(), "{taken:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dump_to_stdout_is_a_whole_archive_that_restores() {
+    let app = app().spawn().await;
+    ready_tenant(&app, "piped").await;
+    tenant_client(&app, "piped").await.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&tenant_client(&app, "piped").await).await;
+
+    let (code, bytes, stderr) =
+        crate::common::cli_bytes(&["tenant", "dump", "piped", "-o", "-"], &app.cli_env()).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(bytes.starts_with(b"PGDMP"), "a custom-format archive on stdout");
+    assert!(
+        stderr.contains(&format!("dumped piped: {} bytes", bytes.len())),
+        "the figures on stderr, the archive alone on stdout ({} bytes): {stderr}",
+        bytes.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piped.dump");
+    std::fs::write(&file, &bytes).unwrap();
+    let pg_restore =
+        tenantd::pgcluster::PgBinaries::locate().expect("PostgreSQL binaries").program("pg_restore");
+    let listed = tokio::process::Command::new(pg_restore).arg("--list").arg(&file).output().await.unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let toc = String::from_utf8_lossy(&listed.stdout);
+    assert!(toc.contains("TABLE DATA public customers") && toc.contains("TABLE DATA public notes"), "{toc}");
+    let out = app.cli(&["tenant", "restore", "piped-copy", "-i", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(snapshot(&tenant_client(&app, "piped-copy").await).await, expected);
+}
+
+#[tokio::test]
+async fn a_restore_lands_on_the_server_it_names() {
+    let app = app().spawn().await;
+    let second = crate::common::TestCluster::start_owned();
+    let (status, body) =
+        app.post("/v1/servers", &json!({ "name": "pg2", "url": second.admin_url("postgres") })).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app.post("/v1/tenants?wait=50", &json!({ "slug": "origin", "server": "pg1" })).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+    tenant_client(&app, "origin").await.batch_execute(SEED).await.unwrap();
+    let expected = snapshot(&tenant_client(&app, "origin").await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("origin.dump");
+    let out = app.cli(&["tenant", "dump", "origin", "-o", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let on = |cluster: &'static str, db: String| {
+        let second = &second;
+        async move {
+            let server = if cluster == "pg1" { shared_cluster() } else { second };
+            let su = server.superuser("postgres").await;
+            su.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&db])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+
+    // pg2 holds no tenant, so a tenant would go there by default: `--server pg1` must win.
+    for (slug, server) in [("copy-on-pg1", "pg1"), ("copy-on-pg2", "pg2")] {
+        let out =
+            app.cli(&["tenant", "restore", slug, "-i", file.to_str().unwrap(), "--server", server]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let restored = app.wait_ready(slug).await;
+        assert_eq!(restored["server"], server, "{restored}");
+        let other = if server == "pg1" { "pg2" } else { "pg1" };
+        let db = db_name(&app, slug);
+        assert_eq!(
+            (on(server, db.clone()).await, on(other, db).await),
+            (1, 0),
+            "{slug} lives on {server} only"
+        );
+        let (_, details) = app.get(&format!("/v1/tenants/{slug}/connection")).await;
+        let port = if server == "pg1" { shared_cluster().port } else { second.port };
+        assert_eq!(details["port"], port, "{details}");
+        assert_eq!(snapshot(&tenant_client(&app, slug).await).await, expected, "{slug}");
+    }
+    let out = app
+        .cli(&["tenant", "restore", "copy-nowhere", "-i", file.to_str().unwrap(), "--server", "pg9"])
+        .await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("pg9"), "{}", out.stderr);
+    assert_eq!(app.get("/v1/tenants/copy-nowhere").await.0, 404, "nothing created");
+}

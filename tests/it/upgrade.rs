@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{TestApp, app, shared_cluster};
+use crate::common::{ProcessDaemon, TestApp, app, shared_cluster};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tenantd::tenant_migrations::MigrationSet;
@@ -36,7 +36,11 @@ async fn tenants(app: &TestApp, slugs: &[&str]) {
 async fn run(app: &TestApp, body: Value) -> Value {
     let (status, started) = app.post("/v1/migrations", &body).await;
     assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().unwrap().to_owned();
+    ended(app, started["id"].as_str().unwrap()).await
+}
+
+/// Waits for run `id` to end; returns the run document.
+async fn ended(app: &TestApp, id: &str) -> Value {
     crate::common::wait_for("run to end", Duration::from_secs(60), || async {
         let (_, doc) = app.get(&format!("/v1/migrations/{id}")).await;
         (doc["run"]["status"] != "running").then_some(doc)
@@ -72,6 +76,94 @@ async fn version(app: &TestApp, slug: &str) -> i64 {
 async fn event_count(app: &TestApp, slug: &str, kind: &str) -> usize {
     let (_, events) = app.get(&format!("/v1/tenants/{slug}/events")).await;
     events.as_array().unwrap().iter().filter(|e| e["kind"] == kind).count()
+}
+
+fn db_name(app: &TestApp, slug: &str) -> String {
+    format!("{}{}", app.settings.names.prefix, slug.replace('-', "_"))
+}
+
+/// How many times the tenant's own history (in its database) records `version` as applied.
+async fn history_count(app: &TestApp, slug: &str, version: i32) -> i64 {
+    let client = shared_cluster().superuser(&db_name(app, slug)).await;
+    client
+        .query_one("SELECT count(*) FROM tenantd_schema_history WHERE version = $1", &[&version])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A connection with the tenant's own credentials, lent by `app`.
+async fn tenant_client(app: &TestApp, slug: &str) -> tokio_postgres::Client {
+    let (status, details) = app.get(&format!("/v1/tenants/{slug}/connection")).await;
+    assert_eq!(status, 200, "{details}");
+    crate::common::connect(details["url"].as_str().unwrap()).await.unwrap()
+}
+
+/// The version this build's binary (the CLI, a `tenantd serve` process) upgrades to.
+fn embedded() -> i32 {
+    MigrationSet::embedded().latest_version()
+}
+
+/// Puts a READY tenant where the previous build (one without this build's newest embedded
+/// migration, `V2__orders`) left it: that migration's tables and its history row removed, as
+/// the tenant role, and the catalog's version to match. The binary then has work to do.
+async fn as_left_by_the_previous_build(app: &TestApp, slug: &str) {
+    let newest = MigrationSet::embedded().known().pop().unwrap();
+    assert_eq!((newest.version, newest.name.as_str()), (2, "orders"), "the sample schema's newest migration");
+    tenant_client(app, slug)
+        .await
+        .batch_execute("DROP TABLE order_items, orders; DELETE FROM tenantd_schema_history WHERE version = 2")
+        .await
+        .unwrap();
+    let changed = app
+        .catalog()
+        .await
+        .execute("UPDATE tenantd.tenants SET schema_version = 1 WHERE slug = $1", &[&slug])
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_eq!(version(app, slug).await, 1, "{slug}");
+    assert_eq!(history_count(app, slug, 2).await, 0, "{slug}");
+}
+
+/// Gives the tenant, as its own role, a table `orders` with a row in it: the newest embedded
+/// migration, which creates `orders`, fails there (42P07) and must leave it as it is.
+async fn squat_orders(app: &TestApp, slug: &str) {
+    tenant_client(app, slug)
+        .await
+        .batch_execute("CREATE TABLE orders (legacy text); INSERT INTO orders VALUES ('keep me')")
+        .await
+        .unwrap();
+}
+
+async fn legacy_orders(app: &TestApp, slug: &str) -> Vec<String> {
+    let client = shared_cluster().superuser(&db_name(app, slug)).await;
+    client.query("SELECT legacy FROM orders", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// The run id printed by `tenantd migrate` ("run <id> (GET /v1/migrations/<id>)").
+fn printed_run_id(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("run ") && l.contains("(GET /v1/migrations/"))
+        .unwrap_or_else(|| panic!("no run id in {stdout}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+async fn leases_held(app: &TestApp) -> i64 {
+    app.catalog()
+        .await
+        .query_one("SELECT count(*) FROM tenantd.tenants WHERE lease_until > now()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_no_lease(app: &TestApp) {
+    crate::common::wait_for("every tenant lease to lapse", Duration::from_secs(60), || async {
+        (leases_held(app).await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -201,9 +293,9 @@ async fn canary_and_max_failures_stop_the_run() {
 }
 
 #[tokio::test]
-async fn a_crash_mid_run_and_concurrent_runs_never_apply_anything_twice() {
+async fn a_daemon_stopped_mid_run_marks_it_interrupted_and_a_rerun_finishes_the_job() {
     let old = app().spawn().await;
-    let slugs: Vec<String> = (0..6).map(|i| format!("slow-{i}")).collect();
+    let slugs: Vec<String> = (0..4).map(|i| format!("slow-{i}")).collect();
     tenants(&old, &slugs.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let slow = format!("{INVOICES}; SELECT pg_sleep(0.3)");
     let mut first = app()
@@ -215,7 +307,7 @@ async fn a_crash_mid_run_and_concurrent_runs_never_apply_anything_twice() {
     let (status, started) = first.post("/v1/migrations", &json!({ "all": true, "concurrency": 1 })).await;
     assert_eq!(status, 202);
     let id = started["id"].as_str().unwrap().to_owned();
-    // Crash once some, but not all, are done.
+    // Stop once some, but not all, are done.
     crate::common::wait_for("a first tenant upgraded", Duration::from_secs(30), || async {
         let (_, doc) = first.get(&format!("/v1/migrations/{id}")).await;
         (doc["progress"]["upgraded"].as_u64() >= Some(1)).then_some(())
@@ -229,55 +321,163 @@ async fn a_crash_mid_run_and_concurrent_runs_never_apply_anything_twice() {
         .unwrap()
         .get(0);
     assert_eq!(status, "interrupted");
+    let (_, doc) = old.get(&format!("/v1/migrations/{id}")).await;
+    assert_eq!(doc["run"]["stop_reason"], "daemon shut down", "{doc}");
 
-    // Two new daemons re-run at the same time: together they finish, each tenant once.
-    let a = app()
-        .same_catalog_as(&old)
-        .migrations(newer(&slow))
-        .configure(|s| s.workers.lease = Duration::from_secs(2))
-        .spawn()
-        .await;
-    let b = app()
-        .same_catalog_as(&old)
-        .migrations(newer(&slow))
-        .configure(|s| s.workers.lease = Duration::from_secs(2))
-        .spawn()
-        .await;
-    let (ra, rb) = tokio::join!(
-        run(&a, json!({ "all": true, "concurrency": 2 })),
-        run(&b, json!({ "all": true, "concurrency": 2 }))
-    );
-    // Tenants held by the other run (or by the crashed one, until its lease expires) are
-    // skipped; once no lease is held, a third run mops up anything left.
-    crate::common::wait_for("leases expired", Duration::from_secs(10), || async {
-        let held: i64 = catalog
-            .query_one("SELECT count(*) FROM tenantd.tenants WHERE lease_until > now()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (held == 0).then_some(())
-    })
-    .await;
-    let rc = run(&a, json!({ "all": true })).await;
+    // A new daemon of the same build re-runs once the stopped one's leases lapsed: it finishes.
+    wait_no_lease(&old).await;
+    let second = app().same_catalog_as(&old).migrations(newer(&slow)).spawn().await;
+    let rerun = run(&second, json!({ "all": true, "concurrency": 2 })).await;
+    assert_eq!(rerun["run"]["status"], "finished", "{rerun}");
+    assert!(outcomes(&rerun).values().all(|o| o == "upgraded" || o == "current"), "{rerun}");
     for slug in &slugs {
-        assert_eq!(version(&a, slug).await, i64::from(base() + 1), "{slug}: {ra} {rb} {rc}");
-        // A crash between the tenant's commit and the catalog write shows up as "current" on
+        assert_eq!(version(&second, slug).await, i64::from(base() + 1), "{slug}: {doc} {rerun}");
+        // A stop between the tenant's commit and the catalog write shows up as "current" on
         // the next run; either way the migration itself ran once (history below).
-        let applied = event_count(&a, slug, "upgrade.applied").await;
-        let current = event_count(&a, slug, "upgrade.current").await;
+        let applied = event_count(&second, slug, "upgrade.applied").await;
+        let current = event_count(&second, slug, "upgrade.current").await;
         assert!(applied <= 1 && applied + current >= 1, "{slug}: applied {applied}, current {current}");
         // Through the daemon of the newer build: the CLI binary, at the older embedded version,
         // refuses to lend a tenant whose schema is newer than it knows.
-        let (status, details) = a.get(&format!("/v1/tenants/{slug}/connection")).await;
-        assert_eq!(status, 200, "{details}");
-        let client = crate::common::connect(details["url"].as_str().unwrap()).await.unwrap();
-        let n: i64 = client
+        let n: i64 = tenant_client(&second, slug)
+            .await
             .query_one("SELECT count(*) FROM tenantd_schema_history WHERE version = $1", &[&(base() + 1)])
             .await
             .unwrap()
             .get(0);
-        assert_eq!(n, 1);
+        assert_eq!(n, 1, "{slug}");
     }
+}
+
+#[tokio::test]
+async fn a_crash_mid_run_and_concurrent_runs_never_apply_anything_twice() {
+    // Six tenants the previous build left behind: this build's binary has a migration for them.
+    let app = app().spawn().await;
+    let slugs: Vec<String> = (0..6).map(|i| format!("crash-{i}")).collect();
+    let slugs: Vec<&str> = slugs.iter().map(String::as_str).collect();
+    tenants(&app, &slugs).await;
+    for slug in &slugs {
+        as_left_by_the_previous_build(&app, slug).await;
+    }
+    let (before, after) = (i64::from(embedded() - 1), i64::from(embedded()));
+    let cluster = shared_cluster();
+
+    // A daemon process upgrades them one at a time. crash-3's migration waits on a lock held
+    // here, so the process is killed (SIGKILL) in the middle of crash-3's transaction, with
+    // crash-0..2 done and crash-4..5 not started.
+    let blocker = crate::common::hold_lock(cluster, &db_name(&app, "crash-3"), "customers").await;
+    let mut process = ProcessDaemon::start(&app, &[("TENANTD_WORKERS_LEASE", "6s")]).await;
+    let (status, started) =
+        process.post(&app.admin_token, "/v1/migrations", &json!({ "all": true, "concurrency": 1 })).await;
+    assert_eq!(status, 202, "{started}");
+    let crashed = started["id"].as_str().unwrap().to_owned();
+    let stuck = db_name(&app, "crash-3");
+    crate::common::wait_for(
+        "crash-0..2 upgraded, crash-3 mid-migration",
+        Duration::from_secs(60),
+        || async {
+            for slug in &slugs[..3] {
+                if version(&app, slug).await != after {
+                    return None;
+                }
+            }
+            (crate::common::sessions_waiting_on_a_lock(cluster, &stuck).await == 1).then_some(())
+        },
+    )
+    .await;
+    process.kill().await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    // Nothing half-applied: crash-3's transaction never committed; crash-4..5 untouched.
+    for slug in &slugs[3..] {
+        assert_eq!(version(&app, slug).await, before, "{slug}");
+        assert_eq!(history_count(&app, slug, embedded()).await, 0, "{slug}");
+        assert!(!tables(&app, slug).await.contains(&"orders".to_owned()), "{slug}");
+    }
+    let (_, doc) = app.get(&format!("/v1/migrations/{crashed}")).await;
+    let results = outcomes(&doc);
+    assert_eq!(results.len(), 3, "only what finished before the crash is recorded: {doc}");
+    assert!(slugs[..3].iter().all(|s| results[*s] == "upgraded"), "{doc}");
+
+    // Once the dead process's lease lapsed, two daemons of this build re-run at the same time.
+    // Both plan while crash-3..5 are held up by locks, so both runs cover the same three.
+    wait_no_lease(&app).await;
+    let a = crate::common::app().same_catalog_as(&app).spawn().await;
+    let b = crate::common::app().same_catalog_as(&app).spawn().await;
+    let mut blockers = Vec::new();
+    for slug in &slugs[3..] {
+        blockers.push(crate::common::hold_lock(cluster, &db_name(&app, slug), "customers").await);
+    }
+    let body = json!({ "all": true, "concurrency": 2 });
+    let ((sa, started_a), (sb, started_b)) =
+        tokio::join!(a.post("/v1/migrations", &body), b.post("/v1/migrations", &body));
+    assert_eq!((sa, sb), (202, 202), "{started_a} {started_b}");
+    for started in [&started_a, &started_b] {
+        let behind: Vec<&str> = started["plan"]["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["pending"].as_array().unwrap().is_empty())
+            .map(|t| t["slug"].as_str().unwrap())
+            .collect();
+        assert_eq!(behind, &slugs[3..], "{started}");
+    }
+    for blocker in &blockers {
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+    }
+    let (ra, rb) = tokio::join!(
+        ended(&a, started_a["id"].as_str().unwrap()),
+        ended(&b, started_b["id"].as_str().unwrap())
+    );
+    // Per tenant, exactly one run upgraded it; the other found it held (skipped) or, having
+    // come after, already current.
+    let (oa, ob) = (outcomes(&ra), outcomes(&rb));
+    for slug in &slugs[3..] {
+        let pair = [oa[*slug].as_str(), ob[*slug].as_str()];
+        assert_eq!(pair.iter().filter(|o| **o == "upgraded").count(), 1, "{slug}: {pair:?}\n{ra}\n{rb}");
+        assert!(pair.iter().all(|o| ["upgraded", "skipped", "current"].contains(o)), "{slug}: {pair:?}");
+    }
+    for doc in [&ra, &rb] {
+        assert_eq!(doc["run"]["status"], "finished", "{doc}");
+        assert_eq!(
+            (doc["run"]["total"].as_u64(), doc["progress"]["done"].as_u64()),
+            (Some(3), Some(3)),
+            "{doc}"
+        );
+        assert_eq!(doc["progress"]["failed"], 0, "{doc}");
+    }
+    let upgraded =
+        ra["progress"]["upgraded"].as_u64().unwrap() + rb["progress"]["upgraded"].as_u64().unwrap();
+    assert_eq!(upgraded, 3, "{ra}\n{rb}");
+
+    // Every tenant at the new version, the migration applied exactly once in its database.
+    for slug in &slugs {
+        assert_eq!(version(&app, slug).await, after, "{slug}");
+        assert_eq!(history_count(&app, slug, embedded()).await, 1, "{slug}");
+        assert_eq!(event_count(&app, slug, "upgrade.applied").await, 1, "{slug}");
+        assert!(tables(&app, slug).await.contains(&"orders".to_owned()), "{slug}");
+    }
+    // The killed run stops beating: it is shown interrupted, with what it did before the crash.
+    let doc =
+        crate::common::wait_for("the killed run shown interrupted", Duration::from_secs(150), || async {
+            let (_, doc) = app.get(&format!("/v1/migrations/{crashed}")).await;
+            (doc["run"]["status"] == "interrupted").then_some(doc)
+        })
+        .await;
+    assert!(doc["run"]["stop_reason"].as_str().unwrap().contains("no heartbeat"), "{doc}");
+    assert_eq!(
+        (doc["run"]["total"].as_u64(), doc["progress"]["upgraded"].as_u64()),
+        (Some(6), Some(3)),
+        "{doc}"
+    );
+    let runs: i64 = app
+        .catalog()
+        .await
+        .query_one("SELECT count(*) FROM tenantd.migration_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 3, "the killed run and the two re-runs");
 }
 
 #[tokio::test]
@@ -336,4 +536,194 @@ async fn a_run_whose_process_died_is_shown_interrupted() {
         .get(0);
     let (_, doc) = app.get(&format!("/v1/migrations/{fresh}")).await;
     assert_eq!(doc["run"]["status"], "running", "a beating run stays running");
+}
+
+#[tokio::test]
+async fn the_cli_upgrades_what_the_previous_build_left_and_fails_loudly_for_a_broken_tenant() {
+    let app = app().spawn().await;
+    tenants(&app, &["cli-a", "cli-b", "cli-broken"]).await;
+    for slug in ["cli-a", "cli-b", "cli-broken"] {
+        as_left_by_the_previous_build(&app, slug).await;
+    }
+    squat_orders(&app, "cli-broken").await;
+    let (before, after) = (embedded() - 1, embedded());
+
+    // The plan names who is behind and what each would get; nothing changes.
+    let dry = app.cli(&["migrate", "--all", "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains(&format!("target version {after}: 3 tenant(s) behind, 0 current, 0 ahead")),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stdout.contains(&format!("cli-a at {before}: would apply V{after}__orders")),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(version(&app, "cli-a").await, i64::from(before));
+
+    // One named tenant: upgraded, exit 0, the run recorded for GET /v1/migrations.
+    let one = app.cli(&["migrate", "cli-a"]).await;
+    assert_eq!(one.code, 0, "{one:?}");
+    assert!(
+        one.stdout.contains("upgraded 1, already current 0, failed 0, skipped 0, not started 0"),
+        "{}",
+        one.stdout
+    );
+    assert!(one.stderr.contains("migrate: 1/1 done, 0 failed"), "plain progress lines: {}", one.stderr);
+    let (status, doc) = app.get(&format!("/v1/migrations/{}", printed_run_id(&one.stdout))).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["run"]["status"], "finished", "{doc}");
+    assert_eq!(outcomes(&doc), HashMap::from([("cli-a".to_owned(), "upgraded".to_owned())]));
+    assert_eq!(version(&app, "cli-a").await, i64::from(after));
+    assert_eq!(history_count(&app, "cli-a", after).await, 1);
+    assert!(tables(&app, "cli-a").await.contains(&"orders".to_owned()));
+    assert_eq!(version(&app, "cli-b").await, i64::from(before), "only the named tenant");
+
+    // All: cli-b upgraded, cli-broken fails — named with its error — and the exit code says so.
+    let all = app.cli(&["migrate", "--all", "--concurrency", "2"]).await;
+    assert_eq!(all.code, 1, "{all:?}");
+    assert!(
+        all.stdout.contains(&format!("target version {after}: 2 tenant(s) behind, 1 current")),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        all.stdout.contains("upgraded 1, already current 0, failed 1, skipped 0, not started 0"),
+        "{}",
+        all.stdout
+    );
+    let failed_line = all.stdout.lines().find(|l| l.contains("FAILED cli-broken")).unwrap_or_default();
+    assert!(failed_line.contains("42P07"), "the PostgreSQL error: {}", all.stdout);
+    assert!(all.stderr.contains("upgrade incomplete") && all.stderr.contains("cli-broken"), "{}", all.stderr);
+    assert_eq!(version(&app, "cli-b").await, i64::from(after));
+    // The broken tenant: READY at its old version, its data as it was, the reason recorded.
+    let (_, broken) = app.get("/v1/tenants/cli-broken").await;
+    assert_eq!(
+        (broken["status"].as_str(), broken["schema_version"].as_i64()),
+        (Some("READY"), Some(before.into()))
+    );
+    assert!(broken["last_error"].as_str().unwrap_or_default().contains("42P07"), "{broken}");
+    assert_eq!(legacy_orders(&app, "cli-broken").await, ["keep me"]);
+    assert_eq!(history_count(&app, "cli-broken", after).await, 0, "nothing half-applied");
+    assert_eq!(event_count(&app, "cli-broken", "upgrade.failed").await, 1);
+
+    // Fixed, it is upgraded by naming it again.
+    tenant_client(&app, "cli-broken").await.batch_execute("DROP TABLE orders").await.unwrap();
+    let fixed = app.cli(&["migrate", "cli-broken"]).await;
+    assert_eq!(fixed.code, 0, "{fixed:?}");
+    assert_eq!(version(&app, "cli-broken").await, i64::from(after));
+    for slug in ["cli-a", "cli-b", "cli-broken"] {
+        assert_eq!(event_count(&app, slug, "upgrade.applied").await, 1, "{slug}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_canary_stops_the_cli_run_and_leaves_the_others_untouched() {
+    let app = app().spawn().await;
+    // Slugs sort so that the broken tenant is the canary.
+    let slugs = ["cc-0-broken", "cc-1", "cc-2"];
+    tenants(&app, &slugs).await;
+    for slug in slugs {
+        as_left_by_the_previous_build(&app, slug).await;
+    }
+    squat_orders(&app, "cc-0-broken").await;
+    let out = app.cli(&["migrate", "--all", "--canary", "1"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("FAILED cc-0-broken"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("upgraded 0, already current 0, failed 1, skipped 0, not started 2"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("run stopped: canary failed"), "{}", out.stdout);
+    assert!(out.stderr.contains("canary failed"), "{}", out.stderr);
+    for slug in ["cc-1", "cc-2"] {
+        assert_eq!(version(&app, slug).await, i64::from(embedded() - 1), "{slug}");
+        assert!(!tables(&app, slug).await.contains(&"orders".to_owned()), "{slug}");
+        assert_eq!(history_count(&app, slug, embedded()).await, 0, "{slug}");
+    }
+    let (_, doc) = app.get(&format!("/v1/migrations/{}", printed_run_id(&out.stdout))).await;
+    assert_eq!(doc["run"]["status"], "stopped", "{doc}");
+}
+
+#[tokio::test]
+async fn the_cli_narrows_a_run_to_one_server_and_prints_json() {
+    let app = app().spawn().await;
+    // A second server record (on the same cluster): tenants placed on each.
+    let url = app.cluster.admin_url("postgres");
+    let (status, body) = app.post("/v1/servers", &json!({ "name": "pg2", "url": url })).await;
+    assert_eq!(status, 201, "{body}");
+    for (slug, server) in [("on-pg1", "pg1"), ("on-pg2", "pg2")] {
+        let (status, body) = app.post("/v1/tenants", &json!({ "slug": slug, "server": server })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for slug in ["on-pg1", "on-pg2"] {
+        app.wait_ready(slug).await;
+        as_left_by_the_previous_build(&app, slug).await;
+    }
+    let (before, after) = (embedded() - 1, embedded());
+
+    let out = app.cli(&["migrate", "--all", "--server", "pg2", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let run = summary["run"].as_str().unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(run).is_ok(), "{summary}");
+    assert_eq!(summary["stopped"], Value::Null);
+    assert_eq!(
+        summary["plan"],
+        json!({
+            "target_version": after,
+            "tenants": [{ "slug": "on-pg2", "from_version": before, "ahead": false,
+                          "pending": [{ "version": after, "name": "orders" }] }],
+            "not_found": [],
+        })
+    );
+    assert_eq!(
+        summary["results"],
+        json!([["on-pg2", { "outcome": "upgraded", "from": before, "to": after,
+                            "applied": [{ "version": after, "name": "orders" }] }]])
+    );
+    assert_eq!(version(&app, "on-pg2").await, i64::from(after));
+    assert_eq!(version(&app, "on-pg1").await, i64::from(before), "the other server's tenant is left alone");
+    let (_, doc) = app.get(&format!("/v1/migrations/{run}")).await;
+    assert_eq!(doc["run"]["status"], "finished", "{doc}");
+
+    // A named tenant that is not on that server is "not found" there: exit 1, untouched.
+    let out = app.cli(&["migrate", "on-pg1", "--server", "pg2"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("on-pg1: not found"), "{}", out.stdout);
+    assert_eq!(version(&app, "on-pg1").await, i64::from(before));
+}
+
+#[tokio::test]
+async fn upgrade_auto_upgrades_every_ready_tenant_when_a_new_build_starts() {
+    let old = app().spawn().await;
+    tenants(&old, &["auto-a", "auto-b"]).await;
+    let new = app()
+        .same_catalog_as(&old)
+        .migrations(newer(INVOICES))
+        .configure(|s| s.upgrade.auto = true)
+        .spawn()
+        .await;
+    for slug in ["auto-a", "auto-b"] {
+        new.wait_tenant(slug, "upgraded by itself", Duration::from_secs(60), |t| {
+            t["schema_version"] == base() + 1
+        })
+        .await;
+        assert!(tables(&new, slug).await.contains(&"invoices".to_owned()), "{slug}");
+        assert_eq!(history_count(&new, slug, base() + 1).await, 1, "{slug}");
+        assert_eq!(event_count(&new, slug, "upgrade.applied").await, 1, "{slug}");
+    }
+    // It is an ordinary run, visible like one started over HTTP.
+    let id: String = new
+        .catalog()
+        .await
+        .query_one("SELECT id::text FROM tenantd.migration_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let doc = ended(&new, &id).await;
+    assert_eq!(doc["run"]["status"], "finished", "{doc}");
+    assert_eq!(doc["progress"]["upgraded"], 2, "{doc}");
 }
