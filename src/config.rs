@@ -444,6 +444,9 @@ impl Settings {
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
         in_range("upgrade.concurrency", self.upgrade.concurrency, 1, MAX_UPGRADE_CONCURRENCY)?;
         in_range("backups.concurrency", self.backups.concurrency, 1, 64)?;
+        // Lending pools log in as the tenant role, so they count against its limit.
+        let connections = usize::try_from(self.limits.connections_per_tenant).unwrap_or(usize::MAX);
+        in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
         self.backups.time_of_day()?;
         if w.backoff.is_empty() {

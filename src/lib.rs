@@ -12,15 +12,15 @@
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
 //! 6. the bottom: `catalog` (the only SQL on the catalog), `tenant_sql` (the only DDL),
-//!    `admin`, `crypto`, `names`, `config`, `steps`, `placement`,
-//!    `tenant_migrations`, `embedded`, `pg`, `pgcluster`, `shutdown`, `telemetry`.
+//!    `admin`, `crypto`, `names`, `config`, `steps`, `placement`, `limits`,
+//!    `tenant_migrations`, `embedded`, `pg`, `pgcluster`, `pgwire`, `shutdown`, `telemetry`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub(crate) mod admin;
 pub mod api;
 pub(crate) mod app;
-pub(crate) mod backups;
+pub mod backups;
 pub(crate) mod bench;
 pub(crate) mod catalog;
 pub mod cli;
@@ -32,8 +32,8 @@ pub mod dumps;
 pub mod embedded;
 pub(crate) mod handles;
 pub(crate) mod leases;
-pub(crate) mod limits;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub(crate) mod markers;
 pub(crate) mod names;
 pub(crate) mod pg;

@@ -16,6 +16,7 @@ use crate::catalog::events::EventKind;
 use crate::catalog::tenants::{TenantRecord, TenantStatus};
 use crate::core::Core;
 use crate::dumps::{self, DumpError, Dumped};
+use crate::limits::{LimitOverrides, TenantLimits};
 use crate::target::{TargetError, TenantTarget};
 use crate::tenant_sql;
 
@@ -28,6 +29,9 @@ pub enum LifecycleError {
     /// Catalog failure (not found included).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A value in the request (or a hand-edited catalog row) is out of range.
+    #[error("{0}")]
+    Invalid(String),
     /// The tenant's catalog row cannot lead to its database.
     #[error(transparent)]
     Target(#[from] TargetError),
@@ -162,6 +166,45 @@ impl Lifecycle<'_> {
             .await?;
         tracing::info!(tenant = %t.slug, "tenant resumed");
         Ok(())
+    }
+
+    /// Replaces a tenant's limit overrides (`{}`: back to the defaults) and applies the
+    /// result to its role at once when it is READY or SUSPENDED and free (otherwise the
+    /// daemon's limits task applies it when it can).
+    pub async fn set_limits(
+        &self,
+        slug: &str,
+        overrides: &LimitOverrides,
+    ) -> Result<TenantRecord, LifecycleError> {
+        overrides.check().map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let Some(t) = self.core.catalog.set_tenant_limits(slug, &overrides.to_json()).await? else {
+            return Err(LifecycleError::Catalog(CatalogError::NotFound(format!("no tenant {slug:?}"))));
+        };
+        if matches!(t.status, TenantStatus::Ready | TenantStatus::Suspended) {
+            self.apply_limits(slug).await?;
+        }
+        Ok(self.core.catalog.tenant(slug).await?)
+    }
+
+    /// Brings a READY or SUSPENDED tenant's role in line with its limits, under its lease.
+    pub async fn apply_limits(&self, slug: &str) -> Result<TenantLimits, LifecycleError> {
+        let (t, owner) = self.claim(slug, &[TenantStatus::Ready, TenantStatus::Suspended]).await?;
+        let result = self.apply_limits_held(&t, &owner).await;
+        self.release(&t, &owner).await;
+        result
+    }
+
+    async fn apply_limits_held(&self, t: &TenantRecord, owner: &str) -> Result<TenantLimits, LifecycleError> {
+        let limits = TenantLimits::resolve(&self.core.settings.limits, &t.limits)
+            .map_err(|e| LifecycleError::Invalid(format!("tenant {}: {e}", t.slug)))?;
+        let (admin, target, _) = self.admin_for(t).await?;
+        admin
+            .batch_execute(&tenant_sql::role_limits(&target.role, &limits))
+            .await
+            .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
+        self.core.catalog.record_limits_applied(t.id, owner, &limits.to_json()).await?;
+        tracing::info!(tenant = %t.slug, connections = limits.connections, "tenant limits applied");
+        Ok(limits)
     }
 
     pub(crate) async fn release(&self, t: &TenantRecord, owner: &str) {

@@ -5,7 +5,7 @@
 //! (`PATCH /v1/tenants/{slug}`, `tenantd tenant set`). What was last applied to the role is
 //! kept in `limits_applied`, so any daemon finds the tenants whose role does not match yet
 //! (new settings, a new override, a tenant made before limits existed) and applies them
-//! ([`crate::lifecycle::Lifecycle::apply_limits`], driven by the daemon's limits task).
+//! (`Lifecycle::apply_limits`, driven by the daemon's limits task).
 //!
 //! The connection limit is enforced by PostgreSQL and a tenant cannot raise it (that needs
 //! `CREATEROLE`). The session defaults are defaults: a tenant connecting directly may `SET`
@@ -57,6 +57,9 @@ pub struct LimitsError(String);
 impl LimitOverrides {
     /// Reads overrides from JSON (the catalog column or a request body), checking ranges.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, LimitsError> {
+        if !value.is_object() {
+            return Err(LimitsError(format!("limits must be a JSON object (got {value})")));
+        }
         let overrides: LimitOverrides =
             serde_json::from_value(value.clone()).map_err(|e| LimitsError(format!("limits: {e}")))?;
         overrides.check()?;
@@ -77,7 +80,9 @@ impl LimitOverrides {
             if let Some(ms) = value
                 && ms > MAX_TIMEOUT_MS
             {
-                return Err(LimitsError(format!("limits.{name} must be at most {MAX_TIMEOUT_MS} (got {ms})")));
+                return Err(LimitsError(format!(
+                    "limits.{name} must be at most {MAX_TIMEOUT_MS} (got {ms})"
+                )));
             }
         }
         Ok(())
@@ -89,7 +94,9 @@ impl LimitOverrides {
         LimitOverrides {
             connections: self.connections.or(other.connections),
             statement_timeout_ms: self.statement_timeout_ms.or(other.statement_timeout_ms),
-            idle_in_transaction_timeout_ms: self.idle_in_transaction_timeout_ms.or(other.idle_in_transaction_timeout_ms),
+            idle_in_transaction_timeout_ms: self
+                .idle_in_transaction_timeout_ms
+                .or(other.idle_in_transaction_timeout_ms),
         }
     }
 
@@ -121,7 +128,9 @@ impl TenantLimits {
         Ok(Self {
             connections: o.connections.unwrap_or(d.connections),
             statement_timeout_ms: o.statement_timeout_ms.unwrap_or(d.statement_timeout_ms),
-            idle_in_transaction_timeout_ms: o.idle_in_transaction_timeout_ms.unwrap_or(d.idle_in_transaction_timeout_ms),
+            idle_in_transaction_timeout_ms: o
+                .idle_in_transaction_timeout_ms
+                .unwrap_or(d.idle_in_transaction_timeout_ms),
         })
     }
 
@@ -144,7 +153,12 @@ mod tests {
         assert_eq!(limits.connections, 3);
         assert_eq!(limits.statement_timeout_ms, 60_000);
         assert_eq!(TenantLimits::resolve(&settings, &json!({})).unwrap(), TenantLimits::defaults(&settings));
-        for bad in [json!({ "connections": 0 }), json!({ "conections": 3 }), json!({ "connections": "many" }), json!([])] {
+        for bad in [
+            json!({ "connections": 0 }),
+            json!({ "conections": 3 }),
+            json!({ "connections": "many" }),
+            json!([]),
+        ] {
             assert!(TenantLimits::resolve(&settings, &bad).is_err(), "{bad} accepted");
         }
     }

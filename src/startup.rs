@@ -96,6 +96,7 @@ impl Daemon {
         crate::tasks::workers::spawn(app.clone(), app.wake.clone());
         crate::api::spawn(app.clone(), listener);
         crate::tasks::backups::spawn(app.clone());
+        crate::tasks::limits::spawn(app.clone());
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;

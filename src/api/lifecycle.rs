@@ -29,6 +29,7 @@ impl From<LifecycleError> for ApiError {
             }
             LifecycleError::Dump(d) => ApiError::internal(d.to_string()),
             LifecycleError::Exists(m) => ApiError::conflict(m),
+            LifecycleError::Invalid(m) => ApiError::bad_request("invalid", m),
             LifecycleError::Tenant(t) => t.into(),
         }
     }
@@ -36,6 +37,26 @@ impl From<LifecycleError> for ApiError {
 
 fn lifecycle(app: &App) -> Lifecycle<'_> {
     Lifecycle::new(&app.core, &app.core.instance)
+}
+
+/// Body of `PATCH /v1/tenants/{slug}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    /// The tenant's limit overrides, replacing the ones it had (`{}`: the defaults again):
+    /// `connections`, `statement_timeout_ms`, `idle_in_transaction_timeout_ms`.
+    limits: crate::limits::LimitOverrides,
+}
+
+/// `PATCH /v1/tenants/{slug} {"limits": {...}}` (admin): sets the tenant's limits and applies
+/// them to its role at once (READY or SUSPENDED tenants; others get them when provisioned).
+pub async fn patch(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    Json(patch): Json<TenantPatch>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    Ok(Json(lifecycle(&app).set_limits(&slug, &patch.limits).await?))
 }
 
 /// Query of `DELETE /v1/tenants/{slug}`.

@@ -45,7 +45,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/servers", get(servers::list).post(servers::add))
         .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
-        .route("/v1/tenants/{slug}", get(tenants::show).delete(lifecycle::delete))
+        .route("/v1/tenants/{slug}", get(tenants::show).delete(lifecycle::delete).patch(lifecycle::patch))
         .route("/v1/tenants/{slug}/suspend", post(lifecycle::suspend))
         .route("/v1/tenants/{slug}/resume", post(lifecycle::resume))
         .route("/v1/tenants/{slug}/dumps", post(lifecycle::dump))

@@ -10,6 +10,7 @@ use super::{Context, Failure, output};
 use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
 use crate::driver::{Driver, RestoreRequest};
 use crate::lifecycle::LifecycleError;
+use crate::limits::LimitOverrides;
 use crate::target::TenantTarget;
 use crate::tenants::{CreateTenant, TenantError};
 
@@ -97,6 +98,23 @@ pub enum TenantCommand {
         /// Give up waiting after this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         wait: u64,
+    },
+    /// Set a tenant's limits (the [limits] settings otherwise) and apply them to its role.
+    Set {
+        /// Slug.
+        slug: String,
+        /// CONNECTION LIMIT of the tenant's role.
+        #[arg(long)]
+        connections: Option<u32>,
+        /// Default statement_timeout of its sessions (e.g. 30s; 0 = none).
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        statement_timeout: Option<Duration>,
+        /// Default idle_in_transaction_session_timeout of its sessions (e.g. 5m; 0 = none).
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        idle_in_transaction_timeout: Option<Duration>,
+        /// Drop every override first: the settings' defaults apply again.
+        #[arg(long)]
+        defaults: bool,
     },
     /// Refuse new connections and end live ones; the data stays.
     Suspend {
@@ -232,6 +250,36 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             print_tenant(&restored.tenant, false)?;
             settled_or_fail(&restored.tenant, true, TenantStatus::Ready)
         }
+        TenantCommand::Set {
+            slug,
+            connections,
+            statement_timeout,
+            idle_in_transaction_timeout,
+            defaults,
+        } => {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let given = LimitOverrides {
+                connections,
+                statement_timeout_ms: statement_timeout.map(ms),
+                idle_in_transaction_timeout_ms: idle_in_transaction_timeout.map(ms),
+            };
+            if given == LimitOverrides::default() && !defaults {
+                return Err(Failure::usage(
+                    "nothing to set: give --connections, --statement-timeout, --idle-in-transaction-timeout or --defaults",
+                ));
+            }
+            given.check().map_err(Failure::usage)?;
+            let current = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
+            let kept = if defaults {
+                LimitOverrides::default()
+            } else {
+                LimitOverrides::from_json(&current.limits).map_err(Failure::failed)?
+            };
+            let tenant =
+                lifecycle(&ctx).set_limits(&slug, &given.over(kept)).await.map_err(lifecycle_failure)?;
+            println!("limits of {slug}: {}", tenant.limits_applied.unwrap_or(serde_json::Value::Null));
+            Ok(())
+        }
         TenantCommand::Suspend { slug } => {
             let tenant = lifecycle(&ctx).suspend(&slug).await.map_err(lifecycle_failure)?;
             print_tenant(&tenant, false)
@@ -292,6 +340,7 @@ fn driver(ctx: &Context) -> Driver<'_> {
 fn lifecycle_failure(e: LifecycleError) -> Failure {
     match e {
         LifecycleError::Tenant(t) => tenant_failure(t),
+        LifecycleError::Invalid(m) => Failure::usage(m),
         other => Failure::failed(other),
     }
 }

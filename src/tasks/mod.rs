@@ -5,10 +5,12 @@
 //! - [`watcher`]: `LISTEN tenantd`; wakes workers, drops cached lookups, closes pools.
 //! - [`health`]: checks every server on an interval.
 //! - [`backups`]: the daily backup scheduler.
+//! - [`limits`]: brings tenant roles in line with their limits.
 //! - [`upgrade`]: upgrade runs started by the API or `upgrade.auto`.
 
 pub mod backups;
 pub mod health;
+pub mod limits;
 pub mod upgrade;
 pub mod watcher;
 pub mod workers;

@@ -146,8 +146,12 @@ impl TestCluster {
     pub async fn create_database(&self, prefix: &str) -> String {
         let name = format!("{prefix}_{}", random_suffix());
         let su = self.superuser("postgres").await;
-        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {ADMIN_ROLE}")).await.expect("create database");
-        su.batch_execute(&format!("REVOKE CONNECT ON DATABASE {name} FROM PUBLIC")).await.expect("close database");
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {ADMIN_ROLE}"))
+            .await
+            .expect("create database");
+        su.batch_execute(&format!("REVOKE CONNECT ON DATABASE {name} FROM PUBLIC"))
+            .await
+            .expect("close database");
         name
     }
 }

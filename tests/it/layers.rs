@@ -42,6 +42,8 @@ const LAYERS: &[(usize, &[&str])] = &[
             "embedded",
             "pg",
             "pgcluster",
+            "pgwire",
+            "limits",
             "shutdown",
             "telemetry",
         ],
