@@ -513,6 +513,11 @@ impl ProcessDaemon {
         daemon
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(tokio::process::Child::id).expect("the daemon process runs")
+    }
+
     /// SIGKILL, and waits for the process to be gone.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod hostile;
 mod layers;
 mod leases;
 mod lending;
