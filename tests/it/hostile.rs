@@ -140,10 +140,9 @@ async fn a_neighbour_cannot_connect_to_a_database_before_its_lockdown() {
         exists.map(|_| name)
     })
     .await;
-    let refused = connect_as(&nosy, Some(&staging))
-        .await
-        .err()
-        .expect("a neighbour connected to a database being made");
+    let Err(refused) = connect_as(&nosy, Some(&staging)).await else {
+        panic!("a neighbour connected to a database being made");
+    };
     let message =
         refused.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| refused.to_string());
     assert!(
