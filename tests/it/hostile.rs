@@ -453,3 +453,42 @@ async fn a_chain_of_thousands_of_domains_is_refused_and_the_daemon_stays_up() {
     assert_eq!((status, &body["rows"][0]["v"]), (200, &json!(5)), "{body}");
     still_served(&app, &other, "shallow").await;
 }
+
+#[tokio::test]
+async fn a_signup_role_may_ask_for_tenants_and_do_nothing_else() {
+    let app = crate::common::spawn_app().await;
+    let role = format!("signup_{}", crate::common::random_suffix());
+    let su = shared_cluster().superuser(&app.catalog_db).await;
+    // README's grants, as the operator would run them.
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'signup-pw'; GRANT CONNECT ON DATABASE {db} TO {role}; \
+         GRANT USAGE ON SCHEMA tenantd TO {role}; \
+         GRANT INSERT (slug, labels, requested_server, requested_region) ON tenantd.tenants TO {role}",
+        db = app.catalog_db
+    ))
+    .await
+    .unwrap();
+    let signup =
+        crate::common::connect(&shared_cluster().url(&role, "signup-pw", &app.catalog_db)).await.unwrap();
+    signup
+        .execute(
+            "INSERT INTO tenantd.tenants (slug, labels) VALUES ('from-signup', '{\"plan\": \"pro\"}')",
+            &[],
+        )
+        .await
+        .expect("a sign-up system may ask for a tenant");
+    app.wait_ready("from-signup").await;
+    for forbidden in [
+        "SELECT role_password_sealed FROM tenantd.tenants",
+        "UPDATE tenantd.tenants SET status = 'DELETING'",
+        "INSERT INTO tenantd.tenants (slug, database_name) VALUES ('sneaky', 'postgres')",
+        "SELECT * FROM tenantd.servers",
+    ] {
+        let refused = signup.batch_execute(forbidden).await.expect_err(forbidden);
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{forbidden}"
+        );
+    }
+}
