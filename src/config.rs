@@ -100,6 +100,12 @@ pub struct LimitSettings {
     /// Default `idle_in_transaction_session_timeout` of tenant sessions; 0 = none.
     #[serde(deserialize_with = "de_duration")]
     pub idle_in_transaction_timeout: Duration,
+    /// Storage quota of each tenant database in bytes; 0 = none. Over it, the tenant is
+    /// read-only until it is under again.
+    pub max_database_bytes: u64,
+    /// How often database sizes are measured against the quotas.
+    #[serde(deserialize_with = "de_duration")]
+    pub quota_check_interval: Duration,
 }
 
 impl Default for LimitSettings {
@@ -108,6 +114,8 @@ impl Default for LimitSettings {
             connections_per_tenant: 20,
             statement_timeout: Duration::from_secs(60),
             idle_in_transaction_timeout: Duration::from_secs(300),
+            max_database_bytes: 0,
+            quota_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -384,6 +392,8 @@ knobs! {
     "limits.connections_per_tenant", "TENANTD_LIMITS_CONNECTIONS_PER_TENANT", Integer, "20", "CONNECTION LIMIT of each tenant role";
     "limits.statement_timeout", "TENANTD_LIMITS_STATEMENT_TIMEOUT", Text, "60s", "default statement_timeout of tenant sessions";
     "limits.idle_in_transaction_timeout", "TENANTD_LIMITS_IDLE_IN_TRANSACTION_TIMEOUT", Text, "5m", "default idle_in_transaction_session_timeout of tenant sessions";
+    "limits.max_database_bytes", "TENANTD_LIMITS_MAX_DATABASE_BYTES", Integer, "0", "storage quota per tenant database (0: none); read-only above";
+    "limits.quota_check_interval", "TENANTD_LIMITS_QUOTA_CHECK_INTERVAL", Text, "60s", "how often database sizes are measured";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.

@@ -42,6 +42,7 @@ pub(crate) mod pgwire;
 pub(crate) mod placement;
 pub(crate) mod pools;
 pub(crate) mod provisioner;
+pub(crate) mod quotas;
 pub(crate) mod resolver;
 pub(crate) mod servers;
 pub mod shutdown;

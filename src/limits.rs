@@ -27,6 +27,8 @@ pub struct TenantLimits {
     pub statement_timeout_ms: u64,
     /// Default `idle_in_transaction_session_timeout` of its sessions, in ms (0 = none).
     pub idle_in_transaction_timeout_ms: u64,
+    /// Storage quota of its database in bytes (0 = none).
+    pub max_database_bytes: u64,
 }
 
 /// Overrides of some limits for one tenant (every field optional).
@@ -42,6 +44,9 @@ pub struct LimitOverrides {
     /// Default `idle_in_transaction_session_timeout`, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// Storage quota, bytes (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_database_bytes: Option<u64>,
 }
 
 /// Longest session timeout accepted (PostgreSQL's own limit is `i32::MAX` ms).
@@ -97,6 +102,7 @@ impl LimitOverrides {
             idle_in_transaction_timeout_ms: self
                 .idle_in_transaction_timeout_ms
                 .or(other.idle_in_transaction_timeout_ms),
+            max_database_bytes: self.max_database_bytes.or(other.max_database_bytes),
         }
     }
 
@@ -117,6 +123,7 @@ impl TenantLimits {
             connections: settings.connections_per_tenant,
             statement_timeout_ms: ms(settings.statement_timeout),
             idle_in_transaction_timeout_ms: ms(settings.idle_in_transaction_timeout),
+            max_database_bytes: settings.max_database_bytes,
         }
     }
 
@@ -131,6 +138,7 @@ impl TenantLimits {
             idle_in_transaction_timeout_ms: o
                 .idle_in_transaction_timeout_ms
                 .unwrap_or(d.idle_in_transaction_timeout_ms),
+            max_database_bytes: o.max_database_bytes.unwrap_or(d.max_database_bytes),
         })
     }
 

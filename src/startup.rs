@@ -97,6 +97,7 @@ impl Daemon {
         crate::api::spawn(app.clone(), listener);
         crate::tasks::backups::spawn(app.clone());
         crate::tasks::limits::spawn(app.clone());
+        crate::tasks::quotas::spawn(app.clone());
         tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;

@@ -56,6 +56,34 @@ pub fn role_limits(role: &PgIdent, limits: &crate::limits::TenantLimits) -> Stri
     )
 }
 
+/// Makes a tenant read-only (`on`) or writable again: its role's and its database's sessions
+/// start in read-only transactions. Sessions already open keep their mode; end them.
+pub fn read_only(role: &PgIdent, database: &PgIdent, on: bool) -> String {
+    let (role, db) = (quote_ident(role.as_str()), quote_ident(database.as_str()));
+    if on {
+        format!(
+            "ALTER ROLE {role} SET default_transaction_read_only = on; \
+             ALTER DATABASE {db} SET default_transaction_read_only = on"
+        )
+    } else {
+        format!(
+            "ALTER ROLE {role} RESET default_transaction_read_only; \
+             ALTER DATABASE {db} RESET default_transaction_read_only"
+        )
+    }
+}
+
+/// Ends every session of a role (the admin must be a member of it); returns how many.
+pub async fn end_sessions(
+    admin: &tokio_postgres::Client,
+    role: &PgIdent,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(admin.query_one(TERMINATE, &[&role.as_str()]).await?.get(0))
+}
+
+const TERMINATE: &str = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) \
+     FROM pg_catalog.pg_stat_activity a WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name";
+
 /// Marks a role as tenantd's.
 pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
     format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))
@@ -161,8 +189,6 @@ pub async fn close_role(
     role: &PgIdent,
     admin_user: &str,
 ) -> Result<i64, tokio_postgres::Error> {
-    const TERMINATE: &str = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) \
-         FROM pg_catalog.pg_stat_activity a WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name";
     admin.batch_execute(&grant_membership(role, admin_user)).await?;
     let guard = crate::pg::CancelOnDrop::arm(admin);
     let mut ended: i64 = 0;

@@ -36,6 +36,25 @@ async fn borrow(app: &App, tenant: &TenantRecord) -> Result<Lent, ApiError> {
     Ok(app.pools.get(tenant, &server, &app.keyring).await?)
 }
 
+/// A write refused because the tenant is read-only for being over its storage quota is
+/// answered 507 `over_quota`, naming the quota; every other error as it is.
+fn refused(tenant: &TenantRecord, error: sqlhttp::SqlError) -> ApiError {
+    match &error {
+        sqlhttp::SqlError::Postgres { sqlstate, .. } if tenant.over_quota && sqlstate == "25006" => {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "over_quota",
+                format!(
+                    "tenant {:?} is over its storage quota ({} bytes used) and read-only until it is under again",
+                    tenant.slug,
+                    tenant.database_bytes.unwrap_or(0)
+                ),
+            )
+        }
+        _ => error.into(),
+    }
+}
+
 /// How long one SQL request may run before tenantd cancels it on the server. The session's
 /// `statement_timeout` (the same value) normally ends it first; this holds even when the
 /// tenant lifted that with `SET`.
@@ -69,7 +88,8 @@ pub async fn sql(
     let limits = limits(&app);
     let results = connection
         .run_guarded(deadline(&app), req.len(), |client| sqlhttp::run_request(client, &req, &limits))
-        .await?;
+        .await
+        .map_err(|e| refused(&tenant, e))?;
     answer(&req, results)
 }
 
@@ -137,7 +157,7 @@ pub async fn handle_sql(
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let handle = app.handles.get(&id, &caller.owner())?;
     // A suspended or deleted tenant's handles are closed; this catches a race with that.
-    lendable(&app, &caller, &handle.slug).await?;
+    let tenant = lendable(&app, &caller, &handle.slug).await?;
     handle.touch();
     let connection = handle.connection.lock().await;
     let limits = limits(&app);
@@ -150,7 +170,7 @@ pub async fn handle_sql(
     if let Ok(value) = HeaderValue::from_str(&expires_at.to_rfc3339()) {
         headers.insert("x-handle-expires-at", value);
     }
-    Ok((headers, answer(&req, results?)?))
+    Ok((headers, answer(&req, results.map_err(|e| refused(&tenant, e))?)?))
 }
 
 /// `DELETE /v1/handles/{handle}`: rollback, reset, back to the pool.

@@ -83,11 +83,15 @@ pub enum EventKind {
     BackupCreated,
     /// A backup failed.
     BackupFailed,
+    /// The database grew over its quota: the tenant is read-only.
+    QuotaExceeded,
+    /// The database is under its quota again: writes are allowed.
+    QuotaOk,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 31] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -117,6 +121,8 @@ impl EventKind {
         Self::UpgradeFailed,
         Self::BackupCreated,
         Self::BackupFailed,
+        Self::QuotaExceeded,
+        Self::QuotaOk,
     ];
 
     /// The catalog spelling.
@@ -151,6 +157,8 @@ impl EventKind {
             Self::UpgradeFailed => "upgrade.failed",
             Self::BackupCreated => "backup.created",
             Self::BackupFailed => "backup.failed",
+            Self::QuotaExceeded => "quota.exceeded",
+            Self::QuotaOk => "quota.ok",
         }
     }
 }

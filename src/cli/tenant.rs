@@ -112,6 +112,9 @@ pub enum TenantCommand {
         /// Default idle_in_transaction_session_timeout of its sessions (e.g. 5m; 0 = none).
         #[arg(long, value_parser = crate::config::parse_duration)]
         idle_in_transaction_timeout: Option<Duration>,
+        /// Storage quota of its database (bytes, or with a unit: 500MB, 5GB; 0 = none).
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
         /// Drop every override first: the settings' defaults apply again.
         #[arg(long)]
         defaults: bool,
@@ -255,6 +258,7 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             connections,
             statement_timeout,
             idle_in_transaction_timeout,
+            max_size,
             defaults,
         } => {
             let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -262,10 +266,12 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
                 connections,
                 statement_timeout_ms: statement_timeout.map(ms),
                 idle_in_transaction_timeout_ms: idle_in_transaction_timeout.map(ms),
+                max_database_bytes: max_size,
             };
             if given == LimitOverrides::default() && !defaults {
                 return Err(Failure::usage(
-                    "nothing to set: give --connections, --statement-timeout, --idle-in-transaction-timeout or --defaults",
+                    "nothing to set: give --connections, --statement-timeout, --idle-in-transaction-timeout, \
+                     --max-size or --defaults",
                 ));
             }
             given.check().map_err(Failure::usage)?;
@@ -466,4 +472,22 @@ fn confirm(slug: &str, yes: bool) -> Result<(), Failure> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).map_err(Failure::failed)?;
     if line.trim() == slug { Ok(()) } else { Err(Failure::usage("not confirmed; nothing was dropped")) }
+}
+
+/// A size in bytes, or with a unit (`kB`, `MB`, `GB`, `TB`; powers of 1024, as PostgreSQL
+/// counts them).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 500MB, 5GB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit (use kB, MB, GB or TB)")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
 }

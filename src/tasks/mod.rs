@@ -6,11 +6,13 @@
 //! - [`health`]: checks every server on an interval.
 //! - [`backups`]: the daily backup scheduler.
 //! - [`limits`]: brings tenant roles in line with their limits.
+//! - [`quotas`]: measures tenant databases against their storage quotas.
 //! - [`upgrade`]: upgrade runs started by the API or `upgrade.auto`.
 
 pub mod backups;
 pub mod health;
 pub mod limits;
+pub mod quotas;
 pub mod upgrade;
 pub mod watcher;
 pub mod workers;

@@ -492,3 +492,55 @@ async fn a_signup_role_may_ask_for_tenants_and_do_nothing_else() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_storage_quota_is_read_only_until_it_is_under_again() {
+    let app = app()
+        .configure(|s| {
+            s.limits.max_database_bytes = 1 << 30;
+            s.limits.quota_check_interval = Duration::from_millis(300);
+        })
+        .spawn()
+        .await;
+    let (token, details) = tenant(&app, "hoarder").await;
+    let (calm, _) = tenant(&app, "frugal").await;
+    let direct = connect_as(&details, None).await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g + 1)::text) AS v FROM generate_series(1, 100000) g",
+        )
+        .await
+        .unwrap();
+    // Its quota becomes smaller than what it holds (as a growing tenant would cross it).
+    let (status, body) =
+        app.patch("/v1/tenants/hoarder", &json!({ "limits": { "max_database_bytes": 12 << 20 } })).await;
+    assert_eq!(status, 200, "{body}");
+    let over =
+        app.wait_tenant("hoarder", "over quota", Duration::from_secs(30), |t| t["over_quota"] == true).await;
+    assert!(over["database_bytes"].as_i64().unwrap() > 12 << 20, "{over}");
+    // Writes are refused with a clear code; reads go on; neighbours are untouched.
+    let (status, body) =
+        sql(&app, &token, "hoarder", json!({ "sql": "INSERT INTO big VALUES (0, 'x')" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (507, Some("over_quota")), "{body}");
+    let (status, body) =
+        sql(&app, &token, "hoarder", json!({ "sql": "SELECT count(*) AS n FROM big" })).await;
+    assert_eq!((status, &body["rows"][0]["n"]), (200, &json!("100000")), "{body}");
+    still_served(&app, &calm, "frugal").await;
+    // The direct session was ended; a new one starts read-only.
+    assert!(direct.simple_query("SELECT 1").await.is_err(), "the session from before was ended");
+    let again = connect_as(&details, None).await.unwrap();
+    let refused = again.batch_execute("INSERT INTO big VALUES (0, 'x')").await.expect_err("read-only");
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION));
+    // A larger quota for this tenant: writable again, and each transition recorded once.
+    let (status, body) =
+        app.patch("/v1/tenants/hoarder", &json!({ "limits": { "max_database_bytes": 1u64 << 30 } })).await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_tenant("hoarder", "under quota", Duration::from_secs(30), |t| t["over_quota"] == false).await;
+    let (status, body) =
+        sql(&app, &token, "hoarder", json!({ "sql": "INSERT INTO big VALUES (0, 'x')" })).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, events) = app.get("/v1/tenants/hoarder/events").await;
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "quota.exceeded").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "quota.ok").count(), 1, "{kinds:?}");
+}

@@ -24,6 +24,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "handles",
             "sqlhttp",
             "resolver",
+            "quotas",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use super::{COLUMNS, TenantRecord, from_row};
+use crate::catalog::events::EventKind;
 use crate::catalog::{Catalog, CatalogError};
 
 impl Catalog {
@@ -59,5 +60,54 @@ impl Catalog {
             &[&id, &owner, applied],
         )
         .await
+    }
+
+    /// READY and SUSPENDED tenants that are placed: the ones whose size counts.
+    pub async fn tenants_with_databases(&self) -> Result<Vec<TenantRecord>, CatalogError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE status IN ('READY', 'SUSPENDED') \
+                     AND server IS NOT NULL ORDER BY server, slug"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Records measured database sizes.
+    pub async fn record_sizes(&self, sizes: &[(Uuid, i64)]) -> Result<(), CatalogError> {
+        let (ids, bytes): (Vec<Uuid>, Vec<i64>) = sizes.iter().copied().unzip();
+        self.execute(
+            "UPDATE tenantd.tenants t SET database_bytes = s.bytes \
+             FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::int8[])) AS s(id, bytes) \
+             WHERE t.id = s.id",
+            &[&ids, &bytes],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Flips a tenant's `over_quota` to `over` and appends `kind` in one statement; false when
+    /// it already was (another daemon flipped it first).
+    pub async fn flip_over_quota(
+        &self,
+        id: Uuid,
+        over: bool,
+        kind: EventKind,
+        detail: &serde_json::Value,
+        actor: &str,
+    ) -> Result<bool, CatalogError> {
+        let row = self
+            .query_opt(
+                "WITH flipped AS (UPDATE tenantd.tenants SET over_quota = $2 WHERE id = $1 AND over_quota <> $2 \
+                   RETURNING id) \
+                 INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+                 SELECT id, $3, $4, $5 FROM flipped RETURNING tenant_id",
+                &[&id, &over, &kind.as_str(), detail, &actor],
+            )
+            .await?;
+        Ok(row.is_some())
     }
 }

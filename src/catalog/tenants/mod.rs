@@ -138,6 +138,10 @@ pub struct TenantRecord {
     pub limits: serde_json::Value,
     /// The limits last applied to its role (null: not yet).
     pub limits_applied: Option<serde_json::Value>,
+    /// Size of its database when last measured, bytes.
+    pub database_bytes: Option<i64>,
+    /// Read-only for being over its storage quota.
+    pub over_quota: bool,
     #[serde(skip)]
     pub(crate) role_password_sealed: Option<String>,
     #[serde(skip)]
@@ -158,7 +162,7 @@ impl std::fmt::Debug for TenantRecord {
 pub(crate) const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
     attempts, next_attempt_at, last_error, requested_server, requested_region, labels, \
     lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash, \
-    restore_source, delete_archive_dir, deleted_at, limits, limits_applied";
+    restore_source, delete_archive_dir, deleted_at, limits, limits_applied, database_bytes, over_quota";
 
 pub(crate) fn from_row(row: &Row) -> TenantRecord {
     let status: String = row.get(2);
@@ -189,6 +193,8 @@ pub(crate) fn from_row(row: &Row) -> TenantRecord {
         deleted_at: row.get(22),
         limits: row.get(23),
         limits_applied: row.get(24),
+        database_bytes: row.get(25),
+        over_quota: row.get(26),
     }
 }
 
