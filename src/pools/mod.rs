@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -33,10 +33,12 @@ use crate::catalog::servers::ServerRecord;
 use crate::catalog::tenants::TenantRecord;
 use crate::config::PoolSettings;
 use crate::crypto::Keyring;
-use crate::pgwire::{GuardedStream, MAX_TYPE_LOOKUPS, Tripped, WireGuard};
+use crate::pgwire::{GuardedStream, WireGuard};
 use crate::shutdown::Shutdown;
-use crate::sqlhttp::SqlError;
 use crate::target::TenantTarget;
+
+mod lent;
+pub use lent::Lent;
 
 /// Why no connection could be lent.
 #[derive(Debug, thiserror::Error)]
@@ -380,176 +382,5 @@ impl Pools {
                 }
             }
         });
-    }
-}
-
-/// A lent connection. Dereferences to a `tokio_postgres::Client`; when dropped it is reset
-/// in the background (a statement still running is cancelled first) and only then returned
-/// to the pool.
-pub struct Lent {
-    object: Option<managed::Object<TenantManager>>,
-}
-
-impl std::ops::Deref for Lent {
-    type Target = tokio_postgres::Client;
-
-    fn deref(&self) -> &tokio_postgres::Client {
-        &self.conn().client
-    }
-}
-
-impl Lent {
-    fn conn(&self) -> &PooledConn {
-        match &self.object {
-            Some(object) => object,
-            None => unreachable!("a Lent holds its connection until dropped"),
-        }
-    }
-
-    /// Runs a tenant's request on this connection under limits the tenant cannot lift: it is
-    /// cancelled on the server when `deadline` passes (whatever `statement_timeout` the
-    /// session set) or when this future is dropped; preparing its `statements` may look up at
-    /// most [`MAX_TYPE_LOOKUPS`] types; no server message may exceed the result limit.
-    pub async fn run_guarded<'a, T, Fut>(
-        &'a self,
-        deadline: Duration,
-        statements: usize,
-        work: impl FnOnce(&'a tokio_postgres::Client) -> Fut,
-    ) -> Result<T, SqlError>
-    where
-        Fut: Future<Output = Result<T, SqlError>>,
-    {
-        let conn = self.conn();
-        conn.busy.store(true, Ordering::SeqCst);
-        conn.guard.limit_lookups(MAX_TYPE_LOOKUPS + i64::try_from(statements).unwrap_or(i64::MAX / 2));
-        // Dropped before the work ends (client gone, HTTP timeout): cancel it on the server,
-        // so a held connection (a handle) is not left running it.
-        let abandoned = CancelOnDrop { conn: Some((conn.client.cancel_token(), conn.address.clone())) };
-        let outcome = tokio::time::timeout(deadline, work(&conn.client)).await;
-        abandoned.disarm();
-        conn.guard.unlimited();
-        let result = match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                cancel(conn).await;
-                return Err(SqlError::Timeout(format!(
-                    "the request ran longer than {deadline:?} and was cancelled"
-                )));
-            }
-        };
-        conn.busy.store(false, Ordering::SeqCst);
-        result.map_err(|e| match (conn.guard.tripped(), e) {
-            (Some(Tripped::TooLarge(limit)), _) => SqlError::TooLarge(format!(
-                "a row of the result is larger than {limit} bytes; the connection was closed before reading it"
-            )),
-            (Some(Tripped::TooDeep(limit)), _) => SqlError::BadRequest(format!(
-                "the statement's types need more than {limit} lookups to resolve (types nested too deeply)"
-            )),
-            (None, e) => e,
-        })
-    }
-}
-
-/// Cancels a tenant statement when dropped while armed.
-struct CancelOnDrop {
-    conn: Option<(tokio_postgres::CancelToken, (String, u16))>,
-}
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.conn = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        let Some((token, address)) = self.conn.take() else { return };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { cancel_with(&token, &address).await });
-        }
-    }
-}
-
-/// Sends a cancel request for whatever runs on `conn` (a new connection to the server, as the
-/// protocol wants); a failure is logged, and the reset that follows is bounded anyway.
-async fn cancel(conn: &PooledConn) {
-    cancel_with(&conn.client.cancel_token(), &conn.address).await;
-}
-
-async fn cancel_with(token: &tokio_postgres::CancelToken, (host, port): &(String, u16)) {
-    let cancelled = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(|e| e.to_string())?;
-        token.cancel_query_raw(tcp, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
-    };
-    match tokio::time::timeout(Duration::from_secs(5), cancelled).await {
-        Ok(Ok(())) => metrics::counter!("tenantd_statements_cancelled_total").increment(1),
-        Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a tenant statement"),
-        Err(_) => tracing::warn!("cancel request to the tenant server timed out"),
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        let Some(object) = self.object.take() else { return };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(reset(object));
-            }
-            // No runtime to reset it on: close it rather than return it dirty.
-            Err(_) => drop(managed::Object::take(object)),
-        }
-    }
-}
-
-/// Everything `DISCARD ALL` does except `DEALLOCATE ALL`: the driver keeps prepared statements
-/// of its own on the connection (type lookups), and deallocating them would break the next
-/// borrower's queries. The tenant's own `PREPARE`d statements are deallocated one by one.
-const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES";
-
-/// Resets a connection before it goes back to the pool; closes it if that fails. A statement
-/// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
-async fn reset(object: managed::Object<TenantManager>) {
-    let reset = async {
-        if object.busy.load(Ordering::SeqCst) {
-            cancel(&object).await;
-        }
-        if object.guard.tripped().is_some() || object.client.is_closed() {
-            return Ok(false);
-        }
-        let client = &object.client;
-        client.batch_execute("ROLLBACK").await?;
-        client.batch_execute(RESET).await?;
-        let prepared =
-            client.simple_query("SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql").await?;
-        let deallocate: Vec<String> = prepared
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-                _ => None,
-            })
-            .map(|name| format!("DEALLOCATE {}", crate::tenant_sql::quote_ident(name)))
-            .collect();
-        if !deallocate.is_empty() {
-            client.batch_execute(&deallocate.join("; ")).await?;
-        }
-        Ok::<_, tokio_postgres::Error>(true)
-    };
-    match tokio::time::timeout(Duration::from_secs(10), reset).await {
-        Ok(Ok(true)) => {
-            object.busy.store(false, Ordering::SeqCst);
-            drop(object);
-        }
-        Ok(Ok(false)) => drop(managed::Object::take(object)),
-        Ok(Err(error)) => {
-            metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
-            tracing::warn!(error = %crate::pg::describe(&error), "connection could not be reset; closing it");
-            drop(managed::Object::take(object));
-        }
-        Err(_) => {
-            metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
-            tracing::warn!("connection reset did not finish in time; closing it");
-            drop(managed::Object::take(object));
-        }
     }
 }
