@@ -20,15 +20,6 @@ pub async fn check_now(app: &App) {
 
 /// Starts the periodic check on the daemon's task tracker.
 pub fn spawn(app: Arc<App>) {
-    let shutdown = app.shutdown.clone();
-    shutdown.spawn(async move {
-        let mut ticks = tokio::time::interval(app.settings.workers.health_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = app.shutdown.token().cancelled() => break,
-                _ = ticks.tick() => check_now(&app).await,
-            }
-        }
-    });
+    let period = app.settings.workers.health_interval;
+    super::every(app, period, |app| async move { check_now(&app).await });
 }

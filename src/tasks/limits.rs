@@ -15,17 +15,7 @@ const BATCH: i64 = 50;
 
 /// Starts the task on the daemon's tracker.
 pub fn spawn(app: Arc<App>) {
-    let shutdown = app.shutdown.clone();
-    shutdown.spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(60));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = app.shutdown.token().cancelled() => break,
-                _ = ticks.tick() => round(&app).await,
-            }
-        }
-    });
+    super::every(app, Duration::from_secs(60), |app| async move { round(&app).await });
 }
 
 /// One round: finds the tenants whose role does not match, applies theirs.

@@ -16,3 +16,28 @@ pub mod quotas;
 pub mod upgrade;
 pub mod watcher;
 pub mod workers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+
+/// Runs `round` now and then every `period` on the daemon's tracker, until shutdown. A round
+/// that overruns delays the next one rather than bunching them up.
+pub(crate) fn every<F, Fut>(app: Arc<App>, period: Duration, round: F)
+where
+    F: Fn(Arc<App>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let shutdown = app.shutdown.clone();
+    shutdown.spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = app.shutdown.token().cancelled() => break,
+                _ = ticks.tick() => round(app.clone()).await,
+            }
+        }
+    });
+}

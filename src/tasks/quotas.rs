@@ -9,17 +9,8 @@ use crate::app::App;
 /// Starts the task when any quota can apply (a default quota or per-tenant overrides are
 /// both possible, so it always runs; a round without quotas only measures sizes).
 pub fn spawn(app: Arc<App>) {
-    let shutdown = app.shutdown.clone();
-    shutdown.spawn(async move {
-        let mut ticks = tokio::time::interval(app.settings.limits.quota_check_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = app.shutdown.token().cancelled() => break,
-                _ = ticks.tick() => round(&app).await,
-            }
-        }
-    });
+    let period = app.settings.limits.quota_check_interval;
+    super::every(app, period, |app| async move { round(&app).await });
 }
 
 async fn round(app: &App) {
