@@ -60,27 +60,51 @@ pub(crate) fn type_label(ty: &Type) -> String {
 ///   records: `f1`, `f2`...); ranges and multiranges: their text form (`[1,5)`);
 /// - anything else: its binary value as a string when it is UTF-8 text without control
 ///   characters, otherwise `"\x"` + hex of the bytes.
-pub(crate) fn value(ty: &Type, raw: Option<&[u8]>) -> Value {
-    let Some(raw) = raw else { return Value::Null };
-    decode(ty, raw).unwrap_or_else(|error| {
-        tracing::warn!(r#type = %ty, %error, "undecodable value sent as raw bytes");
-        fallback(raw)
-    })
+pub(crate) fn value(ty: &Type, raw: Option<&[u8]>) -> Result<Value, TooDeep> {
+    value_at(ty, raw, 0)
 }
 
-fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
+/// Values nest (records in records, arrays of composites...) at most this deep. A tenant
+/// chooses the nesting of what it selects (`row(row(row(...)))`), and decoding recurses on
+/// the thread's stack, so the depth is bounded before it can overflow.
+pub(crate) const MAX_NESTING: usize = 32;
+
+/// A value nested deeper than [`MAX_NESTING`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a value is nested more than {MAX_NESTING} levels deep")]
+pub(crate) struct TooDeep;
+
+fn value_at(ty: &Type, raw: Option<&[u8]>, depth: usize) -> Result<Value, TooDeep> {
+    let Some(raw) = raw else { return Ok(Value::Null) };
+    if depth > MAX_NESTING {
+        return Err(TooDeep);
+    }
+    match decode(ty, raw, depth) {
+        Ok(value) => Ok(value),
+        Err(error) if error.is::<TooDeep>() => Err(TooDeep),
+        Err(error) => {
+            tracing::warn!(r#type = %ty, %error, "undecodable value sent as raw bytes");
+            Ok(fallback(raw))
+        }
+    }
+}
+
+fn decode(ty: &Type, raw: &[u8], depth: usize) -> Result<Value, BoxError> {
+    if depth > MAX_NESTING {
+        return Err(TooDeep.into());
+    }
     match ty.kind() {
         Kind::Enum(_) => text(raw),
-        Kind::Domain(base) => decode(base, raw),
-        Kind::Array(element) => array(element, raw),
+        Kind::Domain(base) => decode(base, raw, depth + 1),
+        Kind::Array(element) => array(element, raw, depth),
         Kind::Composite(fields) => {
             let fields: Vec<(String, Type)> =
                 fields.iter().map(|f| (f.name().to_owned(), f.type_().clone())).collect();
-            composite(Some(&fields), raw)
+            composite(Some(&fields), raw, depth)
         }
-        Kind::Range(subtype) => Ok(Value::String(range(subtype, raw)?)),
-        Kind::Multirange(subtype) => multirange(subtype, raw),
-        _ => simple(ty, raw),
+        Kind::Range(subtype) => Ok(Value::String(range(subtype, raw, depth)?)),
+        Kind::Multirange(subtype) => multirange(subtype, raw, depth),
+        _ => simple(ty, raw, depth),
     }
 }
 
@@ -123,7 +147,7 @@ const OID_LIKE: &[Type] = &[
     Type::REGCOLLATION,
 ];
 
-fn simple(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
+fn simple(ty: &Type, raw: &[u8], depth: usize) -> Result<Value, BoxError> {
     let string = |s: String| Ok(Value::String(s));
     match *ty {
         Type::BOOL => Ok(Value::Bool(wire::bool_from_sql(raw)?)),
@@ -153,7 +177,7 @@ fn simple(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         | Type::VARBIT
         | Type::PG_LSN => string(text_form(ty, raw)?),
         Type::VOID => Ok(Value::Null),
-        Type::RECORD => composite(None, raw),
+        Type::RECORD => composite(None, raw, depth),
         _ => Ok(fallback(raw)),
     }
 }
@@ -221,25 +245,30 @@ fn fallback(raw: &[u8]) -> Value {
 }
 
 /// Nested JSON arrays, one level per dimension, NULL elements as `null`.
-fn array(element: &Type, raw: &[u8]) -> Result<Value, BoxError> {
+fn array(element: &Type, raw: &[u8], depth: usize) -> Result<Value, BoxError> {
     let array = wire::array_from_sql(raw)?;
     let dimensions: Vec<usize> = array.dimensions().map(|d| Ok(usize::try_from(d.len)?)).collect()?;
     let mut values = array.values();
     if dimensions.is_empty() {
         return Ok(Value::Array(Vec::new()));
     }
-    nest(element, &dimensions, &mut values)
+    nest(element, &dimensions, &mut values, depth)
 }
 
-fn nest(element: &Type, dimensions: &[usize], values: &mut wire::ArrayValues<'_>) -> Result<Value, BoxError> {
+fn nest(
+    element: &Type,
+    dimensions: &[usize],
+    values: &mut wire::ArrayValues<'_>,
+    depth: usize,
+) -> Result<Value, BoxError> {
     let (&len, inner) = dimensions.split_first().ok_or("array without dimensions")?;
     let mut out = Vec::with_capacity(len.min(4096));
     for _ in 0..len {
         if inner.is_empty() {
             let raw = values.next()?.ok_or("array has fewer elements than its dimensions")?;
-            out.push(value(element, raw));
+            out.push(value_at(element, raw, depth + 1)?);
         } else {
-            out.push(nest(element, inner, values)?);
+            out.push(nest(element, inner, values, depth)?);
         }
     }
     Ok(Value::Array(out))
@@ -247,7 +276,7 @@ fn nest(element: &Type, dimensions: &[usize], values: &mut wire::ArrayValues<'_>
 
 /// An object by field name. `fields` is `None` for anonymous records, whose fields are named
 /// `f1`, `f2`... (as PostgreSQL names them) and typed by the OIDs in the value.
-fn composite(fields: Option<&[(String, Type)]>, mut raw: &[u8]) -> Result<Value, BoxError> {
+fn composite(fields: Option<&[(String, Type)]>, mut raw: &[u8], depth: usize) -> Result<Value, BoxError> {
     let mut take = |n: usize| -> Result<&[u8], BoxError> {
         let (head, rest) = raw.split_at_checked(n).ok_or("composite value too short")?;
         raw = rest;
@@ -260,9 +289,9 @@ fn composite(fields: Option<&[(String, Type)]>, mut raw: &[u8]) -> Result<Value,
         let len = wire::int4_from_sql(take(4)?)?;
         let bytes = if len < 0 { None } else { Some(take(usize::try_from(len)?)?) };
         let (name, rendered) = match fields.and_then(|f| f.get(i)) {
-            Some((name, ty)) => (name.clone(), value(ty, bytes)),
+            Some((name, ty)) => (name.clone(), value_at(ty, bytes, depth + 1)?),
             None => match Type::from_oid(oid) {
-                Some(ty) => (format!("f{}", i + 1), value(&ty, bytes)),
+                Some(ty) => (format!("f{}", i + 1), value_at(&ty, bytes, depth + 1)?),
                 None => (format!("f{}", i + 1), bytes.map_or(Value::Null, fallback)),
             },
         };
@@ -272,35 +301,35 @@ fn composite(fields: Option<&[(String, Type)]>, mut raw: &[u8]) -> Result<Value,
 }
 
 /// A bound as text: strings as they are, other JSON as its JSON text.
-fn bound_text(subtype: &Type, raw: Option<&[u8]>) -> String {
-    match value(subtype, raw) {
+fn bound_text(subtype: &Type, raw: Option<&[u8]>, depth: usize) -> Result<String, TooDeep> {
+    Ok(match value_at(subtype, raw, depth + 1)? {
         Value::String(s) => s,
         other => other.to_string(),
-    }
+    })
 }
 
 /// A range in PostgreSQL's text form: `[1,5)`, `(,3]`, `empty`.
-fn range(subtype: &Type, raw: &[u8]) -> Result<String, BoxError> {
+fn range(subtype: &Type, raw: &[u8], depth: usize) -> Result<String, BoxError> {
     use wire::RangeBound;
     let (lower, upper) = match wire::range_from_sql(raw)? {
         wire::Range::Empty => return Ok("empty".to_owned()),
         wire::Range::Nonempty(lower, upper) => (lower, upper),
     };
     let (open, low) = match lower {
-        RangeBound::Inclusive(v) => ('[', bound_text(subtype, v)),
-        RangeBound::Exclusive(v) => ('(', bound_text(subtype, v)),
+        RangeBound::Inclusive(v) => ('[', bound_text(subtype, v, depth)?),
+        RangeBound::Exclusive(v) => ('(', bound_text(subtype, v, depth)?),
         RangeBound::Unbounded => ('(', String::new()),
     };
     let (high, close) = match upper {
-        RangeBound::Inclusive(v) => (bound_text(subtype, v), ']'),
-        RangeBound::Exclusive(v) => (bound_text(subtype, v), ')'),
+        RangeBound::Inclusive(v) => (bound_text(subtype, v, depth)?, ']'),
+        RangeBound::Exclusive(v) => (bound_text(subtype, v, depth)?, ')'),
         RangeBound::Unbounded => (String::new(), ')'),
     };
     Ok(format!("{open}{low},{high}{close}"))
 }
 
 /// A multirange in PostgreSQL's text form: `{[1,3),[5,7)}`.
-fn multirange(subtype: &Type, mut raw: &[u8]) -> Result<Value, BoxError> {
+fn multirange(subtype: &Type, mut raw: &[u8], depth: usize) -> Result<Value, BoxError> {
     let (count, rest) = raw.split_at_checked(4).ok_or("multirange value too short")?;
     raw = rest;
     let mut ranges = Vec::new();
@@ -309,7 +338,7 @@ fn multirange(subtype: &Type, mut raw: &[u8]) -> Result<Value, BoxError> {
         let (one, rest) = rest
             .split_at_checked(usize::try_from(wire::int4_from_sql(len)?)?)
             .ok_or("multirange value too short")?;
-        ranges.push(range(subtype, one)?);
+        ranges.push(range(subtype, one, depth)?);
         raw = rest;
     }
     Ok(Value::String(format!("{{{}}}", ranges.join(","))))
@@ -319,24 +348,28 @@ fn multirange(subtype: &Type, mut raw: &[u8]) -> Result<Value, BoxError> {
 mod tests {
     use super::*;
 
+    fn v(ty: &Type, raw: Option<&[u8]>) -> Value {
+        value(ty, raw).unwrap()
+    }
+
     #[test]
     fn infinite_timestamps_and_dates_do_not_fail() {
-        assert_eq!(value(&Type::TIMESTAMPTZ, Some(&i64::MAX.to_be_bytes())), "infinity");
-        assert_eq!(value(&Type::TIMESTAMP, Some(&i64::MIN.to_be_bytes())), "-infinity");
-        assert_eq!(value(&Type::DATE, Some(&i32::MIN.to_be_bytes())), "-infinity");
+        assert_eq!(v(&Type::TIMESTAMPTZ, Some(&i64::MAX.to_be_bytes())), "infinity");
+        assert_eq!(v(&Type::TIMESTAMP, Some(&i64::MIN.to_be_bytes())), "-infinity");
+        assert_eq!(v(&Type::DATE, Some(&i32::MIN.to_be_bytes())), "-infinity");
     }
 
     #[test]
     fn scalars_render_as_documented() {
-        assert_eq!(value(&Type::INT8, Some(&i64::MAX.to_be_bytes())), "9223372036854775807");
-        assert_eq!(value(&Type::FLOAT4, Some(&0.1f32.to_be_bytes())), serde_json::json!(0.1));
-        assert_eq!(value(&Type::FLOAT8, Some(&f64::NAN.to_be_bytes())), "NaN");
-        assert_eq!(value(&Type::FLOAT8, Some(&f64::NEG_INFINITY.to_be_bytes())), "-Infinity");
-        assert_eq!(value(&Type::BYTEA, Some(&[0xde, 0xad])), "\\xdead");
-        assert_eq!(value(&Type::JSONB, Some(b"\x01{\"a\": [1]}")), serde_json::json!({"a": [1]}));
-        assert_eq!(value(&Type::INT4, None), Value::Null);
+        assert_eq!(v(&Type::INT8, Some(&i64::MAX.to_be_bytes())), "9223372036854775807");
+        assert_eq!(v(&Type::FLOAT4, Some(&0.1f32.to_be_bytes())), serde_json::json!(0.1));
+        assert_eq!(v(&Type::FLOAT8, Some(&f64::NAN.to_be_bytes())), "NaN");
+        assert_eq!(v(&Type::FLOAT8, Some(&f64::NEG_INFINITY.to_be_bytes())), "-Infinity");
+        assert_eq!(v(&Type::BYTEA, Some(&[0xde, 0xad])), "\\xdead");
+        assert_eq!(v(&Type::JSONB, Some(b"\x01{\"a\": [1]}")), serde_json::json!({"a": [1]}));
+        assert_eq!(v(&Type::INT4, None), Value::Null);
         let interval = [0, 0, 0, 0, 0, 0x0f, 0x42, 0x40, 0, 0, 0, 2, 0, 0, 0, 13];
-        assert_eq!(value(&Type::INTERVAL, Some(&interval)), "P1Y1M2DT1S");
+        assert_eq!(v(&Type::INTERVAL, Some(&interval)), "P1Y1M2DT1S");
     }
 
     #[test]
@@ -344,5 +377,27 @@ mod tests {
         assert_eq!(fallback(b"plain text"), "plain text");
         assert_eq!(fallback(&[0, 0, 0, 1]), "\\x00000001");
         assert_eq!(fallback(&[0xff]), "\\xff");
+    }
+
+    #[test]
+    fn records_nested_too_deeply_are_refused_not_recursed_into() {
+        // row(row(...row(1)...)): each level is a record holding one record-typed field.
+        let nested = |levels: usize| {
+            let mut raw = 1i32.to_be_bytes().to_vec(); // innermost: int4 1 ...
+            let mut oid = Type::INT4.oid();
+            for _ in 0..levels {
+                let mut record = 1i32.to_be_bytes().to_vec();
+                record.extend(oid.to_be_bytes());
+                record.extend(i32::try_from(raw.len()).unwrap().to_be_bytes());
+                record.extend(&raw);
+                raw = record;
+                oid = Type::RECORD.oid();
+            }
+            raw
+        };
+        assert_eq!(v(&Type::RECORD, Some(&nested(3))), serde_json::json!({"f1": {"f1": {"f1": 1}}}));
+        assert!(value(&Type::RECORD, Some(&nested(MAX_NESTING))).is_ok());
+        assert_eq!(value(&Type::RECORD, Some(&nested(MAX_NESTING + 2))), Err(TooDeep));
+        assert_eq!(value(&Type::RECORD, Some(&nested(100_000))), Err(TooDeep));
     }
 }

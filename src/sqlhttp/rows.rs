@@ -52,7 +52,12 @@ impl Shape {
             self.columns.iter().zip(&self.types).zip(&self.key_sizes).enumerate()
         {
             let raw: Raw<'_> = row.try_get(i).map_err(|e| SqlError::Connection(pg::describe(&e)))?;
-            let value = render::value(ty, raw.0);
+            let value = render::value(ty, raw.0).map_err(|e| {
+                SqlError::BadRequest(format!(
+                    "column {:?}: {e}; select less deeply nested values",
+                    column.name
+                ))
+            })?;
             // "key":value,
             size = size.saturating_add(key_size + 2).saturating_add(json_len(&value));
             if size > *budget {

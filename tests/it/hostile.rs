@@ -447,6 +447,11 @@ async fn a_chain_of_thousands_of_domains_is_refused_and_the_daemon_stays_up() {
         sql(&app, &token, "deep", json!({ "sql": "SELECT $1::d3000 AS v", "params": [5] })).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_sql_request")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("nested"), "{body}");
+    // Anonymous records nested in the select list are refused at a fixed depth too.
+    let deep_row = format!("SELECT {}1{} AS v", "row(".repeat(500), ")".repeat(500));
+    let (status, body) = sql(&app, &token, "deep", json!({ "sql": deep_row })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_sql_request")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("nested"), "{body}");
     // Shallow domains still work, for this tenant and the others.
     let (status, body) =
         sql(&app, &token, "deep", json!({ "sql": "SELECT $1::d3 AS v", "params": [5] })).await;
