@@ -29,7 +29,8 @@ pub const CATALOG_SESSION: &str = "-c search_path=pg_catalog -c lock_timeout=10s
 
 /// Session settings of tenant-role sessions that apply migrations: the default search path
 /// (whatever the role's defaults say) and a bounded wait for locks the tenant may hold.
-pub const MIGRATION_SESSION: &str = "-c search_path=\"$user\",public -c lock_timeout=5s";
+pub const MIGRATION_SESSION: &str =
+    "-c search_path=\"$user\",public -c lock_timeout=5s -c default_transaction_read_only=off";
 
 /// A PostgreSQL client or server program with a clean environment: `PATH` and a locale only.
 /// Nothing of the daemon's own environment (master key, admin token, catalog URL) reaches a

@@ -5,9 +5,9 @@
 //! role and its database default to read-only transactions, its sessions are ended so that
 //! they reconnect read-only, and `quota.exceeded` is recorded in the same statement that sets
 //! `over_quota`. Back under (data deleted by the operator, or a larger quota), the defaults are
-//! removed, sessions ended again, and `quota.ok` recorded. The server-side change comes first
-//! and is idempotent, and only the process whose catalog write flips the flag ends sessions,
-//! so several daemons measuring at once never do a transition twice.
+//! removed, sessions ended again, and `quota.ok` recorded. A transition is made under the
+//! tenant's lease (the server change, then the flag and its event in one statement), so
+//! several daemons measuring at once never interleave or repeat one.
 //!
 //! Read-only by default is what PostgreSQL offers a non-superuser admin: a tenant connecting
 //! directly could `SET default_transaction_read_only = off` in its own session. Over HTTP,
@@ -20,12 +20,10 @@ use serde_json::json;
 use crate::admin::AdminTarget;
 use crate::catalog::CatalogError;
 use crate::catalog::events::EventKind;
-use crate::catalog::servers::ServerRecord;
-use crate::catalog::tenants::TenantRecord;
+use crate::catalog::tenants::{TenantRecord, TenantStatus};
 use crate::core::Core;
 use crate::limits::TenantLimits;
 use crate::names::PgIdent;
-use crate::target::TenantTarget;
 use crate::tenant_sql;
 
 /// What one round did.
@@ -60,15 +58,32 @@ pub async fn round(core: &Core) -> Result<Round, CatalogError> {
     Ok(report)
 }
 
+/// Why a server or a tenant could not be measured or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The server could not be reached as admin.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+    /// A query or DDL on the server failed.
+    #[error("{}", crate::pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The tenant's limits or names in the catalog do not read.
+    #[error("{0}")]
+    Row(String),
+}
+
 async fn server_round(
     core: &Core,
     server: &str,
     tenants: &[TenantRecord],
     report: &mut Round,
-) -> Result<(), String> {
-    let record = core.catalog.server(server).await.map_err(|e| e.to_string())?;
-    let admin_target = AdminTarget::from_record(&record, &core.keyring).map_err(|e| e.to_string())?;
-    let admin = core.admin_pools.get(&record, &admin_target).await.map_err(|e| e.to_string())?;
+) -> Result<(), QuotaError> {
+    let record = core.catalog.server(server).await?;
+    let admin_target = AdminTarget::from_record(&record, &core.keyring)?;
+    let admin = core.admin_pools.get(&record, &admin_target).await?;
     let names: Vec<&str> = tenants.iter().filter_map(|t| t.database_name.as_deref()).collect();
     let rows = admin
         .query(
@@ -76,56 +91,89 @@ async fn server_round(
              FROM pg_catalog.pg_database d WHERE d.datname::pg_catalog.text = ANY($1::pg_catalog.text[])",
             &[&names],
         )
-        .await
-        .map_err(|e| crate::pg::describe(&e))?;
+        .await?;
     let size_of = |db: &str| rows.iter().find(|r| r.get::<_, &str>(0) == db).map(|r| r.get::<_, i64>(1));
     let measured: Vec<(&TenantRecord, i64)> = tenants
         .iter()
         .filter_map(|t| t.database_name.as_deref().and_then(size_of).map(|bytes| (t, bytes)))
         .collect();
     let sizes: Vec<_> = measured.iter().map(|(t, bytes)| (t.id, *bytes)).collect();
-    core.catalog.record_sizes(&sizes).await.map_err(|e| e.to_string())?;
+    core.catalog.record_sizes(&sizes).await?;
     for (t, bytes) in measured {
         metrics::gauge!("tenantd_tenant_database_bytes", "tenant" => t.slug.clone()).set(bytes as f64);
         report.measured += 1;
-        if let Err(e) = check(core, &admin, (&record, &admin_target), t, bytes, report).await {
+        if let Err(e) = check(core, &admin, &admin_target, t, bytes, report).await {
             report.failures.push(format!("tenant {}: {e}", t.slug));
         }
     }
     Ok(())
 }
 
-/// Compares one tenant with its quota and makes the transition if its state is wrong.
+/// Whether a tenant should be read-only for its size.
+fn is_over(core: &Core, t: &TenantRecord, bytes: i64) -> Result<(bool, u64), QuotaError> {
+    let limits = TenantLimits::resolve(&core.settings.limits, &t.limits)
+        .map_err(|e| QuotaError::Row(e.to_string()))?;
+    let quota = limits.max_database_bytes;
+    Ok((quota > 0 && u64::try_from(bytes).unwrap_or(0) > quota, quota))
+}
+
+/// Compares one tenant with its quota and, when its state is wrong, makes the transition under
+/// its lease: two daemons measuring at once never interleave the server change and the flag.
 async fn check(
     core: &Core,
     admin: &tokio_postgres::Client,
-    (server, admin_target): (&ServerRecord, &AdminTarget),
+    admin_target: &AdminTarget,
     t: &TenantRecord,
     bytes: i64,
     report: &mut Round,
-) -> Result<(), String> {
-    let limits = TenantLimits::resolve(&core.settings.limits, &t.limits).map_err(|e| e.to_string())?;
-    let quota = limits.max_database_bytes;
-    let over = quota > 0 && u64::try_from(bytes).unwrap_or(0) > quota;
+) -> Result<(), QuotaError> {
+    if is_over(core, t, bytes)?.0 == t.over_quota {
+        return Ok(());
+    }
+    let owner = crate::leases::claim_owner(&core.instance);
+    let lease = core.settings.workers.lease;
+    let statuses = [TenantStatus::Ready, TenantStatus::Suspended];
+    // Held by another process (an upgrade, a suspension): the next round looks again.
+    let Some(held) = core.catalog.claim_in_status(&t.slug, &owner, lease, &statuses).await? else {
+        return Ok(());
+    };
+    let result = transition(core, admin, admin_target, &held, bytes, &owner, report).await;
+    match core.catalog.release_lease(held.id, &owner).await {
+        Ok(()) | Err(CatalogError::LeaseLost) => {}
+        Err(e) => tracing::warn!(tenant = %held.slug, error = %e, "cannot release a lease; it will expire"),
+    }
+    result
+}
+
+async fn transition(
+    core: &Core,
+    admin: &tokio_postgres::Client,
+    admin_target: &AdminTarget,
+    t: &TenantRecord,
+    bytes: i64,
+    owner: &str,
+    report: &mut Round,
+) -> Result<(), QuotaError> {
+    let (over, quota) = is_over(core, t, bytes)?;
     if over == t.over_quota {
         return Ok(());
     }
-    let target = TenantTarget::new(t, server, &core.keyring).map_err(|e| e.to_string())?;
-    set_read_only(admin, admin_target, &target.role, &target.database, over).await?;
-    let (kind, detail) = if over {
-        (EventKind::QuotaExceeded, json!({ "bytes": bytes, "quota": quota }))
-    } else {
-        (EventKind::QuotaOk, json!({ "bytes": bytes, "quota": quota }))
+    let name = |text: Option<&str>, what: &str| {
+        PgIdent::from_catalog(text.unwrap_or("")).map_err(|e| QuotaError::Row(format!("{what}: {e}")))
     };
-    let flipped = core
-        .catalog
-        .flip_over_quota(t.id, over, kind, &detail, &core.instance)
-        .await
-        .map_err(|e| e.to_string())?;
-    if flipped {
+    let role = name(t.role_name.as_deref(), "role_name")?;
+    let database = name(t.database_name.as_deref(), "database_name")?;
+    let ddl = format!(
+        "{}; {}",
+        tenant_sql::grant_membership(&role, &admin_target.user),
+        tenant_sql::read_only(&role, &database, over)
+    );
+    admin.batch_execute(&ddl).await?;
+    let kind = if over { EventKind::QuotaExceeded } else { EventKind::QuotaOk };
+    let detail = json!({ "bytes": bytes, "quota": quota });
+    if core.catalog.flip_over_quota(t.id, over, kind, &detail, owner).await? {
         // Sessions keep the mode they started with: end them so they reconnect in the new one.
-        let ended =
-            tenant_sql::end_sessions(admin, &target.role).await.map_err(|e| crate::pg::describe(&e))?;
+        let ended = tenant_sql::end_sessions(admin, &role).await?;
         if over {
             tracing::warn!(tenant = %t.slug, bytes, quota, sessions_ended = ended, "tenant over its storage quota: read-only");
             report.exceeded.push(t.slug.clone());
@@ -135,19 +183,4 @@ async fn check(
         }
     }
     Ok(())
-}
-
-async fn set_read_only(
-    admin: &tokio_postgres::Client,
-    admin_target: &AdminTarget,
-    role: &PgIdent,
-    database: &PgIdent,
-    on: bool,
-) -> Result<(), String> {
-    let ddl = format!(
-        "{}; {}",
-        tenant_sql::grant_membership(role, &admin_target.user),
-        tenant_sql::read_only(role, database, on)
-    );
-    admin.batch_execute(&ddl).await.map_err(|e| crate::pg::describe(&e))
 }

@@ -301,8 +301,38 @@ pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), Catal
     Ok(())
 }
 
-/// Re-seals every server password with the current master key; returns how many changed.
-pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usize, ServerError> {
+/// What a key rotation re-sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Server admin passwords.
+    pub servers: usize,
+    /// Tenant role passwords.
+    pub tenants: usize,
+}
+
+/// Re-seals every sealed value still under an old key with the current master key: server
+/// admin passwords and tenant role passwords. Each value is swapped only if it is unchanged
+/// since it was read, so the rotation can be run again after an interruption, or while
+/// daemons work.
+pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<Resealed, ServerError> {
+    let servers = rotate_server_keys(catalog, keyring).await?;
+    let mut tenants = 0;
+    for (id, slug, sealed) in catalog.tenant_passwords().await? {
+        if !keyring.is_stale(&sealed) {
+            continue;
+        }
+        let aad = crate::crypto::tenant_aad(id);
+        let password = keyring
+            .open(&sealed, &aad)
+            .map_err(|source| AdminError::Sealed { server: format!("(tenant {slug})"), source })?;
+        if catalog.reseal_tenant_password(id, &sealed, &keyring.seal(password.expose_secret(), &aad)).await? {
+            tenants += 1;
+        }
+    }
+    Ok(Resealed { servers, tenants })
+}
+
+async fn rotate_server_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usize, ServerError> {
     let mut changed = 0;
     for server in catalog.servers().await? {
         if !keyring.is_stale(&server.admin_password_sealed) {

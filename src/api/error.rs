@@ -118,8 +118,21 @@ impl From<CatalogError> for ApiError {
                 Self::bad_request("invalid", format!("invalid value: {}", crate::pg::describe(&e)))
             }
             CatalogError::Pool(_) => {
-                tracing::error!(error = %e, "catalog unreachable");
-                Self::unavailable("catalog_unavailable", e.to_string(), 5)
+                let request = super::request_id();
+                tracing::error!(error = %e, request_id = %request, "catalog unreachable");
+                Self::unavailable("catalog_unavailable", "the catalog is unreachable; retry shortly", 5)
+                    .with("request_id", request)
+            }
+            // The catalog's server is out of a shared resource (lock table, NOTIFY queue,
+            // connections, disk): not the client's fault, and worth a retry.
+            CatalogError::Query(ref q)
+                if q.code()
+                    .is_some_and(|c| ["53", "54", "57P", "08"].iter().any(|p| c.code().starts_with(p))) =>
+            {
+                let request = super::request_id();
+                tracing::error!(error = %e, request_id = %request, "catalog server out of resources");
+                Self::unavailable("catalog_unavailable", "the catalog cannot answer now; retry shortly", 5)
+                    .with("request_id", request)
             }
             other => Self::internal(other.to_string()),
         }

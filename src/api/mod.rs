@@ -68,8 +68,9 @@ pub fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        // Inside `observe`: a panic's 500 carries the request id and is counted like any answer.
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
 
@@ -172,12 +173,6 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     metrics::counter!("tenantd_http_panics_total").increment(1);
-    // The detail goes to the log only: a panic message may quote internal state.
-    tracing::error!(panic = %detail, "a request handler panicked; answered 500");
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error (logged by tenantd)",
-    )
-    .into_response()
+    // The detail goes to the log only (under the request id): it may quote internal state.
+    ApiError::internal(format!("a request handler panicked: {detail}")).into_response()
 }

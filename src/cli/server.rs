@@ -139,7 +139,12 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
         ServerCommand::RotateKey => {
             let changed =
                 crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring).await.map_err(Failure::failed)?;
-            println!("re-sealed {changed} server password(s) with key {}", ctx.keyring.current_id());
+            println!(
+                "re-sealed {} server password(s) and {} tenant password(s) with key {}",
+                changed.servers,
+                changed.tenants,
+                ctx.keyring.current_id()
+            );
             Ok(())
         }
     }

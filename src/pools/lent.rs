@@ -59,6 +59,8 @@ impl Lent {
             Ok(result) => result,
             Err(_) => {
                 cancel(conn).await;
+                // Cancelled once: the reset must not cancel again (it could hit its own ROLLBACK).
+                conn.busy.store(false, Ordering::SeqCst);
                 return Err(SqlError::Timeout(format!(
                     "the request ran longer than {deadline:?} and was cancelled"
                 )));

@@ -316,6 +316,9 @@ async fn servers_over_the_cli() {
 #[tokio::test]
 async fn master_key_rotation_reseals_every_server_password() {
     let mut app = spawn_app().await;
+    // A tenant's role password is sealed too: after the rotation it must still be lent.
+    let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "keyed" })).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
     app.stop().await;
     let old_key = secrecy::ExposeSecret::expose_secret(&app.master_key).to_owned();
     let new_key = secrecy::ExposeSecret::expose_secret(&tenantd::crypto::generate_master_key()).to_owned();
@@ -333,7 +336,11 @@ async fn master_key_rotation_reseals_every_server_password() {
     env.insert("TENANTD_OLD_MASTER_KEYS".into(), old_key);
     let rotated = crate::common::cli(&["server", "rotate-key"], &env, None).await;
     assert_eq!(rotated.code, 0, "{rotated:?}");
-    assert!(rotated.stdout.contains("re-sealed 1 server password"), "{}", rotated.stdout);
+    assert!(
+        rotated.stdout.contains("re-sealed 1 server password(s) and 1 tenant password"),
+        "{}",
+        rotated.stdout
+    );
     let after: String =
         catalog.query_one("SELECT admin_password_sealed FROM tenantd.servers", &[]).await.unwrap().get(0);
     assert_ne!(before, after);
@@ -355,6 +362,26 @@ async fn master_key_rotation_reseals_every_server_password() {
         .await
         .unwrap();
     assert_eq!(ready["servers"][0]["healthy"], true, "{ready}");
+    let lent = http
+        .post(format!("http://{}/v1/tenants/keyed/sql", daemon.local_addr()))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "sql": "SELECT 1 AS one" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lent.status().as_u16(),
+        200,
+        "the tenant opens with only the new key: {}",
+        lent.text().await.unwrap()
+    );
+    // Running it again finds nothing left under the old key.
+    let again = crate::common::cli(&["server", "rotate-key"], &env, None).await;
+    assert!(
+        again.stdout.contains("re-sealed 0 server password(s) and 0 tenant password"),
+        "{}",
+        again.stdout
+    );
     daemon.stop().await;
 }
 

@@ -110,4 +110,28 @@ impl Catalog {
             .await?;
         Ok(row.is_some())
     }
+
+    /// Every live tenant's sealed role password, for key rotation: (id, slug, sealed).
+    pub async fn tenant_passwords(&self) -> Result<Vec<(Uuid, String, String)>, CatalogError> {
+        let rows = self
+            .query(
+                "SELECT id, slug, role_password_sealed FROM tenantd.tenants \
+                 WHERE status <> 'DELETED' AND role_password_sealed IS NOT NULL ORDER BY slug",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Replaces a tenant's sealed role password if it is still `old` (compare and swap);
+    /// true when replaced.
+    pub async fn reseal_tenant_password(&self, id: Uuid, old: &str, new: &str) -> Result<bool, CatalogError> {
+        let n = self
+            .execute(
+                "UPDATE tenantd.tenants SET role_password_sealed = $3 WHERE id = $1 AND role_password_sealed = $2",
+                &[&id, &old, &new],
+            )
+            .await?;
+        Ok(n == 1)
+    }
 }
