@@ -35,12 +35,15 @@ pub struct App {
     pub pools: Pools,
     /// Open connection handles.
     pub handles: Arc<Handles>,
+    /// Permits of requests being handled (`http.max_concurrent_requests`).
+    pub requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
     /// A daemon's state around `core`; nothing runs until `startup` starts the tasks.
     pub fn new(core: Core, admin_token: SecretString) -> App {
         let pools = Pools::new(core.settings.pools.clone());
+        let requests = Arc::new(tokio::sync::Semaphore::new(core.settings.http.max_concurrent_requests));
         App {
             core,
             admin_token,
@@ -50,6 +53,7 @@ impl App {
             resolver: Resolver::default(),
             pools,
             handles: Arc::new(Handles::default()),
+            requests,
         }
     }
 }

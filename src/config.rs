@@ -190,6 +190,9 @@ pub struct HttpSettings {
     /// Longest a request may take before it is answered 503 (wait=… requests excepted).
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// Requests handled at once; more are answered 503 at once (health and metrics excepted),
+    /// which bounds the memory their bodies and results can take.
+    pub max_concurrent_requests: usize,
 }
 
 /// Provisioning workers and background checks.
@@ -277,7 +280,11 @@ impl Default for Settings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { body_limit_bytes: 1024 * 1024, request_timeout: Duration::from_secs(60) }
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 256,
+        }
     }
 }
 
@@ -364,6 +371,7 @@ knobs! {
     "log_format", "TENANTD_LOG_FORMAT", Text, "text", "text or json (filter with RUST_LOG)";
     "http.body_limit_bytes", "TENANTD_HTTP_BODY_LIMIT_BYTES", Integer, "1048576", "largest request body (413 above)";
     "http.request_timeout", "TENANTD_HTTP_REQUEST_TIMEOUT", Text, "60s", "longest request, ?wait= included";
+    "http.max_concurrent_requests", "TENANTD_HTTP_MAX_CONCURRENT_REQUESTS", Integer, "256", "requests handled at once (503 above)";
     "workers.concurrency", "TENANTD_WORKERS_CONCURRENCY", Integer, "4", "tenants provisioned at once per daemon";
     "workers.poll_interval", "TENANTD_WORKERS_POLL_INTERVAL", Text, "5s", "catalog poll behind LISTEN/NOTIFY";
     "workers.lease", "TENANTD_WORKERS_LEASE", Text, "30s", "claim length, renewed while working";
@@ -452,6 +460,7 @@ impl Settings {
         in_range("pools.max_handles_per_tenant", p.max_handles_per_tenant, 0, p.per_tenant)?;
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
+        in_range("http.max_concurrent_requests", self.http.max_concurrent_requests, 1, 100_000)?;
         in_range("upgrade.concurrency", self.upgrade.concurrency, 1, MAX_UPGRADE_CONCURRENCY)?;
         in_range("backups.concurrency", self.backups.concurrency, 1, 64)?;
         // Lending pools log in as the tenant role, so they count against its limit.

@@ -7,6 +7,9 @@
 //! expiring a handle drops its connection through the normal reset (`ROLLBACK`,
 //! `DISCARD ALL`), so an open transaction is rolled back and nothing leaks to the next borrower.
 
+/// The owner of handles opened with the admin token; the admin may use and close any handle.
+pub const ADMIN_OWNER: &str = "admin";
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -105,11 +108,11 @@ impl Handles {
         Ok((id, expires_at))
     }
 
-    /// The handle `id` if `owner` opened it.
+    /// The handle `id` if `owner` opened it (the admin may use any handle).
     pub fn get(&self, id: &str, owner: &str) -> Result<Arc<Handle>, HandleError> {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let handle = open.get(id).filter(|h| !h.expired()).ok_or(HandleError::NotFound)?;
-        if handle.owner != owner {
+        if handle.owner != owner && owner != ADMIN_OWNER {
             return Err(HandleError::Forbidden);
         }
         Ok(handle.clone())
@@ -121,13 +124,23 @@ impl Handles {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         match open.get(id) {
             None => Err(HandleError::NotFound),
-            Some(h) if h.owner != owner => Err(HandleError::Forbidden),
+            Some(h) if h.owner != owner && owner != ADMIN_OWNER => Err(HandleError::Forbidden),
             Some(_) => {
                 open.remove(id);
                 metrics::gauge!("tenantd_handles_open").set(open.len() as f64);
                 Ok(())
             }
         }
+    }
+
+    /// Closes the handles of a tenant that were opened with a token it no longer has (its
+    /// token was replaced): they must not outlive the token, nor hold its handle quota.
+    pub fn close_stale(&self, slug: &str, current_token_hash: Option<&str>) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|_, h| {
+            h.slug != slug || h.owner == ADMIN_OWNER || Some(h.owner.as_str()) == current_token_hash
+        });
+        metrics::gauge!("tenantd_handles_open").set(open.len() as f64);
     }
 
     /// Closes every handle of a tenant (suspended, deleted, moved).

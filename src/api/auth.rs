@@ -41,7 +41,7 @@ impl Caller {
     /// The owner recorded on handles this caller opens.
     pub fn owner(&self) -> String {
         match self {
-            Caller::Admin => "admin".to_owned(),
+            Caller::Admin => crate::handles::ADMIN_OWNER.to_owned(),
             Caller::Tenant { token_hash, .. } => token_hash.clone(),
         }
     }

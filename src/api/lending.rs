@@ -212,10 +212,13 @@ pub async fn rotate_token(
     Path(slug): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let token = crate::tenants::new_token();
-    if !app.catalog.set_token_hash(&slug, &crate::crypto::token_hash(token.expose_secret())).await? {
+    let hash = crate::crypto::token_hash(token.expose_secret());
+    if !app.catalog.set_token_hash(&slug, &hash).await? {
         return Err(ApiError::not_found(format!("no tenant {slug:?}")));
     }
     app.resolver.invalidate(&slug);
+    // Handles opened with the old token close with it (other daemons: on the notification).
+    app.handles.close_stale(&slug, Some(&hash));
     let tenant = app.catalog.tenant(&slug).await?;
     app.catalog
         .record_event(tenant.id, crate::catalog::events::EventKind::TokenRotated, json!({}), "api")

@@ -141,6 +141,20 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 
 async fn timed(app: Arc<App>, route: String, method: String, req: Request, next: Next) -> Response {
     let started = Instant::now();
+    // Probes and scrapes answer whatever the load; everything else takes a permit first, so
+    // a flood of requests cannot hold unbounded bodies and results in memory.
+    let _permit = if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        None
+    } else {
+        match app.requests.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                metrics::counter!("tenantd_http_rejected_busy_total").increment(1);
+                return ApiError::unavailable("busy", "too many requests in progress; retry shortly", 1)
+                    .into_response();
+            }
+        }
+    };
     // A dump takes as long as the tenant's data needs; every other request is bounded.
     let limit = if route == "/v1/tenants/{slug}/dumps" {
         Duration::from_secs(24 * 3600)

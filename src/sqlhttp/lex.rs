@@ -20,6 +20,8 @@ enum Token {
 struct Tokens<'a> {
     sql: &'a [u8],
     at: usize,
+    /// The deepest `/* */` nesting seen so far.
+    deepest_comment: usize,
 }
 
 impl Tokens<'_> {
@@ -51,6 +53,7 @@ impl Tokens<'_> {
         while self.at < self.sql.len() {
             if self.sql[self.at..].starts_with(b"/*") {
                 depth += 1;
+                self.deepest_comment = self.deepest_comment.max(depth);
                 self.at += 2;
             } else if self.sql[self.at..].starts_with(b"*/") {
                 depth -= 1;
@@ -143,7 +146,19 @@ impl Iterator for Tokens<'_> {
 }
 
 fn tokens(sql: &str) -> Tokens<'_> {
-    Tokens { sql: sql.as_bytes(), at: 0 }
+    Tokens { sql: sql.as_bytes(), at: 0, deepest_comment: 0 }
+}
+
+/// Comments may nest at most this deep in SQL sent over HTTP. PostgreSQL's lexer does not
+/// check for cancellation inside comments, so a statement of thousands of nested comments
+/// keeps a backend busy past any deadline, and even past `pg_terminate_backend`.
+pub(crate) const MAX_COMMENT_DEPTH: usize = 64;
+
+/// The deepest `/* */` nesting in `sql`, outside strings and quoted identifiers.
+pub(crate) fn deepest_comment(sql: &str) -> usize {
+    let mut all = tokens(sql);
+    all.by_ref().for_each(drop);
+    all.deepest_comment
 }
 
 /// Keywords that start the main statement after a `WITH` clause.
@@ -263,5 +278,14 @@ mod tests {
         assert!(copies_with_client("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)"));
         assert!(!copies_with_client("COPY t TO '/tmp/stdout'"));
         assert!(!copies_with_client("SELECT 'COPY t FROM STDIN'"));
+    }
+
+    #[test]
+    fn comment_nesting_is_measured_outside_strings() {
+        assert_eq!(deepest_comment("select 1"), 0);
+        assert_eq!(deepest_comment("select /* a /* b */ c */ 1"), 2);
+        assert_eq!(deepest_comment("select '/*/*/*' /* one */"), 1);
+        let deep = format!("select 1 {}{}", "/*".repeat(1000), "*/".repeat(1000));
+        assert_eq!(deepest_comment(&deep), 1000);
     }
 }

@@ -226,6 +226,19 @@ pub async fn run_statement(
 ) -> Result<StatementResult, SqlError> {
     let command =
         lex::command(&req.sql).ok_or_else(|| SqlError::BadRequest("sql holds no statement".into()))?;
+    if lex::deepest_comment(&req.sql) > lex::MAX_COMMENT_DEPTH {
+        return Err(SqlError::BadRequest(format!(
+            "comments nest more than {} levels deep",
+            lex::MAX_COMMENT_DEPTH
+        )));
+    }
+    if req.params.len() > usize::from(u16::MAX) {
+        return Err(SqlError::BadRequest(format!(
+            "at most {} parameters (got {})",
+            u16::MAX,
+            req.params.len()
+        )));
+    }
     if lex::copies_with_client(&req.sql) {
         let message = "COPY to or from the client (STDIN/STDOUT) is not available over HTTP";
         return Err(SqlError::BadRequest(message.into()));

@@ -93,7 +93,11 @@ async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -
 /// deleting, moving, gone).
 async fn close_if_not_lendable(app: &App, slug: &str) {
     let lendable = match app.catalog.tenant(slug).await {
-        Ok(tenant) => tenant.status == TenantStatus::Ready,
+        Ok(tenant) => {
+            // Handles opened with a token the tenant no longer has go either way.
+            app.handles.close_stale(slug, tenant.token_hash.as_deref());
+            tenant.status == TenantStatus::Ready
+        }
         Err(CatalogError::NotFound(_)) => false,
         Err(error) => {
             // Cannot tell: closing is the safe side (the next request reconnects if READY).
@@ -128,9 +132,7 @@ async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<C
         // hint: the cached row is dropped (a re-read is harmless), and what is lent is closed
         // only when the catalog itself says the tenant may no longer be lent.
         app.resolver.invalidate(&change.key);
-        if change.status.as_deref() != Some("READY") {
-            close_if_not_lendable(app, &change.key).await;
-        }
+        close_if_not_lendable(app, &change.key).await;
     }
     // Nobody listening on the channel is normal (no ?wait= request in flight).
     if changes.send(change).is_err() {

@@ -549,3 +549,51 @@ async fn a_tenant_over_its_storage_quota_is_read_only_until_it_is_under_again() 
     assert_eq!(kinds.iter().filter(|k| **k == "quota.exceeded").count(), 1, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "quota.ok").count(), 1, "{kinds:?}");
 }
+
+#[tokio::test]
+async fn a_flood_of_requests_is_turned_away_while_probes_still_answer() {
+    let app = app()
+        .configure(|s| {
+            s.http.max_concurrent_requests = 2;
+            s.pools.per_tenant = 5;
+        })
+        .spawn()
+        .await;
+    let (token, _) = tenant(&app, "flooder").await;
+    let slow = json!({ "sql": "SELECT pg_sleep(1)" });
+    let flood = (0..6).map(|_| sql(&app, &token, "flooder", slow.clone()));
+    let (answers, probe) = tokio::join!(futures::future::join_all(flood), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.get("/healthz").await
+    });
+    let busy =
+        answers.iter().filter(|(status, body)| *status == 503 && body["error"]["code"] == "busy").count();
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert!(busy >= 4 && served >= 1, "{answers:?}");
+    assert_eq!(probe.0, 200, "probes answer under load");
+}
+
+#[tokio::test]
+async fn handles_opened_with_a_replaced_token_close_with_it() {
+    let app = app().configure(|s| s.pools.max_handles_per_tenant = 1).spawn().await;
+    let (old_token, _) = tenant(&app, "rotated").await;
+    let (status, opened) = app
+        .request_as(reqwest::Method::POST, "/v1/tenants/rotated/handles", Some(&json!({})), Some(&old_token))
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    let handle = format!("/v1/handles/{}/sql", opened["handle"].as_str().unwrap());
+    let (status, rotated) = app.post("/v1/tenants/rotated/tokens", &json!({})).await;
+    assert_eq!(status, 201, "{rotated}");
+    let new_token = rotated["token"].as_str().unwrap().to_owned();
+    // The old handle is gone (even for the admin), and does not hold the tenant's one handle.
+    let (status, _) = app.request(reqwest::Method::POST, &handle, Some(&json!({ "sql": "SELECT 1" }))).await;
+    assert_eq!(status, 404);
+    let (status, body) = app
+        .request_as(reqwest::Method::POST, "/v1/tenants/rotated/handles", Some(&json!({})), Some(&new_token))
+        .await;
+    assert_eq!(status, 201, "the new token gets the tenant's handle: {body}");
+    // The admin may close a tenant's handle.
+    let id = body["handle"].as_str().unwrap();
+    let (status, _) = app.request(reqwest::Method::DELETE, &format!("/v1/handles/{id}"), None).await;
+    assert_eq!(status, 204);
+}
