@@ -178,9 +178,10 @@ pub async fn prepare_cluster(
     // superuser may revoke what a tenantd admin role never could).
     client
         .batch_execute(&format!(
-            "{}; {}; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC",
+            "{}; {}; {}",
             crate::tenant_sql::close_database("postgres", ADMIN_ROLE),
-            crate::tenant_sql::close_database(CATALOG_DB, ADMIN_ROLE)
+            crate::tenant_sql::close_database(CATALOG_DB, ADMIN_ROLE),
+            crate::tenant_sql::revoke_public_connect("template1")
         ))
         .await
         .map_err(fail)?;

@@ -51,7 +51,7 @@ pub mod startup;
 pub mod steps;
 pub(crate) mod target;
 pub(crate) mod tasks;
-pub mod telemetry;
+pub(crate) mod telemetry;
 pub mod tenant_migrations;
 pub(crate) mod tenant_sql;
 pub(crate) mod tenants;

@@ -3,7 +3,7 @@
 //! Every role and database tenantd creates for a tenant carries the comment
 //! `tenantd:<tenant id>` ([`crate::tenant_sql::marker`]). Anything under a tenant's names
 //! without that marker belongs to someone else and is never adopted, altered, dumped or
-//! dropped. Provisioning, deletion, dumps, bench cleanup and the reconciler all ask here.
+//! dropped. Provisioning, deletion, dumps and bench cleanup all ask here.
 //!
 //! The queries run as the admin, so every function and type they name is schema-qualified:
 //! nothing a tenant creates can take their place.

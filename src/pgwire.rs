@@ -33,6 +33,8 @@ pub struct WireGuard {
     too_large: AtomicBool,
     /// Bind messages still allowed; negative means no limit.
     lookups_left: AtomicI64,
+    /// The limit set by the last [`WireGuard::limit_lookups`] (for the error message).
+    lookup_limit: AtomicI64,
     too_deep: AtomicBool,
 }
 
@@ -52,6 +54,7 @@ impl WireGuard {
             max_message,
             too_large: AtomicBool::new(false),
             lookups_left: AtomicI64::new(-1),
+            lookup_limit: AtomicI64::new(-1),
             too_deep: AtomicBool::new(false),
         })
     }
@@ -60,6 +63,7 @@ impl WireGuard {
     /// prepared, then one per type lookup); [`WireGuard::unlimited`] lifts it again.
     pub fn limit_lookups(&self, n: i64) {
         self.lookups_left.store(n.max(0), Ordering::SeqCst);
+        self.lookup_limit.store(n.max(0), Ordering::SeqCst);
     }
 
     /// No limit on `Bind` messages.
@@ -72,7 +76,7 @@ impl WireGuard {
         if self.too_large.load(Ordering::SeqCst) {
             Some(Tripped::TooLarge(self.max_message))
         } else if self.too_deep.load(Ordering::SeqCst) {
-            Some(Tripped::TooDeep(MAX_TYPE_LOOKUPS))
+            Some(Tripped::TooDeep(self.lookup_limit.load(Ordering::SeqCst)))
         } else {
             None
         }

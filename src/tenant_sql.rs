@@ -84,6 +84,17 @@ pub async fn end_sessions(
 const TERMINATE: &str = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) \
      FROM pg_catalog.pg_stat_activity a WHERE a.usename OPERATOR(pg_catalog.=) $1::pg_catalog.name";
 
+/// Nobody but superusers and those granted it by name may connect to `database` (the
+/// embedded bootstrap closes `template1` this way).
+pub fn revoke_public_connect(database: &str) -> String {
+    format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", quote_ident(database))
+}
+
+/// Deallocates a prepared statement a tenant made with SQL `PREPARE`.
+pub fn deallocate(name: &str) -> String {
+    format!("DEALLOCATE {}", quote_ident(name))
+}
+
 /// Marks a role as tenantd's.
 pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
     format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))

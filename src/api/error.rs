@@ -191,6 +191,28 @@ impl From<crate::pools::LendError> for ApiError {
     }
 }
 
+impl From<crate::lifecycle::LifecycleError> for ApiError {
+    fn from(e: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError;
+        match e {
+            LifecycleError::WrongState(m) => Self::new(StatusCode::CONFLICT, "wrong_state", m),
+            LifecycleError::Catalog(c) => c.into(),
+            LifecycleError::Target(t) => t.into(),
+            LifecycleError::Server(m) => Self::unavailable("server_unavailable", m, 5),
+            LifecycleError::Dump(crate::dumps::DumpError::NotOurs(m)) => {
+                Self::new(StatusCode::CONFLICT, "wrong_state", m)
+            }
+            LifecycleError::Dump(crate::dumps::DumpError::Server(m)) => {
+                Self::unavailable("server_unavailable", m, 5)
+            }
+            LifecycleError::Dump(d) => Self::internal(d.to_string()),
+            LifecycleError::Exists(m) => Self::conflict(m),
+            LifecycleError::Invalid(m) => Self::bad_request("invalid", m),
+            LifecycleError::Tenant(t) => t.into(),
+        }
+    }
+}
+
 impl From<TargetError> for ApiError {
     fn from(e: TargetError) -> Self {
         match e {

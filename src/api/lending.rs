@@ -183,7 +183,8 @@ pub async fn close_handle(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The connection details of a READY tenant (the one path for HTTP and CLI).
+/// The connection details of a READY tenant, through the resolver's cache (the CLI resolves
+/// the same [`TenantTarget`] from the catalog directly).
 pub async fn connection_details(app: &App, tenant: &TenantRecord) -> Result<ConnectionDetails, ApiError> {
     let server_name =
         tenant.server.as_deref().ok_or_else(|| ApiError::internal("READY tenant without a server"))?;

@@ -12,28 +12,7 @@ use super::auth::Admin;
 use super::error::{ApiError, Json, Path, Query};
 use crate::app::App;
 use crate::catalog::tenants::TenantRecord;
-use crate::lifecycle::{Lifecycle, LifecycleError};
-
-impl From<LifecycleError> for ApiError {
-    fn from(e: LifecycleError) -> Self {
-        match e {
-            LifecycleError::WrongState(m) => ApiError::new(StatusCode::CONFLICT, "wrong_state", m),
-            LifecycleError::Catalog(c) => c.into(),
-            LifecycleError::Target(t) => t.into(),
-            LifecycleError::Server(m) => ApiError::unavailable("server_unavailable", m, 5),
-            LifecycleError::Dump(crate::dumps::DumpError::NotOurs(m)) => {
-                ApiError::new(StatusCode::CONFLICT, "wrong_state", m)
-            }
-            LifecycleError::Dump(crate::dumps::DumpError::Server(m)) => {
-                ApiError::unavailable("server_unavailable", m, 5)
-            }
-            LifecycleError::Dump(d) => ApiError::internal(d.to_string()),
-            LifecycleError::Exists(m) => ApiError::conflict(m),
-            LifecycleError::Invalid(m) => ApiError::bad_request("invalid", m),
-            LifecycleError::Tenant(t) => t.into(),
-        }
-    }
-}
+use crate::lifecycle::Lifecycle;
 
 fn lifecycle(app: &App) -> Lifecycle<'_> {
     Lifecycle::new(&app.core, &app.core.instance)

@@ -13,6 +13,13 @@ macro_rules! held {
     };
 }
 
+/// The one "nobody holds it" predicate: no lease, or one that has run out.
+macro_rules! free {
+    () => {
+        "(lease_until IS NULL OR lease_until < now())"
+    };
+}
+
 pub mod backups;
 pub mod events;
 pub mod servers;

@@ -158,29 +158,6 @@ impl Catalog {
         self.claim_in_status(slug, owner, lease, &[TenantStatus::Ready]).await
     }
 
-    /// Claims a live tenant that is in one of `statuses` and not held by anyone.
-    pub async fn claim_in_status(
-        &self,
-        slug: &str,
-        owner: &str,
-        lease: Duration,
-        statuses: &[TenantStatus],
-    ) -> Result<Option<TenantRecord>, CatalogError> {
-        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
-        let claimed = self
-            .execute(
-                "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
-                 WHERE slug = $1 AND status = ANY($4) AND status <> 'DELETED' \
-                 AND (lease_until IS NULL OR lease_until < now())",
-                &[&slug, &owner, &lease.as_secs_f64(), &statuses],
-            )
-            .await?;
-        if claimed == 0 {
-            return Ok(None);
-        }
-        self.tenant(slug).await.map(Some)
-    }
-
     /// Records an upgraded (or verified current) tenant: version, cleared error, event, lease
     /// released — one statement.
     pub async fn finish_upgrade(

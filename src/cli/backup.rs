@@ -44,7 +44,7 @@ pub async fn run(cmd: BackupCommand, ctx: Context) -> Result<(), Failure> {
                 .latest_event(tenant.id, &[EventKind::BackupCreated, EventKind::BackupFailed])
                 .await
                 .map_err(Failure::failed)?
-                .filter(|e| e.kind == "backup.failed");
+                .filter(|e| e.kind == EventKind::BackupFailed.as_str());
             if let Some(failure) = &failure {
                 eprintln!(
                     "warning: the latest backup of {slug} failed at {}: {}",

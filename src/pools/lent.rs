@@ -157,7 +157,7 @@ async fn reset(object: managed::Object<TenantManager>) {
                 tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
                 _ => None,
             })
-            .map(|name| format!("DEALLOCATE {}", crate::tenant_sql::quote_ident(name)))
+            .map(crate::tenant_sql::deallocate)
             .collect();
         if !deallocate.is_empty() {
             client.batch_execute(&deallocate.join("; ")).await?;

@@ -273,7 +273,9 @@ impl Pools {
             if existing.fingerprint == fingerprint {
                 return Ok(existing.clone());
             }
+            // Outdated (moved, re-keyed): closed and forgotten, whatever happens next.
             existing.pool.close();
+            tenants.remove(&tenant.slug);
         }
         let target = TenantTarget::new(tenant, server, keyring)?;
         let settings = &self.inner.settings;

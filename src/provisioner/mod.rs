@@ -41,7 +41,7 @@ use crate::{placement, tenant_sql};
 mod attempt;
 mod deprovision;
 mod error;
-mod restore;
+mod fill;
 pub use attempt::{Outcome, run_claimed};
 pub use error::StepError;
 use error::pg_retry;
@@ -389,55 +389,6 @@ impl Provisioner<'_> {
         let tenant = tenant?;
         self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(tenant)
-    }
-
-    async fn connect_as_tenant(&self, t: &Target, db: &PgIdent, step: Step) -> Result<Client, StepError> {
-        crate::pg::connect(&t.migration_config(Some(db), "tenantd-migrate"), "tenant migration")
-            .await
-            .map_err(|e| {
-                StepError::Retry(
-                    step,
-                    format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)),
-                )
-            })
-    }
-
-    /// Step 5's connection as the tenant role to the database where it is (the one kept from
-    /// step 2 when there is one).
-    async fn tenant_connection<'t>(
-        &self,
-        t: &'t Target,
-        location: Location,
-        connection: Option<Client>,
-    ) -> Result<(Client, &'t PgIdent), StepError> {
-        let db = if location == Location::Staging { &t.staging } else { &t.database };
-        let client = match connection {
-            Some(client) => client,
-            None => self.connect_as_tenant(t, db, Step::Migrate).await?,
-        };
-        Ok((client, db))
-    }
-
-    /// Step 5: the embedded migrations, as the tenant role.
-    async fn migrate(
-        &self,
-        t: &Target,
-        location: Location,
-        connection: Option<Client>,
-    ) -> Result<i32, StepError> {
-        const STEP: Step = Step::Migrate;
-        self.fault(&t.slug, STEP, Phase::Before).await?;
-        let (mut client, _) = self.tenant_connection(t, location, connection).await?;
-        let (version, applied) = self
-            .core
-            .migrations
-            .apply(&mut client)
-            .await
-            .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
-        drop(client);
-        self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(t.id, EventKind::Migrated, json!({ "version": version, "applied": applied })).await?;
-        Ok(version)
     }
 
     /// Step 6: staging name → final name. Sessions on the staging database (ours, just

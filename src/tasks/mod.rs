@@ -33,10 +33,17 @@ where
     shutdown.spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cancelled = app.shutdown.token().clone();
         loop {
             tokio::select! {
-                () = app.shutdown.token().cancelled() => break,
-                _ = ticks.tick() => round(app.clone()).await,
+                () = cancelled.cancelled() => break,
+                _ = ticks.tick() => {
+                    // A long round (many tenants) does not hold up shutdown.
+                    tokio::select! {
+                        () = cancelled.cancelled() => break,
+                        () = round(app.clone()) => {}
+                    }
+                }
             }
         }
     });

@@ -6,6 +6,9 @@ use super::{COLUMNS, TenantRecord, from_row};
 use crate::catalog::events::EventKind;
 use crate::catalog::{Catalog, CatalogError};
 
+/// Nobody holds the tenant now.
+const FREE: &str = free!();
+
 impl Catalog {
     /// READY and SUSPENDED tenants whose applied limits differ from `defaults` merged with
     /// their overrides (or were never applied), oldest change first, at most `limit`.
@@ -20,7 +23,7 @@ impl Catalog {
                     "SELECT {COLUMNS} FROM tenantd.tenants WHERE status IN ('READY', 'SUSPENDED') \
                      AND server IS NOT NULL \
                      AND limits_applied IS DISTINCT FROM ($1::jsonb OPERATOR(pg_catalog.||) limits) \
-                     AND (lease_until IS NULL OR lease_until < now()) \
+                     AND {FREE} \
                      ORDER BY updated_at LIMIT $2"
                 ),
                 &[defaults, &limit],

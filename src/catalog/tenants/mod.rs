@@ -1,5 +1,5 @@
-//! Queries on `tenantd.tenants`: creation, listing, claiming work with a lease, and the
-//! lease-guarded state writes of workers.
+//! Queries on `tenantd.tenants`: the record, creation, reads and requests (retry, delete).
+//! Claims are in `claims`, the lease-guarded writes in `leased`, limits and sizes in `limits`.
 //!
 //! Every write a lease holder makes is guarded by the one lease predicate, `held!()`: zero
 //! rows means another process now holds the tenant, and the worker stops
@@ -15,8 +15,11 @@ use uuid::Uuid;
 use super::events::EventKind;
 use super::{Catalog, CatalogError};
 
+mod claims;
 mod leased;
 mod limits;
+
+pub use claims::Claim;
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -245,22 +248,10 @@ pub struct Placement {
     pub role_password_sealed: String,
 }
 
-/// What a claim attempt found.
-#[derive(Debug)]
-pub enum Claim {
-    /// A tenant, now leased to us.
-    Claimed(Box<TenantRecord>),
-    /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
-    Idle(Option<Duration>),
-}
+/// Nobody holds the tenant now.
+const FREE: &str = free!();
 
-/// The tenants a worker may take (`$3`: only this one). A restore is driven only by the
-/// command that has the dump file, so daemons leave it alone — unless it is being deleted.
-const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING') \
-    AND ($3::uuid IS NULL OR id = $3) \
-    AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
-
-fn secs(d: Duration) -> f64 {
+pub(super) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -367,41 +358,6 @@ impl Catalog {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Claims the next tenant that needs provisioning work (optionally only `only`), with
-    /// `FOR UPDATE SKIP LOCKED` and a lease of `lease` for `owner`.
-    pub async fn claim_tenant(
-        &self,
-        owner: &str,
-        lease: Duration,
-        only: Option<Uuid>,
-    ) -> Result<Claim, CatalogError> {
-        static CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let claim = CLAIM.get_or_init(|| {
-            format!(
-                "WITH next AS (SELECT id FROM tenantd.tenants WHERE {WORKABLE} \
-                     AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-                   ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-                 UPDATE tenantd.tenants t SET lease_owner = $1, \
-                   lease_until = now() + make_interval(secs => $2) \
-                 FROM next WHERE t.id = next.id RETURNING {}",
-                COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
-            )
-        });
-        if let Some(row) = self.query_opt(claim, &[&owner, &secs(lease), &only]).await? {
-            return Ok(Claim::Claimed(Box::new(from_row(&row))));
-        }
-        static NEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let next = NEXT.get_or_init(|| {
-            format!(
-                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
-                 - now())::float8 FROM tenantd.tenants WHERE {}",
-                WORKABLE.replace("$3", "$1")
-            )
-        });
-        let next: Option<f64> = self.query_one(next, &[&only]).await?.get(0);
-        Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
-    }
-
     /// Starts a tenant in ERROR (or waiting in PENDING) again from where the world is.
     /// Returns false when the tenant is in a state that cannot be retried.
     pub async fn retry_tenant(&self, slug: &str) -> Result<bool, CatalogError> {
@@ -437,7 +393,7 @@ impl Catalog {
                 "WITH asked AS (UPDATE tenantd.tenants SET status = 'DELETING', delete_archive_dir = $2, \
                    attempts = 0, next_attempt_at = now(), last_error = NULL, lease_owner = NULL, \
                    lease_until = NULL WHERE slug = $1 AND status <> 'DELETED' \
-                   AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $4) \
+                   AND ({FREE} OR lease_owner = $4) \
                    RETURNING *), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
                    SELECT id, $5, jsonb_build_object('archive_dir', $2::text), $3 FROM asked) \

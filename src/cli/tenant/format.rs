@@ -62,20 +62,26 @@ pub(super) fn print_details(t: &TenantRecord) {
     }
 }
 
+/// A size that does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a size: give bytes, or a number with kB, MB, GB or TB (powers of 1024)")]
+pub(super) struct BadSize(String);
+
 /// A size in bytes, or with a unit (`kB`, `MB`, `GB`, `TB`; powers of 1024, as PostgreSQL
 /// counts them).
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 500MB, 5GB)"))?;
+pub(super) fn parse_size(text: &str) -> Result<u64, BadSize> {
+    let bad = || BadSize(text.to_owned());
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1 << 10,
         "mb" => 1 << 20,
         "gb" => 1 << 30,
         "tb" => 1 << 40,
-        _ => return Err(format!("{text:?}: unknown unit (use kB, MB, GB or TB)")),
+        _ => return Err(bad()),
     };
-    number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+    number.checked_mul(factor).ok_or_else(bad)
 }

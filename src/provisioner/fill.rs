@@ -1,9 +1,11 @@
-//! Step 5 of `tenant restore`: the dump instead of the migrations.
+//! Step 5, filling the database as the tenant role: the embedded migrations, or for
+//! `tenant restore` the dump instead.
 
 use serde_json::json;
 
 use super::{Location, Phase, Provisioner, Step, StepError, Target, pg_retry};
 use crate::catalog::events::EventKind;
+use crate::names::PgIdent;
 use crate::tenant_migrations;
 use tokio_postgres::Client;
 
@@ -54,6 +56,60 @@ impl Provisioner<'_> {
         self.fault(&t.slug, STEP, Phase::After).await?;
         let detail = json!({ "from": file.display().to_string(), "version": version, "already_restored": relations > 0 });
         self.event(t.id, EventKind::Restored, detail).await?;
+        Ok(version)
+    }
+
+    pub(super) async fn connect_as_tenant(
+        &self,
+        t: &Target,
+        db: &PgIdent,
+        step: Step,
+    ) -> Result<Client, StepError> {
+        crate::pg::connect(&t.migration_config(Some(db), "tenantd-migrate"), "tenant migration")
+            .await
+            .map_err(|e| {
+                StepError::Retry(
+                    step,
+                    format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)),
+                )
+            })
+    }
+
+    /// Step 5's connection as the tenant role to the database where it is (the one kept from
+    /// step 4 when there is one).
+    async fn tenant_connection<'t>(
+        &self,
+        t: &'t Target,
+        location: Location,
+        connection: Option<Client>,
+    ) -> Result<(Client, &'t PgIdent), StepError> {
+        let db = if location == Location::Staging { &t.staging } else { &t.database };
+        let client = match connection {
+            Some(client) => client,
+            None => self.connect_as_tenant(t, db, Step::Migrate).await?,
+        };
+        Ok((client, db))
+    }
+
+    /// Step 5: the embedded migrations, as the tenant role.
+    pub(super) async fn migrate(
+        &self,
+        t: &Target,
+        location: Location,
+        connection: Option<Client>,
+    ) -> Result<i32, StepError> {
+        const STEP: Step = Step::Migrate;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
+        let (mut client, _) = self.tenant_connection(t, location, connection).await?;
+        let (version, applied) = self
+            .core
+            .migrations
+            .apply(&mut client)
+            .await
+            .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        drop(client);
+        self.fault(&t.slug, STEP, Phase::After).await?;
+        self.event(t.id, EventKind::Migrated, json!({ "version": version, "applied": applied })).await?;
         Ok(version)
     }
 }

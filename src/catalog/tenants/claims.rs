@@ -1,0 +1,85 @@
+//! Claiming tenants: taking a tenant's lease with `FOR UPDATE SKIP LOCKED` (workers) or by
+//! slug and status (upgrades, lifecycle operations, limits, quotas), always with the one
+//! "nobody holds it" predicate.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{COLUMNS, TenantRecord, TenantStatus, from_row, secs};
+use crate::catalog::{Catalog, CatalogError};
+
+/// Nobody holds the tenant now.
+const FREE: &str = free!();
+
+/// What a claim attempt found.
+#[derive(Debug)]
+pub enum Claim {
+    /// A tenant, now leased to us.
+    Claimed(Box<TenantRecord>),
+    /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
+    Idle(Option<Duration>),
+}
+
+/// The tenants a worker may take (`$3`: only this one). A restore is driven only by the
+/// command that has the dump file, so daemons leave it alone — unless it is being deleted.
+const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING') \
+    AND ($3::uuid IS NULL OR id = $3) \
+    AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
+
+impl Catalog {
+    /// Claims the next tenant that needs provisioning work (optionally only `only`), with
+    /// `FOR UPDATE SKIP LOCKED` and a lease of `lease` for `owner`.
+    pub async fn claim_tenant(
+        &self,
+        owner: &str,
+        lease: Duration,
+        only: Option<Uuid>,
+    ) -> Result<Claim, CatalogError> {
+        static CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let claim = CLAIM.get_or_init(|| {
+            format!(
+                "WITH next AS (SELECT id FROM tenantd.tenants WHERE {WORKABLE} \
+                     AND next_attempt_at <= now() AND {FREE} \
+                   ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+                 UPDATE tenantd.tenants t SET lease_owner = $1, \
+                   lease_until = now() + make_interval(secs => $2) \
+                 FROM next WHERE t.id = next.id RETURNING {}",
+                COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+            )
+        });
+        if let Some(row) = self.query_opt(claim, &[&owner, &secs(lease), &only]).await? {
+            return Ok(Claim::Claimed(Box::new(from_row(&row))));
+        }
+        static NEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            format!(
+                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
+                 - now())::float8 FROM tenantd.tenants WHERE {}",
+                WORKABLE.replace("$3", "$1")
+            )
+        });
+        let next: Option<f64> = self.query_one(next, &[&only]).await?.get(0);
+        Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Claims a live tenant that is in one of `statuses` and not held by anyone.
+    pub async fn claim_in_status(
+        &self,
+        slug: &str,
+        owner: &str,
+        lease: Duration,
+        statuses: &[TenantStatus],
+    ) -> Result<Option<TenantRecord>, CatalogError> {
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
+                 WHERE slug = $1 AND status = ANY($4) AND status <> 'DELETED' AND {FREE} RETURNING {COLUMNS}"
+            )
+        });
+        let row = self.query_opt(sql, &[&slug, &owner, &lease.as_secs_f64(), &statuses]).await?;
+        Ok(row.as_ref().map(from_row))
+    }
+}
