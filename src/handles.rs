@@ -7,7 +7,7 @@
 //! expiring a handle drops its connection through the normal reset (`ROLLBACK`,
 //! `DISCARD ALL`), so an open transaction is rolled back and nothing leaks to the next borrower.
 
-/// The owner of handles opened with the admin token; the admin may use and close any handle.
+/// The owner of handles opened with the admin token; the admin may also close any handle.
 pub const ADMIN_OWNER: &str = "admin";
 
 use std::collections::HashMap;
@@ -108,17 +108,17 @@ impl Handles {
         Ok((id, expires_at))
     }
 
-    /// The handle `id` if `owner` opened it (the admin may use any handle).
+    /// The handle `id` if `owner` opened it: a handle's session is its opener's alone.
     pub fn get(&self, id: &str, owner: &str) -> Result<Arc<Handle>, HandleError> {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let handle = open.get(id).filter(|h| !h.expired()).ok_or(HandleError::NotFound)?;
-        if handle.owner != owner && owner != ADMIN_OWNER {
+        if handle.owner != owner {
             return Err(HandleError::Forbidden);
         }
         Ok(handle.clone())
     }
 
-    /// Closes a handle: its connection is rolled back, reset and returned to the pool once
+    /// Closes a handle (its opener's, or any for the admin): its connection is rolled back, reset and returned to the pool once
     /// no request uses it any more.
     pub fn close(&self, id: &str, owner: &str) -> Result<(), HandleError> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
