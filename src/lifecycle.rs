@@ -66,6 +66,34 @@ pub(crate) async fn resolve(
     Ok((target, admin))
 }
 
+/// Ends a tenant connection's backend on its server (one that ignored a cancel request), if
+/// it is still that tenant role's; returns whether one was ended.
+pub async fn terminate_backend(core: &Core, backend: &crate::pools::Backend) -> Result<bool, LifecycleError> {
+    let record = core.catalog.server(&backend.server).await?;
+    let admin = AdminTarget::from_record(&record, &core.keyring)
+        .map_err(|e| LifecycleError::Server(e.to_string()))?;
+    let client =
+        core.admin_pools.get(&record, &admin).await.map_err(|e| LifecycleError::Server(e.to_string()))?;
+    let role = crate::names::PgIdent::from_catalog(&backend.role)
+        .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+    let server_error = |e: tokio_postgres::Error| LifecycleError::Server(crate::pg::describe(&e));
+    client.batch_execute(&tenant_sql::grant_membership(&role, &admin.user)).await.map_err(server_error)?;
+    let ended: i64 = client
+        .query_one(
+            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
+             WHERE a.pid OPERATOR(pg_catalog.=) $1 AND a.usename OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[&backend.pid, &role.as_str()],
+        )
+        .await
+        .map_err(server_error)?
+        .get(0);
+    if ended > 0 {
+        metrics::counter!("tenantd_backends_terminated_total").increment(1);
+        tracing::warn!(server = %backend.server, role = %backend.role, pid = backend.pid, "ended a backend that ignored its cancel request");
+    }
+    Ok(ended > 0)
+}
+
 impl<'a> Lifecycle<'a> {
     /// Lifecycle operations acting as `actor` (events, lease owners).
     pub fn new(core: &'a Core, actor: &'a str) -> Self {

@@ -117,6 +117,20 @@ fn percent(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn children_get_a_clean_environment() {
+        // The test process has HOME and more; the child sees only PATH and the locale.
+        let out = super::child("env").output().await.expect("run env");
+        let vars: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('=').next().map(str::to_owned))
+            .collect();
+        assert!(!vars.is_empty());
+        for var in &vars {
+            assert!(var == "PATH" || var == "LC_ALL", "{var} leaked into a child: {vars:?}");
+        }
+    }
+
     #[test]
     fn options_are_added_after_the_urls_own() {
         let mut config: tokio_postgres::Config =

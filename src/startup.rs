@@ -88,6 +88,16 @@ impl Daemon {
             .map_err(|source| StartupError::Listen { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: listen, source })?;
         let app = Arc::new(App::new(core, admin_token));
+        let weak = Arc::downgrade(&app);
+        app.pools.set_terminator(Arc::new(move |backend| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(app) = weak.upgrade() else { return };
+                if let Err(error) = crate::lifecycle::terminate_backend(&app.core, &backend).await {
+                    tracing::error!(%error, pid = backend.pid, "cannot end a backend that ignored its cancel request");
+                }
+            })
+        }));
         app.pools.spawn_reaper(&app.shutdown);
         app.handles.spawn_reaper(&app.shutdown);
         crate::telemetry::metrics();

@@ -130,6 +130,9 @@ impl Drop for Lent {
     }
 }
 
+/// How long a reset may take (after a cancel request) before the backend is ended.
+const RESET_WITHIN: Duration = Duration::from_secs(5);
+
 /// Everything `DISCARD ALL` does except `DEALLOCATE ALL`: the driver keeps prepared statements
 /// of its own on the connection (type lookups), and deallocating them would break the next
 /// borrower's queries. The tenant's own `PREPARE`d statements are deallocated one by one.
@@ -164,7 +167,7 @@ async fn reset(object: managed::Object<TenantManager>) {
         }
         Ok::<_, tokio_postgres::Error>(true)
     };
-    match tokio::time::timeout(Duration::from_secs(10), reset).await {
+    match tokio::time::timeout(RESET_WITHIN, reset).await {
         Ok(Ok(true)) => {
             object.busy.store(false, Ordering::SeqCst);
             drop(object);
@@ -176,9 +179,19 @@ async fn reset(object: managed::Object<TenantManager>) {
             drop(managed::Object::take(object));
         }
         Err(_) => {
+            // Still busy after a cancel request: a statement that ignores cancellation (a
+            // function catching query_canceled in a loop). Closing our end is not enough,
+            // the backend would run on: end it on the server.
             metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
-            tracing::warn!("connection reset did not finish in time; closing it");
+            let backend = object.backend.clone();
+            tracing::warn!(server = %backend.server, role = %backend.role, pid = backend.pid,
+                "connection reset did not finish in time; ending its backend");
+            let terminator = managed::Object::pool(&object).and_then(|pool| pool.manager().terminator());
             drop(managed::Object::take(object));
+            match terminator {
+                Some(terminate) => terminate(backend).await,
+                None => tracing::warn!("no terminator: the backend ends when it next writes to its socket"),
+            }
         }
     }
 }

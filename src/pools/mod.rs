@@ -84,12 +84,31 @@ pub struct PooledConn {
     address: (String, u16),
     /// A statement may be running (a request is using the connection).
     busy: AtomicBool,
+    /// Its backend on the server, for ending it when a cancel request is not enough.
+    backend: Backend,
     _permit: OwnedSemaphorePermit,
 }
+
+/// A tenant connection's backend: which server, which role, which process.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Server name.
+    pub server: String,
+    /// The tenant role it is logged in as.
+    pub role: String,
+    /// The backend's process id.
+    pub pid: i32,
+}
+
+/// Ends a backend that ignored its cancel request (a tenant function that catches
+/// `query_canceled` in a loop): the daemon gives the pools one, since only it has the admin
+/// connections that may do it.
+pub type Terminator = Arc<dyn Fn(Backend) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Creates tenant connections under the server budget.
 pub struct TenantManager {
     config: tokio_postgres::Config,
+    role: String,
     address: (String, u16),
     max_message: usize,
     budget: Arc<Semaphore>,
@@ -119,6 +138,12 @@ impl managed::Manager for TenantManager {
         };
         let guard = WireGuard::new(self.max_message);
         let client = self.connect(&guard).await?;
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await
+            .map_err(ManagerError::Connect)?
+            .get(0);
+        let backend = Backend { server: self.server.clone(), role: self.role.clone(), pid };
         metrics::counter!("tenantd_pool_connections_opened_total", "server" => self.server.clone())
             .increment(1);
         Ok(PooledConn {
@@ -126,6 +151,7 @@ impl managed::Manager for TenantManager {
             guard,
             address: self.address.clone(),
             busy: AtomicBool::new(false),
+            backend,
             _permit: permit,
         })
     }
@@ -140,6 +166,11 @@ impl managed::Manager for TenantManager {
 }
 
 impl TenantManager {
+    /// The daemon's terminator, if it has one (a daemon always does).
+    pub(super) fn terminator(&self) -> Option<Terminator> {
+        self.pools.upgrade().and_then(|inner| inner.terminator.get().cloned())
+    }
+
     /// Connects over a [`GuardedStream`]: server messages larger than the result limit end
     /// the connection before they are read into memory.
     async fn connect(&self, guard: &Arc<WireGuard>) -> Result<ClientWrapper, ManagerError> {
@@ -177,6 +208,7 @@ struct TenantPool {
 
 struct Inner {
     settings: PoolSettings,
+    terminator: std::sync::OnceLock<Terminator>,
     budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
     tenants: Mutex<HashMap<String, Arc<TenantPool>>>,
 }
@@ -228,7 +260,21 @@ pub struct PoolStatus {
 impl Pools {
     /// Empty registry.
     pub fn new(settings: PoolSettings) -> Self {
-        Self { inner: Arc::new(Inner { settings, budgets: Mutex::default(), tenants: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                terminator: std::sync::OnceLock::new(),
+                budgets: Mutex::default(),
+                tenants: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Sets how stuck backends are ended (once, when the daemon starts).
+    pub fn set_terminator(&self, terminator: Terminator) {
+        if self.inner.terminator.set(terminator).is_err() {
+            tracing::warn!("the pools' terminator was set twice; the first one stays");
+        }
     }
 
     fn budget(&self, server: &str) -> Arc<Semaphore> {
@@ -286,6 +332,7 @@ impl Pools {
             &format!("-c statement_timeout={}", settings.statement_timeout.as_millis()),
         );
         let manager = TenantManager {
+            role: target.role.to_string(),
             config,
             address: (server.host.clone(), server.port),
             // A message may hold one row; no row may be larger than a whole result.

@@ -597,3 +597,43 @@ async fn handles_opened_with_a_replaced_token_close_with_it() {
     let (status, _) = app.request(reqwest::Method::DELETE, &format!("/v1/handles/{id}"), None).await;
     assert_eq!(status, 204);
 }
+
+#[tokio::test]
+async fn a_statement_that_swallows_its_cancel_is_ended_on_the_server() {
+    let app = app().configure(|s| s.pools.statement_timeout = Duration::from_secs(1)).spawn().await;
+    let (token, details) = tenant(&app, "swallower").await;
+    let direct = connect_as(&details, None).await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE FUNCTION stubborn() RETURNS void LANGUAGE plpgsql AS $$ BEGIN LOOP \
+               BEGIN PERFORM pg_sleep(0.1); EXCEPTION WHEN query_canceled THEN NULL; END; \
+             END LOOP; END $$",
+        )
+        .await
+        .unwrap();
+    drop(direct);
+    let started = Instant::now();
+    let (status, body) = sql(&app, &token, "swallower", json!({ "sql": "SELECT stubborn()" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (408, Some("statement_timeout")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the deadline: {:?}", started.elapsed());
+    // The cancel request is swallowed; the backend is ended on the server shortly after.
+    let role = details["user"].as_str().unwrap().to_owned();
+    wait_for("the stubborn backend to be ended", Duration::from_secs(20), || {
+        let role = role.clone();
+        async move {
+            let su = shared_cluster().superuser("postgres").await;
+            let n: i64 = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' \
+                     AND query LIKE 'SELECT stubborn()%'",
+                    &[&role],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+    still_served(&app, &token, "swallower").await;
+}
