@@ -637,3 +637,28 @@ async fn a_statement_that_swallows_its_cancel_is_ended_on_the_server() {
     .await;
     still_served(&app, &token, "swallower").await;
 }
+
+#[tokio::test]
+async fn tenants_made_before_their_limits_get_them_from_a_daemon() {
+    let first = crate::common::spawn_app().await;
+    let (_, details) = tenant(&first, "elder").await;
+    let role = details["user"].as_str().unwrap().to_owned();
+    // As if made by a build without limits: no connection limit, nothing applied.
+    let su = shared_cluster().superuser("postgres").await;
+    su.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT -1")).await.unwrap();
+    first.catalog().await.execute("UPDATE tenantd.tenants SET limits_applied = NULL", &[]).await.unwrap();
+    // A daemon that starts brings the role in line at once.
+    let _second =
+        app().same_catalog_as(&first).configure(|s| s.limits.connections_per_tenant = 9).spawn().await;
+    wait_for("the limits to be applied", Duration::from_secs(20), || async {
+        let limit: i32 = su
+            .query_one("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", &[&role])
+            .await
+            .unwrap()
+            .get(0);
+        (limit == 9).then_some(())
+    })
+    .await;
+    let (_, elder) = first.get("/v1/tenants/elder").await;
+    assert_eq!(elder["limits_applied"]["connections"], 9, "{elder}");
+}
