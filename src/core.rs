@@ -52,6 +52,14 @@ impl Core {
     /// Opens the keyring and the catalog named by `settings` (applying the catalog schema),
     /// acting as `instance`. `settings.catalog_url` must be set.
     pub async fn open(settings: Settings, instance: String) -> Result<Core, CoreError> {
+        let core = Self::open_unchecked(settings, instance).await?;
+        core.check_keys().await?;
+        Ok(core)
+    }
+
+    /// [`Core::open`] without checking that every key the catalog uses is configured (for
+    /// `tenantd keys status`, which reports exactly that).
+    pub async fn open_unchecked(settings: Settings, instance: String) -> Result<Core, CoreError> {
         settings.validate()?;
         let keyring = keyring(&settings)?;
         let catalog = open_catalog(&settings).await?;
@@ -65,6 +73,26 @@ impl Core {
             instance,
             faults: None,
         })
+    }
+
+    /// Refuses a keyring that cannot open every sealed value in the catalog: a process without
+    /// a key still in use would fail tenant by tenant later; this names the key and the count.
+    pub async fn check_keys(&self) -> Result<(), CoreError> {
+        for usage in self.catalog.key_usage().await? {
+            if !self.keyring.has_key(&usage.key_id) {
+                return Err(ConfigError::new(
+                    "TENANTD_OLD_MASTER_KEYS",
+                    format!(
+                        "the catalog holds {} server password(s) and {} tenant password(s) sealed with key {}, \
+                         which no configured key opens: add that key to TENANTD_OLD_MASTER_KEYS (then run \
+                         `tenantd keys rotate`) or run with it as TENANTD_MASTER_KEY",
+                        usage.servers, usage.tenants, usage.key_id
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Applies these tenant migrations instead of the embedded ones ("a newer build").

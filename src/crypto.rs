@@ -120,6 +120,11 @@ impl Keyring {
         String::from_utf8(plaintext).map(SecretString::from).map_err(|_| CryptoError::Tampered)
     }
 
+    /// True when `id` is one of the configured keys (current or earlier).
+    pub fn has_key(&self, id: &str) -> bool {
+        std::iter::once(&self.current).chain(&self.previous).any(|k| k.id == id)
+    }
+
     /// True when an envelope was sealed with an earlier key and should be re-sealed.
     pub fn is_stale(&self, envelope: &str) -> bool {
         envelope.split('.').nth(1) != Some(self.current.id.as_str())

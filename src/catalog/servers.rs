@@ -366,3 +366,33 @@ impl Catalog {
         Ok(())
     }
 }
+
+/// How many sealed values in the catalog use one master key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyUsage {
+    /// The key id in the envelopes (`v1.<key id>.<...>`).
+    pub key_id: String,
+    /// Server admin passwords sealed with it.
+    pub servers: i64,
+    /// Tenant role passwords sealed with it (live tenants).
+    pub tenants: i64,
+}
+
+impl Catalog {
+    /// Every master key id the catalog's sealed values use, with counts.
+    pub async fn key_usage(&self) -> Result<Vec<KeyUsage>, CatalogError> {
+        let rows = self
+            .query(
+                "SELECT k, pg_catalog.sum(s)::pg_catalog.int8, pg_catalog.sum(t)::pg_catalog.int8 FROM ( \
+                   SELECT pg_catalog.split_part(admin_password_sealed, '.', 2) AS k, 1 AS s, 0 AS t \
+                   FROM tenantd.servers \
+                   UNION ALL \
+                   SELECT pg_catalog.split_part(role_password_sealed, '.', 2), 0, 1 FROM tenantd.tenants \
+                   WHERE status <> 'DELETED' AND role_password_sealed IS NOT NULL) u \
+                 GROUP BY k ORDER BY k",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| KeyUsage { key_id: r.get(0), servers: r.get(1), tenants: r.get(2) }).collect())
+    }
+}

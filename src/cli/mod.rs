@@ -4,6 +4,7 @@
 //! Output: human tables by default, `--json` for scripts; errors are one line on stderr.
 
 mod backup;
+mod keys;
 mod migrate;
 mod output;
 mod server;
@@ -48,6 +49,9 @@ enum Command {
     },
     /// Print a new random master key (base64 of 32 bytes) for TENANTD_MASTER_KEY.
     Keygen,
+    /// Master keys: which ones sealed values use; re-seal everything with the current one.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Database servers that receive tenants.
     #[command(subcommand)]
     Server(server::ServerCommand),
@@ -197,6 +201,11 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             println!("{}", crate::crypto::generate_master_key().expose_secret());
             Ok(())
         }
+        // Reporting keys needs no key check; rotating needs every old key, which open checks.
+        Command::Keys(cmd @ keys::KeysCommand::Status { .. }) => {
+            keys::run(cmd, open_unchecked(settings).await?).await
+        }
+        Command::Keys(cmd) => keys::run(cmd, open(settings).await?).await,
         Command::Server(cmd) => server::run(cmd, open(settings).await?).await,
         Command::Tenant(cmd) => tenant::run(cmd, open(settings).await?).await,
         Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
@@ -230,9 +239,16 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
 }
 
 /// Opens the catalog named by the settings, or the running embedded one, as this CLI process.
-async fn open(mut settings: Settings) -> Result<Core, Failure> {
+async fn open(settings: Settings) -> Result<Core, Failure> {
+    let core = open_unchecked(settings).await?;
+    core.check_keys().await?;
+    Ok(core)
+}
+
+/// [`open`] without the check that every key in use is configured.
+async fn open_unchecked(mut settings: Settings) -> Result<Core, Failure> {
     if settings.is_embedded() {
         crate::embedded::attach(&mut settings).map_err(Failure::failed)?;
     }
-    Ok(Core::open(settings, crate::core::cli_instance()).await?)
+    Ok(Core::open_unchecked(settings, crate::core::cli_instance()).await?)
 }

@@ -62,7 +62,7 @@ pub enum ServerCommand {
         #[arg(long)]
         region: Option<String>,
     },
-    /// Re-seal every stored server password with the current master key.
+    /// Re-seal every sealed password with the current master key (the same as `keys rotate`).
     RotateKey,
 }
 
@@ -136,17 +136,7 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             print_servers(&[server]);
             Ok(())
         }
-        ServerCommand::RotateKey => {
-            let changed =
-                crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring).await.map_err(Failure::failed)?;
-            println!(
-                "re-sealed {} server password(s) and {} tenant password(s) with key {}",
-                changed.servers,
-                changed.tenants,
-                ctx.keyring.current_id()
-            );
-            Ok(())
-        }
+        ServerCommand::RotateKey => super::keys::rotate(&ctx).await,
     }
 }
 

@@ -330,8 +330,27 @@ async fn master_key_rotation_reseals_every_server_password() {
     let before: String =
         catalog.query_one("SELECT admin_password_sealed FROM tenantd.servers", &[]).await.unwrap().get(0);
     let without_old = crate::common::cli(&["server", "rotate-key"], &env, None).await;
-    assert_eq!(without_old.code, 1, "{without_old:?}");
+    assert_eq!(without_old.code, 2, "a missing key is a configuration error: {without_old:?}");
     assert!(without_old.stderr.contains("TENANTD_OLD_MASTER_KEYS"), "{}", without_old.stderr);
+    assert!(
+        without_old.stderr.contains("1 server password(s) and 1 tenant password(s)"),
+        "names what the missing key seals: {}",
+        without_old.stderr
+    );
+    // `keys status` says which key is missing, and fails.
+    let status = crate::common::cli(&["keys", "status", "--json"], &env, None).await;
+    assert_eq!(status.code, 1, "{status:?}");
+    let keys: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!((keys[0]["servers"].as_i64(), keys[0]["tenants"].as_i64()), (Some(1), Some(1)), "{keys}");
+    assert_eq!(keys[0]["configured"], false, "{keys}");
+    // A daemon without the key refuses to start, naming it.
+    let without = tenantd::config::Settings {
+        master_key: Some(secrecy::SecretString::from(new_key.clone())),
+        ..app.settings.clone()
+    };
+    let refused = tenantd::startup::Daemon::start(without).await.expect_err("started without a key in use");
+    assert!(refused.to_string().contains(keys[0]["key_id"].as_str().unwrap()), "{refused}");
 
     env.insert("TENANTD_OLD_MASTER_KEYS".into(), old_key);
     let rotated = crate::common::cli(&["server", "rotate-key"], &env, None).await;
@@ -375,8 +394,12 @@ async fn master_key_rotation_reseals_every_server_password() {
         "the tenant opens with only the new key: {}",
         lent.text().await.unwrap()
     );
-    // Running it again finds nothing left under the old key.
-    let again = crate::common::cli(&["server", "rotate-key"], &env, None).await;
+    // Running it again (under its new name) finds nothing left under the old key, and the
+    // status shows only the current key in use: the old one may go.
+    let status = crate::common::cli(&["keys", "status"], &env, None).await;
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(status.stdout.contains("current") && !status.stdout.contains("old"), "{}", status.stdout);
+    let again = crate::common::cli(&["keys", "rotate"], &env, None).await;
     assert!(
         again.stdout.contains("re-sealed 0 server password(s) and 0 tenant password"),
         "{}",
