@@ -16,8 +16,8 @@ DROP TRIGGER tenants_notify_update ON tenantd.tenants;
 CREATE TRIGGER tenants_notify_update AFTER UPDATE ON tenantd.tenants
     FOR EACH ROW
     WHEN ((OLD.status, OLD.next_attempt_at, OLD.token_hash, OLD.schema_version, OLD.server, OLD.database_name,
-           OLD.over_quota)
+           OLD.over_quota, OLD.role_password_sealed)
           IS DISTINCT FROM
           (NEW.status, NEW.next_attempt_at, NEW.token_hash, NEW.schema_version, NEW.server, NEW.database_name,
-           NEW.over_quota))
+           NEW.over_quota, NEW.role_password_sealed))
     EXECUTE FUNCTION tenantd.notify('slug');

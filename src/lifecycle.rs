@@ -17,8 +17,9 @@ use crate::catalog::tenants::{TenantRecord, TenantStatus};
 use crate::core::Core;
 use crate::dumps::{self, DumpError, Dumped};
 use crate::limits::{LimitOverrides, TenantLimits};
-use crate::target::{TargetError, TenantTarget};
+use crate::target::{ConnectionDetails, TargetError, TenantTarget};
 use crate::tenant_sql;
+use secrecy::ExposeSecret;
 
 /// A lifecycle problem.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +234,33 @@ impl Lifecycle<'_> {
         self.core.catalog.record_limits_applied(t.id, owner, &limits.to_json()).await?;
         tracing::info!(tenant = %t.slug, connections = limits.connections, "tenant limits applied");
         Ok(limits)
+    }
+
+    /// Gives a READY or SUSPENDED tenant's role a new random password: on the server first,
+    /// then sealed in the catalog (every daemon's pools reconnect with it). Returns the new
+    /// connection details, to be shown once. Run again after an interruption: it makes another
+    /// password and both places agree again.
+    pub async fn rotate_password(&self, slug: &str) -> Result<ConnectionDetails, LifecycleError> {
+        let (t, owner) = self.claim(slug, &[TenantStatus::Ready, TenantStatus::Suspended]).await?;
+        let result = async {
+            let (admin, target, _) = self.admin_for(&t).await?;
+            let password = crate::crypto::random_secret(24);
+            let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+            admin
+                .batch_execute(&tenant_sql::set_password(&target.role, &verifier))
+                .await
+                .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
+            let sealed = self.core.keyring.seal(password.expose_secret(), &crate::crypto::tenant_aad(t.id));
+            self.core.catalog.record_new_password(t.id, &owner, &sealed).await?;
+            let updated = self.core.catalog.tenant(slug).await?;
+            Ok(TenantTarget::new(&updated, &target.server, &self.core.keyring)?.details())
+        }
+        .await;
+        self.release(&t, &owner).await;
+        if result.is_ok() {
+            tracing::info!(tenant = %slug, "tenant role password rotated");
+        }
+        result
     }
 
     pub(crate) async fn release(&self, t: &TenantRecord, owner: &str) {

@@ -95,6 +95,12 @@ pub fn deallocate(name: &str) -> String {
     format!("DEALLOCATE {}", quote_ident(name))
 }
 
+/// A tenant role's new password, as a SCRAM verifier (the clear password never reaches the
+/// server's statement log).
+pub fn set_password(role: &PgIdent, scram_verifier: &str) -> String {
+    format!("ALTER ROLE {} PASSWORD {}", quote_ident(role.as_str()), quote_literal(scram_verifier))
+}
+
 /// Marks a role as tenantd's.
 pub fn comment_on_role(role: &PgIdent, tenant: Uuid) -> String {
     format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&marker(tenant)))

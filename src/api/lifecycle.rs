@@ -18,6 +18,22 @@ fn lifecycle(app: &App) -> Lifecycle<'_> {
     Lifecycle::new(&app.core, &app.core.instance)
 }
 
+/// `POST /v1/tenants/{slug}/password` (admin): a new password for the tenant's role; the new
+/// connection details are answered once. Pools of every daemon reconnect with it.
+pub async fn rotate_password(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> Result<
+    (StatusCode, [(header::HeaderName, HeaderValue); 1], Json<crate::target::ConnectionDetails>),
+    ApiError,
+> {
+    let details = lifecycle(&app).rotate_password(&slug).await?;
+    app.resolver.invalidate(&slug);
+    app.pools.close(&slug);
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(details)))
+}
+
 /// Body of `PATCH /v1/tenants/{slug}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

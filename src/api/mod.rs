@@ -55,6 +55,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/tenants/{slug}/handles", post(lending::open_handle))
         .route("/v1/tenants/{slug}/connection", get(lending::connection))
         .route("/v1/tenants/{slug}/tokens", post(lending::rotate_token))
+        .route("/v1/tenants/{slug}/password", post(lifecycle::rotate_password))
         .route("/v1/handles/{handle}/sql", post(lending::handle_sql))
         .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
         .route("/v1/migrations", post(migrations::start))

@@ -87,11 +87,13 @@ pub enum EventKind {
     QuotaExceeded,
     /// The database is under its quota again: writes are allowed.
     QuotaOk,
+    /// The tenant role got a new password.
+    PasswordRotated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 31] = [
+    pub const ALL: [EventKind; 32] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -123,6 +125,7 @@ impl EventKind {
         Self::BackupFailed,
         Self::QuotaExceeded,
         Self::QuotaOk,
+        Self::PasswordRotated,
     ];
 
     /// The catalog spelling.
@@ -159,6 +162,7 @@ impl EventKind {
             Self::BackupFailed => "backup.failed",
             Self::QuotaExceeded => "quota.exceeded",
             Self::QuotaOk => "quota.ok",
+            Self::PasswordRotated => "password.rotated",
         }
     }
 }

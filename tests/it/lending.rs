@@ -769,3 +769,30 @@ async fn slow_statements_slow_requests_and_big_bodies_answer_json_errors() {
     let (status, body, _) = send("/v1/tenants/limited/sql", sql("SELECT 1 AS one")).await;
     assert_eq!((status, &body["rows"][0]["one"]), (200, &json!(1)), "{body}");
 }
+
+#[tokio::test]
+async fn a_tenant_password_rotation_locks_out_the_old_password_and_lending_goes_on() {
+    let app = spawn_app().await;
+    let token = ready_tenant(&app, "rekeyed").await;
+    let (_, old) = app.get("/v1/tenants/rekeyed/connection").await;
+    // Warm the tenant's pool with the old password.
+    assert_eq!(sql_as(&app, &token, "rekeyed", json!({ "sql": "SELECT 1" })).await.0, 200);
+    let (status, fresh) = app.post("/v1/tenants/rekeyed/password", &json!({})).await;
+    assert_eq!(status, 201, "{fresh}");
+    assert_ne!(fresh["password"], old["password"]);
+    assert_eq!(fresh["user"], old["user"]);
+    let refused = crate::common::connect(old["url"].as_str().unwrap()).await.err().map(|e| e.to_string());
+    assert!(refused.is_some(), "the old password no longer logs in");
+    crate::common::connect(fresh["url"].as_str().unwrap()).await.expect("the new one does");
+    // Lending reconnects with the new password, at once.
+    assert_eq!(sql_as(&app, &token, "rekeyed", json!({ "sql": "SELECT 2" })).await.0, 200);
+    let (_, shown) = app.get("/v1/tenants/rekeyed/connection").await;
+    assert_eq!(shown["password"], fresh["password"]);
+    // The CLI does the same; the event is recorded each time.
+    let cli = app.cli(&["tenant", "rotate-password", "rekeyed"]).await;
+    assert_eq!(cli.code, 0, "{cli:?}");
+    crate::common::connect(cli.stdout.trim()).await.expect("the CLI's new password logs in");
+    let (_, events) = app.get("/v1/tenants/rekeyed/events").await;
+    let rotated = events.as_array().unwrap().iter().filter(|e| e["kind"] == "password.rotated").count();
+    assert_eq!(rotated, 2, "{events}");
+}

@@ -137,4 +137,18 @@ impl Catalog {
             .await?;
         Ok(n == 1)
     }
+
+    /// Records a tenant role's new sealed password and its event, under the lease.
+    pub async fn record_new_password(&self, id: Uuid, owner: &str, sealed: &str) -> Result<(), CatalogError> {
+        self.leased_write(
+            concat!(
+                "WITH changed AS (UPDATE tenantd.tenants SET role_password_sealed = $3 WHERE ",
+                held!(),
+                " RETURNING id) INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+                 SELECT id, $4, '{}', $2 FROM changed"
+            ),
+            &[&id, &owner, &sealed, &EventKind::PasswordRotated.as_str()],
+        )
+        .await
+    }
 }

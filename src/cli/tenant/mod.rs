@@ -67,6 +67,14 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A new password for a tenant's role; prints the new connection URL (shown once).
+    RotatePassword {
+        /// Slug.
+        slug: String,
+        /// Print host, port, dbname, user, password and url as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dump a tenant's database (pg_dump custom format) to FILE, or to stdout with `-o -`.
     Dump {
         /// Slug.
@@ -305,6 +313,14 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
                 .map_err(lifecycle_failure)?;
             print_tenant(&tenant, false)?;
             settled_or_fail(&tenant, true, TenantStatus::Deleted)
+        }
+        TenantCommand::RotatePassword { slug, json } => {
+            let details = lifecycle(&ctx).rotate_password(&slug).await.map_err(lifecycle_failure)?;
+            if json {
+                return output::json(&details);
+            }
+            println!("{}", details.url);
+            Ok(())
         }
         TenantCommand::Connection { slug, json } => {
             let tenant = ctx.catalog.tenant(&slug).await.map_err(Failure::failed)?;
