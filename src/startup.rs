@@ -15,6 +15,9 @@ use crate::embedded::{self, EmbeddedError};
 use crate::steps::FaultHook;
 use crate::tenant_migrations::MigrationSet;
 
+/// Shortest admin token accepted: it guards every tenant's data.
+const MIN_ADMIN_TOKEN: usize = 32;
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -75,6 +78,13 @@ impl Daemon {
         let admin_token = settings.admin_token.clone().ok_or_else(|| {
             ConfigError::new("TENANTD_ADMIN_TOKEN", "required when TENANTD_CATALOG_URL is set")
         })?;
+        if secrecy::ExposeSecret::expose_secret(&admin_token).chars().count() < MIN_ADMIN_TOKEN {
+            return Err(ConfigError::new(
+                "TENANTD_ADMIN_TOKEN",
+                format!("must be at least {MIN_ADMIN_TOKEN} characters (e.g. `openssl rand -hex 32`)"),
+            )
+            .into());
+        }
         let mut core = Core::open(settings, crate::core::daemon_instance()).await?;
         if let Some(migrations) = extras.migrations {
             core = core.with_migrations(migrations);
@@ -132,8 +142,18 @@ impl Daemon {
     }
 }
 
+/// The daemon holds the master key and every opened password in memory: a core dump would
+/// write them to disk. A failure to switch dumps off is logged, not fatal.
+fn no_core_dumps() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(error) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!(%error, "cannot switch core dumps off");
+    }
+}
+
 /// `tenantd serve`: embedded cluster when no catalog URL, then the daemon until a signal.
 pub async fn serve(mut settings: Settings) -> Result<(), StartupError> {
+    no_core_dumps();
     let embedded = if settings.is_embedded() { Some(embedded::start(&mut settings).await?) } else { None };
     let result = run_until_signal(settings, embedded.as_ref()).await;
     if let Some(embedded) = embedded {

@@ -171,6 +171,15 @@ async fn configuration_mistakes_exit_2_naming_the_setting() {
             "TENANTD_ADMIN_TOKEN",
         ),
         (
+            vec!["serve"],
+            vec![
+                ("TENANTD_CATALOG_URL", url.clone()),
+                (key, good_key.clone()),
+                ("TENANTD_ADMIN_TOKEN", "too-short-to-guard-anything".into()),
+            ],
+            "TENANTD_ADMIN_TOKEN",
+        ),
+        (
             vec!["server", "list"],
             vec![("TENANTD_CATALOG_URL", "postgres://a:b@h:notaport/x".into()), (key, good_key)],
             "TENANTD_CATALOG_URL",
