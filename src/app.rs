@@ -37,6 +37,9 @@ pub struct App {
     pub handles: Arc<Handles>,
     /// Permits of requests being handled (`http.max_concurrent_requests`).
     pub requests: Arc<tokio::sync::Semaphore>,
+    /// The last catalog check of `/readyz` (when, and the latency or the error), reused for a
+    /// second: an unauthenticated endpoint must not cost a catalog query per request.
+    pub readiness: std::sync::Mutex<Option<(std::time::Instant, Result<f64, String>)>>,
 }
 
 impl App {
@@ -54,6 +57,7 @@ impl App {
             pools,
             handles: Arc::new(Handles::default()),
             requests,
+            readiness: std::sync::Mutex::new(None),
         }
     }
 }

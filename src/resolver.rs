@@ -35,6 +35,21 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
+/// Most entries one cache keeps: lookups of random tokens cannot grow it without bound.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Remembers a lookup; a full cache first drops what has expired, then everything.
+fn remember<T>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str, value: T) {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if map.len() >= MAX_ENTRIES {
+        map.retain(|_, (at, _)| at.elapsed() < TTL);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+    }
+    map.insert(key.to_owned(), (Instant::now(), value));
+}
+
 fn fresh<T: Clone>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str) -> Option<T> {
     let map = map.lock().unwrap_or_else(PoisonError::into_inner);
     map.get(key).filter(|(at, _)| at.elapsed() < TTL).map(|(_, v)| v.clone())
@@ -47,10 +62,7 @@ impl Resolver {
             return Ok(t);
         }
         let tenant = Arc::new(catalog.tenant(slug).await?);
-        self.by_slug
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(slug.to_owned(), (Instant::now(), tenant.clone()));
+        remember(&self.by_slug, slug, tenant.clone());
         Ok(tenant)
     }
 
@@ -64,10 +76,7 @@ impl Resolver {
             Some(slug) => slug,
             None => {
                 let slug = catalog.tenant_slug_by_token_hash(hash).await?;
-                self.by_token
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(hash.to_owned(), (Instant::now(), slug.clone()));
+                remember(&self.by_token, hash, slug.clone());
                 slug
             }
         };
@@ -87,10 +96,7 @@ impl Resolver {
             return Ok(s);
         }
         let server = Arc::new(catalog.server(name).await?);
-        self.servers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), (Instant::now(), server.clone()));
+        remember(&self.servers, name, server.clone());
         Ok(server)
     }
 

@@ -37,12 +37,13 @@ pub async fn readyz(
     if q.deep && !super::auth::is_admin(&headers, &app) {
         return Err(ApiError::unauthorized("/readyz?deep=true needs the admin token"));
     }
-    let started = Instant::now();
-    if let Err(e) = app.catalog.ping().await {
-        tracing::warn!(error = %e, "readiness: catalog unreachable");
-        return Err(ApiError::unavailable("catalog_unavailable", e.to_string(), 5));
-    }
-    let catalog_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let catalog_ms = match catalog_check(&app).await {
+        Ok(ms) => ms,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: catalog unreachable");
+            return Err(ApiError::unavailable("catalog_unavailable", "the catalog is unreachable", 5));
+        }
+    };
     let mut body = json!({ "status": "ready", "catalog": { "latency_ms": catalog_ms } });
     if !q.deep {
         return Ok((StatusCode::OK, Json(body)));
@@ -70,17 +71,31 @@ pub async fn readyz(
     Ok((status, Json(body)))
 }
 
-/// Prometheus text exposition. Tenant counts per status are read from the catalog at scrape
-/// time (`tenantd_tenants{status}`); if the catalog is down the other metrics still render.
-pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    match app.catalog.tenant_counts().await {
-        Ok(counts) => {
-            for status in crate::catalog::tenants::TenantStatus::ALL {
-                let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
-                metrics::gauge!("tenantd_tenants", "status" => status.as_str()).set(n as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tenants"),
+/// The catalog's latency, checked at most once a second.
+async fn catalog_check(app: &App) -> Result<f64, String> {
+    let recent = |cached: &Option<(Instant, Result<f64, String>)>| {
+        cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(_, r)| r.clone())
+    };
+    if let Some(result) = recent(&app.readiness.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        return result;
     }
+    let started = Instant::now();
+    let result = app
+        .catalog
+        .ping()
+        .await
+        .map(|()| started.elapsed().as_secs_f64() * 1000.0)
+        .map_err(|e| e.to_string());
+    *app.readiness.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((Instant::now(), result.clone()));
+    result
+}
+
+/// Prometheus text exposition, from memory: scraping costs no catalog query (tenant counts
+/// per status, `tenantd_tenants{status}`, are refreshed by the health task).
+pub async fn metrics() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics().render())
 }

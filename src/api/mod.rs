@@ -127,7 +127,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    // Any string is a valid HTTP method: only the known ones become metric labels.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     let id = request_id_of(&req);
     let span = tracing::info_span!("request", request_id = %id, %method, %route, status = tracing::field::Empty, ms = tracing::field::Empty);
     let mut response = REQUEST_ID

@@ -10,8 +10,18 @@ use std::sync::Arc;
 
 use crate::app::App;
 
-/// Runs one round of checks now, logging (not returning) a catalog failure.
+/// Runs one round of checks now, logging (not returning) a catalog failure; refreshes the
+/// tenant counts that `/metrics` shows.
 pub async fn check_now(app: &App) {
+    match app.catalog.tenant_counts().await {
+        Ok(counts) => {
+            for status in crate::catalog::tenants::TenantStatus::ALL {
+                let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
+                metrics::gauge!("tenantd_tenants", "status" => status.as_str()).set(n as f64);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot count tenants for the metrics"),
+    }
     if let Err(error) = crate::servers::check_all(&app.catalog, &app.keyring).await {
         metrics::counter!("tenantd_health_check_failures_total").increment(1);
         tracing::error!(%error, "server health check could not record its results");

@@ -662,3 +662,24 @@ async fn tenants_made_before_their_limits_get_them_from_a_daemon() {
     let (_, elder) = first.get("/v1/tenants/elder").await;
     assert_eq!(elder["limits_applied"]["connections"], 9, "{elder}");
 }
+
+#[tokio::test]
+async fn odd_methods_and_unknown_routes_do_not_make_new_metric_series() {
+    let app = crate::common::spawn_app().await;
+    for method in ["FOOBAR", "BREW", "X-SERIES-7"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .http
+            .request(method, format!("{}/v1/nothing-{}", app.base, crate::common::random_suffix()))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error());
+    }
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        !metrics.contains("FOOBAR") && !metrics.contains("BREW") && !metrics.contains("nothing-"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("method=\"other\""), "odd methods fold into one label");
+}
