@@ -63,6 +63,16 @@ async fn server_objects(app: &TestApp) -> (Vec<String>, Vec<String>, Vec<String>
     (dbs, roles, staging)
 }
 
+/// Exactly one database and one role per tenant of `slugs` on the server, no staging left.
+async fn assert_one_of_each(app: &TestApp, slugs: &[String]) {
+    let (dbs, roles, staging) = server_objects(app).await;
+    let mut expected: Vec<String> = slugs.iter().map(|s| db_name(app, s)).collect();
+    expected.sort();
+    assert_eq!(dbs, expected, "exactly one database per tenant");
+    assert_eq!(roles, expected, "exactly one role per tenant");
+    assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+}
+
 #[tokio::test]
 async fn a_new_tenant_becomes_a_locked_down_ready_database() {
     let app = spawn_app().await;
@@ -364,12 +374,7 @@ async fn a_failure_or_crash_at_every_step_is_recovered_after_a_restart() {
             tenantd::tenant_migrations::latest_version() as i64
         );
     }
-    let (dbs, roles, staging) = server_objects(&second).await;
-    let mut expected: Vec<String> = slugs.iter().map(|s| db_name(&second, s)).collect();
-    expected.sort();
-    assert_eq!(dbs, expected, "exactly one database per tenant");
-    assert_eq!(roles, expected, "exactly one role per tenant");
-    assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+    assert_one_of_each(&second, &slugs).await;
 }
 
 #[tokio::test]
@@ -668,12 +673,7 @@ async fn tenants_caught_mid_step_by_a_sigkill_are_finished_by_the_next_daemon() 
         }
     }
     // Exactly one database and one role per tenant on the server, nothing left in staging.
-    let (dbs, roles, staging) = server_objects(&second).await;
-    let mut expected: Vec<String> = slugs.iter().map(|s| db_name(&second, s)).collect();
-    expected.sort();
-    assert_eq!(dbs, expected, "exactly one database per tenant");
-    assert_eq!(roles, expected, "exactly one role per tenant");
-    assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+    assert_one_of_each(&second, &slugs).await;
 }
 
 #[tokio::test]
