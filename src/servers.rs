@@ -45,6 +45,15 @@ pub enum ServerError {
     /// The server is older than PostgreSQL 13.
     #[error("{0} runs PostgreSQL {1}; tenantd needs 13 or newer")]
     TooOld(String, String),
+    /// A tenant's sealed role password cannot be opened (key rotation needs every old key).
+    #[error("role password of tenant {slug:?} cannot be opened: {source}")]
+    TenantSealed {
+        /// Tenant.
+        slug: String,
+        /// Why.
+        #[source]
+        source: crate::crypto::CryptoError,
+    },
     /// The server would let tenants reach what they must not, or cannot hold the pools.
     #[error("{0}")]
     Unsafe(String),
@@ -324,7 +333,7 @@ pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<Reseale
         let aad = crate::crypto::tenant_aad(id);
         let password = keyring
             .open(&sealed, &aad)
-            .map_err(|source| AdminError::Sealed { server: format!("(tenant {slug})"), source })?;
+            .map_err(|source| ServerError::TenantSealed { slug: slug.clone(), source })?;
         if catalog.reseal_tenant_password(id, &sealed, &keyring.seal(password.expose_secret(), &aad)).await? {
             tenants += 1;
         }

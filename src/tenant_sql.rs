@@ -212,7 +212,7 @@ pub async fn close_role(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        ended += admin.query_one(TERMINATE, &[&role.as_str()]).await?.get::<_, i64>(0);
+        ended += end_sessions(admin, role).await?;
         match admin.batch_execute(&set_login(role, false)).await {
             Ok(()) => break,
             Err(e) if attempt < 5 && is_lock_wait(&e) => {
@@ -221,7 +221,7 @@ pub async fn close_role(
             Err(e) => return Err(e),
         }
     }
-    ended += admin.query_one(TERMINATE, &[&role.as_str()]).await?.get::<_, i64>(0);
+    ended += end_sessions(admin, role).await?;
     guard.disarm();
     Ok(ended)
 }

@@ -154,7 +154,9 @@ impl From<ServerError> for ApiError {
             ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
             }
-            ServerError::Admin(AdminError::Sealed { .. }) => Self::internal(e.to_string()),
+            ServerError::Admin(AdminError::Sealed { .. }) | ServerError::TenantSealed { .. } => {
+                Self::internal(e.to_string())
+            }
             ServerError::Catalog(c) => c.into(),
         }
     }

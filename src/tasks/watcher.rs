@@ -132,7 +132,13 @@ async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<C
         // hint: the cached row is dropped (a re-read is harmless), and what is lent is closed
         // only when the catalog itself says the tenant may no longer be lent.
         app.resolver.invalidate(&change.key);
-        close_if_not_lendable(app, &change.key).await;
+        // A tenant still being made has nothing lent: its many step notifications cost no
+        // catalog read (a forged one with such a status closes nothing either).
+        let provisioning =
+            change.status.as_deref().and_then(TenantStatus::parse).is_some_and(TenantStatus::is_in_progress);
+        if !provisioning {
+            close_if_not_lendable(app, &change.key).await;
+        }
     }
     // Nobody listening on the channel is normal (no ?wait= request in flight).
     if changes.send(change).is_err() {

@@ -1,4 +1,5 @@
-//! Tenant limits in the catalog: overrides, and which tenants' roles do not match yet.
+//! Tenant limits and sizes in the catalog: overrides, which tenants' roles do not match yet,
+//! measured sizes and the over-quota flag.
 
 use uuid::Uuid;
 
@@ -112,43 +113,5 @@ impl Catalog {
             )
             .await?;
         Ok(row.is_some())
-    }
-
-    /// Every live tenant's sealed role password, for key rotation: (id, slug, sealed).
-    pub async fn tenant_passwords(&self) -> Result<Vec<(Uuid, String, String)>, CatalogError> {
-        let rows = self
-            .query(
-                "SELECT id, slug, role_password_sealed FROM tenantd.tenants \
-                 WHERE status <> 'DELETED' AND role_password_sealed IS NOT NULL ORDER BY slug",
-                &[],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-    }
-
-    /// Replaces a tenant's sealed role password if it is still `old` (compare and swap);
-    /// true when replaced.
-    pub async fn reseal_tenant_password(&self, id: Uuid, old: &str, new: &str) -> Result<bool, CatalogError> {
-        let n = self
-            .execute(
-                "UPDATE tenantd.tenants SET role_password_sealed = $3 WHERE id = $1 AND role_password_sealed = $2",
-                &[&id, &old, &new],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Records a tenant role's new sealed password and its event, under the lease.
-    pub async fn record_new_password(&self, id: Uuid, owner: &str, sealed: &str) -> Result<(), CatalogError> {
-        self.leased_write(
-            concat!(
-                "WITH changed AS (UPDATE tenantd.tenants SET role_password_sealed = $3 WHERE ",
-                held!(),
-                " RETURNING id) INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-                 SELECT id, $4, '{}', $2 FROM changed"
-            ),
-            &[&id, &owner, &sealed, &EventKind::PasswordRotated.as_str()],
-        )
-        .await
     }
 }

@@ -18,6 +18,7 @@ use super::{Catalog, CatalogError};
 mod claims;
 mod leased;
 mod limits;
+mod passwords;
 
 pub use claims::Claim;
 
