@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::catalog::servers::ServerRecord;
 use crate::crypto::{CryptoError, Keyring, server_aad};
+use crate::pgtls::PgTls;
 
 /// Timeout of connections tenantd opens to servers as admin.
 const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +23,9 @@ pub enum AdminError {
     /// The URL cannot be used.
     #[error("invalid server URL: {0} (expected postgres://USER:PASSWORD@HOST:PORT/DBNAME)")]
     BadUrl(&'static str),
+    /// The server's TLS settings cannot be used (a certificate file missing or unreadable).
+    #[error("TLS settings: {0}")]
+    Tls(crate::pgtls::TlsError),
     /// The server could not be reached or refused the login.
     #[error("cannot connect to {target}: {reason}")]
     Unreachable {
@@ -53,6 +57,8 @@ pub struct AdminTarget {
     pub password: SecretString,
     /// Maintenance database.
     pub maintenance_db: String,
+    /// TLS to the server.
+    pub tls: PgTls,
 }
 
 impl std::fmt::Debug for AdminTarget {
@@ -64,8 +70,10 @@ impl std::fmt::Debug for AdminTarget {
 impl AdminTarget {
     /// Parses `postgres://user:pw@host:port/db`. Port defaults to 5432, database to `postgres`.
     pub fn from_url(url: &SecretString, password: Option<&SecretString>) -> Result<Self, AdminError> {
-        let config =
-            crate::catalog::parse_pg_config(url).map_err(|_| AdminError::BadUrl("cannot parse it"))?;
+        let (config, tls) = crate::catalog::parse_pg_config(url).map_err(|e| match e {
+            crate::catalog::CatalogError::Tls(e) => AdminError::Tls(e),
+            _ => AdminError::BadUrl("cannot parse it"),
+        })?;
         let host = match config.get_hosts() {
             [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
             [] => return Err(AdminError::BadUrl("no host")),
@@ -89,7 +97,7 @@ impl AdminTarget {
             .or_else(|| password.map(|p| p.expose_secret().to_owned()))
             .ok_or(AdminError::BadUrl("no password (put it in the URL or give it separately)"))?;
         let maintenance_db = config.get_dbname().unwrap_or("postgres").to_owned();
-        Ok(Self { host, port, user, password: SecretString::from(password), maintenance_db })
+        Ok(Self { host, port, user, password: SecretString::from(password), maintenance_db, tls })
     }
 
     /// Opens the sealed password of a catalog row.
@@ -103,6 +111,7 @@ impl AdminTarget {
             user: server.admin_user.clone(),
             password,
             maintenance_db: server.maintenance_db.clone(),
+            tls: server.tls.clone(),
         })
     }
 
@@ -117,17 +126,26 @@ impl AdminTarget {
             .dbname(dbname.unwrap_or(&self.maintenance_db))
             .application_name("tenantd")
             .connect_timeout(ADMIN_CONNECT_TIMEOUT);
+        self.tls.apply(&mut config);
         crate::pg::add_options(&mut config, crate::pg::ADMIN_SESSION);
         config
+    }
+
+    /// The TLS connector of connections to this server (also for their cancel requests).
+    pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, AdminError> {
+        self.tls.connector(&self.host, self.port).map_err(AdminError::Tls)
     }
 
     /// Connects as admin; the connection driver runs on its own task.
     pub async fn connect(&self, dbname: Option<&str>) -> Result<tokio_postgres::Client, AdminError> {
         let target =
             format!("{}@{}:{}/{}", self.user, self.host, self.port, dbname.unwrap_or(&self.maintenance_db));
-        crate::pg::connect(&self.config(dbname), &target)
-            .await
-            .map_err(|e| AdminError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) })
+        crate::pg::connect(&self.config(dbname), &self.tls, &target).await.map_err(|e| match e {
+            crate::pg::ConnectError::Tls(e) => AdminError::Tls(e),
+            crate::pg::ConnectError::Postgres(e) => {
+                AdminError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) }
+            }
+        })
     }
 }
 
@@ -161,8 +179,13 @@ impl AdminPools {
         target: &AdminTarget,
     ) -> Result<deadpool_postgres::Client, AdminError> {
         let fingerprint = format!(
-            "{}:{}:{}:{}:{}",
-            server.host, server.port, server.admin_user, server.maintenance_db, server.admin_password_sealed
+            "{}:{}:{}:{}:{}:{:?}",
+            server.host,
+            server.port,
+            server.admin_user,
+            server.maintenance_db,
+            server.admin_password_sealed,
+            server.tls
         );
         let pool = {
             let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -171,7 +194,7 @@ impl AdminPools {
                 _ => {
                     let manager = deadpool_postgres::Manager::from_config(
                         target.config(None),
-                        tokio_postgres::NoTls,
+                        target.connector()?,
                         // Verified: a connection given back while a statement still runs (its
                         // request was dropped) does not answer the check in time and is closed
                         // instead of being lent to the next caller.

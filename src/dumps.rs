@@ -154,6 +154,7 @@ fn command(
         .env("PGUSER", user)
         .env("PGDATABASE", database.as_str())
         .env("PGAPPNAME", "tenantd")
+        .envs(server.tls.env())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd

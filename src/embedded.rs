@@ -28,6 +28,7 @@ use crate::config::Settings;
 use crate::crypto::server_aad;
 use crate::crypto::{self, Keyring};
 use crate::pgcluster::{self, Cluster, ClusterError, ClusterOptions, PgBinaries, RunningCluster};
+use crate::pgtls::{PgTls, SslMode};
 
 /// Role tenantd uses on the embedded cluster.
 pub const ADMIN_ROLE: &str = "tenantd_admin";
@@ -100,7 +101,7 @@ fn fill_secrets(settings: &mut Settings) -> Result<(), EmbeddedError> {
 fn catalog_url(port: u16, password: &SecretString) -> SecretString {
     // Generated passwords are URL-safe base64: no escaping needed.
     SecretString::from(format!(
-        "postgres://{ADMIN_ROLE}:{}@127.0.0.1:{port}/{CATALOG_DB}",
+        "postgres://{ADMIN_ROLE}:{}@127.0.0.1:{port}/{CATALOG_DB}?sslmode=disable",
         password.expose_secret()
     ))
 }
@@ -152,7 +153,10 @@ pub async fn prepare_cluster(
         .password(su_password.expose_secret())
         .dbname("postgres");
     let fail = |e: tokio_postgres::Error| EmbeddedError::Bootstrap(crate::pg::describe(&e));
-    let client = crate::pg::connect(&config, "embedded bootstrap").await.map_err(fail)?;
+    let loopback = PgTls { sslmode: SslMode::Disable, ..PgTls::default() };
+    let client = crate::pg::connect(&config, &loopback, "embedded bootstrap")
+        .await
+        .map_err(|e| EmbeddedError::Bootstrap(e.to_string()))?;
     let verifier = postgres_protocol::password::scram_sha_256(admin_password.expose_secret().as_bytes());
     let role_exists = client
         .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&ADMIN_ROLE])
@@ -199,6 +203,8 @@ impl Embedded {
             admin_password_sealed: keyring
                 .seal(self.admin_password.expose_secret(), &server_aad(SERVER_NAME)),
             maintenance_db: "postgres".to_owned(),
+            // A cluster of this process's own, on loopback.
+            tls: PgTls { sslmode: SslMode::Disable, ..PgTls::default() },
             weight: 100,
             max_tenants: None,
             region: None,

@@ -13,7 +13,7 @@
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
 //! 6. the bottom: `catalog` (the only SQL on the catalog), `tenant_sql` (the only DDL),
 //!    `admin`, `crypto`, `names`, `config`, `steps`, `placement`, `limits`,
-//!    `tenant_migrations`, `embedded`, `pg`, `pgcluster`, `pgwire`, `shutdown`, `telemetry`.
+//!    `tenant_migrations`, `embedded`, `pg`, `pgcluster`, `pgtls`, `pgwire`, `shutdown`, `telemetry`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -38,6 +38,7 @@ pub(crate) mod markers;
 pub(crate) mod names;
 pub(crate) mod pg;
 pub mod pgcluster;
+pub(crate) mod pgtls;
 pub(crate) mod pgwire;
 pub(crate) mod placement;
 pub(crate) mod pools;

@@ -166,7 +166,7 @@ impl Lifecycle<'_> {
                 .await?;
         }
         let (admin, target, server_admin) = self.admin_for(t).await?;
-        let ended = tenant_sql::close_role(&admin, &target.role, &server_admin.user)
+        let ended = tenant_sql::close_role(&admin, &target.role, &server_admin)
             .await
             .map_err(|e| LifecycleError::Server(crate::pg::describe(&e)))?;
         tracing::info!(tenant = %t.slug, sessions_ended = ended, "tenant suspended");

@@ -1,12 +1,18 @@
 //! Small helpers around tokio-postgres shared by every module that opens its own connections.
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
-/// Connects and runs the connection driver on its own task. When the driver ends with an
-/// error (server gone, network cut), it is logged with `label`; the client then reports
-/// `is_closed()` and its next query fails, so the error also reaches the caller.
-pub async fn connect(config: &Config, label: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+use crate::pgtls::PgTls;
+
+/// Connects with `tls` and runs the connection driver on its own task. When the driver ends
+/// with an error (server gone, network cut), it is logged with `label`; the client then
+/// reports `is_closed()` and its next query fails, so the error also reaches the caller.
+pub async fn connect(config: &Config, tls: &PgTls, label: &str) -> Result<Client, ConnectError> {
+    let (host, port) = address(config);
+    let connector = tls.connector(&host, port)?;
+    let mut config = config.clone();
+    tls.apply(&mut config);
+    let (client, connection) = config.connect(connector).await?;
     let label = label.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -14,6 +20,28 @@ pub async fn connect(config: &Config, label: &str) -> Result<Client, tokio_postg
         }
     });
     Ok(client)
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TLS settings cannot be used (a CA file missing, say).
+    #[error(transparent)]
+    Tls(#[from] crate::pgtls::TlsError),
+    /// Connecting, TLS or the login failed.
+    #[error("{}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// The first host and port of a configuration (for messages and TLS host names).
+pub fn address(config: &Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
 }
 
 /// Session settings of every admin session tenantd opens on a server (maintenance database
@@ -58,13 +86,14 @@ pub fn add_options(config: &mut Config, options: &str) {
 /// Cancels the statement running on a connection if dropped while armed: work started for a
 /// request that was dropped (client gone, timeout) does not go on on the server.
 pub struct CancelOnDrop {
-    token: Option<tokio_postgres::CancelToken>,
+    token: Option<(tokio_postgres::CancelToken, tokio_postgres_rustls::MakeRustlsConnect)>,
 }
 
 impl CancelOnDrop {
-    /// Armed for `client`'s current statement.
-    pub fn arm(client: &Client) -> Self {
-        Self { token: Some(client.cancel_token()) }
+    /// Armed for `client`'s current statement; the cancel request goes over `connector` (the
+    /// one the client connected with, so it is encrypted like the session).
+    pub fn arm(client: &Client, connector: tokio_postgres_rustls::MakeRustlsConnect) -> Self {
+        Self { token: Some((client.cancel_token(), connector)) }
     }
 
     /// The work finished: nothing to cancel.
@@ -75,10 +104,10 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some(token) = self.token.take() else { return };
+        let Some((token, connector)) = self.token.take() else { return };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = token.cancel_query(NoTls).await {
+                if let Err(error) = token.cancel_query(connector).await {
                     tracing::warn!(error = %describe(&error), "cannot cancel an abandoned statement");
                 }
             });
@@ -106,7 +135,8 @@ pub fn url(user: &str, password: &str, host: &str, port: u16, dbname: &str) -> S
     format!("postgres://{}:{}@{}:{port}/{}", percent(user), percent(password), host, percent(dbname))
 }
 
-fn percent(text: &str) -> String {
+/// Percent-encodes everything but unreserved characters.
+pub fn percent(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

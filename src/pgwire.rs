@@ -152,7 +152,8 @@ pub struct GuardedStream<S> {
 }
 
 impl<S> GuardedStream<S> {
-    /// Wraps `inner` (a plain TCP stream: the server answers no SSL request on it).
+    /// Wraps `inner`: a stream on which the PostgreSQL messages are in clear (TCP, or the
+    /// inside of a TLS session already negotiated).
     pub fn new(inner: S, guard: Arc<WireGuard>) -> Self {
         Self { inner, guard, reading: Frames::new(false), writing: Frames::new(true) }
     }

@@ -258,6 +258,7 @@ pub async fn add(core: &Core, req: &AddServer) -> Result<Added, ServerError> {
         admin_user: target.user.clone(),
         admin_password_sealed: keyring.seal(target.password.expose_secret(), &server_aad(name.as_str())),
         maintenance_db: target.maintenance_db.clone(),
+        tls: target.tls.clone(),
         weight,
         max_tenants: req.max_tenants,
         region: req.region.clone().filter(|r| !r.is_empty()),

@@ -17,6 +17,7 @@ use crate::catalog::tenants::TenantRecord;
 use crate::catalog::{Catalog, CatalogError};
 use crate::crypto::{CryptoError, Keyring, tenant_aad};
 use crate::names::{NameError, PgIdent};
+use crate::pgtls::SslMode;
 
 /// Timeout of connections tenantd opens as a tenant role.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +92,9 @@ pub struct ConnectionDetails {
     pub user: String,
     /// Role password.
     pub password: String,
+    /// libpq's `sslmode` to connect with (the server's setting in tenantd; with `verify-ca`
+    /// or `verify-full` the application needs the server's CA too).
+    pub sslmode: SslMode,
     /// All of it as a URL.
     pub url: String,
 }
@@ -161,6 +165,7 @@ impl TenantTarget {
             .password(self.password.expose_secret())
             .application_name(application_name)
             .connect_timeout(CONNECT_TIMEOUT);
+        self.server.tls.apply(&mut config);
         config
     }
 
@@ -187,7 +192,12 @@ impl TenantTarget {
             dbname: self.database.to_string(),
             user: self.role.to_string(),
             password: password.to_owned(),
-            url: crate::pg::url(self.role.as_str(), password, host, port, self.database.as_str()),
+            sslmode: self.server.tls.sslmode,
+            url: format!(
+                "{}?{}",
+                crate::pg::url(self.role.as_str(), password, host, port, self.database.as_str()),
+                self.server.tls.url_params(false)
+            ),
         }
     }
 }

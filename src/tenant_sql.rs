@@ -204,10 +204,11 @@ pub fn close_database(database: &str, keep: &str) -> String {
 pub async fn close_role(
     admin: &tokio_postgres::Client,
     role: &PgIdent,
-    admin_user: &str,
+    server: &crate::admin::AdminTarget,
 ) -> Result<i64, tokio_postgres::Error> {
-    admin.batch_execute(&grant_membership(role, admin_user)).await?;
-    let guard = crate::pg::CancelOnDrop::arm(admin);
+    admin.batch_execute(&grant_membership(role, &server.user)).await?;
+    // Connected with these settings before, so the connector can be had.
+    let guard = server.connector().ok().map(|connector| crate::pg::CancelOnDrop::arm(admin, connector));
     let mut ended: i64 = 0;
     let mut attempt = 0;
     loop {
@@ -222,7 +223,9 @@ pub async fn close_role(
         }
     }
     ended += end_sessions(admin, role).await?;
-    guard.disarm();
+    if let Some(guard) = guard {
+        guard.disarm();
+    }
     Ok(ended)
 }
 

@@ -142,9 +142,9 @@ impl From<CatalogError> for ApiError {
 impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
         match e {
-            ServerError::Name(_) | ServerError::Admin(AdminError::BadUrl(_)) | ServerError::BadValue(_) => {
-                Self::bad_request("invalid", e.to_string())
-            }
+            ServerError::Name(_)
+            | ServerError::Admin(AdminError::BadUrl(_) | AdminError::Tls(_))
+            | ServerError::BadValue(_) => Self::bad_request("invalid", e.to_string()),
             ServerError::Admin(AdminError::Unreachable { .. }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unreachable", e.to_string())
             }

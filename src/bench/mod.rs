@@ -90,12 +90,10 @@ impl Scratch {
         let client = admin.connect(None).await.map_err(err)?;
         let scratch = PgIdent::from_catalog(&database).map_err(err)?;
         client.batch_execute(&tenant_sql::create_database(&scratch)).await.map_err(pg)?;
-        let catalog_url = SecretString::from(crate::pg::url(
-            &admin.user,
-            admin.password.expose_secret(),
-            &admin.host,
-            admin.port,
-            &database,
+        let catalog_url = SecretString::from(format!(
+            "{}?{}",
+            crate::pg::url(&admin.user, admin.password.expose_secret(), &admin.host, admin.port, &database),
+            admin.tls.url_params(true)
         ));
         let catalog = Catalog::new(&catalog_url, 2).map_err(err)?;
         catalog.migrate().await.map_err(err)?;
@@ -106,6 +104,7 @@ impl Scratch {
             admin_user: server.admin_user.clone(),
             admin_password_sealed: keyring.seal(admin.password.expose_secret(), &server_aad(&server.name)),
             maintenance_db: server.maintenance_db.clone(),
+            tls: server.tls.clone(),
             weight: 100,
             max_tenants: None,
             region: None,
@@ -257,7 +256,8 @@ fn pick_server<'a>(servers: &'a [ServerRecord], name: Option<&str>) -> Result<&'
 
 /// Parses a connection URL built by tenantd itself.
 fn parse_url(url: &str) -> Result<tokio_postgres::Config, BenchError> {
-    url.parse().map_err(|_| BenchError("bad connection URL".into()))
+    let (rest, _) = crate::pgtls::split(url).map_err(err)?;
+    rest.parse().map_err(|_| BenchError("bad connection URL".into()))
 }
 
 #[cfg(test)]

@@ -91,10 +91,9 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     let token = created.token.ok_or_else(|| BenchError("no token".into()))?;
     ready_times(&app.catalog, &["bench-sql".to_owned()], Duration::from_secs(120)).await?;
     let tenant = app.catalog.tenant("bench-sql").await.map_err(err)?;
-    let details = crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant)
-        .await
-        .map_err(err)?
-        .details();
+    let target =
+        crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant).await.map_err(err)?;
+    let (details, tls) = (target.details(), target.server.tls.clone());
     let url = format!("http://{}/v1/tenants/bench-sql/sql", daemon.local_addr());
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "sql": "SELECT 1" });
@@ -110,7 +109,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
             Ok::<f64, BenchError>(started.elapsed().as_secs_f64() * 1000.0)
         }
     };
-    let direct = crate::pg::connect(&parse_url(&details.url)?, "bench").await.map_err(pg)?;
+    let direct = crate::pg::connect(&parse_url(&details.url)?, &tls, "bench").await.map_err(err)?;
     // Warm both paths (pool, HTTP keep-alive, server caches).
     for _ in 0..n.min(200) {
         one_http(http.clone()).await?;
@@ -137,7 +136,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     let http_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
     let mut connections = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        connections.push(crate::pg::connect(&parse_url(&details.url)?, "bench").await.map_err(pg)?);
+        connections.push(crate::pg::connect(&parse_url(&details.url)?, &tls, "bench").await.map_err(err)?);
     }
     let started = Instant::now();
     futures::future::try_join_all(connections.iter().map(|c| async move {

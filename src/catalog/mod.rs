@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+
+use crate::pgtls::PgTls;
 
 mod embedded_schema {
     refinery::embed_migrations!("schema");
@@ -64,6 +65,9 @@ pub enum CatalogError {
     /// The catalog URL cannot be parsed. The URL is not repeated: it may hold a password.
     #[error("catalog URL is not a valid PostgreSQL URL (expected postgres://USER:PASSWORD@HOST:PORT/DBNAME)")]
     BadUrl,
+    /// The URL's TLS settings cannot be used.
+    #[error("catalog TLS: {0}")]
+    Tls(#[from] crate::pgtls::TlsError),
     /// A query failed.
     #[error("catalog query failed: {}", crate::pg::describe(.0))]
     Query(#[from] tokio_postgres::Error),
@@ -87,6 +91,15 @@ pub enum CatalogError {
     LeaseLost,
 }
 
+impl From<crate::pg::ConnectError> for CatalogError {
+    fn from(e: crate::pg::ConnectError) -> Self {
+        match e {
+            crate::pg::ConnectError::Tls(e) => Self::Tls(e),
+            crate::pg::ConnectError::Postgres(e) => Self::Query(e),
+        }
+    }
+}
+
 fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(pg) => crate::pg::describe(pg),
@@ -106,6 +119,8 @@ impl CatalogError {
 pub struct Catalog {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: PgTls,
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -114,20 +129,26 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-/// Parses a PostgreSQL URL or key=value string without ever echoing it.
-pub fn parse_pg_config(url: &SecretString) -> Result<tokio_postgres::Config, CatalogError> {
-    tokio_postgres::Config::from_str(url.expose_secret()).map_err(|_| CatalogError::BadUrl)
+/// Parses a PostgreSQL URL or key=value string without ever echoing it; its TLS settings
+/// (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) come back on their own, checked.
+pub fn parse_pg_config(url: &SecretString) -> Result<(tokio_postgres::Config, PgTls), CatalogError> {
+    let (rest, tls) = crate::pgtls::split(url.expose_secret())?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|_| CatalogError::BadUrl)?;
+    tls.apply(&mut config);
+    Ok((config, tls))
 }
 
 impl Catalog {
     /// Opens a pool on the catalog; no connection is made until first use.
     pub fn new(url: &SecretString, max_connections: usize) -> Result<Self, CatalogError> {
-        let mut config = parse_pg_config(url)?;
+        let (mut config, tls) = parse_pg_config(url)?;
         config.application_name("tenantd").connect_timeout(Duration::from_secs(10));
         crate::pg::add_options(&mut config, crate::pg::CATALOG_SESSION);
+        let (host, port) = crate::pg::address(&config);
+        let connector = tls.connector(&host, port)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            connector.clone(),
             // Fast (no check query per checkout: the catalog is on every hot path). A query
             // abandoned while it waits (a lease renewal that timed out) can hold its
             // connection only until the session's lock_timeout/statement_timeout end it.
@@ -140,7 +161,7 @@ impl Catalog {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|_| CatalogError::BadUrl)?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, config, tls, connector })
     }
 
     /// A pooled connection.
@@ -198,10 +219,15 @@ impl Catalog {
         &self.config
     }
 
+    /// The catalog's TLS connector (for connections made outside the pool).
+    pub fn connector(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        self.connector.clone()
+    }
+
     /// Applies the catalog schema. Safe to run from many processes at once: one applies, the
     /// others wait on the advisory lock and then find nothing to do.
     pub async fn migrate(&self) -> Result<(), CatalogError> {
-        let mut client = crate::pg::connect(&self.config, "catalog migration").await?;
+        let mut client = crate::pg::connect(&self.config, &self.tls, "catalog migration").await?;
         let version: i32 = client
             .query_one("SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4", &[])
             .await?

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{Catalog, CatalogError};
+use crate::pgtls::{PgTls, SslMode};
 
 /// Administrative status of a server: only `active` servers receive new tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,8 @@ pub struct ServerRecord {
     pub(crate) admin_password_sealed: String,
     /// Database tenantd connects to for DDL.
     pub maintenance_db: String,
+    /// TLS to the server (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`).
+    pub tls: PgTls,
     /// Relative share of new tenants.
     pub weight: i32,
     /// Capacity; `None` means no limit.
@@ -183,6 +186,8 @@ pub struct NewServer {
     pub admin_password_sealed: String,
     /// Maintenance database.
     pub maintenance_db: String,
+    /// TLS settings.
+    pub tls: PgTls,
     /// Weight.
     pub weight: i32,
     /// Capacity.
@@ -210,7 +215,8 @@ pub struct ServerPatch {
 const SELECT: &str = "SELECT s.name, s.host, s.port, s.admin_user, s.admin_password_sealed, \
     s.maintenance_db, s.weight, s.max_tenants, s.region, s.status, s.health, s.health_latency_ms, \
     s.health_checked_at, s.health_error, s.created_at, s.updated_at, \
-    (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
+    (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED'), \
+    s.sslmode, s.sslrootcert, s.sslcert, s.sslkey \
     FROM tenantd.servers s";
 
 fn from_row(row: &Row) -> ServerRecord {
@@ -234,6 +240,13 @@ fn from_row(row: &Row) -> ServerRecord {
         created_at: row.get(14),
         updated_at: row.get(15),
         tenants: row.get(16),
+        tls: PgTls {
+            // The catalog's CHECK constraints allow only libpq's modes.
+            sslmode: SslMode::parse(row.get(17)).unwrap_or(SslMode::VerifyFull),
+            sslrootcert: row.get(18),
+            sslcert: row.get(19),
+            sslkey: row.get(20),
+        },
     }
 }
 
@@ -246,7 +259,8 @@ impl Catalog {
             .execute(
                 "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
                  maintenance_db, weight, max_tenants, region, health, health_latency_ms, \
-                 health_checked_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'healthy',$10,now())",
+                 health_checked_at, sslmode, sslrootcert, sslcert, sslkey) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'healthy',$10,now(),$11,$12,$13,$14)",
                 &[
                     &s.name,
                     &s.host,
@@ -258,6 +272,10 @@ impl Catalog {
                     &s.max_tenants,
                     &s.region,
                     &s.latency_ms,
+                    &s.tls.sslmode.as_str(),
+                    &s.tls.sslrootcert,
+                    &s.tls.sslcert,
+                    &s.tls.sslkey,
                 ],
             )
             .await;
@@ -276,11 +294,13 @@ impl Catalog {
         let port = i32::from(s.port);
         self.execute(
             "INSERT INTO tenantd.servers (name, host, port, admin_user, admin_password_sealed, \
-                 maintenance_db, weight, max_tenants, region) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+                 maintenance_db, weight, max_tenants, region, sslmode, sslrootcert, sslcert, sslkey) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
                  ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
                  admin_user = EXCLUDED.admin_user, \
                  admin_password_sealed = EXCLUDED.admin_password_sealed, \
-                 maintenance_db = EXCLUDED.maintenance_db",
+                 maintenance_db = EXCLUDED.maintenance_db, sslmode = EXCLUDED.sslmode, \
+                 sslrootcert = EXCLUDED.sslrootcert, sslcert = EXCLUDED.sslcert, sslkey = EXCLUDED.sslkey",
             &[
                 &s.name,
                 &s.host,
@@ -291,6 +311,10 @@ impl Catalog {
                 &s.weight,
                 &s.max_tenants,
                 &s.region,
+                &s.tls.sslmode.as_str(),
+                &s.tls.sslrootcert,
+                &s.tls.sslcert,
+                &s.tls.sslkey,
             ],
         )
         .await?;

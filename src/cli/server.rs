@@ -143,7 +143,7 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
 fn server_failure(e: ServerError) -> Failure {
     match e {
         ServerError::Name(_)
-        | ServerError::Admin(crate::admin::AdminError::BadUrl(_))
+        | ServerError::Admin(crate::admin::AdminError::BadUrl(_) | crate::admin::AdminError::Tls(_))
         | ServerError::BadValue(_) => Failure::usage(e),
         other => Failure::failed(other),
     }

@@ -1,12 +1,14 @@
 //! A lent connection: limits enforced while a tenant's request runs on it, cancellation,
 //! and the reset before it goes back to the pool.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deadpool::managed;
 
 use super::{PooledConn, TenantManager};
+use crate::pgtls::Endpoint;
 use crate::pgwire::{MAX_TYPE_LOOKUPS, Tripped};
 use crate::sqlhttp::SqlError;
 
@@ -81,7 +83,7 @@ impl Lent {
 
 /// Cancels a tenant statement when dropped while armed.
 struct CancelOnDrop {
-    conn: Option<(tokio_postgres::CancelToken, (String, u16))>,
+    conn: Option<(tokio_postgres::CancelToken, Arc<Endpoint>)>,
 }
 
 impl CancelOnDrop {
@@ -105,10 +107,11 @@ async fn cancel(conn: &PooledConn) {
     cancel_with(&conn.client.cancel_token(), &conn.address).await;
 }
 
-async fn cancel_with(token: &tokio_postgres::CancelToken, (host, port): &(String, u16)) {
+async fn cancel_with(token: &tokio_postgres::CancelToken, endpoint: &Endpoint) {
     let cancelled = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(|e| e.to_string())?;
-        token.cancel_query_raw(tcp, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
+        // Encrypted like the session it cancels (the session's TLS was negotiated by us).
+        let stream = endpoint.open().await.map_err(|e| e.to_string())?;
+        token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
     };
     match tokio::time::timeout(Duration::from_secs(5), cancelled).await {
         Ok(Ok(())) => metrics::counter!("tenantd_statements_cancelled_total").increment(1),

@@ -33,6 +33,7 @@ use crate::catalog::servers::ServerRecord;
 use crate::catalog::tenants::TenantRecord;
 use crate::config::PoolSettings;
 use crate::crypto::Keyring;
+use crate::pgtls::Endpoint;
 use crate::pgwire::{GuardedStream, WireGuard};
 use crate::shutdown::Shutdown;
 use crate::target::TenantTarget;
@@ -81,7 +82,7 @@ pub struct PooledConn {
     client: ClientWrapper,
     guard: Arc<WireGuard>,
     /// Where cancel requests go.
-    address: (String, u16),
+    address: Arc<Endpoint>,
     /// A statement may be running (a request is using the connection).
     busy: AtomicBool,
     /// Its backend on the server, for ending it when a cancel request is not enough.
@@ -109,7 +110,7 @@ pub type Terminator = Arc<dyn Fn(Backend) -> futures::future::BoxFuture<'static,
 pub struct TenantManager {
     config: tokio_postgres::Config,
     role: String,
-    address: (String, u16),
+    address: Arc<Endpoint>,
     max_message: usize,
     budget: Arc<Semaphore>,
     server: String,
@@ -175,13 +176,13 @@ impl TenantManager {
     /// the connection before they are read into memory.
     async fn connect(&self, guard: &Arc<WireGuard>) -> Result<ClientWrapper, ManagerError> {
         let timeout = self.config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
-        let (host, port) = (&self.address.0, self.address.1);
-        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+        let (host, port) = (&self.address.host, self.address.port);
+        let stream = tokio::time::timeout(timeout, self.address.open())
             .await
             .map_err(|_| ManagerError::Unreachable(format!("{host}:{port}: connect timed out")))?
             .map_err(|e| ManagerError::Unreachable(format!("{host}:{port}: {e}")))?;
-        tcp.set_nodelay(true).map_err(|e| ManagerError::Unreachable(format!("{host}:{port}: {e}")))?;
-        let stream = GuardedStream::new(tcp, guard.clone());
+        // The guard reads the PostgreSQL messages inside the TLS session.
+        let stream = GuardedStream::new(stream, guard.clone());
         let (client, connection) =
             tokio::time::timeout(timeout, self.config.connect_raw(stream, tokio_postgres::NoTls))
                 .await
@@ -306,13 +307,14 @@ impl Pools {
         keyring: &Keyring,
     ) -> Result<Arc<TenantPool>, LendError> {
         let fingerprint = format!(
-            "{}|{}:{}|{:?}|{:?}|{:?}",
+            "{}|{}:{}|{:?}|{:?}|{:?}|{:?}",
             tenant.id,
             server.host,
             server.port,
             tenant.database_name,
             tenant.role_name,
-            tenant.role_password_sealed
+            tenant.role_password_sealed,
+            server.tls
         );
         let mut tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = tenants.get(&tenant.slug) {
@@ -326,6 +328,7 @@ impl Pools {
         let target = TenantTarget::new(tenant, server, keyring)?;
         let settings = &self.inner.settings;
         let mut config = target.config(None, "tenantd-lend");
+        // TLS is negotiated before the guard (see `TenantManager::connect`).
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         crate::pg::add_options(
             &mut config,
@@ -334,7 +337,11 @@ impl Pools {
         let manager = TenantManager {
             role: target.role.to_string(),
             config,
-            address: (server.host.clone(), server.port),
+            address: Arc::new(Endpoint {
+                host: server.host.clone(),
+                port: server.port,
+                tls: server.tls.clone(),
+            }),
             // A message may hold one row; no row may be larger than a whole result.
             max_message: settings.max_result_bytes + 64 * 1024,
             budget: self.budget(&server.name),

@@ -87,9 +87,7 @@ impl Provisioner<'_> {
     /// No new sessions from here on, and none left writing behind the archive's back; the
     /// membership lets `DROP DATABASE ... WITH (FORCE)` end any that remain.
     async fn close(&self, admin: &tokio_postgres::Client, target: &Target) -> Result<(), StepError> {
-        tenant_sql::close_role(admin, &target.role, &target.admin.user)
-            .await
-            .map_err(pg_retry(Step::Drop))?;
+        tenant_sql::close_role(admin, &target.role, &target.admin).await.map_err(pg_retry(Step::Drop))?;
         Ok(())
     }
 

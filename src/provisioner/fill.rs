@@ -65,14 +65,13 @@ impl Provisioner<'_> {
         db: &PgIdent,
         step: Step,
     ) -> Result<Client, StepError> {
-        crate::pg::connect(&t.migration_config(Some(db), "tenantd-migrate"), "tenant migration")
-            .await
-            .map_err(|e| {
-                StepError::Retry(
-                    step,
-                    format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)),
-                )
-            })
+        crate::pg::connect(
+            &t.migration_config(Some(db), "tenantd-migrate"),
+            &t.server.tls,
+            "tenant migration",
+        )
+        .await
+        .map_err(|e| StepError::Retry(step, format!("cannot connect as the tenant role: {e}")))
     }
 
     /// Step 5's connection as the tenant role to the database where it is (the one kept from

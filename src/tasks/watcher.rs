@@ -57,7 +57,7 @@ enum ListenError {
 
 /// Listens until shutdown (`Ok`) or until the connection fails (`Err`).
 async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -> Result<(), ListenError> {
-    let (client, mut connection) = app.catalog.pg_config().connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = app.catalog.pg_config().connect(app.catalog.connector()).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&statement);

@@ -84,8 +84,8 @@ pub enum UpgradeError {
     #[error(transparent)]
     Target(#[from] crate::target::TargetError),
     /// Connecting as the tenant role failed.
-    #[error("{}", crate::pg::describe(.0))]
-    Connect(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::pg::ConnectError),
     /// Reading the history or applying a migration failed (rolled back).
     #[error(transparent)]
     Migrate(#[from] crate::tenant_migrations::MigrationError),

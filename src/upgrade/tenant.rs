@@ -47,7 +47,7 @@ impl Upgrader<'_> {
     async fn apply(&self, tenant: &TenantRecord) -> Result<Outcome, UpgradeError> {
         let target = TenantTarget::resolve(&self.core.catalog, &self.core.keyring, tenant).await?;
         let config = target.migration_config(None, "tenantd-upgrade");
-        let mut client = crate::pg::connect(&config, "tenant upgrade").await?;
+        let mut client = crate::pg::connect(&config, &target.server.tls, "tenant upgrade").await?;
         let recorded = crate::tenant_migrations::current_version(&mut client).await?;
         if recorded > self.migrations.latest_version() {
             return Ok(Outcome::Ahead { version: recorded });

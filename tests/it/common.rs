@@ -117,6 +117,11 @@ impl TestCluster {
         *running = Some(self.cluster.start(self.port, false).expect("cluster restart"));
     }
 
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.cluster.data_dir()
+    }
+
     /// URL as `tenantd_admin` to `db`.
     pub fn admin_url(&self, db: &str) -> String {
         format!(

@@ -14,4 +14,5 @@ mod provisioning;
 mod servers;
 mod sqlhttp;
 mod startup;
+mod tls;
 mod upgrade;
