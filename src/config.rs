@@ -193,6 +193,16 @@ pub struct HttpSettings {
     /// Requests handled at once; more are answered 503 at once (health and metrics excepted),
     /// which bounds the memory their bodies and results can take.
     pub max_concurrent_requests: usize,
+    /// Longest wait for a request's headers, and for the next request on an idle keep-alive
+    /// connection (and for a TLS handshake); the connection is closed after it.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// PEM certificate chain: serve HTTPS (read again on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (a TLS-terminating proxy in front).
+    pub allow_plaintext: bool,
 }
 
 /// Provisioning workers and background checks.
@@ -284,6 +294,10 @@ impl Default for HttpSettings {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 256,
+            header_read_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -372,6 +386,10 @@ knobs! {
     "http.body_limit_bytes", "TENANTD_HTTP_BODY_LIMIT_BYTES", Integer, "1048576", "largest request body (413 above)";
     "http.request_timeout", "TENANTD_HTTP_REQUEST_TIMEOUT", Text, "60s", "longest request, ?wait= included";
     "http.max_concurrent_requests", "TENANTD_HTTP_MAX_CONCURRENT_REQUESTS", Integer, "256", "requests handled at once (503 above)";
+    "http.header_read_timeout", "TENANTD_HTTP_HEADER_READ_TIMEOUT", Text, "30s", "wait for request headers, idle keep-alive and TLS handshakes";
+    "http.tls_cert", "TENANTD_HTTP_TLS_CERT", Text, "(none)", "PEM certificate chain: serve HTTPS (reloaded on SIGHUP)";
+    "http.tls_key", "TENANTD_HTTP_TLS_KEY", Text, "(none)", "PEM private key of http.tls_cert";
+    "http.allow_plaintext", "TENANTD_HTTP_ALLOW_PLAINTEXT", Bool, "false", "plain HTTP on a non-loopback address (TLS proxy in front)";
     "workers.concurrency", "TENANTD_WORKERS_CONCURRENCY", Integer, "4", "tenants provisioned at once per daemon";
     "workers.poll_interval", "TENANTD_WORKERS_POLL_INTERVAL", Text, "5s", "catalog poll behind LISTEN/NOTIFY";
     "workers.lease", "TENANTD_WORKERS_LEASE", Text, "30s", "claim length, renewed while working";
@@ -468,6 +486,9 @@ impl Settings {
         in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
         self.backups.time_of_day()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));
+        }
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }
@@ -478,6 +499,7 @@ impl Settings {
             ("pools.acquire_timeout", p.acquire_timeout),
             ("pools.handle_ttl", p.handle_ttl),
             ("http.request_timeout", self.http.request_timeout),
+            ("http.header_read_timeout", self.http.header_read_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than zero"));

@@ -132,17 +132,13 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// A `postgres://` URL with every part percent-encoded (user names and passwords may hold
 /// any character).
 pub fn url(user: &str, password: &str, host: &str, port: u16, dbname: &str) -> String {
-    format!("postgres://{}:{}@{}:{port}/{}", percent(user), percent(password), host, percent(dbname))
-}
-
-/// Percent-encodes everything but unreserved characters.
-pub fn percent(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+    format!(
+        "postgres://{}:{}@{}:{port}/{}",
+        crate::pgtls::percent(user),
+        crate::pgtls::percent(password),
+        host,
+        crate::pgtls::percent(dbname)
+    )
 }
 
 #[cfg(test)]

@@ -175,6 +175,16 @@ fn split_url(url: &str, found: &mut Vec<(String, String)>) -> String {
     if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) }
 }
 
+/// Percent-encodes everything but unreserved characters.
+pub fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -360,7 +370,7 @@ impl PgTls {
                 [("sslrootcert", &self.sslrootcert), ("sslcert", &self.sslcert), ("sslkey", &self.sslkey)]
             {
                 if let Some(value) = value {
-                    params.push(format!("{key}={}", crate::pg::percent(value)));
+                    params.push(format!("{key}={}", percent(value)));
                 }
             }
         }

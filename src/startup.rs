@@ -30,7 +30,10 @@ pub enum StartupError {
     /// The catalog could not be reached or migrated.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// The HTTP listener could not be bound.
+    /// The HTTPS certificate or key cannot be used.
+    #[error(transparent)]
+    Https(#[from] crate::api::serve::HttpsError),
+    /// The HTTP listener could not be bound (or must not serve plain HTTP there).
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// Address.
@@ -93,6 +96,17 @@ impl Daemon {
             core = core.with_fault_injection(faults);
         }
         let listen = core.settings.listen;
+        let http = &core.settings.http;
+        let https = match (&http.tls_cert, &http.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::api::serve::Https::load(cert, key)?)),
+            _ => None,
+        };
+        if https.is_none() && !http.allow_plaintext && !crate::api::serve::is_loopback(&listen) {
+            return Err(StartupError::Listen {
+                addr: listen,
+                source: crate::api::serve::plaintext_refused(listen),
+            });
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| StartupError::Listen { addr: listen, source })?;
@@ -114,11 +128,11 @@ impl Daemon {
         crate::tasks::health::spawn(app.clone());
         crate::tasks::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
         crate::tasks::workers::spawn(app.clone(), app.wake.clone());
-        crate::api::spawn(app.clone(), listener);
+        crate::api::spawn(app.clone(), listener, https);
         crate::tasks::backups::spawn(app.clone());
         crate::tasks::limits::spawn(app.clone());
         crate::tasks::quotas::spawn(app.clone());
-        tracing::info!(%addr, instance = %app.instance, "tenantd is serving");
+        tracing::info!(%addr, https = app.settings.http.tls_cert.is_some(), instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;
         }

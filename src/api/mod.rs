@@ -12,6 +12,7 @@ pub mod health;
 pub mod lending;
 pub mod lifecycle;
 pub mod migrations;
+pub mod serve;
 pub mod servers;
 pub mod tenants;
 
@@ -75,16 +76,10 @@ pub fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Serves the router on `listener` until shutdown, on the daemon's task tracker.
-pub fn spawn(app: Arc<App>, listener: tokio::net::TcpListener) {
-    let router = router(app.clone());
-    let token = app.shutdown.token().clone();
-    app.shutdown.spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
+/// Serves the API on `listener` until shutdown (HTTPS with `https`), on the daemon's task
+/// tracker.
+pub fn spawn(app: Arc<App>, listener: tokio::net::TcpListener, https: Option<Arc<serve::Https>>) {
+    serve::spawn(app.clone(), router(app), listener, https);
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

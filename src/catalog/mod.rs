@@ -132,7 +132,10 @@ impl std::fmt::Debug for Catalog {
 /// Parses a PostgreSQL URL or key=value string without ever echoing it; its TLS settings
 /// (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) come back on their own, checked.
 pub fn parse_pg_config(url: &SecretString) -> Result<(tokio_postgres::Config, PgTls), CatalogError> {
-    let (rest, tls) = crate::pgtls::split(url.expose_secret())?;
+    let (rest, tls) = crate::pgtls::split(url.expose_secret()).map_err(|e| match e {
+        crate::pgtls::TlsError::Syntax(_) => CatalogError::BadUrl,
+        other => CatalogError::Tls(other),
+    })?;
     let mut config = tokio_postgres::Config::from_str(&rest).map_err(|_| CatalogError::BadUrl)?;
     tls.apply(&mut config);
     Ok((config, tls))

@@ -43,6 +43,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "embedded",
             "pg",
             "pgcluster",
+            "pgtls",
             "pgwire",
             "limits",
             "shutdown",

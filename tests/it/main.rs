@@ -6,6 +6,7 @@
 mod common;
 
 mod hostile;
+mod https;
 mod layers;
 mod leases;
 mod lending;
