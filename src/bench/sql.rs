@@ -94,7 +94,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     let details = crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant)
         .await
         .map_err(err)?
-        .details();
+        .direct_details();
     let url = format!("http://{}/v1/tenants/bench-sql/sql", daemon.local_addr());
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "sql": "SELECT 1" });
