@@ -10,6 +10,7 @@ mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
+mod pgbouncer;
 mod provisioning;
 mod servers;
 mod sqlhttp;
