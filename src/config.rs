@@ -428,7 +428,7 @@ knobs! {
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
-const OTHER_ENV: &[&str] = &[CONFIG_ENV, "TENANTD_SERVER_PASSWORD"];
+pub const OTHER_ENV: &[&str] = &[CONFIG_ENV, "TENANTD_SERVER_PASSWORD"];
 
 /// Flags given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default)]
