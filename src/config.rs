@@ -86,6 +86,26 @@ pub struct Settings {
     pub backups: BackupSettings,
     /// What each tenant role may use when it connects directly.
     pub limits: LimitSettings,
+    /// The PgBouncer in front of the tenant databases, if any.
+    pub pgbouncer: PgBouncerSettings,
+}
+
+/// The PgBouncer that applications reach tenant databases through (`tenantd pgbouncer config`
+/// writes its configuration). With `host` set, the connection details lent to tenants name
+/// this route instead of the server, with `pool_mode = transaction`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgBouncerSettings {
+    /// Host applications reach PgBouncer at; unset = details name the server itself.
+    pub host: Option<String>,
+    /// Port of that PgBouncer.
+    pub port: u16,
+}
+
+impl Default for PgBouncerSettings {
+    fn default() -> Self {
+        Self { host: None, port: 6432 }
+    }
 }
 
 /// Limits of tenant roles, applied on the servers (each tenant may override them).
@@ -284,6 +304,7 @@ impl Default for Settings {
             lifecycle: LifecycleSettings::default(),
             backups: BackupSettings::default(),
             limits: LimitSettings::default(),
+            pgbouncer: PgBouncerSettings::default(),
         }
     }
 }
@@ -420,10 +441,12 @@ knobs! {
     "limits.idle_in_transaction_timeout", "TENANTD_LIMITS_IDLE_IN_TRANSACTION_TIMEOUT", Text, "5m", "default idle_in_transaction_session_timeout of tenant sessions";
     "limits.max_database_bytes", "TENANTD_LIMITS_MAX_DATABASE_BYTES", Integer, "0", "storage quota per tenant database (0: none); read-only above";
     "limits.quota_check_interval", "TENANTD_LIMITS_QUOTA_CHECK_INTERVAL", Text, "60s", "how often database sizes are measured";
+    "pgbouncer.host", "TENANTD_PGBOUNCER_HOST", Text, "(none)", "PgBouncer host named in lent connection details";
+    "pgbouncer.port", "TENANTD_PGBOUNCER_PORT", Integer, "6432", "PgBouncer port named in lent connection details";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
-const OTHER_ENV: &[&str] = &[CONFIG_ENV, "TENANTD_SERVER_PASSWORD"];
+pub const OTHER_ENV: &[&str] = &[CONFIG_ENV, "TENANTD_SERVER_PASSWORD"];
 
 /// Flags given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default)]
@@ -510,6 +533,9 @@ impl Settings {
         }
         if p.handle_ttl > p.max_handle_ttl {
             return Err(ConfigError::new("pools.handle_ttl", "is longer than pools.max_handle_ttl"));
+        }
+        if self.pgbouncer.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return Err(ConfigError::new("pgbouncer.host", "must not be empty (leave it unset instead)"));
         }
         crate::names::validate_prefix(&self.names.prefix)
             .map_err(|e| ConfigError::new("names.prefix", e.to_string()))?;

@@ -168,6 +168,55 @@ pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// Iterations of the SCRAM verifiers tenantd writes (PostgreSQL's default).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier tenantd stores for a tenant role's password.
+///
+/// Its salt is derived from the tenant's id instead of drawn at random, so the verifier can
+/// be computed again from the sealed password alone: PgBouncer's `auth_file` must hold the
+/// very verifier the server holds (same salt and iterations) to log in to the server with
+/// SCRAM pass-through, and tenantd's admin role (no superuser) cannot read `pg_authid`. A
+/// salt is public (the server sends it to anyone who starts a login); what it must be is
+/// unique per role, and tenant ids are random.
+pub fn tenant_scram_verifier(password: &SecretString, tenant: uuid::Uuid) -> String {
+    let digest =
+        Sha256::new().chain_update(b"tenantd scram salt v1:").chain_update(tenant.as_bytes()).finalize();
+    scram_verifier(password.expose_secret(), &digest[..16], SCRAM_ITERATIONS)
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, as PostgreSQL
+/// stores it), with the password SASLprep-normalised as libpq and the server do.
+fn scram_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    type HmacSha256 = Hmac<Sha256>;
+    let mac = |key: &[u8], data: &[u8]| -> [u8; 32] {
+        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        m.update(data);
+        m.finalize().into_bytes().into()
+    };
+    let prepared = stringprep::saslprep(password)
+        .map_or_else(|_| password.as_bytes().to_vec(), |p| p.as_bytes().to_vec());
+    // Hi(password, salt, i): PBKDF2-HMAC-SHA-256 with one block.
+    let mut block = salt.to_vec();
+    block.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = mac(&prepared, &block);
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = mac(&prepared, &u);
+        salted.iter_mut().zip(u).for_each(|(s, x)| *s ^= x);
+    }
+    let client_key = mac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = mac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        STANDARD.encode(salt),
+        STANDARD.encode(stored_key),
+        STANDARD.encode(server_key)
+    )
+}
+
 /// Compares a presented token with a stored hash in constant time.
 pub fn token_matches_hash(presented: &str, stored_hash: &str) -> bool {
     token_hash(presented).as_bytes().ct_eq(stored_hash.as_bytes()).into()
@@ -265,5 +314,32 @@ mod tests {
         assert!(!token_matches_hash("nope", &h));
         assert!(token_matches(t.expose_secret(), &t));
         assert!(!token_matches("x", &t));
+    }
+
+    #[test]
+    fn tenant_scram_verifiers_are_stable_and_per_tenant() {
+        let pw = SecretString::from("s3cret");
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let v = tenant_scram_verifier(&pw, a);
+        assert_eq!(v, tenant_scram_verifier(&pw, a), "computed again from the password alone");
+        assert_ne!(v, tenant_scram_verifier(&pw, b), "another tenant, another salt");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:") && !v.contains("s3cret"), "{v}");
+    }
+
+    #[test]
+    fn scram_verifier_matches_rfc_7677() {
+        // RFC 7677's example: "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 iterations; its
+        // ServerSignature 6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4= over the AuthMessage
+        // below proves the ServerKey.
+        let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let v = scram_verifier("pencil", &salt, 4096);
+        let server_key = STANDARD.decode(v.rsplit(':').next().unwrap()).unwrap();
+        use hmac::{Hmac, KeyInit, Mac};
+        let auth = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                    s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let mut m = Hmac::<Sha256>::new_from_slice(&server_key).unwrap();
+        m.update(auth.as_bytes());
+        let signature = STANDARD.encode(m.finalize().into_bytes());
+        assert_eq!(signature, "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
     }
 }

@@ -7,7 +7,7 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, lending (`pools`, `handles`, `sqlhttp`,
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, lending (`pools`, `handles`, `sqlhttp`,
 //!    `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
@@ -37,6 +37,7 @@ pub(crate) mod limits;
 pub(crate) mod markers;
 pub(crate) mod names;
 pub(crate) mod pg;
+pub mod pgbouncer;
 pub mod pgcluster;
 pub(crate) mod pgtls;
 pub(crate) mod pgwire;

@@ -245,7 +245,7 @@ impl Lifecycle<'_> {
         let result = async {
             let (admin, target, _) = self.admin_for(&t).await?;
             let password = crate::crypto::random_secret(24);
-            let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+            let verifier = crate::crypto::tenant_scram_verifier(&password, t.id);
             admin
                 .batch_execute(&tenant_sql::set_password(&target.role, &verifier))
                 .await
@@ -253,13 +253,48 @@ impl Lifecycle<'_> {
             let sealed = self.core.keyring.seal(password.expose_secret(), &crate::crypto::tenant_aad(t.id));
             self.core.catalog.record_new_password(t.id, &owner, &sealed).await?;
             let updated = self.core.catalog.tenant(slug).await?;
-            Ok(TenantTarget::new(&updated, &target.server, &self.core.keyring)?.details())
+            Ok(TenantTarget::new(&updated, &target.server, &self.core.keyring)?
+                .details(&self.core.settings.pgbouncer))
         }
         .await;
         self.release(&t, &owner).await;
         if result.is_ok() {
             tracing::info!(tenant = %slug, "tenant role password rotated");
         }
+        result
+    }
+
+    /// Stores a READY tenant role's password again as [`TenantTarget::scram_verifier`] (same
+    /// password, tenantd's salt), once: roles created before tenantd derived its salts have a
+    /// random one, and PgBouncer's SCRAM pass-through needs the server's exact verifier. Under
+    /// the tenant's lease, so it cannot undo a password rotation running meanwhile; a tenant
+    /// held by another process is `WrongState` (try again later). Returns false when the
+    /// tenant was aligned before.
+    pub async fn align_password(&self, slug: &str) -> Result<bool, LifecycleError> {
+        let t = self.core.catalog.tenant(slug).await?;
+        if self.core.catalog.latest_event(t.id, &[EventKind::PasswordAligned]).await?.is_some() {
+            return Ok(false);
+        }
+        let (t, owner) = self.claim(slug, &[TenantStatus::Ready]).await?;
+        let result = async {
+            let (admin, target, _) = self.admin_for(&t).await?;
+            let server_error = |e: tokio_postgres::Error| LifecycleError::Server(crate::pg::describe(&e));
+            let found = crate::markers::role(&admin, t.id, &target.role).await.map_err(server_error)?;
+            if !found.ownership.is_ours() {
+                return Err(LifecycleError::Invalid(format!(
+                    "role {} of tenant {slug:?} does not carry its marker; left alone",
+                    target.role
+                )));
+            }
+            admin
+                .batch_execute(&tenant_sql::set_password(&target.role, &target.scram_verifier()))
+                .await
+                .map_err(server_error)?;
+            self.core.catalog.leased_event(t.id, &owner, EventKind::PasswordAligned, &json!({})).await?;
+            Ok(true)
+        }
+        .await;
+        self.release(&t, &owner).await;
         result
     }
 

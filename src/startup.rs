@@ -125,6 +125,7 @@ impl Daemon {
         app.pools.spawn_reaper(&app.shutdown);
         app.handles.spawn_reaper(&app.shutdown);
         crate::telemetry::metrics();
+        zero_alerted_counters();
         crate::tasks::health::spawn(app.clone());
         crate::tasks::watcher::spawn(app.clone(), app.wake.clone(), app.changes.clone());
         crate::tasks::workers::spawn(app.clone(), app.wake.clone());
@@ -218,4 +219,24 @@ fn print_banner(daemon: &Daemon, data_dir: &std::path::Path, token_from_file: bo
     if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         tracing::warn!(%error, "cannot print the start-up banner to stdout");
     }
+}
+
+/// Counters that the alert rules in `deploy/monitoring/` watch exist from the start, at zero:
+/// Prometheus's `increase()` then sees their first failure, and the rules name series a fresh
+/// daemon shows (`tests/it/deploy.rs` checks it).
+fn zero_alerted_counters() {
+    use crate::steps::Step;
+    let steps = Step::ALL.into_iter().chain([Step::Archive, Step::Drop]).map(Step::as_str);
+    for step in steps.chain(["catalog"]) {
+        metrics::counter!("tenantd_provision_failures_total", "step" => step).increment(0);
+    }
+    for result in ["ok", "failed"] {
+        metrics::counter!("tenantd_backups_total", "result" => result).increment(0);
+    }
+    for outcome in ["upgraded", "failed"] {
+        metrics::counter!("tenantd_upgrades_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("tenantd_tenants_error_total").increment(0);
+    metrics::counter!("tenantd_tenants_ready_total").increment(0);
+    metrics::counter!("tenantd_health_check_failures_total").increment(0);
 }

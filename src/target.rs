@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::catalog::servers::ServerRecord;
 use crate::catalog::tenants::TenantRecord;
 use crate::catalog::{Catalog, CatalogError};
+use crate::config::PgBouncerSettings;
 use crate::crypto::{CryptoError, Keyring, tenant_aad};
 use crate::names::{NameError, PgIdent};
 use crate::pgtls::SslMode;
@@ -97,7 +98,15 @@ pub struct ConnectionDetails {
     pub sslmode: SslMode,
     /// All of it as a URL.
     pub url: String,
+    /// `transaction` when the details name a PgBouncer route (`pgbouncer.host` set): one
+    /// session is not one server connection, so session state does not carry over (README,
+    /// "Behind PgBouncer"). Absent for a direct connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<&'static str>,
 }
+
+/// The pool mode of the PgBouncer routes `tenantd pgbouncer config` writes.
+pub const PGBOUNCER_POOL_MODE: &str = "transaction";
 
 impl TenantTarget {
     /// Resolves a tenant's target from its row, reading its server's row from the catalog.
@@ -182,23 +191,45 @@ impl TenantTarget {
         config
     }
 
-    /// The details an application connects with.
-    pub fn details(&self) -> ConnectionDetails {
+    /// The details an application connects with: through PgBouncer when `pgbouncer.host` is
+    /// set (its `[databases]` entry for a tenant is named like the tenant's database, see
+    /// `tenantd pgbouncer config`), else straight to the server.
+    pub fn details(&self, pgbouncer: &PgBouncerSettings) -> ConnectionDetails {
+        match &pgbouncer.host {
+            Some(host) => self.details_at(host, pgbouncer.port, Some(PGBOUNCER_POOL_MODE)),
+            None => self.direct_details(),
+        }
+    }
+
+    /// The details of a direct connection to the tenant's server.
+    pub fn direct_details(&self) -> ConnectionDetails {
+        self.details_at(&self.server.host, self.server.port, None)
+    }
+
+    fn details_at(&self, host: &str, port: u16, pool_mode: Option<&'static str>) -> ConnectionDetails {
         let password = self.password.expose_secret();
-        let (host, port) = (&self.server.host, self.server.port);
+        // Straight to the server: its sslmode. Through PgBouncer, whose client-side TLS is the
+        // operator's own configuration: libpq's default.
+        let sslmode = if pool_mode.is_some() { SslMode::Prefer } else { self.server.tls.sslmode };
         ConnectionDetails {
-            host: host.clone(),
+            host: host.to_owned(),
             port,
             dbname: self.database.to_string(),
             user: self.role.to_string(),
             password: password.to_owned(),
-            sslmode: self.server.tls.sslmode,
+            sslmode,
             url: format!(
-                "{}?{}",
-                crate::pg::url(self.role.as_str(), password, host, port, self.database.as_str()),
-                self.server.tls.url_params(false)
+                "{}?sslmode={sslmode}",
+                crate::pg::url(self.role.as_str(), password, host, port, self.database.as_str())
             ),
+            pool_mode,
         }
+    }
+
+    /// The SCRAM verifier of the tenant role's password, as tenantd stores it on the server
+    /// (and as PgBouncer's `auth_file` must hold it).
+    pub fn scram_verifier(&self) -> String {
+        crate::crypto::tenant_scram_verifier(&self.password, self.id)
     }
 }
 

@@ -189,7 +189,7 @@ pub async fn connection_details(app: &App, tenant: &TenantRecord) -> Result<Conn
     let server_name =
         tenant.server.as_deref().ok_or_else(|| ApiError::internal("READY tenant without a server"))?;
     let server = app.resolver.server(&app.catalog, server_name).await?;
-    Ok(TenantTarget::new(tenant, &server, &app.keyring)?.details())
+    Ok(TenantTarget::new(tenant, &server, &app.keyring)?.details(&app.settings.pgbouncer))
 }
 
 /// `GET /v1/tenants/{slug}/connection`: host, port, dbname, user, password and URL of the

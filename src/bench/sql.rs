@@ -93,7 +93,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     let tenant = app.catalog.tenant("bench-sql").await.map_err(err)?;
     let target =
         crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant).await.map_err(err)?;
-    let (details, tls) = (target.details(), target.server.tls.clone());
+    let (details, tls) = (target.direct_details(), target.server.tls.clone());
     let url = format!("http://{}/v1/tenants/bench-sql/sql", daemon.local_addr());
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "sql": "SELECT 1" });

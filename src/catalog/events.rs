@@ -89,11 +89,14 @@ pub enum EventKind {
     QuotaOk,
     /// The tenant role got a new password.
     PasswordRotated,
+    /// The tenant role's password was stored again as tenantd's SCRAM verifier (same
+    /// password, the salt derived from the tenant id), so PgBouncer can log in with it.
+    PasswordAligned,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 32] = [
+    pub const ALL: [EventKind; 33] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -126,6 +129,7 @@ impl EventKind {
         Self::QuotaExceeded,
         Self::QuotaOk,
         Self::PasswordRotated,
+        Self::PasswordAligned,
     ];
 
     /// The catalog spelling.
@@ -163,6 +167,7 @@ impl EventKind {
             Self::QuotaExceeded => "quota.exceeded",
             Self::QuotaOk => "quota.ok",
             Self::PasswordRotated => "password.rotated",
+            Self::PasswordAligned => "password.aligned",
         }
     }
 }

@@ -7,6 +7,7 @@ mod backup;
 mod keys;
 mod migrate;
 mod output;
+mod pgbouncer;
 mod server;
 mod tenant;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Backups in backups.dir: list them, or take them now.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// PgBouncer in front of the tenant databases: its configuration from the catalog.
+    #[command(subcommand)]
+    Pgbouncer(pgbouncer::PgBouncerCommand),
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -210,6 +214,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Tenant(cmd) => tenant::run(cmd, open(settings).await?).await,
         Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
         Command::Backup(cmd) => backup::run(cmd, open(settings).await?).await,
+        Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));

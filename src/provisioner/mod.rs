@@ -238,7 +238,7 @@ impl Provisioner<'_> {
     async fn ensure_role(&self, admin: &Client, t: &Target, tenant: &TenantRecord) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let verifier = postgres_protocol::password::scram_sha_256(t.password().expose_secret().as_bytes());
+        let verifier = crate::crypto::tenant_scram_verifier(t.password(), t.id);
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
         let found = markers::role(admin, t.id, &t.role).await.map_err(pg_retry(STEP))?;

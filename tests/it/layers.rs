@@ -25,6 +25,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "sqlhttp",
             "resolver",
             "quotas",
+            "pgbouncer",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

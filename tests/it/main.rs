@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod common;
+mod deploy;
 
 mod hostile;
 mod https;
@@ -11,6 +12,7 @@ mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
+mod pgbouncer;
 mod provisioning;
 mod servers;
 mod sqlhttp;

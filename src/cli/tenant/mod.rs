@@ -328,7 +328,7 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             let details = TenantTarget::resolve(&ctx.catalog, &ctx.keyring, &tenant)
                 .await
                 .map_err(Failure::failed)?
-                .details();
+                .details(&ctx.settings.pgbouncer);
             if json {
                 return output::json(&details);
             }
