@@ -95,6 +95,7 @@ pub const SYSTEM_ROOTS: &str = "system";
 /// The TLS settings of one PostgreSQL endpoint (a server, or the catalog). File names are
 /// read on the daemon's machine, like libpq's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PgTls {
     /// `sslmode`.
     pub sslmode: SslMode,

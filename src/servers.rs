@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminError, AdminTarget};
-use crate::catalog::servers::{NewServer, ServerHealth, ServerRecord};
+use crate::catalog::servers::{NewServer, ServerHealth, ServerPatch, ServerRecord};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Settings;
 use crate::core::Core;
@@ -267,6 +267,32 @@ pub async fn add(core: &Core, req: &AddServer) -> Result<Added, ServerError> {
     let server = catalog.insert_server(&new).await?;
     tracing::info!(server = %name, host = %new.host, port = new.port, "server added");
     Ok(Added { server, warnings: verified.warnings })
+}
+
+/// Changes a server's status, weight, capacity, region or TLS settings (the one code path of
+/// CLI and HTTP). New TLS settings are tried first: a connection must succeed with them, so a
+/// wrong CA or mode never reaches the catalog and cuts every daemon off the server.
+pub async fn update(core: &Core, name: &str, patch: &ServerPatch) -> Result<ServerRecord, ServerError> {
+    if let Some(weight) = patch.weight.filter(|w| *w < 1) {
+        return Err(ServerError::BadValue(format!("weight must be at least 1 (got {weight})")));
+    }
+    if let Some(max) = patch.max_tenants.filter(|m| *m < 0) {
+        return Err(ServerError::BadValue(format!("max_tenants must be 0 or more (got {max})")));
+    }
+    if let Some(tls) = &patch.tls {
+        tls.check().map_err(AdminError::Tls)?;
+        let server = core.catalog.server(name).await?;
+        let mut target = AdminTarget::from_record(&server, &core.keyring)?;
+        target.tls = tls.clone();
+        let client = target.connect(None).await?;
+        client.simple_query("SELECT 1").await.map_err(|e| AdminError::Unreachable {
+            target: format!("{target:?}"),
+            reason: crate::pg::describe(&e),
+        })?;
+    }
+    let server = core.catalog.update_server(name, patch).await?;
+    tracing::info!(server = %name, ?patch, "server updated");
+    Ok(server)
 }
 
 /// Why a health check failed.

@@ -42,13 +42,5 @@ pub async fn patch(
     Path(name): Path<String>,
     Json(patch): Json<ServerPatch>,
 ) -> Result<Json<ServerRecord>, ApiError> {
-    if patch.weight.is_some_and(|w| w < 1) {
-        return Err(ApiError::bad_request("invalid", "weight must be at least 1"));
-    }
-    if patch.max_tenants.is_some_and(|m| m < 0) {
-        return Err(ApiError::bad_request("invalid", "max_tenants must be 0 or more"));
-    }
-    let server = app.catalog.update_server(&name, &patch).await?;
-    tracing::info!(server = %name, ?patch, "server updated");
-    Ok(Json(server))
+    Ok(Json(crate::servers::update(&app.core, &name, &patch).await?))
 }

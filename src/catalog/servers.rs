@@ -210,6 +210,8 @@ pub struct ServerPatch {
     pub max_tenants: Option<i32>,
     /// New region.
     pub region: Option<String>,
+    /// New TLS settings, all four at once (verified by connecting before they are saved).
+    pub tls: Option<PgTls>,
 }
 
 const SELECT: &str = "SELECT s.name, s.host, s.port, s.admin_user, s.admin_password_sealed, \
@@ -336,12 +338,32 @@ impl Catalog {
     /// Applies a patch; returns the updated row.
     pub async fn update_server(&self, name: &str, patch: &ServerPatch) -> Result<ServerRecord, CatalogError> {
         let status = patch.status.map(ServerStatus::as_str);
+        let tls = patch.tls.as_ref();
+        let sslmode = tls.map(|t| t.sslmode.as_str());
+        let (root, cert, key) = (
+            tls.and_then(|t| t.sslrootcert.as_ref()),
+            tls.and_then(|t| t.sslcert.as_ref()),
+            tls.and_then(|t| t.sslkey.as_ref()),
+        );
         let updated = self
             .execute(
                 "UPDATE tenantd.servers SET status = coalesce($2, status), \
                  weight = coalesce($3, weight), max_tenants = coalesce($4, max_tenants), \
-                 region = coalesce($5, region) WHERE name = $1",
-                &[&name, &status, &patch.weight, &patch.max_tenants, &patch.region],
+                 region = coalesce($5, region), sslmode = coalesce($6, sslmode), \
+                 sslrootcert = CASE WHEN $6 IS NULL THEN sslrootcert ELSE $7 END, \
+                 sslcert = CASE WHEN $6 IS NULL THEN sslcert ELSE $8 END, \
+                 sslkey = CASE WHEN $6 IS NULL THEN sslkey ELSE $9 END WHERE name = $1",
+                &[
+                    &name,
+                    &status,
+                    &patch.weight,
+                    &patch.max_tenants,
+                    &patch.region,
+                    &sslmode,
+                    &root,
+                    &cert,
+                    &key,
+                ],
             )
             .await?;
         if updated == 0 {

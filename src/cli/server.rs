@@ -61,6 +61,19 @@ pub enum ServerCommand {
         /// Region.
         #[arg(long)]
         region: Option<String>,
+        /// New TLS mode (disable, prefer, require, verify-ca, verify-full); replaces all TLS
+        /// settings with the --ssl* flags given, after a connection with them succeeds.
+        #[arg(long)]
+        sslmode: Option<String>,
+        /// CA certificates (PEM file on the daemons' machines, or `system`); with --sslmode.
+        #[arg(long, requires = "sslmode")]
+        sslrootcert: Option<String>,
+        /// Client certificate (PEM file); with --sslmode and --sslkey.
+        #[arg(long, requires_all = ["sslmode", "sslkey"])]
+        sslcert: Option<String>,
+        /// Client key (PEM file); with --sslmode and --sslcert.
+        #[arg(long, requires_all = ["sslmode", "sslcert"])]
+        sslkey: Option<String>,
     },
     /// Re-seal every sealed password with the current master key (the same as `keys rotate`).
     RotateKey,
@@ -122,17 +135,35 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             print_servers(&servers);
             Ok(())
         }
-        ServerCommand::Set { name, status, weight, max_tenants, region } => {
-            if status.is_none() && weight.is_none() && max_tenants.is_none() && region.is_none() {
+        ServerCommand::Set {
+            name,
+            status,
+            weight,
+            max_tenants,
+            region,
+            sslmode,
+            sslrootcert,
+            sslcert,
+            sslkey,
+        } => {
+            let tls = sslmode
+                .map(|mode| {
+                    let sslmode = crate::pgtls::SslMode::parse(&mode).map_err(Failure::usage)?;
+                    Ok::<_, Failure>(crate::pgtls::PgTls { sslmode, sslrootcert, sslcert, sslkey })
+                })
+                .transpose()?;
+            if status.is_none()
+                && weight.is_none()
+                && max_tenants.is_none()
+                && region.is_none()
+                && tls.is_none()
+            {
                 return Err(Failure::usage(
-                    "nothing to change: give --status, --weight, --max-tenants or --region",
+                    "nothing to change: give --status, --weight, --max-tenants, --region or --sslmode",
                 ));
             }
-            if weight.is_some_and(|w| w < 1) || max_tenants.is_some_and(|m| m < 0) {
-                return Err(Failure::usage("--weight must be at least 1 and --max-tenants 0 or more"));
-            }
-            let patch = ServerPatch { status, weight, max_tenants, region };
-            let server = ctx.catalog.update_server(&name, &patch).await.map_err(Failure::failed)?;
+            let patch = ServerPatch { status, weight, max_tenants, region, tls };
+            let server = crate::servers::update(&ctx, &name, &patch).await.map_err(server_failure)?;
             print_servers(&[server]);
             Ok(())
         }

@@ -159,6 +159,22 @@ async fn verify_full_works_end_to_end_and_wrong_settings_are_refused_with_the_re
         .await;
     assert_eq!(status, 422, "verify-ca still checks the chain: {body}");
 
+    // Changing a server's TLS settings: tried first, saved only when a connection works.
+    let (status, body) = app
+        .patch("/v1/servers/tls-ca", &json!({ "tls": { "sslmode": "verify-full", "sslrootcert": ca } }))
+        .await;
+    assert_eq!(status, 422, "127.0.0.1 is not the certificate's name: {body}");
+    assert!(message(&body).contains("not valid for name"), "{body}");
+    let (_, body) = app.get("/v1/servers/tls-ca").await;
+    assert_eq!(body["tls"]["sslmode"], "verify-ca", "unchanged: {body}");
+    let (status, body) = app
+        .patch("/v1/servers/tls-require", &json!({ "tls": { "sslmode": "verify-ca", "sslrootcert": ca } }))
+        .await;
+    assert_eq!((status, body["tls"]["sslmode"].as_str()), (200, Some("verify-ca")), "{body}");
+    let (status, body) =
+        app.patch("/v1/servers/tls-require", &json!({ "tls": { "sslmode": "verify-ca" } })).await;
+    assert_eq!(status, 400, "verify-ca needs a CA: {body}");
+
     // verify-full with the right CA and host name: add, provision, lend, dump.
     let url = admin_url(&cluster, "localhost", &format!("sslmode=verify-full&sslrootcert={ca}"));
     let (status, body) = app.post("/v1/servers", &json!({ "name": "tls", "url": url })).await;
