@@ -26,7 +26,9 @@ pub mod servers;
 pub mod tenants;
 pub mod upgrades;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
@@ -95,6 +97,33 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
 }
 
 impl CatalogError {
+    /// True when the catalog cannot answer now and the same request may succeed later: no
+    /// connection (refused, closed, timed out, pool exhausted), the catalog's server shutting
+    /// down or starting up, or out of a shared resource (class 53 insufficient resources, 54
+    /// program limit, 57P operator intervention, 08 connection exception). Not the caller's
+    /// fault and not a bug: the API answers 503 with `Retry-After`, background work backs off.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            CatalogError::Pool(_) => true,
+            CatalogError::Query(e) => {
+                crate::pg::is_unavailable(e)
+                    || e.code().is_some_and(|c| ["53", "54", "57P"].iter().any(|p| c.code().starts_with(p)))
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the error says the catalog cannot be reached at all (no connection, or the
+    /// one in use closed under the query): an outage, which the catalog logs once (see
+    /// [`CatalogError::is_unavailable`] for the wider class that is worth a retry).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            CatalogError::Pool(_) => true,
+            CatalogError::Query(e) => crate::pg::is_unavailable(e),
+            _ => false,
+        }
+    }
+
     /// True when the error is a unique violation in PostgreSQL.
     fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
         err.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -106,6 +135,47 @@ impl CatalogError {
 pub struct Catalog {
     pool: Pool,
     config: tokio_postgres::Config,
+    reachability: Arc<Reachability>,
+}
+
+/// Whether the catalog answered the last time anyone tried. An outage is logged once when it
+/// begins and once when it ends, however many requests and tasks run into it meanwhile (they
+/// log it only at debug level); `tenantd_catalog_up` and `tenantd_catalog_outages_total` show
+/// it to monitoring.
+#[derive(Default)]
+struct Reachability {
+    /// Fast path: nothing to do on success while the catalog is up.
+    down: AtomicBool,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Reachability {
+    fn failed(&self, error: &CatalogError) {
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.down.store(true, Ordering::SeqCst);
+            metrics::gauge!("tenantd_catalog_up").set(0.0);
+            metrics::counter!("tenantd_catalog_outages_total").increment(1);
+            tracing::error!(
+                %error,
+                "catalog unreachable: the API answers 503 catalog_unavailable and background work waits \
+                 until it returns"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        if !self.down.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(started) = since.take() {
+            self.down.store(false, Ordering::SeqCst);
+            metrics::gauge!("tenantd_catalog_up").set(1.0);
+            tracing::info!(down_for = ?started.elapsed(), "catalog reachable again");
+        }
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -140,12 +210,28 @@ impl Catalog {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|_| CatalogError::BadUrl)?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, config, reachability: Arc::default() })
     }
 
-    /// A pooled connection.
+    /// A pooled connection. Whether one could be had is also what tells the log that an
+    /// outage began or ended.
     pub async fn client(&self) -> Result<deadpool_postgres::Client, CatalogError> {
-        Ok(self.pool.get().await?)
+        match self.pool.get().await {
+            Ok(client) => {
+                self.reachability.answered();
+                Ok(client)
+            }
+            Err(e) => Err(self.seen(e.into())),
+        }
+    }
+
+    /// Notes an error that says the catalog is gone (a connection closed under a query) as an
+    /// outage; returns it.
+    fn seen(&self, error: CatalogError) -> CatalogError {
+        if error.is_outage() {
+            self.reachability.failed(&error);
+        }
+        error
     }
 
     /// Runs a query through the pooled connection's statement cache (one round trip instead
@@ -156,8 +242,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let run = async { client.query(&client.prepare_cached(sql).await?, params).await };
+        run.await.map_err(|e| self.seen(e.into()))
     }
 
     /// [`Catalog::query`] expecting at most one row.
@@ -167,8 +253,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&statement, params).await?)
+        let run = async { client.query_opt(&client.prepare_cached(sql).await?, params).await };
+        run.await.map_err(|e| self.seen(e.into()))
     }
 
     /// [`Catalog::query`] expecting exactly one row.
@@ -178,8 +264,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_one(&statement, params).await?)
+        let run = async { client.query_one(&client.prepare_cached(sql).await?, params).await };
+        run.await.map_err(|e| self.seen(e.into()))
     }
 
     /// [`Catalog::query`] for statements; returns the rows affected.
@@ -189,8 +275,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        let run = async { client.execute(&client.prepare_cached(sql).await?, params).await };
+        run.await.map_err(|e| self.seen(e.into()))
     }
 
     /// The catalog's connection settings (for the watcher's dedicated LISTEN connection).
@@ -226,7 +312,8 @@ impl Catalog {
 
     /// Checks the catalog answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), CatalogError> {
-        self.client().await?.simple_query("SELECT 1").await?;
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(|e| self.seen(e.into()))?;
         Ok(())
     }
 }

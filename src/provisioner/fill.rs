@@ -68,10 +68,12 @@ impl Provisioner<'_> {
         crate::pg::connect(&t.migration_config(Some(db), "tenantd-migrate"), "tenant migration")
             .await
             .map_err(|e| {
-                StepError::Retry(
-                    step,
-                    format!("cannot connect as the tenant role: {}", crate::pg::describe(&e)),
-                )
+                let message = format!("cannot connect as the tenant role: {}", crate::pg::describe(&e));
+                if crate::pg::is_unavailable(&e) {
+                    StepError::ServerDown(step, message)
+                } else {
+                    StepError::Retry(step, message)
+                }
             })
     }
 

@@ -20,11 +20,11 @@ pub async fn check_now(app: &App) {
                 metrics::gauge!("tenantd_tenants", "status" => status.as_str()).set(n as f64);
             }
         }
-        Err(error) => tracing::warn!(%error, "cannot count tenants for the metrics"),
+        Err(error) => super::catalog_failed("health", "cannot count tenants for the metrics", &error),
     }
     if let Err(error) = crate::servers::check_all(&app.catalog, &app.keyring).await {
         metrics::counter!("tenantd_health_check_failures_total").increment(1);
-        tracing::error!(%error, "server health check could not record its results");
+        super::catalog_failed("health", "server health check could not record its results", &error);
     }
 }
 
