@@ -165,12 +165,15 @@ impl Reachability {
         }
     }
 
-    fn answered(&self) {
+    /// A statement was answered on a connection made at `connected`. Only one made after the
+    /// outage began proves the catalog is back: older ones may still answer while the server
+    /// shuts down, or not have noticed yet that it closed them.
+    fn answered(&self, connected: Instant) {
         if !self.down.load(Ordering::SeqCst) {
             return;
         }
         let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(started) = since.take() {
+        if let Some(started) = since.take_if(|started| connected > *started) {
             self.down.store(false, Ordering::SeqCst);
             metrics::gauge!("tenantd_catalog_up").set(1.0);
             tracing::info!(down_for = ?started.elapsed(), "catalog reachable again");
@@ -217,10 +220,7 @@ impl Catalog {
     /// outage began or ended.
     pub async fn client(&self) -> Result<deadpool_postgres::Client, CatalogError> {
         match self.pool.get().await {
-            Ok(client) => {
-                self.reachability.answered();
-                Ok(client)
-            }
+            Ok(client) => Ok(client),
             Err(e) => Err(self.seen(e.into())),
         }
     }
@@ -234,6 +234,22 @@ impl Catalog {
         error
     }
 
+    /// The outcome of a statement on `client`: an answer ends an outage, an error may start
+    /// one.
+    fn outcome<T>(
+        &self,
+        client: &deadpool_postgres::Client,
+        result: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, CatalogError> {
+        match result {
+            Ok(value) => {
+                self.reachability.answered(deadpool_postgres::Object::metrics(client).created);
+                Ok(value)
+            }
+            Err(e) => Err(self.seen(e.into())),
+        }
+    }
+
     /// Runs a query through the pooled connection's statement cache (one round trip instead
     /// of two for every query after the first).
     pub(crate) async fn query(
@@ -243,7 +259,7 @@ impl Catalog {
     ) -> Result<Vec<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
         let run = async { client.query(&client.prepare_cached(sql).await?, params).await };
-        run.await.map_err(|e| self.seen(e.into()))
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] expecting at most one row.
@@ -254,7 +270,7 @@ impl Catalog {
     ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
         let run = async { client.query_opt(&client.prepare_cached(sql).await?, params).await };
-        run.await.map_err(|e| self.seen(e.into()))
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] expecting exactly one row.
@@ -265,7 +281,7 @@ impl Catalog {
     ) -> Result<tokio_postgres::Row, CatalogError> {
         let client = self.client().await?;
         let run = async { client.query_one(&client.prepare_cached(sql).await?, params).await };
-        run.await.map_err(|e| self.seen(e.into()))
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] for statements; returns the rows affected.
@@ -276,7 +292,7 @@ impl Catalog {
     ) -> Result<u64, CatalogError> {
         let client = self.client().await?;
         let run = async { client.execute(&client.prepare_cached(sql).await?, params).await };
-        run.await.map_err(|e| self.seen(e.into()))
+        self.outcome(&client, run.await)
     }
 
     /// The catalog's connection settings (for the watcher's dedicated LISTEN connection).
@@ -313,7 +329,7 @@ impl Catalog {
     /// Checks the catalog answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), CatalogError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(|e| self.seen(e.into()))?;
-        Ok(())
+        let answer = client.simple_query("SELECT 1").await;
+        self.outcome(&client, answer).map(drop)
     }
 }

@@ -10,6 +10,7 @@ mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
+mod outages;
 mod provisioning;
 mod servers;
 mod sqlhttp;
