@@ -288,7 +288,8 @@ pub async fn check_health(server: &ServerRecord, keyring: &Keyring) -> Result<f6
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Checks every server once and records the results in the catalog.
+/// Checks every server once and records the results in the catalog; a server that answers
+/// again makes the tenants waiting for it due now.
 pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), CatalogError> {
     let servers = catalog.servers().await?;
     let checks = servers.iter().map(|s| async move { (s, check_health(s, keyring).await) });

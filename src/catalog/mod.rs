@@ -4,6 +4,10 @@
 //! each table has a submodule of named query functions. The catalog's own schema is applied
 //! with refinery from `schema/` (embedded in the binary), under an advisory lock so that any
 //! number of daemons and CLI processes may start together.
+//!
+//! When the catalog cannot be reached, [`CatalogError::is_unavailable`] says so (the API
+//! answers 503, background work backs off), and the catalog logs the outage once when it
+//! begins and once when it ends.
 
 /// The one lease predicate of the catalog: the row is `$1` and `$2` holds its lease now.
 /// Every write a lease holder makes is guarded by it; zero rows means the lease is lost.
@@ -213,6 +217,7 @@ impl Catalog {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|_| CatalogError::BadUrl)?;
+        metrics::gauge!("tenantd_catalog_up").set(1.0);
         Ok(Self { pool, config, reachability: Arc::default() })
     }
 

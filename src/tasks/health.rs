@@ -3,8 +3,9 @@
 //! Every `workers.health_interval`, each server is checked (connect as admin, `SELECT 1`) and
 //! the result written to the catalog: `health`, latency, time, last error. Placement uses only
 //! healthy servers, so a server that goes down stops receiving tenants within one interval
-//! and gets them again once it answers. Several daemons may check the same servers; the last
-//! writer wins, which is harmless.
+//! and gets them again once it answers; tenants whose provisioning waits for it are retried at
+//! once then. A change of health is logged, not every failing round. Several daemons may check
+//! the same servers; the last writer wins, which is harmless.
 
 use std::sync::Arc;
 
