@@ -149,6 +149,17 @@ mod tests {
     }
 
     #[test]
+    fn a_server_going_away_is_unavailable_a_bad_statement_is_not() {
+        for code in ["08006", "08001", "57P01", "57P02", "57P03"] {
+            assert!(super::is_unavailable_sqlstate(code), "{code}");
+        }
+        // Cancelled, syntax, privileges, a dropped database, the tenant's own limits.
+        for code in ["57014", "42601", "42501", "57P04", "53300", "28P01"] {
+            assert!(!super::is_unavailable_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
     fn options_are_added_after_the_urls_own() {
         let mut config: tokio_postgres::Config =
             "postgres://u@h/db?options=-c%20work_mem%3D8MB".parse().unwrap();

@@ -121,7 +121,10 @@ impl CatalogError {
     /// one in use closed under the query): an outage, which the catalog logs once (see
     /// [`CatalogError::is_unavailable`] for the wider class that is worth a retry).
     pub fn is_outage(&self) -> bool {
+        use deadpool_postgres::{PoolError, TimeoutType};
         match self {
+            // Waiting for a free pooled connection is being busy, not unreachable.
+            CatalogError::Pool(PoolError::Timeout(TimeoutType::Wait)) => false,
             CatalogError::Pool(_) => true,
             CatalogError::Query(e) => crate::pg::is_unavailable(e),
             _ => false,

@@ -113,8 +113,11 @@ async fn record(p: &Provisioner<'_>, t: &TenantRecord, error: StepError) -> Outc
             fail(p, t, "catalog", &message, Retry::Limited).await
         }
         StepError::ServerDown(step, m) => {
-            let server = t.server.as_deref().unwrap_or("?");
-            let message = format!("step {step}: server {server} unavailable: {m}");
+            // The claimed row names the server unless it was placed in this very attempt.
+            let message = match t.server.as_deref() {
+                Some(server) => format!("step {step}: server {server} unavailable: {m}"),
+                None => format!("step {step}: server unavailable: {m}"),
+            };
             fail(p, t, step.as_str(), &message, Retry::UntilServerReturns).await
         }
         StepError::Retry(step, m) => {
