@@ -115,6 +115,23 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// True when an error says the server cannot be used right now, rather than that the
+/// statement or the login was wrong: no connection could be made or kept (refused, reset,
+/// timed out, closed), a connection exception (class 08), or the server shutting down or
+/// starting up (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
+/// Callers wait and retry on these; they never count against the request or the tenant.
+pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => is_unavailable_sqlstate(code.code()),
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// The SQLSTATEs of [`is_unavailable`]: class 08, 57P01, 57P02, 57P03.
+pub fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 /// A one-line description of a PostgreSQL error: message and SQLSTATE, or the I/O cause chain.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
@@ -154,6 +171,17 @@ mod tests {
         assert!(!vars.is_empty());
         for var in &vars {
             assert!(var == "PATH" || var == "LC_ALL", "{var} leaked into a child: {vars:?}");
+        }
+    }
+
+    #[test]
+    fn a_server_going_away_is_unavailable_a_bad_statement_is_not() {
+        for code in ["08006", "08001", "57P01", "57P02", "57P03"] {
+            assert!(super::is_unavailable_sqlstate(code), "{code}");
+        }
+        // Cancelled, syntax, privileges, a dropped database, the tenant's own limits.
+        for code in ["57014", "42601", "42501", "57P04", "53300", "28P01"] {
+            assert!(!super::is_unavailable_sqlstate(code), "{code}");
         }
     }
 

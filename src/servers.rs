@@ -315,16 +315,28 @@ pub async fn check_health(server: &ServerRecord, keyring: &Keyring) -> Result<f6
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Checks every server once and records the results in the catalog.
+/// Checks every server once and records the results in the catalog; a server that answers
+/// again makes the tenants waiting for it due now.
 pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), CatalogError> {
     let servers = catalog.servers().await?;
     let checks = servers.iter().map(|s| async move { (s, check_health(s, keyring).await) });
     for (server, result) in futures::future::join_all(checks).await {
         let healthy = result.is_ok();
-        if let Err(error) = &result {
-            tracing::warn!(server = %server.name, %error, "server health check failed");
-        } else if server.health != ServerHealth::Healthy {
-            tracing::info!(server = %server.name, "server is healthy");
+        // Logged when the health changes, not every round of a long outage.
+        match &result {
+            Err(error) if server.health == ServerHealth::Unhealthy => {
+                tracing::debug!(server = %server.name, %error, "server health check failed again");
+            }
+            Err(error) => tracing::warn!(
+                server = %server.name,
+                %error,
+                "server health check failed: the server is unhealthy; its tenants' lending answers 503 \
+                 and new tenants go elsewhere"
+            ),
+            Ok(_) if server.health != ServerHealth::Healthy => {
+                tracing::info!(server = %server.name, "server is healthy");
+            }
+            Ok(_) => {}
         }
         metrics::gauge!("tenantd_server_healthy", "server" => server.name.clone())
             .set(f64::from(u8::from(healthy)));
@@ -333,6 +345,14 @@ pub async fn check_all(catalog: &Catalog, keyring: &Keyring) -> Result<(), Catal
         }
         let result = result.map_err(|e| e.to_string());
         catalog.record_server_health(&server.name, result.as_ref().copied().map_err(String::as_str)).await?;
+        if healthy && server.health == ServerHealth::Unhealthy {
+            // Tenants whose provisioning waits for this server are retried now, not at the
+            // end of their backoff.
+            let woken = catalog.wake_waiting_on(&server.name).await?;
+            if woken > 0 {
+                tracing::info!(server = %server.name, tenants = woken, "server is back: retrying its tenants' provisioning now");
+            }
+        }
     }
     Ok(())
 }

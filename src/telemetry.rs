@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Log filter when `RUST_LOG` is not set: our own `info`, and only warnings from the
-/// libraries (the PostgreSQL driver logs every server NOTICE at info).
-pub const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,refinery_core=warn,deadpool=warn";
+/// libraries (the PostgreSQL driver logs every server NOTICE at info), errors only from
+/// deadpool (it warns once per pooled connection that a server closes, which tenantd's own
+/// log already says once per outage).
+pub const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,refinery_core=warn,deadpool=error";
 
 /// Log filter of CLI commands other than `serve`: only what went wrong.
 pub const CLI_FILTER: &str = "warn";

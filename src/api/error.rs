@@ -117,20 +117,16 @@ impl From<CatalogError> for ApiError {
             CatalogError::Query(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
                 Self::bad_request("invalid", format!("invalid value: {}", crate::pg::describe(&e)))
             }
-            CatalogError::Pool(_) => {
+            // Unreachable, shutting down, or out of a shared resource (lock table, NOTIFY
+            // queue, connections, disk): not the client's fault, and worth a retry. An outage
+            // is logged once by the catalog, so each answer to one only at debug level.
+            e if e.is_unavailable() => {
                 let request = super::request_id();
-                tracing::error!(error = %e, request_id = %request, "catalog unreachable");
-                Self::unavailable("catalog_unavailable", "the catalog is unreachable; retry shortly", 5)
-                    .with("request_id", request)
-            }
-            // The catalog's server is out of a shared resource (lock table, NOTIFY queue,
-            // connections, disk): not the client's fault, and worth a retry.
-            CatalogError::Query(ref q)
-                if q.code()
-                    .is_some_and(|c| ["53", "54", "57P", "08"].iter().any(|p| c.code().starts_with(p))) =>
-            {
-                let request = super::request_id();
-                tracing::error!(error = %e, request_id = %request, "catalog server out of resources");
+                if e.is_outage() {
+                    tracing::debug!(error = %e, request_id = %request, "catalog unreachable; answered 503");
+                } else {
+                    tracing::error!(error = %e, request_id = %request, "catalog cannot answer; answered 503");
+                }
                 Self::unavailable("catalog_unavailable", "the catalog cannot answer now; retry shortly", 5)
                     .with("request_id", request)
             }
@@ -184,6 +180,11 @@ impl From<crate::pools::LendError> for ApiError {
             LendError::Saturated { .. } => Self::unavailable("saturated", e.to_string(), 1),
             LendError::TenantBusy(_) => Self::unavailable("tenant_busy", e.to_string(), 1),
             LendError::Closed => Self::unavailable("pool_closed", e.to_string(), 1),
+            // The health check logs the server's outage once; each answer only at debug level.
+            LendError::ServerDown { .. } => {
+                tracing::debug!(error = %e, "cannot lend a connection: server unavailable");
+                Self::unavailable("server_unavailable", e.to_string(), 5)
+            }
             LendError::Connect(_) => {
                 tracing::warn!(error = %e, "cannot lend a connection");
                 Self::unavailable("tenant_unreachable", e.to_string(), 5)
@@ -256,12 +257,19 @@ impl From<crate::sqlhttp::SqlError> for ApiError {
         match e {
             SqlError::BadRequest(m) => Self::bad_request("invalid_sql_request", m),
             SqlError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "result_too_large", m),
-            SqlError::Connection(m) => Self::unavailable("tenant_unreachable", m, 1),
+            // The connection broke under the request: the server went away (or the network).
+            SqlError::Connection(m) => Self::unavailable("server_unavailable", m, 1),
             SqlError::Timeout(m) => Self::new(StatusCode::REQUEST_TIMEOUT, "statement_timeout", m),
             SqlError::Postgres { sqlstate, message, detail, hint, position } => {
                 let status = sql_status(&sqlstate);
+                // The server shutting down or starting up under the statement.
+                let code = if crate::pg::is_unavailable_sqlstate(&sqlstate) {
+                    "server_unavailable"
+                } else {
+                    "sql_error"
+                };
                 let mut error = if status.is_server_error() {
-                    Self { retry_after: Some(1), ..Self::new(status, "sql_error", message) }
+                    Self { retry_after: Some(1), ..Self::new(status, code, message) }
                 } else {
                     Self::new(status, "sql_error", message)
                 };

@@ -40,7 +40,8 @@ pub async fn readyz(
     let catalog_ms = match catalog_check(&app).await {
         Ok(ms) => ms,
         Err(e) => {
-            tracing::warn!(error = %e, "readiness: catalog unreachable");
+            // The catalog logs an outage once; probes come every few seconds.
+            tracing::debug!(error = %e, "readiness: catalog unreachable");
             return Err(ApiError::unavailable("catalog_unavailable", "the catalog is unreachable", 5));
         }
     };

@@ -4,6 +4,10 @@
 //! each table has a submodule of named query functions. The catalog's own schema is applied
 //! with refinery from `schema/` (embedded in the binary), under an advisory lock so that any
 //! number of daemons and CLI processes may start together.
+//!
+//! When the catalog cannot be reached, [`CatalogError::is_unavailable`] says so (the API
+//! answers 503, background work backs off), and the catalog logs the outage once when it
+//! begins and once when it ends.
 
 /// The one lease predicate of the catalog: the row is `$1` and `$2` holds its lease now.
 /// Every write a lease holder makes is guarded by it; zero rows means the lease is lost.
@@ -26,7 +30,9 @@ pub mod servers;
 pub mod tenants;
 pub mod upgrades;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
@@ -108,6 +114,36 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
 }
 
 impl CatalogError {
+    /// True when the catalog cannot answer now and the same request may succeed later: no
+    /// connection (refused, closed, timed out, pool exhausted), the catalog's server shutting
+    /// down or starting up, or out of a shared resource (class 53 insufficient resources, 54
+    /// program limit, 57P operator intervention, 08 connection exception). Not the caller's
+    /// fault and not a bug: the API answers 503 with `Retry-After`, background work backs off.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            CatalogError::Pool(_) => true,
+            CatalogError::Query(e) => {
+                crate::pg::is_unavailable(e)
+                    || e.code().is_some_and(|c| ["53", "54", "57P"].iter().any(|p| c.code().starts_with(p)))
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the error says the catalog cannot be reached at all (no connection, or the
+    /// one in use closed under the query): an outage, which the catalog logs once (see
+    /// [`CatalogError::is_unavailable`] for the wider class that is worth a retry).
+    pub fn is_outage(&self) -> bool {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        match self {
+            // Waiting for a free pooled connection is being busy, not unreachable.
+            CatalogError::Pool(PoolError::Timeout(TimeoutType::Wait)) => false,
+            CatalogError::Pool(_) => true,
+            CatalogError::Query(e) => crate::pg::is_unavailable(e),
+            _ => false,
+        }
+    }
+
     /// True when the error is a unique violation in PostgreSQL.
     fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
         err.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -121,6 +157,50 @@ pub struct Catalog {
     config: tokio_postgres::Config,
     tls: PgTls,
     connector: tokio_postgres_rustls::MakeRustlsConnect,
+    reachability: Arc<Reachability>,
+}
+
+/// Whether the catalog answered the last time anyone tried. An outage is logged once when it
+/// begins and once when it ends, however many requests and tasks run into it meanwhile (they
+/// log it only at debug level); `tenantd_catalog_up` and `tenantd_catalog_outages_total` show
+/// it to monitoring.
+#[derive(Default)]
+struct Reachability {
+    /// Fast path: nothing to do on success while the catalog is up.
+    down: AtomicBool,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Reachability {
+    fn failed(&self, error: &CatalogError) {
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.down.store(true, Ordering::SeqCst);
+            metrics::gauge!("tenantd_catalog_up").set(0.0);
+            metrics::counter!("tenantd_catalog_outages_total").increment(1);
+            tracing::error!(
+                %error,
+                "catalog unreachable: the API answers 503 catalog_unavailable and background work waits \
+                 until it returns"
+            );
+        }
+    }
+
+    /// A statement was answered on a connection made at `connected`. Only one made after the
+    /// outage began proves the catalog is back: older ones may still answer while the server
+    /// shuts down, or not have noticed yet that it closed them.
+    fn answered(&self, connected: Instant) {
+        if !self.down.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(started) = since.take_if(|started| connected > *started) {
+            self.down.store(false, Ordering::SeqCst);
+            metrics::gauge!("tenantd_catalog_up").set(1.0);
+            tracing::info!(down_for = ?started.elapsed(), "catalog reachable again");
+        }
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -164,12 +244,42 @@ impl Catalog {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|_| CatalogError::BadUrl)?;
-        Ok(Self { pool, config, tls, connector })
+        metrics::gauge!("tenantd_catalog_up").set(1.0);
+        Ok(Self { pool, config, tls, connector, reachability: Arc::default() })
     }
 
-    /// A pooled connection.
+    /// A pooled connection. Whether one could be had is also what tells the log that an
+    /// outage began or ended.
     pub async fn client(&self) -> Result<deadpool_postgres::Client, CatalogError> {
-        Ok(self.pool.get().await?)
+        match self.pool.get().await {
+            Ok(client) => Ok(client),
+            Err(e) => Err(self.seen(e.into())),
+        }
+    }
+
+    /// Notes an error that says the catalog is gone (a connection closed under a query) as an
+    /// outage; returns it.
+    fn seen(&self, error: CatalogError) -> CatalogError {
+        if error.is_outage() {
+            self.reachability.failed(&error);
+        }
+        error
+    }
+
+    /// The outcome of a statement on `client`: an answer ends an outage, an error may start
+    /// one.
+    fn outcome<T>(
+        &self,
+        client: &deadpool_postgres::Client,
+        result: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, CatalogError> {
+        match result {
+            Ok(value) => {
+                self.reachability.answered(deadpool_postgres::Object::metrics(client).created);
+                Ok(value)
+            }
+            Err(e) => Err(self.seen(e.into())),
+        }
     }
 
     /// Runs a query through the pooled connection's statement cache (one round trip instead
@@ -180,8 +290,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let run = async { client.query(&client.prepare_cached(sql).await?, params).await };
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] expecting at most one row.
@@ -191,8 +301,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&statement, params).await?)
+        let run = async { client.query_opt(&client.prepare_cached(sql).await?, params).await };
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] expecting exactly one row.
@@ -202,8 +312,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_one(&statement, params).await?)
+        let run = async { client.query_one(&client.prepare_cached(sql).await?, params).await };
+        self.outcome(&client, run.await)
     }
 
     /// [`Catalog::query`] for statements; returns the rows affected.
@@ -213,8 +323,8 @@ impl Catalog {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, CatalogError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        let run = async { client.execute(&client.prepare_cached(sql).await?, params).await };
+        self.outcome(&client, run.await)
     }
 
     /// The catalog's connection settings (for the watcher's dedicated LISTEN connection).
@@ -255,7 +365,8 @@ impl Catalog {
 
     /// Checks the catalog answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), CatalogError> {
-        self.client().await?.simple_query("SELECT 1").await?;
-        Ok(())
+        let client = self.client().await?;
+        let answer = client.simple_query("SELECT 1").await;
+        self.outcome(&client, answer).map(drop)
     }
 }

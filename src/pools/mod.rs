@@ -55,7 +55,15 @@ pub enum LendError {
     /// The tenant's own pool stayed full for the whole acquire timeout.
     #[error("all {0} connections of this tenant are in use; retry shortly")]
     TenantBusy(usize),
-    /// The tenant database could not be reached.
+    /// The tenant's server cannot be reached, or is shutting down or starting up.
+    #[error("server {server:?} is unavailable: {reason}")]
+    ServerDown {
+        /// Server.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The tenant database refused the connection (login, database missing).
     #[error("cannot connect to the tenant database: {0}")]
     Connect(String),
     /// The tenant's pool was closed meanwhile (suspended, moved, deleted).
@@ -383,10 +391,15 @@ impl Pools {
                     .increment(1);
                 LendError::Saturated { server: server.name.clone(), budget: self.inner.settings.per_server }
             }
+            managed::PoolError::Backend(ManagerError::Connect(pg)) if crate::pg::is_unavailable(&pg) => {
+                LendError::ServerDown { server: server.name.clone(), reason: crate::pg::describe(&pg) }
+            }
             managed::PoolError::Backend(ManagerError::Connect(pg)) => {
                 LendError::Connect(crate::pg::describe(&pg))
             }
-            managed::PoolError::Backend(ManagerError::Unreachable(m)) => LendError::Connect(m),
+            managed::PoolError::Backend(ManagerError::Unreachable(reason)) => {
+                LendError::ServerDown { server: server.name.clone(), reason }
+            }
             managed::PoolError::Timeout(_) => LendError::TenantBusy(self.inner.settings.per_tenant),
             managed::PoolError::Closed => LendError::Closed,
             other => LendError::Connect(format!("{other:?}")),

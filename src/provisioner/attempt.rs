@@ -110,10 +110,22 @@ async fn record(p: &Provisioner<'_>, t: &TenantRecord, error: StepError) -> Outc
             metrics::counter!("tenantd_provision_failures_total", "step" => "catalog").increment(1);
             tracing::error!(error = %e, "catalog failure while provisioning");
             let message = format!("catalog: {e}");
-            fail(p, t, "catalog", &message, true).await
+            fail(p, t, "catalog", &message, Retry::Limited).await
         }
-        StepError::Retry(step, m) => fail(p, t, step.as_str(), &format!("step {step}: {m}"), true).await,
-        StepError::Fatal(step, m) => fail(p, t, step.as_str(), &format!("step {step}: {m}"), false).await,
+        StepError::ServerDown(step, m) => {
+            // The claimed row names the server unless it was placed in this very attempt.
+            let message = match t.server.as_deref() {
+                Some(server) => format!("step {step}: server {server} unavailable: {m}"),
+                None => format!("step {step}: server unavailable: {m}"),
+            };
+            fail(p, t, step.as_str(), &message, Retry::UntilServerReturns).await
+        }
+        StepError::Retry(step, m) => {
+            fail(p, t, step.as_str(), &format!("step {step}: {m}"), Retry::Limited).await
+        }
+        StepError::Fatal(step, m) => {
+            fail(p, t, step.as_str(), &format!("step {step}: {m}"), Retry::Never).await
+        }
     };
     written.unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot record the outcome of an attempt; the lease will expire and it will be retried");
@@ -121,22 +133,37 @@ async fn record(p: &Provisioner<'_>, t: &TenantRecord, error: StepError) -> Outc
     })
 }
 
+/// Whether a failed attempt is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Up to `workers.max_attempts`, then `ERROR`.
+    Limited,
+    /// For as long as the tenant's server is unavailable: nothing about the tenant is wrong,
+    /// so an outage longer than the backoff schedule must not leave it in `ERROR`. The health
+    /// check makes it due again as soon as the server answers.
+    UntilServerReturns,
+    /// Never: `ERROR` now.
+    Never,
+}
+
 async fn fail(
     p: &Provisioner<'_>,
     t: &TenantRecord,
     step: &str,
     message: &str,
-    retryable: bool,
+    retry: Retry,
 ) -> Result<Outcome, CatalogError> {
     let attempt = t.attempts + 1;
     let max = i32::try_from(p.core.settings.workers.max_attempts).unwrap_or(i32::MAX);
+    let delays = &p.core.settings.workers.backoff;
     let deleting = t.status == TenantStatus::Deleting;
     // A deletion keeps trying (at the longest delay once it cannot succeed by itself): ERROR
     // would be wrong for it, since retrying an ERROR provisions the tenant again.
-    let retry_in = if deleting {
-        Some(backoff(&p.core.settings.workers.backoff, if retryable { attempt } else { i32::MAX }))
-    } else {
-        (retryable && attempt < max).then(|| backoff(&p.core.settings.workers.backoff, attempt))
+    let retry_in = match retry {
+        Retry::Never if deleting => Some(backoff(delays, i32::MAX)),
+        Retry::Never => None,
+        Retry::Limited if !deleting && attempt >= max => None,
+        Retry::Limited | Retry::UntilServerReturns => Some(backoff(delays, attempt)),
     };
     metrics::counter!("tenantd_provision_failures_total", "step" => step.to_owned()).increment(1);
     match retry_in {
@@ -146,14 +173,19 @@ async fn fail(
                 .catalog
                 .record_failure(t.id, p.actor, message, retry_in, (EventKind::AttemptFailed, &detail))
                 .await?;
-            tracing::warn!(error = %message, attempt, retry_in = ?delay, "provisioning attempt failed; will retry");
+            if retry == Retry::UntilServerReturns && t.last_error.as_deref() == Some(message) {
+                // The same outage as the last attempt's: recorded, counted, logged once.
+                tracing::debug!(error = %message, attempt, retry_in = ?delay, "server still unavailable; will retry");
+            } else {
+                tracing::warn!(error = %message, attempt, retry_in = ?delay, "provisioning attempt failed; will retry");
+            }
             Ok(Outcome::Retrying(message.to_owned()))
         }
         None => {
-            let why = if retryable {
-                format!("gave up after {attempt} attempts")
-            } else {
+            let why = if retry == Retry::Never {
                 "not retryable".to_owned()
+            } else {
+                format!("gave up after {attempt} attempts")
             };
             let detail = json!({ "step": step, "error": message, "attempt": attempt, "reason": why });
             p.core.catalog.record_failure(t.id, p.actor, message, None, (EventKind::Error, &detail)).await?;

@@ -11,6 +11,9 @@ use crate::leases::LeaseLost;
 pub enum StepError {
     /// Worth another attempt after a delay (connection refused, lock held, SQL error, …).
     Retry(Step, String),
+    /// The tenant's server cannot be reached or is going away (refused, closed, shutting down):
+    /// retried for as long as that lasts, never a reason for `ERROR`.
+    ServerDown(Step, String),
     /// Must not be retried: something we may not touch is in the way.
     Fatal(Step, String),
     /// Not a failure: no eligible server yet.
@@ -29,6 +32,7 @@ impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StepError::Retry(step, m) | StepError::Fatal(step, m) => write!(f, "step {step}: {m}"),
+            StepError::ServerDown(step, m) => write!(f, "step {step}: server unavailable: {m}"),
             StepError::Wait(m) => f.write_str(m),
             StepError::LeaseLost => f.write_str("lease lost"),
             StepError::Crashed => f.write_str("crashed (injected)"),
@@ -62,6 +66,24 @@ impl From<CatalogError> for StepError {
     }
 }
 
+/// A PostgreSQL error of a step: the server gone ([`StepError::ServerDown`]) or anything
+/// else ([`StepError::Retry`]).
 pub(super) fn pg_retry(step: Step) -> impl Fn(tokio_postgres::Error) -> StepError {
-    move |e| StepError::Retry(step, crate::pg::describe(&e))
+    move |e| {
+        if crate::pg::is_unavailable(&e) {
+            StepError::ServerDown(step, crate::pg::describe(&e))
+        } else {
+            StepError::Retry(step, crate::pg::describe(&e))
+        }
+    }
+}
+
+/// An admin connection that could not be had: the server is unreachable or refuses the admin
+/// (either way nothing about the tenant is wrong, and it heals when the server or its
+/// registration is fixed); a password that cannot be opened is a plain retry.
+pub(super) fn admin_retry(step: Step) -> impl Fn(crate::admin::AdminError) -> StepError {
+    move |e| match e {
+        crate::admin::AdminError::Unreachable { .. } => StepError::ServerDown(step, e.to_string()),
+        other => StepError::Retry(step, other.to_string()),
+    }
 }

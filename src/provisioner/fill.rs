@@ -71,7 +71,15 @@ impl Provisioner<'_> {
             "tenant migration",
         )
         .await
-        .map_err(|e| StepError::Retry(step, format!("cannot connect as the tenant role: {e}")))
+        .map_err(|e| {
+            let message = format!("cannot connect as the tenant role: {e}");
+            match e {
+                crate::pg::ConnectError::Postgres(e) if crate::pg::is_unavailable(&e) => {
+                    StepError::ServerDown(step, message)
+                }
+                _ => StepError::Retry(step, message),
+            }
+        })
     }
 
     /// Step 5's connection as the tenant role to the database where it is (the one kept from

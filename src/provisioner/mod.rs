@@ -44,7 +44,7 @@ mod error;
 mod fill;
 pub use attempt::{Outcome, run_claimed};
 pub use error::StepError;
-use error::pg_retry;
+use error::{admin_retry, pg_retry};
 
 /// Runs one step, recording its duration (`tenantd_provision_step_seconds{step}`).
 async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
@@ -227,11 +227,7 @@ impl Provisioner<'_> {
 
     /// A pooled admin connection to the tenant's server.
     async fn admin(&self, t: &Target, step: Step) -> Result<deadpool_postgres::Client, StepError> {
-        self.core
-            .admin_pools
-            .get(&t.server, &t.admin)
-            .await
-            .map_err(|e| StepError::Retry(step, e.to_string()))
+        self.core.admin_pools.get(&t.server, &t.admin).await.map_err(admin_retry(step))
     }
 
     /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
@@ -358,7 +354,7 @@ impl Provisioner<'_> {
         admin.batch_execute(&tenant_sql::lock_down_database(db, &t.role)).await.map_err(pg_retry(STEP))?;
         let (inside, tenant) =
             tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db, STEP));
-        let inside = inside.map_err(|e| StepError::Retry(STEP, e.to_string()))?;
+        let inside = inside.map_err(admin_retry(STEP))?;
         inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
         // A GRANT or REVOKE that the admin may not make is only a WARNING in PostgreSQL:
         // check the result instead of trusting it.

@@ -15,8 +15,12 @@ pub fn spawn(app: Arc<App>) {
         tracing::info!(daily_at = %app.settings.backups.daily_at, "daily backups scheduled (UTC)");
         let backups = Backups::new(&app.core, &app.core.instance);
         loop {
-            if let Err(e) = backups.daily(time, app.shutdown.token()).await {
-                tracing::error!(error = %e, "daily backups could not run; trying again shortly");
+            match backups.daily(time, app.shutdown.token()).await {
+                Ok(()) => {}
+                Err(e) if e.is_outage() => {
+                    super::catalog_failed("backups", "daily backups could not run; trying again shortly", &e)
+                }
+                Err(e) => tracing::error!(error = %e, "daily backups could not run; trying again shortly"),
             }
             let wait = next_look(Utc::now(), time, app.settings.workers.lease);
             tokio::select! {

@@ -3,8 +3,9 @@
 //! Every `workers.health_interval`, each server is checked (connect as admin, `SELECT 1`) and
 //! the result written to the catalog: `health`, latency, time, last error. Placement uses only
 //! healthy servers, so a server that goes down stops receiving tenants within one interval
-//! and gets them again once it answers. Several daemons may check the same servers; the last
-//! writer wins, which is harmless.
+//! and gets them again once it answers; tenants whose provisioning waits for it are retried at
+//! once then. A change of health is logged, not every failing round. Several daemons may check
+//! the same servers; the last writer wins, which is harmless.
 
 use std::sync::Arc;
 
@@ -20,11 +21,11 @@ pub async fn check_now(app: &App) {
                 metrics::gauge!("tenantd_tenants", "status" => status.as_str()).set(n as f64);
             }
         }
-        Err(error) => tracing::warn!(%error, "cannot count tenants for the metrics"),
+        Err(error) => super::catalog_failed("health", "cannot count tenants for the metrics", &error),
     }
     if let Err(error) = crate::servers::check_all(&app.catalog, &app.keyring).await {
         metrics::counter!("tenantd_health_check_failures_total").increment(1);
-        tracing::error!(%error, "server health check could not record its results");
+        super::catalog_failed("health", "server health check could not record its results", &error);
     }
 }
 

@@ -24,7 +24,7 @@ pub async fn round(app: &App) {
     let due = match app.catalog.tenants_with_stale_limits(&defaults, BATCH).await {
         Ok(due) => due,
         Err(error) => {
-            tracing::warn!(%error, "cannot look for tenants whose limits are not applied");
+            super::catalog_failed("limits", "cannot look for tenants whose limits are not applied", &error);
             return;
         }
     };

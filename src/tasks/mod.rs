@@ -22,6 +22,19 @@ use std::time::Duration;
 
 use crate::app::App;
 
+/// A background task's catalog failure: an outage is logged once by the catalog itself, so
+/// here only at debug level (a task retrying every round must not write a line each time);
+/// any other failure is logged as a warning. Counted either way
+/// (`tenantd_catalog_errors_total{task}`).
+pub(crate) fn catalog_failed(task: &'static str, what: &str, error: &crate::catalog::CatalogError) {
+    metrics::counter!("tenantd_catalog_errors_total", "task" => task).increment(1);
+    if error.is_outage() {
+        tracing::debug!(task, %error, "{what}: catalog unreachable; trying again next round");
+    } else {
+        tracing::warn!(task, %error, "{what}");
+    }
+}
+
 /// Runs `round` now and then every `period` on the daemon's tracker, until shutdown. A round
 /// that overruns delays the next one rather than bunching them up.
 pub(crate) fn every<F, Fut>(app: Arc<App>, period: Duration, round: F)

@@ -27,7 +27,7 @@ async fn round(app: &App) {
         }
         Err(error) => {
             metrics::counter!("tenantd_quota_check_failures_total").increment(1);
-            tracing::warn!(%error, "cannot measure tenant databases");
+            super::catalog_failed("quotas", "cannot measure tenant databases", &error);
         }
     }
 }

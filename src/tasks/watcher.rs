@@ -24,12 +24,22 @@ pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change
     let shutdown = app.shutdown.clone();
     shutdown.spawn(async move {
         let mut delay = Duration::from_millis(250);
+        // Failures in a row: only the first of an outage is a warning, and the reconnection
+        // after it is logged.
+        let mut failures = 0u32;
         while !app.shutdown.is_triggered() {
-            match listen(&app, &wake, &changes).await {
+            match listen(&app, &wake, &changes, &mut failures).await {
                 Ok(()) => break,
                 Err(error) => {
                     metrics::counter!("tenantd_watcher_reconnects_total").increment(1);
-                    tracing::warn!(%error, retry_in = ?delay, "catalog LISTEN connection lost; polling covers the gap");
+                    if failures == 0 {
+                        // It was listening: a new outage starts with short delays again.
+                        delay = Duration::from_millis(250);
+                        tracing::warn!(%error, "catalog LISTEN connection lost; polling covers the gap");
+                    } else {
+                        tracing::debug!(%error, retry_in = ?delay, "catalog LISTEN connection still down");
+                    }
+                    failures += 1;
                     // Notifications may have been missed: cached lookups may be stale.
                     app.resolver.invalidate_all();
                     wake.notify_waiters();
@@ -37,7 +47,8 @@ pub fn spawn(app: Arc<App>, wake: Arc<Notify>, changes: broadcast::Sender<Change
                         () = app.shutdown.token().cancelled() => break,
                         () = tokio::time::sleep(delay) => {},
                     }
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    // At most 10 s: once the catalog is back, notifications resume soon.
+                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -56,7 +67,12 @@ enum ListenError {
 }
 
 /// Listens until shutdown (`Ok`) or until the connection fails (`Err`).
-async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -> Result<(), ListenError> {
+async fn listen(
+    app: &App,
+    wake: &Notify,
+    changes: &broadcast::Sender<Change>,
+    failures: &mut u32,
+) -> Result<(), ListenError> {
     let (client, mut connection) = app.catalog.pg_config().connect(app.catalog.connector()).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
@@ -73,7 +89,12 @@ async fn listen(app: &App, wake: &Notify, changes: &broadcast::Sender<Change>) -
             },
         }
     }
-    tracing::debug!("listening for catalog changes");
+    if *failures > 0 {
+        tracing::info!(failed_tries = *failures, "listening for catalog changes again");
+        *failures = 0;
+    } else {
+        tracing::debug!("listening for catalog changes");
+    }
     // Anything that happened while we were not listening is picked up now.
     wake.notify_waiters();
     loop {

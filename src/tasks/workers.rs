@@ -48,8 +48,13 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
             }
             Ok(Claim::Idle(next)) => next.map_or(poll, |d| d.min(poll)),
             Err(e) => {
-                tracing::error!(worker = n, error = %e, "cannot claim work from the catalog");
-                metrics::counter!("tenantd_catalog_errors_total").increment(1);
+                // An outage is logged once by the catalog; a worker only counts its tries.
+                if e.is_outage() {
+                    tracing::debug!(worker = n, error = %e, retry_in = ?catalog_backoff, "catalog unreachable; waiting");
+                } else {
+                    tracing::error!(worker = n, error = %e, "cannot claim work from the catalog");
+                }
+                metrics::counter!("tenantd_catalog_errors_total", "task" => "workers").increment(1);
                 catalog_backoff = (catalog_backoff * 2).min(Duration::from_secs(10));
                 catalog_backoff
             }

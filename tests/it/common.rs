@@ -208,6 +208,7 @@ pub struct AppBuilder {
     faults: Option<tenantd::steps::FaultHook>,
     migrations: Option<tenantd::tenant_migrations::MigrationSet>,
     catalog: Option<(String, String)>,
+    catalog_url: Option<String>,
 }
 
 impl AppBuilder {
@@ -238,6 +239,7 @@ impl AppBuilder {
     /// Share the catalog (and keys, token, prefix) of another test app: a second daemon.
     pub fn same_catalog_as(mut self, other: &TestApp) -> Self {
         self.catalog = Some((other.catalog_db.clone(), other.settings.names.prefix.clone()));
+        self.catalog_url = Some(other.catalog_url.clone());
         let (key, token) = (other.master_key.clone(), other.admin_token.clone());
         self.register_server = None;
         self.configure.insert(
@@ -250,6 +252,14 @@ impl AppBuilder {
         self
     }
 
+    /// Keep the catalog in database `db` of `cluster` (one the test can stop) instead of a
+    /// new database on the shared cluster.
+    pub fn catalog_on(mut self, cluster: &TestCluster, db: &str) -> Self {
+        self.catalog = Some((db.to_owned(), format!("t{}_", random_suffix())));
+        self.catalog_url = Some(cluster.admin_url(db));
+        self
+    }
+
     /// Starts the daemon.
     pub async fn spawn(self) -> TestApp {
         let cluster = shared_cluster();
@@ -257,7 +267,7 @@ impl AppBuilder {
             Some(shared) => shared,
             None => (cluster.create_database("catalog").await, format!("t{}_", random_suffix())),
         };
-        let catalog_url = cluster.admin_url(&catalog_db);
+        let catalog_url = self.catalog_url.unwrap_or_else(|| cluster.admin_url(&catalog_db));
         let master_key = crypto::generate_master_key();
         let admin_token = crypto::random_secret(32);
         let mut settings = Settings {
@@ -319,6 +329,7 @@ pub fn app() -> AppBuilder {
         faults: None,
         migrations: None,
         catalog: None,
+        catalog_url: None,
     }
 }
 
@@ -488,6 +499,26 @@ impl ProcessDaemon {
     /// Starts `tenantd serve` on `app`'s catalog (same keys, token and prefix) with extra
     /// `TENANTD_*` settings, and waits until it answers `/healthz`.
     pub async fn start(app: &TestApp, extra: &[(&str, &str)]) -> ProcessDaemon {
+        Self::launch(app, extra, Some("warn"), std::process::Stdio::inherit()).await
+    }
+
+    /// [`ProcessDaemon::start`] logging what a daemon logs by default into `log` (plain text
+    /// lines), for tests of what the operator reads.
+    pub async fn start_logging(
+        app: &TestApp,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> ProcessDaemon {
+        let file = std::fs::File::create(log).expect("daemon log file");
+        Self::launch(app, extra, None, file.into()).await
+    }
+
+    async fn launch(
+        app: &TestApp,
+        extra: &[(&str, &str)],
+        log_filter: Option<&str>,
+        stderr: std::process::Stdio,
+    ) -> ProcessDaemon {
         let port = tenantd::pgcluster::free_port().expect("free port");
         let mut env = app.cli_env();
         env.insert("TENANTD_ADMIN_TOKEN".into(), app.admin_token.clone());
@@ -500,11 +531,15 @@ impl ProcessDaemon {
         for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTD_")) {
             cmd.env_remove(name);
         }
+        cmd.env_remove("RUST_LOG");
+        if let Some(filter) = log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd.arg("serve")
             .envs(&env)
-            .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
         let child = cmd.spawn().expect("start tenantd serve");
         let daemon = ProcessDaemon { child: Some(child), base: format!("http://127.0.0.1:{port}") };

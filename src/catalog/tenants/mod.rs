@@ -407,6 +407,18 @@ impl Catalog {
         Ok(row.as_ref().map(from_row))
     }
 
+    /// Makes tenants placed on `server` whose provisioning or deletion waits between attempts
+    /// due now (the server answers again).
+    pub async fn wake_waiting_on(&self, server: &str) -> Result<u64, CatalogError> {
+        self.execute(
+            "UPDATE tenantd.tenants SET next_attempt_at = now() \
+             WHERE server = $1 AND status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING') \
+               AND next_attempt_at > now()",
+            &[&server],
+        )
+        .await
+    }
+
     /// Makes waiting, unplaced tenants due now (a server was added or became eligible).
     pub async fn wake_unplaced(&self) -> Result<u64, CatalogError> {
         self.execute(
