@@ -41,6 +41,20 @@ pub struct StartRun {
     dry_run: bool,
 }
 
+/// `GET /v1/migrations`: the latest 50 runs, newest first, with their progress.
+pub async fn list(_: Admin, State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let runs = app.catalog.runs(50).await?;
+    let runs: Vec<Value> = runs
+        .into_iter()
+        .map(|(run, done)| {
+            let mut value = json!(run);
+            value["done"] = json!(done);
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "runs": runs })))
+}
+
 /// `POST /v1/migrations {tenants?|all, server?, concurrency?, canary?, max_failures?, dry_run?}`:
 /// 202 with the run id and plan (the run goes on in the background); 200 with the plan for a
 /// dry run.

@@ -59,7 +59,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/tenants/{slug}/password", post(lifecycle::rotate_password))
         .route("/v1/handles/{handle}/sql", post(lending::handle_sql))
         .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
-        .route("/v1/migrations", post(migrations::start))
+        .route("/v1/migrations", get(migrations::list).post(migrations::start))
         .route("/v1/migrations/{id}", get(migrations::show))
 }
 

@@ -70,6 +70,7 @@ pub struct ListQuery {
     status: Option<String>,
     server: Option<String>,
     after: Option<String>,
+    q: Option<String>,
     limit: Option<i64>,
 }
 
@@ -83,7 +84,7 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// `GET /v1/tenants[?status=&server=&limit=&after=]`.
+/// `GET /v1/tenants[?status=&server=&q=&limit=&after=]` (`q`: slugs containing it).
 pub async fn list(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -105,7 +106,11 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
     }
-    let filter = TenantFilter { status, server: q.server, after: q.after, limit: limit + 1 };
+    let text = q.q.filter(|t| !t.is_empty());
+    if text.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiError::bad_request("invalid_query", "q must be at most 200 bytes"));
+    }
+    let filter = TenantFilter { status, server: q.server, after: q.after, q: text, limit: limit + 1 };
     let mut tenants = app.catalog.tenants(&filter).await?;
     let next = (tenants.len() as i64 > limit).then(|| {
         tenants.truncate(limit as usize);

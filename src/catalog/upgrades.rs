@@ -255,6 +255,21 @@ impl Catalog {
         Ok(())
     }
 
+    /// The latest `limit` runs, newest first, each with how many of its tenants are done.
+    pub async fn runs(&self, limit: i64) -> Result<Vec<(RunRecord, i64)>, CatalogError> {
+        let done: Vec<&str> = ResultKind::ALL.iter().filter(|k| k.is_done()).map(|k| k.as_str()).collect();
+        let rows = self
+            .query(
+                "SELECT r.id, r.actor, r.params, r.target_version, r.status, r.stop_reason, r.total, \
+                 r.created_at, r.finished_at, (SELECT count(*) FROM tenantd.migration_results m \
+                 WHERE m.run_id = r.id AND m.outcome = ANY($2)) \
+                 FROM tenantd.migration_runs r ORDER BY r.created_at DESC LIMIT $1",
+                &[&limit, &done],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (run_from_row(row), row.get(9))).collect())
+    }
+
     /// A run and its results so far. A `running` run whose heartbeat stopped more than
     /// [`RUN_STALE_AFTER`] ago is marked `interrupted` first (its process died).
     pub async fn run(&self, run: Uuid) -> Result<(RunRecord, Vec<ResultRecord>), CatalogError> {
@@ -273,17 +288,7 @@ impl Catalog {
             )
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("no migration run {run}")))?;
-        let record = RunRecord {
-            id: row.get(0),
-            actor: row.get(1),
-            params: row.get(2),
-            target_version: row.get(3),
-            status: RunStatus::parse(row.get(4)),
-            stop_reason: row.get(5),
-            total: row.get(6),
-            created_at: row.get(7),
-            finished_at: row.get(8),
-        };
+        let record = run_from_row(&row);
         let results = self
             .query(
                 "SELECT slug, outcome, from_version, to_version, detail, at FROM tenantd.migration_results \
@@ -315,5 +320,19 @@ impl Catalog {
             .iter()
             .map(|r| r.get(0))
             .collect())
+    }
+}
+
+fn run_from_row(row: &tokio_postgres::Row) -> RunRecord {
+    RunRecord {
+        id: row.get(0),
+        actor: row.get(1),
+        params: row.get(2),
+        target_version: row.get(3),
+        status: RunStatus::parse(row.get(4)),
+        stop_reason: row.get(5),
+        total: row.get(6),
+        created_at: row.get(7),
+        finished_at: row.get(8),
     }
 }

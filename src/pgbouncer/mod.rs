@@ -156,8 +156,8 @@ pub(crate) async fn routes(
     let mut filter = TenantFilter {
         status: Some(TenantStatus::Ready),
         server: server.map(str::to_owned),
-        after: None,
         limit: 1000,
+        ..TenantFilter::default()
     };
     loop {
         let page = core.catalog.tenants(&filter).await?;

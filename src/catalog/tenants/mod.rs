@@ -232,6 +232,8 @@ pub struct TenantFilter {
     pub server: Option<String>,
     /// Slugs after this one (keyset pagination).
     pub after: Option<String>,
+    /// Only slugs containing this text.
+    pub q: Option<String>,
     /// At most this many.
     pub limit: i64,
 }
@@ -343,9 +345,10 @@ impl Catalog {
                 &format!(
                     "SELECT {COLUMNS} FROM tenantd.tenants WHERE (($1::text IS NULL AND status <> 'DELETED') OR status = $1) \
                      AND ($2::text IS NULL OR server = $2) AND ($3::text IS NULL OR slug > $3) \
+                     AND ($5::text IS NULL OR pg_catalog.strpos(slug, $5) > 0) \
                      ORDER BY slug LIMIT $4"
                 ),
-                &[&status, &f.server, &f.after, &f.limit],
+                &[&status, &f.server, &f.after, &f.limit, &f.q],
             )
             .await?;
         Ok(rows.iter().map(from_row).collect())
