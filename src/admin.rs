@@ -132,7 +132,7 @@ impl AdminTarget {
     }
 
     /// The TLS connector of connections to this server (also for their cancel requests).
-    pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, AdminError> {
+    pub fn connector(&self) -> Result<crate::pgtls::Connector, AdminError> {
         self.tls.connector(&self.host, self.port).map_err(AdminError::Tls)
     }
 
@@ -144,6 +144,9 @@ impl AdminTarget {
             crate::pg::ConnectError::Tls(e) => AdminError::Tls(e),
             crate::pg::ConnectError::Postgres(e) => {
                 AdminError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) }
+            }
+            crate::pg::ConnectError::TimedOut(reason) => {
+                AdminError::Unreachable { target: target.clone(), reason }
             }
         })
     }

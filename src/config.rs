@@ -213,6 +213,8 @@ pub struct HttpSettings {
     /// Requests handled at once; more are answered 503 at once (health and metrics excepted),
     /// which bounds the memory their bodies and results can take.
     pub max_concurrent_requests: usize,
+    /// HTTP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// Longest wait for a request's headers, and for the next request on an idle keep-alive
     /// connection (and for a TLS handshake); the connection is closed after it.
     #[serde(deserialize_with = "de_duration")]
@@ -316,6 +318,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 256,
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             tls_cert: None,
             tls_key: None,
             allow_plaintext: false,
@@ -407,6 +410,7 @@ knobs! {
     "http.body_limit_bytes", "TENANTD_HTTP_BODY_LIMIT_BYTES", Integer, "1048576", "largest request body (413 above)";
     "http.request_timeout", "TENANTD_HTTP_REQUEST_TIMEOUT", Text, "60s", "longest request, ?wait= included";
     "http.max_concurrent_requests", "TENANTD_HTTP_MAX_CONCURRENT_REQUESTS", Integer, "256", "requests handled at once (503 above)";
+    "http.max_connections", "TENANTD_HTTP_MAX_CONNECTIONS", Integer, "4096", "HTTP connections open at once (more wait to be accepted)";
     "http.header_read_timeout", "TENANTD_HTTP_HEADER_READ_TIMEOUT", Text, "30s", "wait for request headers, idle keep-alive and TLS handshakes";
     "http.tls_cert", "TENANTD_HTTP_TLS_CERT", Text, "(none)", "PEM certificate chain: serve HTTPS (reloaded on SIGHUP)";
     "http.tls_key", "TENANTD_HTTP_TLS_KEY", Text, "(none)", "PEM private key of http.tls_cert";
@@ -502,6 +506,7 @@ impl Settings {
         in_range("pools.max_rows", p.max_rows, 1, usize::MAX)?;
         in_range("http.body_limit_bytes", self.http.body_limit_bytes, 1024, 1 << 30)?;
         in_range("http.max_concurrent_requests", self.http.max_concurrent_requests, 1, 100_000)?;
+        in_range("http.max_connections", self.http.max_connections, 1, 1_000_000)?;
         in_range("upgrade.concurrency", self.upgrade.concurrency, 1, MAX_UPGRADE_CONCURRENCY)?;
         in_range("backups.concurrency", self.backups.concurrency, 1, 64)?;
         // Lending pools log in as the tenant role, so they count against its limit.

@@ -1,5 +1,7 @@
 //! Small helpers around tokio-postgres shared by every module that opens its own connections.
 
+use std::time::Duration;
+
 use tokio_postgres::{Client, Config};
 
 use crate::pgtls::PgTls;
@@ -12,7 +14,12 @@ pub async fn connect(config: &Config, tls: &PgTls, label: &str) -> Result<Client
     let connector = tls.connector(&host, port)?;
     let mut config = config.clone();
     tls.apply(&mut config);
-    let (client, connection) = config.connect(connector).await?;
+    // connect_timeout bounds the TCP connect only: the TLS request, handshake and login get a
+    // bound too, so a host that accepts and then stalls cannot hold a caller for ever.
+    let limit = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10)) * 2;
+    let (client, connection) = tokio::time::timeout(limit, config.connect(connector))
+        .await
+        .map_err(|_| ConnectError::TimedOut(format!("{host}:{port}: no login within {limit:?}")))??;
     let label = label.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -31,6 +38,9 @@ pub enum ConnectError {
     /// Connecting, TLS or the login failed.
     #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// Connecting, TLS and the login together took too long.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 /// The first host and port of a configuration (for messages and TLS host names).
@@ -86,13 +96,13 @@ pub fn add_options(config: &mut Config, options: &str) {
 /// Cancels the statement running on a connection if dropped while armed: work started for a
 /// request that was dropped (client gone, timeout) does not go on on the server.
 pub struct CancelOnDrop {
-    token: Option<(tokio_postgres::CancelToken, tokio_postgres_rustls::MakeRustlsConnect)>,
+    token: Option<(tokio_postgres::CancelToken, crate::pgtls::Connector)>,
 }
 
 impl CancelOnDrop {
     /// Armed for `client`'s current statement; the cancel request goes over `connector` (the
     /// one the client connected with, so it is encrypted like the session).
-    pub fn arm(client: &Client, connector: tokio_postgres_rustls::MakeRustlsConnect) -> Self {
+    pub fn arm(client: &Client, connector: crate::pgtls::Connector) -> Self {
         Self { token: Some((client.cancel_token(), connector)) }
     }
 

@@ -30,6 +30,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+
+use crate::pgwire::{GuardedStream, WireGuard};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,15 +116,25 @@ pub struct PgTls {
 /// A TLS setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
-    /// Not one of libpq's modes.
-    #[error("invalid sslmode {0:?}: expected disable, prefer, require, verify-ca or verify-full")]
+    /// Not one of libpq's modes (the value is not repeated: a malformed URL may have put part
+    /// of a password there).
+    #[error("invalid sslmode: expected disable, prefer, require, verify-ca or verify-full")]
     BadMode(String),
     /// Verification asked for without saying what to trust.
     #[error("sslmode={0} needs sslrootcert (a PEM file of CA certificates, or \"system\")")]
     NoRoot(SslMode),
+    /// The system's roots without the host name check.
+    #[error(
+        "sslrootcert=system needs sslmode=verify-full (got {0}): any public certificate chains to the system's roots"
+    )]
+    SystemRootsNeedVerifyFull(SslMode),
     /// Half a client certificate.
     #[error("sslcert and sslkey must be given together")]
     HalfClientCert,
+    /// A URL whose user name or password holds `/` or `?` unencoded: where its settings
+    /// begin is ambiguous.
+    #[error("the URL has a '/' or '?' before its '@': percent-encode the user name and password")]
+    Unencoded,
     /// A setting in a `key=value` string that cannot be read.
     #[error("cannot read the connection settings: {0}")]
     Syntax(&'static str),
@@ -141,11 +154,11 @@ pub enum TlsError {
 const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// Takes the TLS settings out of a `postgres://` URL or a `key=value` string, returning the
-/// rest (for tokio-postgres) and the settings, checked.
+/// rest (for tokio-postgres) and the settings (not checked yet: see [`PgTls::check`]).
 pub fn split(conninfo: &str) -> Result<(String, PgTls), TlsError> {
     let mut pairs = Vec::new();
     let rest = if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        split_url(conninfo, &mut pairs)
+        split_url(conninfo, &mut pairs)?
     } else {
         split_keywords(conninfo, &mut pairs)?
     };
@@ -158,12 +171,23 @@ pub fn split(conninfo: &str) -> Result<(String, PgTls), TlsError> {
             _ => tls.sslkey = Some(value),
         }
     }
-    tls.check()?;
     Ok((rest, tls))
 }
 
-fn split_url(url: &str, found: &mut Vec<(String, String)>) -> String {
-    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+fn split_url(url: &str, found: &mut Vec<(String, String)>) -> Result<String, TlsError> {
+    // The query starts after the user and password, as libpq and tokio-postgres read it.
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[scheme_end..].find(['/', '?']).map_or(url.len(), |i| scheme_end + i);
+    let user_end = url[scheme_end..].rfind('@').map(|i| scheme_end + i);
+    if let Some(at) = user_end
+        && at > authority_end
+    {
+        return Err(TlsError::Unencoded);
+    }
+    let Some(q) = url[authority_end..].find('?').map(|i| authority_end + i) else {
+        return Ok(url.to_owned());
+    };
+    let (base, query) = (&url[..q], &url[q + 1..]);
     let mut kept = Vec::new();
     for param in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = param.split_once('=').unwrap_or((param, ""));
@@ -173,7 +197,7 @@ fn split_url(url: &str, found: &mut Vec<(String, String)>) -> String {
             kept.push(param);
         }
     }
-    if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) }
+    Ok(if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) })
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -196,10 +220,6 @@ fn percent_decode(text: &str) -> String {
             (b'%', Some(hi), Some(lo)) => {
                 out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
                 i += 3;
-            }
-            (b'+', ..) => {
-                out.push(b' ');
-                i += 1;
             }
             (b, ..) => {
                 out.push(b);
@@ -261,6 +281,11 @@ impl PgTls {
         if self.sslcert.is_some() != self.sslkey.is_some() {
             return Err(TlsError::HalfClientCert);
         }
+        // Any publicly trusted certificate chains to the system roots: without the host name
+        // they prove nothing (libpq 16 refuses this too).
+        if self.sslrootcert.as_deref() == Some(SYSTEM_ROOTS) && self.sslmode != SslMode::VerifyFull {
+            return Err(TlsError::SystemRootsNeedVerifyFull(self.sslmode));
+        }
         Ok(())
     }
 
@@ -271,12 +296,10 @@ impl PgTls {
 
     /// The connector tokio-postgres uses for these settings (cached: files are read again
     /// at most once a minute, so renewed certificates are picked up without a restart).
-    pub fn connector(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TlsError> {
-        Ok(tokio_postgres_rustls::MakeRustlsConnect::new((*self.client_config(host, port)?).clone()))
+    pub fn connector(&self, host: &str, port: u16) -> Result<Connector, TlsError> {
+        // Built once now, so that settings that cannot work fail here and not per connection.
+        self.client_config(host, port)?;
+        Ok(Connector { tls: self.clone(), host: host.to_owned(), port })
     }
 
     /// The rustls configuration for these settings, cached for a minute.
@@ -349,14 +372,11 @@ impl PgTls {
         let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
         match (&self.sslcert, &self.sslkey) {
             (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                    .map_err(|e| file_error("sslcert", cert, e))?;
-                if chain.is_empty() {
-                    return Err(file_error("sslcert", cert, "no certificate in the file"));
-                }
-                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("sslkey", key, e))?;
-                builder.with_client_auth_cert(chain, key_der).map_err(|e| file_error("sslkey", key, e))
+                let chain = read_certificates(Path::new(cert)).map_err(|e| file_error("sslcert", cert, e))?;
+                let key_der = read_private_key(Path::new(key)).map_err(|e| file_error("sslkey", key, e))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|_| file_error("sslkey", key, "does not match sslcert"))
             }
             _ => Ok(builder.with_no_client_auth()),
         }
@@ -424,6 +444,99 @@ impl PgTls {
     }
 }
 
+/// rustls through tokio-postgres-rustls, as tokio-postgres sees it.
+type RustlsConnect<S> = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+type RustlsStream<S> = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+
+/// tokio-postgres's TLS connector for one endpoint's settings. The rustls configuration is
+/// taken from [`PgTls::client_config`] for each connection, so pools that live for days pick
+/// up renewed certificate files; the session supports SCRAM channel binding.
+#[derive(Clone)]
+pub struct Connector {
+    tls: PgTls,
+    host: String,
+    port: u16,
+}
+
+impl Connector {
+    fn rustls<S>(&self, hostname: &str) -> Result<RustlsConnect<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = self.tls.client_config(&self.host, self.port)?;
+        let mut make = tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone());
+        match <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<S>>::make_tls_connect(
+            &mut make, hostname,
+        ) {
+            Ok(connect) => Ok(connect),
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnect<S>;
+    type Error = TlsError;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, TlsError> {
+        self.rustls::<S>(hostname)
+    }
+}
+
+/// TLS for a guarded tenant connection: the handshake, then the wire guard on the messages
+/// inside the session. tokio-postgres negotiates it (`sslmode` require or stronger), so SCRAM
+/// channel binding works as on every other connection.
+pub struct GuardedTls {
+    inner: RustlsConnect<TcpStream>,
+    guard: Arc<WireGuard>,
+}
+
+impl TlsConnect<TcpStream> for GuardedTls {
+    type Stream = GuardedTlsStream;
+    type Error = io::Error;
+    type Future = futures::future::BoxFuture<'static, io::Result<GuardedTlsStream>>;
+
+    fn connect(self, stream: TcpStream) -> Self::Future {
+        Box::pin(async move {
+            let tls = self.inner.connect(stream).await?;
+            Ok(GuardedTlsStream(GuardedStream::new(tls, self.guard)))
+        })
+    }
+}
+
+/// The stream of [`GuardedTls`].
+pub struct GuardedTlsStream(GuardedStream<RustlsStream<TcpStream>>);
+
+impl tokio_postgres::tls::TlsStream for GuardedTlsStream {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        self.0.get_ref().channel_binding()
+    }
+}
+
+impl AsyncRead for GuardedTlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedTlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 /// Where a server is and how to speak TLS to it, for connections whose TLS tenantd negotiates
 /// itself (guarded tenant connections and their cancel requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,6 +554,32 @@ impl Endpoint {
     /// `sslmode=disable` on the stream.
     pub async fn open(&self) -> Result<PgStream, io::Error> {
         self.tls.open(&self.host, self.port).await
+    }
+
+    /// Whether tokio-postgres negotiates TLS for guarded connections ([`GuardedTls`]): every
+    /// mode that insists on TLS. `prefer` may end in plaintext, which only [`Endpoint::open`]
+    /// can guard.
+    pub fn tls_required(&self) -> bool {
+        matches!(self.tls.sslmode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+
+    /// The TLS connector of a guarded connection with [`Endpoint::tls_required`].
+    pub fn guarded_tls(&self, guard: Arc<WireGuard>) -> Result<GuardedTls, TlsError> {
+        let inner = self.tls.connector(&self.host, self.port)?.rustls::<TcpStream>(&self.host)?;
+        Ok(GuardedTls { inner, guard })
+    }
+
+    /// Sends a cancel request for a connection made to this endpoint, encrypted like it.
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), String> {
+        if self.tls_required() {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            let tls = self.tls.connector(&self.host, self.port).map_err(|e| e.to_string())?;
+            let tls = tls.rustls::<TcpStream>(&self.host).map_err(|e| e.to_string())?;
+            token.cancel_query_raw(tcp, tls).await.map_err(|e| crate::pg::describe(&e))
+        } else {
+            let stream = self.open().await.map_err(|e| e.to_string())?;
+            token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
+        }
     }
 }
 
@@ -466,19 +605,56 @@ fn load_roots(path: &str) -> Result<RootCertStore, TlsError> {
         }
         return Ok(roots);
     }
-    if !Path::new(path).is_file() {
-        return Err(file_error("sslrootcert", path, "no such file"));
-    }
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| file_error("sslrootcert", path, e))?;
+    let certs = read_certificates(Path::new(path)).map_err(|e| file_error("sslrootcert", path, e))?;
     for cert in certs {
-        roots.add(cert).map_err(|e| file_error("sslrootcert", path, e))?;
-    }
-    if roots.is_empty() {
-        return Err(file_error("sslrootcert", path, "no certificate in the file"));
+        roots
+            .add(cert)
+            .map_err(|_| file_error("sslrootcert", path, "holds a certificate that is not a valid CA"))?;
     }
     Ok(roots)
+}
+
+/// Largest certificate or key file read (a CA bundle of the whole web is about 250 KiB).
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a regular PEM file of at most [`MAX_PEM_FILE`] bytes. Errors say what is wrong
+/// without repeating any of the file (these paths come from API callers).
+fn read_pem(path: &Path) -> Result<Vec<u8>, &'static str> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file",
+        io::ErrorKind::PermissionDenied => "cannot be read (permission denied)",
+        _ => "cannot be read",
+    })?;
+    if !meta.is_file() {
+        return Err("is not a regular file");
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err("is larger than 1 MiB");
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_FILE).read_to_end(&mut bytes))
+        .map_err(|_| "cannot be read")?;
+    Ok(bytes)
+}
+
+/// The certificates of a PEM file (at least one).
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, &'static str> {
+    let bytes = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "is not a valid PEM file of certificates")?;
+    if certs.is_empty() {
+        return Err("holds no certificate");
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, &'static str> {
+    let bytes = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| "holds no valid PEM private key")
 }
 
 /// `prefer`/`require` without a CA: encrypted, certificate not checked (signatures of the
@@ -654,8 +830,12 @@ mod tests {
             ("postgres://h/db?sslmode=verify-full", "needs sslrootcert"),
             ("postgres://h/db?sslmode=require&sslcert=/c.pem", "together"),
             ("host=h sslmode='require", "unterminated"),
+            ("postgres://h/db?sslmode=require&sslrootcert=system", "verify-full"),
+            ("postgres://u:p?w@h/db?sslmode=require", "percent-encode"),
+            ("postgres://u:S3CRET@h/db?sslmode=S3CRET", "invalid sslmode"),
         ] {
-            let err = split(bad).unwrap_err().to_string();
+            assert!(!split(bad).and_then(|(_, tls)| tls.check()).unwrap_err().to_string().contains("S3CRET"));
+            let err = split(bad).and_then(|(_, tls)| tls.check()).unwrap_err().to_string();
             assert!(err.contains(expect), "{bad}: {err}");
         }
     }

@@ -157,6 +157,11 @@ impl<S> GuardedStream<S> {
     pub fn new(inner: S, guard: Arc<WireGuard>) -> Self {
         Self { inner, guard, reading: Frames::new(false), writing: Frames::new(true) }
     }
+
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {

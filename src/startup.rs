@@ -166,9 +166,41 @@ fn no_core_dumps() {
     }
 }
 
+/// Every HTTP client, pooled connection and child pipe is a descriptor: the soft limit (often
+/// 1024) goes up to the hard one, so a burst of sockets does not starve the database side.
+fn more_descriptors() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open files limit"),
+    }
+}
+
+/// SIGHUP reloads the HTTPS certificate when there is one; without one it must not end the
+/// daemon (its default action), since `systemctl reload` sends it either way.
+fn sighup_never_kills() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP received (the HTTPS certificate, if any, is read again)");
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+    }
+}
+
 /// `tenantd serve`: embedded cluster when no catalog URL, then the daemon until a signal.
 pub async fn serve(mut settings: Settings) -> Result<(), StartupError> {
     no_core_dumps();
+    more_descriptors();
+    sighup_never_kills();
     let embedded = if settings.is_embedded() { Some(embedded::start(&mut settings).await?) } else { None };
     let result = run_until_signal(settings, embedded.as_ref()).await;
     if let Some(embedded) = embedded {

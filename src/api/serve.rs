@@ -14,8 +14,6 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,13 +65,8 @@ fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, HttpsE
     fn fail(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> HttpsError {
         HttpsError { what, path: path.to_owned(), reason: reason.to_string() }
     }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| fail("certificate", cert, e))?;
-    if chain.is_empty() {
-        return Err(fail("certificate", cert, "no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| fail("key", key, e))?;
+    let chain = crate::pgtls::read_certificates(cert).map_err(|e| fail("certificate", cert, e))?;
+    let key_der = crate::pgtls::read_private_key(key).map_err(|e| fail("key", key, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(crate::pgtls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail("certificate", cert, e))?
@@ -97,8 +90,17 @@ pub fn spawn(app: Arc<App>, router: Router, listener: TcpListener, https: Option
     }
     let token = app.shutdown.token().clone();
     let tasks = app.clone();
+    // At most this many connections at once; past it, new ones wait in the kernel's backlog.
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.settings.http.max_connections));
     app.shutdown.spawn(async move {
         loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = token.cancelled() => break,
+            };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -115,6 +117,8 @@ pub fn spawn(app: Arc<App>, router: Router, listener: TcpListener, https: Option
             let (builder, router, token) = (builder.clone(), router.clone(), token.clone());
             let acceptor = https.as_ref().map(|h| h.acceptor());
             tasks.shutdown.spawn(async move {
+                let _slot = slot;
+                let _open = OpenConnection::new();
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%error, "cannot set TCP_NODELAY");
                 }
@@ -129,6 +133,22 @@ pub fn spawn(app: Arc<App>, router: Router, listener: TcpListener, https: Option
             });
         }
     });
+}
+
+/// Counts open HTTP connections in `tenantd_http_connections` while alive.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("tenantd_http_connections").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("tenantd_http_connections").decrement(1.0);
+    }
 }
 
 fn handshake_failed(reason: &str) {

@@ -80,6 +80,9 @@ pub enum CatalogError {
     /// No connection could be had.
     #[error("catalog unreachable: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A connection of its own (migrations) could not be made in time.
+    #[error("catalog unreachable: {0}")]
+    Unreachable(String),
     /// Applying the catalog schema failed.
     #[error("catalog schema migration failed: {0}")]
     Migrate(#[from] refinery::Error),
@@ -102,6 +105,7 @@ impl From<crate::pg::ConnectError> for CatalogError {
         match e {
             crate::pg::ConnectError::Tls(e) => Self::Tls(e),
             crate::pg::ConnectError::Postgres(e) => Self::Query(e),
+            crate::pg::ConnectError::TimedOut(reason) => Self::Unreachable(reason),
         }
     }
 }
@@ -121,7 +125,7 @@ impl CatalogError {
     /// fault and not a bug: the API answers 503 with `Retry-After`, background work backs off.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            CatalogError::Pool(_) => true,
+            CatalogError::Pool(_) | CatalogError::Unreachable(_) => true,
             CatalogError::Query(e) => {
                 crate::pg::is_unavailable(e)
                     || e.code().is_some_and(|c| ["53", "54", "57P"].iter().any(|p| c.code().starts_with(p)))
@@ -138,7 +142,7 @@ impl CatalogError {
         match self {
             // Waiting for a free pooled connection is being busy, not unreachable.
             CatalogError::Pool(PoolError::Timeout(TimeoutType::Wait)) => false,
-            CatalogError::Pool(_) => true,
+            CatalogError::Pool(_) | CatalogError::Unreachable(_) => true,
             CatalogError::Query(e) => crate::pg::is_unavailable(e),
             _ => false,
         }
@@ -156,7 +160,7 @@ pub struct Catalog {
     pool: Pool,
     config: tokio_postgres::Config,
     tls: PgTls,
-    connector: tokio_postgres_rustls::MakeRustlsConnect,
+    connector: crate::pgtls::Connector,
     reachability: Arc<Reachability>,
 }
 
@@ -216,6 +220,7 @@ pub fn parse_pg_config(url: &SecretString) -> Result<(tokio_postgres::Config, Pg
         crate::pgtls::TlsError::Syntax(_) => CatalogError::BadUrl,
         other => CatalogError::Tls(other),
     })?;
+    tls.check()?;
     let mut config = tokio_postgres::Config::from_str(&rest).map_err(|_| CatalogError::BadUrl)?;
     tls.apply(&mut config);
     Ok((config, tls))
@@ -333,7 +338,7 @@ impl Catalog {
     }
 
     /// The catalog's TLS connector (for connections made outside the pool).
-    pub fn connector(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+    pub fn connector(&self) -> crate::pgtls::Connector {
         self.connector.clone()
     }
 

@@ -105,7 +105,7 @@ async fn listen_forever(core: &Core, dirty: &Notify) -> Infallible {
 }
 
 async fn listen(core: &Core, dirty: &Notify) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = core.catalog.pg_config().connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = core.catalog.pg_config().connect(core.catalog.connector()).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listening = client.batch_execute(&statement);

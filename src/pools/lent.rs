@@ -108,11 +108,8 @@ async fn cancel(conn: &PooledConn) {
 }
 
 async fn cancel_with(token: &tokio_postgres::CancelToken, endpoint: &Endpoint) {
-    let cancelled = async {
-        // Encrypted like the session it cancels (the session's TLS was negotiated by us).
-        let stream = endpoint.open().await.map_err(|e| e.to_string())?;
-        token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
-    };
+    // Encrypted like the session it cancels.
+    let cancelled = endpoint.cancel(token);
     match tokio::time::timeout(Duration::from_secs(5), cancelled).await {
         Ok(Ok(())) => metrics::counter!("tenantd_statements_cancelled_total").increment(1),
         Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a tenant statement"),

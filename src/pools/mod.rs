@@ -180,29 +180,56 @@ impl TenantManager {
         self.pools.upgrade().and_then(|inner| inner.terminator.get().cloned())
     }
 
-    /// Connects over a [`GuardedStream`]: server messages larger than the result limit end
-    /// the connection before they are read into memory.
+    /// Connects over a [`GuardedStream`] (inside TLS when there is TLS): server messages
+    /// larger than the result limit end the connection before they are read into memory.
     async fn connect(&self, guard: &Arc<WireGuard>) -> Result<ClientWrapper, ManagerError> {
         let timeout = self.config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
         let (host, port) = (&self.address.host, self.address.port);
-        let stream = tokio::time::timeout(timeout, self.address.open())
-            .await
-            .map_err(|_| ManagerError::Unreachable(format!("{host}:{port}: connect timed out")))?
-            .map_err(|e| ManagerError::Unreachable(format!("{host}:{port}: {e}")))?;
-        // The guard reads the PostgreSQL messages inside the TLS session.
-        let stream = GuardedStream::new(stream, guard.clone());
-        let (client, connection) =
-            tokio::time::timeout(timeout, self.config.connect_raw(stream, tokio_postgres::NoTls))
-                .await
-                .map_err(|_| ManagerError::Unreachable(format!("{host}:{port}: login timed out")))?
-                .map_err(ManagerError::Connect)?;
+        let unreachable =
+            |e: &dyn std::fmt::Display| ManagerError::Unreachable(format!("{host}:{port}: {e}"));
+        let login_timed_out = |_| ManagerError::Unreachable(format!("{host}:{port}: login timed out"));
         let slug = self.slug.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(tenant = %slug, error = %crate::pg::describe(&error), "tenant connection ended");
-            }
-        });
-        Ok(ClientWrapper::new(client, task))
+        let task = if self.address.tls_required() {
+            // tokio-postgres negotiates TLS (with SCRAM channel binding); the guard is inside.
+            let tls = self.address.guarded_tls(guard.clone()).map_err(|e| unreachable(&e))?;
+            let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| unreachable(&"connect timed out"))?
+                .map_err(|e| unreachable(&e))?;
+            tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
+            let mut config = self.config.clone();
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) = tokio::time::timeout(timeout, config.connect_raw(tcp, tls))
+                .await
+                .map_err(login_timed_out)?
+                .map_err(ManagerError::Connect)?;
+            (client, tokio::spawn(drive(connection, slug)))
+        } else {
+            // `prefer` may end in plaintext: negotiated here, so the guard is on either stream.
+            let stream = tokio::time::timeout(timeout, self.address.open())
+                .await
+                .map_err(|_| unreachable(&"connect timed out"))?
+                .map_err(|e| unreachable(&e))?;
+            let stream = GuardedStream::new(stream, guard.clone());
+            let (client, connection) =
+                tokio::time::timeout(timeout, self.config.connect_raw(stream, tokio_postgres::NoTls))
+                    .await
+                    .map_err(login_timed_out)?
+                    .map_err(ManagerError::Connect)?;
+            (client, tokio::spawn(drive(connection, slug)))
+        };
+        Ok(ClientWrapper::new(task.0, task.1))
+    }
+}
+
+/// Drives a tenant connection until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>, slug: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(error) = connection.await {
+        tracing::debug!(tenant = %slug, error = %crate::pg::describe(&error), "tenant connection ended");
     }
 }
 

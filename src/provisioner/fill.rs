@@ -74,6 +74,7 @@ impl Provisioner<'_> {
         .map_err(|e| {
             let message = format!("cannot connect as the tenant role: {e}");
             match e {
+                crate::pg::ConnectError::TimedOut(_) => StepError::ServerDown(step, message),
                 crate::pg::ConnectError::Postgres(e) if crate::pg::is_unavailable(&e) => {
                     StepError::ServerDown(step, message)
                 }

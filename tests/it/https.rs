@@ -34,6 +34,16 @@ fn issue(dir: &Path, ca_name: &str) -> rustls::pki_types::CertificateDer<'static
 
 /// `GET /healthz` over TLS trusting only `ca`; the status line, or the TLS error.
 async fn get_over_tls(port: u16, ca: &rustls::pki_types::CertificateDer<'static>) -> Result<String, String> {
+    let response = fetch_over_tls(port, ca, "/healthz").await?;
+    Ok(response.lines().next().unwrap_or_default().to_owned())
+}
+
+/// `GET path` over TLS trusting only `ca`: the whole response.
+async fn fetch_over_tls(
+    port: u16,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Result<String, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let config =
@@ -48,12 +58,22 @@ async fn get_over_tls(port: u16, ca: &rustls::pki_types::CertificateDer<'static>
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     tls.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned())
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// `tenantd_http_tls_reloads_total{result="error"}` as served.
+async fn failed_reloads(port: u16, ca: &rustls::pki_types::CertificateDer<'static>) -> f64 {
+    let metrics = fetch_over_tls(port, ca, "/metrics").await.unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("tenantd_http_tls_reloads_total{result=\"error\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[tokio::test]
@@ -85,10 +105,14 @@ async fn https_serves_the_api_and_a_renewed_certificate_is_used_after_sighup() {
     .await;
     assert!(get_over_tls(port, &first_ca).await.is_err(), "the old certificate is gone");
 
-    // A broken renewal keeps the working certificate.
+    // A broken renewal keeps the working certificate (and says so in the metrics).
+    let failed_before = failed_reloads(port, &second_ca).await;
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the failed reload to be counted", Duration::from_secs(10), || async {
+        (failed_reloads(port, &second_ca).await > failed_before).then_some(())
+    })
+    .await;
     assert_eq!(get_over_tls(port, &second_ca).await.unwrap(), "HTTP/1.1 200 OK");
 }
 

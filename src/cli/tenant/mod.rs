@@ -192,7 +192,13 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             let mut all = Vec::new();
             let mut after = None;
             loop {
-                let filter = TenantFilter { status, server: server.clone(), after, limit: 1000, ..TenantFilter::default() };
+                let filter = TenantFilter {
+                    status,
+                    server: server.clone(),
+                    after,
+                    limit: 1000,
+                    ..TenantFilter::default()
+                };
                 let page = ctx.catalog.tenants(&filter).await.map_err(Failure::failed)?;
                 let done = page.len() < 1000;
                 after = page.last().map(|t| t.slug.clone());
