@@ -7,6 +7,7 @@
 //! daemon down; the server stops accepting on shutdown and lets in-flight requests finish.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod lending;
@@ -43,6 +44,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/ui", get(console::index))
+        .route("/ui/console.js", get(console::script))
+        .route("/ui/console.css", get(console::style))
         .route("/v1/servers", get(servers::list).post(servers::add))
         .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))

@@ -129,6 +129,8 @@ pub struct Shown {
     pub latest_version: i32,
     /// Migrations this build would apply to it.
     pub pending_migrations: Vec<crate::tenant_migrations::Known>,
+    /// This daemon's connection pool for the tenant (`null` when none is open).
+    pub pool: Option<crate::pools::PoolStatus>,
 }
 
 /// `GET /v1/tenants/{slug}`: the tenant, with `latest_version` and `pending_migrations`.
@@ -143,7 +145,13 @@ pub async fn show(
     } else {
         Vec::new()
     };
-    Ok(Json(Shown { tenant, latest_version: app.migrations.latest_version(), pending_migrations: pending }))
+    let pool = app.pools.tenant_status(&tenant.slug);
+    Ok(Json(Shown {
+        tenant,
+        latest_version: app.migrations.latest_version(),
+        pending_migrations: pending,
+        pool,
+    }))
 }
 
 /// Query of the events listing.

@@ -284,8 +284,8 @@ impl std::fmt::Debug for Pools {
     }
 }
 
-/// What a tenant pool looks like from outside (for tests and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a tenant pool looks like from outside (for tests, metrics and the console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStatus {
     /// Connections open.
     pub size: usize,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod common;
+mod console;
 mod deploy;
 
 mod hostile;
