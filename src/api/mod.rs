@@ -8,10 +8,12 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod lending;
 pub mod lifecycle;
 pub mod migrations;
+pub mod openapi;
 pub mod serve;
 pub mod servers;
 pub mod tenants;
@@ -43,6 +45,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/v1/servers", get(servers::list).post(servers::add))
         .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
@@ -61,6 +64,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
         .route("/v1/migrations", post(migrations::start))
         .route("/v1/migrations/{id}", get(migrations::show))
+        .route("/v1/events", get(events::list))
 }
 
 /// Adds the fallbacks and middleware (body limit, timeout and metrics, panic catcher) to
