@@ -61,7 +61,10 @@ pub async fn list(
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let kind = q
         .kind
@@ -69,7 +72,10 @@ pub async fn list(
         .map(|k| {
             EventKind::parse(k).ok_or_else(|| {
                 let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                ApiError::bad_request("invalid_query", format!("unknown kind {k:?}; one of {}", known.join(", ")))
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown kind {k:?}; one of {}", known.join(", ")),
+                )
             })
         })
         .transpose()?;

@@ -95,7 +95,6 @@ fn answer(req: &SqlRequest, mut results: Vec<StatementResult>) -> Result<Json<Sq
     }
 }
 
-
 /// `POST /v1/tenants/{slug}/sql {sql, params?} | {statements: [...]}`: one statement in
 /// autocommit, or a list in one transaction, on a pooled connection.
 #[utoipa::path(post, path = "/v1/tenants/{slug}/sql", tag = "lending", security(("admin" = []), ("tenant" = [])),

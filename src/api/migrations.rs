@@ -115,7 +115,8 @@ pub async fn show(
     progress.insert("total".to_owned(), i64::from(run.total));
     progress.insert("done".to_owned(), count(results.iter().filter(|r| r.outcome.is_done()).count()));
     for kind in ResultKind::ALL {
-        progress.insert(kind.as_str().to_owned(), count(results.iter().filter(|r| r.outcome == kind).count()));
+        progress
+            .insert(kind.as_str().to_owned(), count(results.iter().filter(|r| r.outcome == kind).count()));
     }
     Ok(Json(RunShown { run, progress, results }))
 }

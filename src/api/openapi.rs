@@ -155,13 +155,8 @@ impl Modify for CommonAnswers {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let probe = matches!(path.as_str(), "/healthz" | "/metrics" | "/openapi.json");
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
                 add_common(operation, probe);
             }
@@ -189,7 +184,10 @@ fn add_common(op: &mut Operation, probe: bool) {
         add("415", "Body is not `application/json`");
     }
     if !probe {
-        add("503", "Busy (http.max_concurrent_requests), timed out, or the catalog or server is unavailable; see Retry-After");
+        add(
+            "503",
+            "Busy (http.max_concurrent_requests), timed out, or the catalog or server is unavailable; see Retry-After",
+        );
     }
     add("500", "tenantd's own failure; the log has the detail under `request_id`");
 }
@@ -200,7 +198,9 @@ fn error(description: &str) -> RefOr<openapi::Response> {
             .description(description)
             .content(
                 "application/json",
-                openapi::ContentBuilder::new().schema(Some(RefOr::Ref(openapi::Ref::from_schema_name("ErrorBody")))).build(),
+                openapi::ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(openapi::Ref::from_schema_name("ErrorBody"))))
+                    .build(),
             )
             .build(),
     )

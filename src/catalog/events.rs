@@ -276,7 +276,8 @@ impl Catalog {
     pub async fn event_feed(&self, filter: &FeedFilter) -> Result<Vec<FeedEvent>, CatalogError> {
         let kind = filter.kind.map(EventKind::as_str);
         let after = if filter.newest { 0 } else { filter.after };
-        let sql = if filter.newest { concat!(FEED!(), "DESC LIMIT $4") } else { concat!(FEED!(), "ASC LIMIT $4") };
+        let sql =
+            if filter.newest { concat!(FEED!(), "DESC LIMIT $4") } else { concat!(FEED!(), "ASC LIMIT $4") };
         let rows = self.query(sql, &[&after, &kind, &filter.tenant, &filter.limit]).await?;
         let mut events: Vec<FeedEvent> = rows
             .iter()

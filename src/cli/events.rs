@@ -93,7 +93,11 @@ fn print(events: &[FeedEvent], json: bool, cursor: &mut i64) -> Result<(), Failu
             output::json_line(e)?;
         } else {
             let at = e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let detail = if e.detail.as_object().is_some_and(|o| o.is_empty()) { String::new() } else { e.detail.to_string() };
+            let detail = if e.detail.as_object().is_some_and(|o| o.is_empty()) {
+                String::new()
+            } else {
+                e.detail.to_string()
+            };
             writeln!(out, "{:<8} {:<27} {:<20} {:<24} {:<20} {detail}", e.id, at, e.tenant, e.kind, e.actor)
                 .map_err(Failure::failed)?;
         }

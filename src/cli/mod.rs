@@ -270,7 +270,9 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
 fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| Failure::failed(format!("cannot write to stdout: {e}")))
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::failed(format!("cannot write to stdout: {e}")))
 }
 
 /// Opens the catalog named by the settings, or the running embedded one, as this CLI process.
