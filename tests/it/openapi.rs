@@ -164,6 +164,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
         .env("NO_COLOR", "1")
         .arg("--report-dir")
         .arg(report.path())
+        // Its crash cache stays out of the work tree.
+        .current_dir(report.path())
         .stdin(std::process::Stdio::null())
         .output();
     let output = tokio::time::timeout(Duration::from_secs(240), output)
