@@ -32,7 +32,7 @@ pub struct TenantLimits {
 }
 
 /// Overrides of some limits for one tenant (every field optional).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// `CONNECTION LIMIT` of the role.

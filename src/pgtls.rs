@@ -35,7 +35,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use crate::pgwire::{GuardedStream, WireGuard};
 
 /// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plaintext only.
@@ -97,7 +97,7 @@ pub const SYSTEM_ROOTS: &str = "system";
 
 /// The TLS settings of one PostgreSQL endpoint (a server, or the catalog). File names are
 /// read on the daemon's machine, like libpq's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PgTls {
     /// `sslmode`.

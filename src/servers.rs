@@ -66,12 +66,13 @@ pub enum ServerError {
 }
 
 /// What is needed to register a server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddServer {
     /// Unique name.
     pub name: String,
     /// `postgres://admin:pw@host:port/maintenance_db`.
+    #[schema(value_type = String)]
     pub url: SecretString,
     /// Relative share of new tenants (default 100).
     #[serde(default)]
@@ -84,6 +85,7 @@ pub struct AddServer {
     pub region: Option<String>,
     /// Admin password, when the URL has none (keeps it out of URLs and process lists).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub password: Option<SecretString>,
     /// Accept a maintenance database that PUBLIC may connect to or create objects in (the
     /// PostgreSQL 13/14 defaults): refused otherwise, since tenant roles could plant objects
@@ -93,7 +95,7 @@ pub struct AddServer {
 }
 
 /// The result of registering a server: its row and advice for the operator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Added {
     /// The stored row (no password).
     #[serde(flatten)]

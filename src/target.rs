@@ -81,7 +81,7 @@ impl std::fmt::Debug for TenantTarget {
 }
 
 /// Connection details of a tenant's own role, as lent to applications.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectionDetails {
     /// Server host.
     pub host: String,
@@ -102,6 +102,7 @@ pub struct ConnectionDetails {
     /// session is not one server connection, so session state does not carry over (README,
     /// "Behind PgBouncer"). Absent for a direct connection.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub pool_mode: Option<&'static str>,
 }
 

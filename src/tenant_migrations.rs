@@ -24,7 +24,7 @@ pub const HISTORY_TABLE: &str = "tenantd_schema_history";
 const LOCK: i64 = 0x7465_6e61_6e74_6403;
 
 /// A migration known to this binary (or recorded in a tenant database).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Known {
     /// Version (the `V<n>` of the file name).
     pub version: i32,

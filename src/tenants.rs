@@ -49,7 +49,7 @@ pub enum TenantError {
 }
 
 /// A request for a tenant.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Slug: `^[a-z][a-z0-9_-]{2,47}$`.
@@ -66,7 +66,7 @@ pub struct CreateTenant {
 }
 
 /// The result of a create request.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     /// The tenant as it is now.
     #[serde(flatten)]
@@ -76,6 +76,7 @@ pub struct Created {
     pub created: bool,
     /// The tenant's bearer token: shown once, on creation only.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "expose")]
+    #[schema(value_type = Option<String>)]
     pub token: Option<SecretString>,
 }
 

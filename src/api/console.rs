@@ -27,16 +27,22 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// `GET /ui`: the console page.
+#[utoipa::path(get, path = "/ui", tag = "console",
+    responses((status = 200, description = "The console page", content_type = "text/html", body = String)))]
 pub async fn index() -> Response {
     asset(INDEX, "text/html; charset=utf-8")
 }
 
 /// `GET /ui/console.js`.
+#[utoipa::path(get, path = "/ui/console.js", tag = "console",
+    responses((status = 200, description = "The console's script", content_type = "text/javascript", body = String)))]
 pub async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
 /// `GET /ui/console.css`.
+#[utoipa::path(get, path = "/ui/console.css", tag = "console",
+    responses((status = 200, description = "The console's style sheet", content_type = "text/css", body = String)))]
 pub async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }

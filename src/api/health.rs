@@ -6,19 +6,81 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, Json, Query};
+use super::openapi::ErrorBody;
 use crate::app::App;
 
+/// Answer of `/healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Answer of `/readyz` (built as JSON in [`readyz`]; this type gives its schema).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Readiness {
+    /// `ready`, or `degraded` when a server failed the deep check.
+    status: String,
+    /// The catalog's round trip.
+    catalog: CatalogCheck,
+    /// With `?deep=true`: every server, checked now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers: Option<Vec<ServerCheck>>,
+}
+
+/// The catalog's part of `/readyz`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CatalogCheck {
+    /// Round trip, ms.
+    latency_ms: f64,
+}
+
+/// One server in `/readyz?deep=true`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ServerCheck {
+    /// Server name.
+    name: String,
+    /// Its placement status.
+    status: crate::catalog::servers::ServerStatus,
+    /// It answered.
+    healthy: bool,
+    /// Round trip, ms (when healthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    /// Why not (when unhealthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Tenants placed there.
+    tenants: i64,
+}
+
+/// A 503 of `/readyz`: a degraded deep check, or an error (catalog down, busy).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum NotReady {
+    /// A server failed the deep check.
+    Degraded(Readiness),
+    /// The catalog is unreachable, or the daemon is busy.
+    Error(ErrorBody),
+}
+
 /// Liveness: the process answers.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers", body = Alive)))]
+pub async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok".to_owned() })
 }
 
 /// Query of `/readyz`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadyQuery {
     /// Also check every server now.
@@ -28,6 +90,18 @@ pub struct ReadyQuery {
 
 /// Readiness: the catalog answers; with `?deep=true` (admin token) every server is checked
 /// too, with its latency. 503 when anything is down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    params(ReadyQuery),
+    security((), ("admin" = [])),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 401, description = "`deep=true` without the admin token", body = ErrorBody),
+        (status = 503, description = "The catalog is unreachable, or (deep) a server is down", body = NotReady),
+    )
+)]
 pub async fn readyz(
     State(app): State<Arc<App>>,
     headers: axum::http::HeaderMap,
@@ -97,6 +171,12 @@ async fn catalog_check(app: &App) -> Result<f64, String> {
 
 /// Prometheus text exposition, from memory: scraping costs no catalog query (tenant counts
 /// per status, `tenantd_tenants{status}`, are refreshed by the health task).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
 pub async fn metrics() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics().render())
 }

@@ -11,10 +11,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::auth::{Admin, Caller};
 use super::error::{ApiError, Json, Path};
+use super::openapi::ErrorBody;
 use crate::app::App;
 use crate::catalog::tenants::TenantRecord;
 use crate::pools::Lent;
@@ -66,23 +67,57 @@ fn limits(app: &App) -> Limits {
     Limits { max_rows: app.settings.pools.max_rows, max_result_bytes: app.settings.pools.max_result_bytes }
 }
 
-/// One result for `{sql}`, `{results: [...]}` for `{statements: [...]}`.
-fn answer(req: &SqlRequest, mut results: Vec<StatementResult>) -> Result<Json<Value>, ApiError> {
-    let value = match req {
-        SqlRequest::One(_) => serde_json::to_value(results.pop()),
-        SqlRequest::Many { .. } => serde_json::to_value(json!({ "results": results })),
-    };
-    value.map(Json).map_err(|e| ApiError::internal(format!("cannot serialise a result: {e}")))
+/// What a SQL request answers: one result for `{sql}`, `{results: [...]}` for
+/// `{statements: [...]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SqlAnswer {
+    /// The result of the one statement.
+    One(StatementResult),
+    /// The results of a statement list, in order.
+    Many(SqlResults),
+}
+
+/// The results of a statement list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SqlResults {
+    /// One per statement, in order.
+    pub results: Vec<StatementResult>,
+}
+
+fn answer(req: &SqlRequest, mut results: Vec<StatementResult>) -> Result<Json<SqlAnswer>, ApiError> {
+    match req {
+        SqlRequest::One(_) => results
+            .pop()
+            .map(|one| Json(SqlAnswer::One(one)))
+            .ok_or_else(|| ApiError::internal("a one-statement request returned no result")),
+        SqlRequest::Many { .. } => Ok(Json(SqlAnswer::Many(SqlResults { results }))),
+    }
 }
 
 /// `POST /v1/tenants/{slug}/sql {sql, params?} | {statements: [...]}`: one statement in
 /// autocommit, or a list in one transaction, on a pooled connection.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/sql", tag = "lending", security(("admin" = []), ("tenant" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    request_body = crate::sqlhttp::SqlRequestSchema,
+    responses(
+        (status = 200, description = "The result (`{sql}`), or the results (`{statements}`)", body = SqlAnswer),
+        (status = 400, description = "Malformed request, or the statement failed (`sql_error` with `sqlstate`...)", body = ErrorBody),
+        (status = 403, description = "The token belongs to another tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "A constraint violation or serialization failure (`sql_error`); or the tenant is not READY (`tenant_not_ready`), or its schema is newer than this build", body = ErrorBody),
+        (status = 410, description = "The tenant is deleted", body = ErrorBody),
+        (status = 423, description = "The tenant is suspended", body = ErrorBody),
+        (status = 408, description = "The statement ran past pools.statement_timeout", body = ErrorBody),
+        (status = 413, description = "Body too large, or the result over pools.max_rows / pools.max_result_bytes", body = ErrorBody),
+        (status = 507, description = "A write while the tenant is over its storage quota", body = ErrorBody),
+    ))]
 pub async fn sql(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
     Json(req): Json<SqlRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SqlAnswer>, ApiError> {
     let tenant = lendable(&app, &caller, &slug).await?;
     let connection = borrow(&app, &tenant).await?;
     let limits = limits(&app);
@@ -94,16 +129,17 @@ pub async fn sql(
 }
 
 /// Body of `POST /v1/tenants/{slug}/handles`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenHandle {
     /// Idle lifetime; default `pools.handle_ttl`, at most `pools.max_handle_ttl`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 
 /// A new handle.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Opened {
     /// Id for `/v1/handles/{handle}`.
     pub handle: String,
@@ -112,6 +148,18 @@ pub struct Opened {
 }
 
 /// `POST /v1/tenants/{slug}/handles {ttl_seconds?}`: holds a pooled connection for the caller.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/handles", tag = "lending", security(("admin" = []), ("tenant" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    request_body(content = Option<OpenHandle>, description = "Optional: an empty body means the defaults"),
+    responses(
+        (status = 201, description = "The handle", body = Opened),
+        (status = 403, description = "The token belongs to another tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not READY (`tenant_not_ready`), or its schema is newer than this build", body = ErrorBody),
+        (status = 410, description = "The tenant is deleted", body = ErrorBody),
+        (status = 423, description = "The tenant is suspended", body = ErrorBody),
+        (status = 429, description = "pools.max_handles_per_tenant handles are open", body = ErrorBody),
+    ))]
 pub async fn open_handle(
     caller: Caller,
     State(app): State<Arc<App>>,
@@ -149,12 +197,28 @@ pub async fn open_handle(
 }
 
 /// `POST /v1/handles/{handle}/sql`: runs on the held connection, statements as given.
+#[utoipa::path(post, path = "/v1/handles/{handle}/sql", tag = "lending", security(("admin" = []), ("tenant" = [])),
+    params(("handle" = String, Path, description = "Handle id (`h_...`)")),
+    request_body = crate::sqlhttp::SqlRequestSchema,
+    responses(
+        (status = 200, description = "The result (`{sql}`), or the results (`{statements}`)", body = SqlAnswer,
+            headers(("x-handle-expires-at" = String, description = "RFC 3339 time the handle expires if unused"))),
+        (status = 400, description = "Malformed request, or the statement failed (`sql_error` with `sqlstate`...)", body = ErrorBody),
+        (status = 403, description = "The handle belongs to another token", body = ErrorBody),
+        (status = 404, description = "No such handle (closed or expired)", body = ErrorBody),
+        (status = 409, description = "A constraint violation or serialization failure; or the tenant is not READY", body = ErrorBody),
+        (status = 410, description = "The tenant is deleted", body = ErrorBody),
+        (status = 423, description = "The tenant is suspended", body = ErrorBody),
+        (status = 408, description = "The statement ran past pools.statement_timeout", body = ErrorBody),
+        (status = 413, description = "Body too large, or the result over pools.max_rows / pools.max_result_bytes", body = ErrorBody),
+        (status = 507, description = "A write while the tenant is over its storage quota", body = ErrorBody),
+    ))]
 pub async fn handle_sql(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     Json(req): Json<SqlRequest>,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<SqlAnswer>), ApiError> {
     let handle = app.handles.get(&id, &caller.owner())?;
     // A suspended or deleted tenant's handles are closed; this catches a race with that.
     let tenant = lendable(&app, &caller, &handle.slug).await?;
@@ -174,6 +238,13 @@ pub async fn handle_sql(
 }
 
 /// `DELETE /v1/handles/{handle}`: rollback, reset, back to the pool.
+#[utoipa::path(delete, path = "/v1/handles/{handle}", tag = "lending", security(("admin" = []), ("tenant" = [])),
+    params(("handle" = String, Path, description = "Handle id (`h_...`)")),
+    responses(
+        (status = 204, description = "Closed"),
+        (status = 403, description = "The handle belongs to another token", body = ErrorBody),
+        (status = 404, description = "No such handle (closed or expired)", body = ErrorBody),
+    ))]
 pub async fn close_handle(
     caller: Caller,
     State(app): State<Arc<App>>,
@@ -194,6 +265,16 @@ pub async fn connection_details(app: &App, tenant: &TenantRecord) -> Result<Conn
 
 /// `GET /v1/tenants/{slug}/connection`: host, port, dbname, user, password and URL of the
 /// tenant's own role (for apps with their own pools, and for PgBouncer entries).
+#[utoipa::path(get, path = "/v1/tenants/{slug}/connection", tag = "lending", security(("admin" = []), ("tenant" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "Connection details of the tenant's role", body = ConnectionDetails),
+        (status = 403, description = "The token belongs to another tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not READY (`tenant_not_ready`), or its schema is newer than this build", body = ErrorBody),
+        (status = 410, description = "The tenant is deleted", body = ErrorBody),
+        (status = 423, description = "The tenant is suspended", body = ErrorBody),
+    ))]
 pub async fn connection(
     caller: Caller,
     State(app): State<Arc<App>>,
@@ -207,11 +288,17 @@ pub async fn connection(
 
 /// `POST /v1/tenants/{slug}/tokens` (admin): replaces the tenant's token; the new one is
 /// shown once, the old one stops working at once (in every daemon, via notification).
+#[utoipa::path(post, path = "/v1/tenants/{slug}/tokens", tag = "lending", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 201, description = "The new token, shown once", body = TokenRotated),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
 pub async fn rotate_token(
     _: Admin,
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TokenRotated>), ApiError> {
     let token = crate::tenants::new_token();
     let hash = crate::crypto::token_hash(token.expose_secret());
     if !app.catalog.set_token_hash(&slug, &hash).await? {
@@ -225,5 +312,14 @@ pub async fn rotate_token(
         .record_event(tenant.id, crate::catalog::events::EventKind::TokenRotated, json!({}), "api")
         .await?;
     tracing::info!(tenant = %slug, "tenant token rotated");
-    Ok((StatusCode::CREATED, Json(json!({ "slug": slug, "token": token.expose_secret() }))))
+    Ok((StatusCode::CREATED, Json(TokenRotated { slug, token: token.expose_secret().to_owned() })))
+}
+
+/// A tenant's new token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenRotated {
+    /// The tenant.
+    pub slug: String,
+    /// Its new bearer token (the old one no longer works).
+    pub token: String,
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path, Query};
+use super::openapi::ErrorBody;
 use crate::app::App;
 use crate::catalog::tenants::TenantRecord;
 use crate::lifecycle::Lifecycle;
@@ -20,6 +21,13 @@ fn lifecycle(app: &App) -> Lifecycle<'_> {
 
 /// `POST /v1/tenants/{slug}/password` (admin): a new password for the tenant's role; the new
 /// connection details are answered once. Pools of every daemon reconnect with it.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/password", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 201, description = "The new connection details, shown once", body = crate::target::ConnectionDetails),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not READY or SUSPENDED", body = ErrorBody),
+    ))]
 pub async fn rotate_password(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -35,7 +43,7 @@ pub async fn rotate_password(
 }
 
 /// Body of `PATCH /v1/tenants/{slug}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     /// The tenant's limit overrides, replacing the ones it had (`{}`: the defaults again):
@@ -45,6 +53,14 @@ pub struct TenantPatch {
 
 /// `PATCH /v1/tenants/{slug} {"limits": {...}}` (admin): sets the tenant's limits and applies
 /// them to its role at once (READY or SUSPENDED tenants; others get them when provisioned).
+#[utoipa::path(patch, path = "/v1/tenants/{slug}", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    request_body = TenantPatch,
+    responses(
+        (status = 200, description = "The tenant with its new limits", body = TenantRecord),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is being worked on or is gone", body = ErrorBody),
+    ))]
 pub async fn patch(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -55,7 +71,8 @@ pub async fn patch(
 }
 
 /// Query of `DELETE /v1/tenants/{slug}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Write a final archive into `lifecycle.archive_dir` before dropping.
@@ -65,6 +82,15 @@ pub struct DeleteQuery {
 
 /// `DELETE /v1/tenants/{slug}[?archive=true]`: 202, the tenant is DELETING; a worker archives
 /// (if asked), drops the database and the role, and marks it DELETED.
+#[utoipa::path(delete, path = "/v1/tenants/{slug}", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug"), DeleteQuery),
+    responses(
+        (status = 202, description = "The tenant, DELETING", body = TenantRecord),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is being worked on; try again shortly", body = ErrorBody),
+        (status = 410, description = "Deleted already", body = ErrorBody),
+        (status = 422, description = "`archive=true` without lifecycle.archive_dir", body = ErrorBody),
+    ))]
 pub async fn delete(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -103,6 +129,13 @@ pub async fn delete(
 }
 
 /// `POST /v1/tenants/{slug}/suspend`.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/suspend", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The tenant, SUSPENDED", body = TenantRecord),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not READY", body = ErrorBody),
+    ))]
 pub async fn suspend(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -112,6 +145,13 @@ pub async fn suspend(
 }
 
 /// `POST /v1/tenants/{slug}/resume`.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/resume", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The tenant, READY", body = TenantRecord),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not SUSPENDED", body = ErrorBody),
+    ))]
 pub async fn resume(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -123,6 +163,13 @@ pub async fn resume(
 /// `POST /v1/tenants/{slug}/dumps`: a pg_dump (custom format) of the tenant, as the body.
 /// The dump is finished before the first byte is sent, so a failure is a clean JSON error
 /// and a 200 is always a complete file.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/dumps", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "A pg_dump archive (custom format)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not READY or SUSPENDED", body = ErrorBody),
+    ))]
 pub async fn dump(
     _: Admin,
     State(app): State<Arc<App>>,

@@ -9,10 +9,12 @@
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod lending;
 pub mod lifecycle;
 pub mod migrations;
+pub mod openapi;
 pub mod serve;
 pub mod servers;
 pub mod tenants;
@@ -44,6 +46,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/ui", get(console::index))
         .route("/ui/console.js", get(console::script))
         .route("/ui/console.css", get(console::style))
@@ -65,6 +68,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
         .route("/v1/migrations", get(migrations::list).post(migrations::start))
         .route("/v1/migrations/{id}", get(migrations::show))
+        .route("/v1/events", get(events::list))
 }
 
 /// Adds the fallbacks and middleware (body limit, timeout and metrics, panic catcher) to

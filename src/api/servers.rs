@@ -7,16 +7,25 @@ use axum::http::StatusCode;
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path};
+use super::openapi::ErrorBody;
 use crate::app::App;
 use crate::catalog::servers::{ServerPatch, ServerRecord};
 use crate::servers::{AddServer, Added};
 
 /// `GET /v1/servers`: every server with health and tenant count; never a password.
+#[utoipa::path(get, path = "/v1/servers", tag = "servers", security(("admin" = [])),
+    responses((status = 200, description = "Every server", body = Vec<ServerRecord>)))]
 pub async fn list(_: Admin, State(app): State<Arc<App>>) -> Result<Json<Vec<ServerRecord>>, ApiError> {
     Ok(Json(app.catalog.servers().await?))
 }
 
 /// `GET /v1/servers/{name}`.
+#[utoipa::path(get, path = "/v1/servers/{name}", tag = "servers", security(("admin" = [])),
+    params(("name" = String, Path, description = "Server name")),
+    responses(
+        (status = 200, description = "The server", body = ServerRecord),
+        (status = 404, description = "No such server", body = ErrorBody),
+    ))]
 pub async fn show(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -26,6 +35,13 @@ pub async fn show(
 }
 
 /// `POST /v1/servers {name, url, weight?, max_tenants?, region?}`: verified, then stored.
+#[utoipa::path(post, path = "/v1/servers", tag = "servers", security(("admin" = [])),
+    request_body = AddServer,
+    responses(
+        (status = 201, description = "Verified and stored", body = Added),
+        (status = 409, description = "A server of that name exists", body = ErrorBody),
+        (status = 422, description = "Unreachable, unsafe or unsuitable (the message says what to fix)", body = ErrorBody),
+    ))]
 pub async fn add(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -36,6 +52,15 @@ pub async fn add(
 }
 
 /// `PATCH /v1/servers/{name} {status?, weight?, max_tenants?, region?}`.
+#[utoipa::path(patch, path = "/v1/servers/{name}", tag = "servers", security(("admin" = [])),
+    params(("name" = String, Path, description = "Server name")),
+    request_body = ServerPatch,
+    responses(
+        (status = 200, description = "The updated server", body = ServerRecord),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "The change conflicts with the server's state", body = ErrorBody),
+        (status = 422, description = "New TLS settings fail a real connection", body = ErrorBody),
+    ))]
 pub async fn patch(
     _: Admin,
     State(app): State<Arc<App>>,

@@ -9,22 +9,36 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::error::{ApiError, Json, Path, Query};
+use super::openapi::ErrorBody;
 use crate::app::App;
 use crate::catalog::events::Event;
 use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
 use crate::tenants::{CreateTenant, Created};
 
 /// Query of `POST /v1/tenants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQuery {
-    /// Seconds to wait for READY or ERROR before answering.
+    /// Seconds to wait for READY or ERROR before answering (at most http.request_timeout
+    /// less one second).
+    #[param(minimum = 0)]
     #[serde(default)]
     wait: Option<f64>,
 }
 
 /// `POST /v1/tenants {slug, server?, region?, labels?}[?wait=SECONDS]`: 201 when created (with
 /// the tenant token, shown once), 200 when the slug exists already with the same request.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("admin" = [])),
+    params(CreateQuery),
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = Created),
+        (status = 200, description = "The slug exists already (an idempotent retry)", body = Created),
+        (status = 404, description = "`server` names no server", body = ErrorBody),
+        (status = 409, description = "The slug exists with another placement, or its names collide with another tenant's", body = ErrorBody),
+        (status = 422, description = "`region` has no server", body = ErrorBody),
+    ))]
 pub async fn create(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -64,18 +78,27 @@ fn wait_duration(app: &App, wait: Option<f64>) -> Result<Option<Duration>, ApiEr
 }
 
 /// Query of `GET /v1/tenants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only tenants in this state (case-insensitive).
+    #[param(value_type = Option<TenantStatus>)]
     status: Option<String>,
+    /// Only tenants on this server.
     server: Option<String>,
+    /// The `next` of the previous page: tenants after this slug.
     after: Option<String>,
+    /// Only tenants whose slug contains this text.
     q: Option<String>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// A page of tenants.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TenantPage)]
 pub struct Page {
     /// Tenants, by slug.
     pub tenants: Vec<TenantRecord>,
@@ -85,6 +108,9 @@ pub struct Page {
 }
 
 /// `GET /v1/tenants[?status=&server=&q=&limit=&after=]` (`q`: slugs containing it).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of tenants, by slug", body = Page)))]
 pub async fn list(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -120,7 +146,8 @@ pub async fn list(
 }
 
 /// A tenant with its schema position relative to this build.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TenantShown)]
 pub struct Shown {
     /// The tenant.
     #[serde(flatten)]
@@ -134,6 +161,12 @@ pub struct Shown {
 }
 
 /// `GET /v1/tenants/{slug}`: the tenant, with `latest_version` and `pending_migrations`.
+#[utoipa::path(get, path = "/v1/tenants/{slug}", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The tenant", body = Shown),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
 pub async fn show(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -155,14 +188,23 @@ pub async fn show(
 }
 
 /// Query of the events listing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Events after this id.
     after: Option<i64>,
+    /// At most this many (default 500, at most 5000).
     limit: Option<i64>,
 }
 
 /// `GET /v1/tenants/{slug}/events[?after=ID&limit=N]`: the audit log, oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{slug}/events", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug"), EventsQuery),
+    responses(
+        (status = 200, description = "The tenant's events, oldest first", body = Vec<Event>),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
 pub async fn events(
     _: Admin,
     State(app): State<Arc<App>>,
@@ -175,6 +217,13 @@ pub async fn events(
 }
 
 /// `POST /v1/tenants/{slug}/retry`: start a tenant in ERROR again.
+#[utoipa::path(post, path = "/v1/tenants/{slug}/retry", tag = "tenants", security(("admin" = [])),
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The tenant, PENDING again", body = TenantRecord),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The tenant is not in ERROR", body = ErrorBody),
+    ))]
 pub async fn retry(
     _: Admin,
     State(app): State<Arc<App>>,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Catalog, CatalogError};
 
 /// One event of a tenant's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// Sequence number (increasing).
     pub id: i64,
@@ -19,6 +19,38 @@ pub struct Event {
     pub detail: serde_json::Value,
     /// Who did it: a daemon instance, `cli:<user>`, `api`.
     pub actor: String,
+}
+
+/// One event in the audit trail of every tenant: an [`Event`] with its tenant.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FeedEvent {
+    /// Sequence number (increasing across all tenants): the cursor.
+    pub id: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The tenant's slug.
+    pub tenant: String,
+    /// What happened (see [`EventKind`]).
+    pub kind: String,
+    /// Details.
+    pub detail: serde_json::Value,
+    /// Who did it: a daemon instance, `cli:<user>`, `api`.
+    pub actor: String,
+}
+
+/// Which events of the trail to read.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    /// Events after this id (the cursor); with `newest`, ignored.
+    pub after: i64,
+    /// At most this many.
+    pub limit: i64,
+    /// Only this kind.
+    pub kind: Option<EventKind>,
+    /// Only this tenant.
+    pub tenant: Option<Uuid>,
+    /// The newest `limit` events instead of those after `after` (still oldest first).
+    pub newest: bool,
 }
 
 /// What an event says happened: the one list of event kinds (their spelling is the `kind`
@@ -132,6 +164,11 @@ impl EventKind {
         Self::PasswordAligned,
     ];
 
+    /// Parses the catalog spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
     /// The catalog spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -178,6 +215,16 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// The trail's query up to its order direction (one text, two directions).
+macro_rules! FEED {
+    () => {
+        "SELECT e.id, e.at, t.slug, e.kind, e.detail, e.actor \
+         FROM tenantd.tenant_events e JOIN tenantd.tenants t ON t.id = e.tenant_id \
+         WHERE e.id > $1 AND ($2::text IS NULL OR e.kind = $2) AND ($3::uuid IS NULL OR e.tenant_id = $3) \
+         ORDER BY e.id "
+    };
+}
+
 impl Catalog {
     /// Appends an event.
     pub async fn record_event(
@@ -222,6 +269,31 @@ impl Catalog {
             )
             .await?;
         Ok(rows.iter().map(event).collect())
+    }
+
+    /// The audit trail across tenants, oldest first: the events after `filter.after` (or
+    /// the newest ones), of one kind and one tenant when the filter says so.
+    pub async fn event_feed(&self, filter: &FeedFilter) -> Result<Vec<FeedEvent>, CatalogError> {
+        let kind = filter.kind.map(EventKind::as_str);
+        let after = if filter.newest { 0 } else { filter.after };
+        let sql =
+            if filter.newest { concat!(FEED!(), "DESC LIMIT $4") } else { concat!(FEED!(), "ASC LIMIT $4") };
+        let rows = self.query(sql, &[&after, &kind, &filter.tenant, &filter.limit]).await?;
+        let mut events: Vec<FeedEvent> = rows
+            .iter()
+            .map(|r| FeedEvent {
+                id: r.get(0),
+                at: r.get(1),
+                tenant: r.get(2),
+                kind: r.get(3),
+                detail: r.get(4),
+                actor: r.get(5),
+            })
+            .collect();
+        if filter.newest {
+            events.reverse();
+        }
+        Ok(events)
     }
 
     /// A tenant's latest event of one of `kinds`.

@@ -8,7 +8,7 @@ use super::{Catalog, CatalogError};
 use crate::pgtls::{PgTls, SslMode};
 
 /// Administrative status of a server: only `active` servers receive new tenants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerStatus {
     /// Accepts new tenants.
@@ -41,7 +41,7 @@ impl ServerStatus {
 }
 
 /// Result of the last health check of a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerHealth {
     /// Not checked yet.
@@ -118,7 +118,7 @@ pub struct ServerLoad {
 
 /// A server row as shown to operators. The sealed admin password is kept out of
 /// serialisation and Debug output.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct ServerRecord {
     /// Unique name.
     pub name: String,
@@ -199,7 +199,7 @@ pub struct NewServer {
 }
 
 /// Changes to a server; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerPatch {
     /// New status.

@@ -17,7 +17,7 @@ pub const RUN_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const RUN_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// State of an upgrade run (stored as text with a CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Its process is working on it.
@@ -52,7 +52,7 @@ impl RunStatus {
 }
 
 /// What became of one tenant in a run (stored as text with a CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResultKind {
     /// Pending migrations applied.
@@ -107,7 +107,7 @@ impl ResultKind {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Id.
     pub id: Uuid,
@@ -130,7 +130,7 @@ pub struct RunRecord {
 }
 
 /// One tenant's result in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ResultRecord {
     /// Tenant.
     pub slug: String,

@@ -4,6 +4,7 @@
 //! Output: human tables by default, `--json` for scripts; errors are one line on stderr.
 
 mod backup;
+mod events;
 mod keys;
 mod migrate;
 mod output;
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::config::{ConfigError, Overrides, Settings};
@@ -70,6 +71,16 @@ enum Command {
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The audit trail of every tenant, oldest first (--follow for new ones as they come).
+    Events(events::EventsArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what GET /openapi.json serves).
+    Openapi,
+    /// Print a shell completion script: `source <(tenantd completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +197,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
+    // Commands that need no configuration and no catalog.
+    match &cli.command {
+        Command::Openapi => return write_stdout(crate::api::openapi::document_json().as_bytes()),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "tenantd", &mut script);
+            return write_stdout(&script);
+        }
+        _ => {}
+    }
     let mut overrides = Overrides { config_file: cli.config.clone(), values: Vec::new() };
     if let Some(dir) = &cli.data_dir {
         overrides.values.push(("data_dir", dir.display().to_string()));
@@ -215,6 +236,8 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
         Command::Backup(cmd) => backup::run(cmd, open(settings).await?).await,
         Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
+        Command::Events(args) => events::run(args, open_unchecked(settings).await?).await,
+        Command::Openapi | Command::Completions { .. } => Ok(()),
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));
@@ -241,6 +264,15 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             crate::bench::sql(&ctx, server.as_deref(), queries, concurrency).await.map_err(Failure::failed)
         }
     }
+}
+
+/// Writes `bytes` to stdout; a closed pipe is an error, not a panic.
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::failed(format!("cannot write to stdout: {e}")))
 }
 
 /// Opens the catalog named by the settings, or the running embedded one, as this CLI process.

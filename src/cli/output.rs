@@ -29,6 +29,13 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints a value as one line of compact JSON (streams: one object per line).
+pub fn json_line<T: Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).map_err(Failure::failed)?;
+    println!("{text}");
+    Ok(())
+}
+
 /// `-` for a missing value.
 pub fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())

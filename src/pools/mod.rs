@@ -285,7 +285,7 @@ impl std::fmt::Debug for Pools {
 }
 
 /// What a tenant pool looks like from outside (for tests, metrics and the console).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     /// Connections open.
     pub size: usize,

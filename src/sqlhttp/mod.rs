@@ -48,7 +48,7 @@ pub enum SqlRequest {
 }
 
 /// One statement and its parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatementRequest {
     /// A single SQL statement, with `$1`, `$2`... placeholders.
@@ -56,6 +56,26 @@ pub struct StatementRequest {
     /// One JSON value per placeholder, bound by the placeholder's type (`null` is NULL).
     #[serde(default)]
     pub params: Vec<Value>,
+}
+
+/// The two forms of [`SqlRequest`] as the OpenAPI document describes them (the parser is
+/// [`RequestBody`]; this type only gives the schema).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = SqlRequest)]
+pub enum SqlRequestSchema {
+    /// One statement in autocommit.
+    One(StatementRequest),
+    /// A list of statements in one transaction.
+    Many(StatementList),
+}
+
+/// `{"statements": [...]}`: statements run in order in one transaction.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatementList {
+    /// The statements.
+    pub statements: Vec<StatementRequest>,
 }
 
 /// The wire form of [`SqlRequest`], checked by `TryFrom` for precise error messages.
@@ -122,11 +142,12 @@ pub struct Limits {
 }
 
 /// What one statement returned.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatementResult {
     /// The result columns in order (empty for statements that return no rows).
     pub columns: Vec<Column>,
     /// One object per row, keyed by [`Column::name`].
+    #[schema(value_type = Vec<Object>)]
     pub rows: Vec<Map<String, Value>>,
     /// Rows returned, or rows affected (`UPDATE` without `RETURNING`...); 0 for DDL.
     pub row_count: u64,
@@ -136,7 +157,7 @@ pub struct StatementResult {
 }
 
 /// A result column.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Column {
     /// The key of this column in each row (the column name, made unique with `_2`, `_3`...).
     pub name: String,

@@ -95,7 +95,7 @@ pub enum UpgradeError {
 }
 
 /// One tenant in a plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Planned {
     /// Slug.
     pub slug: String,
@@ -108,7 +108,7 @@ pub struct Planned {
 }
 
 /// What a run will do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Plan {
     /// Version of this build's newest migration.
     pub target_version: i32,

@@ -23,7 +23,7 @@ mod passwords;
 pub use claims::Claim;
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TenantStatus {
     /// Waiting to be placed on a server.
@@ -94,7 +94,7 @@ impl std::fmt::Display for TenantStatus {
 }
 
 /// A tenant row. The sealed role password and the token hash are never serialised.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct TenantRecord {
     /// Stable id.
     pub id: Uuid,
