@@ -88,6 +88,39 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The PgBouncer in front of the tenant databases, if any.
     pub pgbouncer: PgBouncerSettings,
+    /// Delivery of webhooks.
+    pub webhooks: WebhookSettings,
+}
+
+/// Delivery of webhooks (signed HTTP POSTs of tenant events).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Deliver to loopback, private and link-local addresses (refused by default: a webhook
+    /// URL must not reach into the daemon's own network).
+    pub allow_private: bool,
+    /// Delays before each retry of a failed delivery; after the last one it is given up.
+    #[serde(deserialize_with = "de_durations")]
+    pub retry_delays: Vec<Duration>,
+    /// How often each daemon looks for deliveries that are due.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    /// Longest wait for an endpoint's answer (connect, send, answer).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        // Standard Webhooks' schedule: about 28 hours from the first attempt to the last.
+        let delays = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+        Self {
+            allow_private: false,
+            retry_delays: delays.into_iter().map(Duration::from_secs).collect(),
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The PgBouncer that applications reach tenant databases through (`tenantd pgbouncer config`
@@ -305,6 +338,7 @@ impl Default for Settings {
             backups: BackupSettings::default(),
             limits: LimitSettings::default(),
             pgbouncer: PgBouncerSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -443,6 +477,10 @@ knobs! {
     "limits.quota_check_interval", "TENANTD_LIMITS_QUOTA_CHECK_INTERVAL", Text, "60s", "how often database sizes are measured";
     "pgbouncer.host", "TENANTD_PGBOUNCER_HOST", Text, "(none)", "PgBouncer host named in lent connection details";
     "pgbouncer.port", "TENANTD_PGBOUNCER_PORT", Integer, "6432", "PgBouncer port named in lent connection details";
+    "webhooks.allow_private", "TENANTD_WEBHOOKS_ALLOW_PRIVATE", Bool, "false", "deliver webhooks to loopback and private addresses";
+    "webhooks.retry_delays", "TENANTD_WEBHOOKS_RETRY_DELAYS", List, "5s,5m,30m,2h,5h,10h,10h", "delays between delivery attempts; given up after the last";
+    "webhooks.poll_interval", "TENANTD_WEBHOOKS_POLL_INTERVAL", Text, "1s", "how often due deliveries are looked for";
+    "webhooks.timeout", "TENANTD_WEBHOOKS_TIMEOUT", Text, "10s", "longest wait for a webhook endpoint's answer";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -512,6 +550,7 @@ impl Settings {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));
         }
+        in_range("webhooks.retry_delays", self.webhooks.retry_delays.len(), 0, 100)?;
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }
@@ -523,6 +562,8 @@ impl Settings {
             ("pools.handle_ttl", p.handle_ttl),
             ("http.request_timeout", self.http.request_timeout),
             ("http.header_read_timeout", self.http.header_read_timeout),
+            ("webhooks.poll_interval", self.webhooks.poll_interval),
+            ("webhooks.timeout", self.webhooks.timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than zero"));

@@ -15,6 +15,7 @@ pub mod migrations;
 pub mod serve;
 pub mod servers;
 pub mod tenants;
+pub mod webhooks;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/handles/{handle}", axum::routing::delete(lending::close_handle))
         .route("/v1/migrations", post(migrations::start))
         .route("/v1/migrations/{id}", get(migrations::show))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::add))
+        .route("/v1/webhooks/{id}", get(webhooks::show).delete(webhooks::remove))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
 }
 
 /// Adds the fallbacks and middleware (body limit, timeout and metrics, panic catcher) to

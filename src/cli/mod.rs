@@ -10,6 +10,7 @@ mod output;
 mod pgbouncer;
 mod server;
 mod tenant;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ enum Command {
     /// PgBouncer in front of the tenant databases: its configuration from the catalog.
     #[command(subcommand)]
     Pgbouncer(pgbouncer::PgBouncerCommand),
+    /// Webhooks: endpoints that receive tenant events (signed, Standard Webhooks), deliveries.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -215,6 +219,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
         Command::Backup(cmd) => backup::run(cmd, open(settings).await?).await,
         Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
+        Command::Webhook(cmd) => webhook::run(cmd, open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));

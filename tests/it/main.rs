@@ -20,3 +20,4 @@ mod sqlhttp;
 mod startup;
 mod tls;
 mod upgrade;
+mod webhooks;
