@@ -407,7 +407,8 @@ async fn rotate_webhook_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usi
             continue;
         }
         let aad = crate::crypto::webhook_aad(id);
-        let secret = keyring.open(&sealed, &aad).map_err(|source| ServerError::WebhookSealed { id, source })?;
+        let secret =
+            keyring.open(&sealed, &aad).map_err(|source| ServerError::WebhookSealed { id, source })?;
         if catalog.reseal_webhook_secret(id, &sealed, &keyring.seal(secret.expose_secret(), &aad)).await? {
             changed += 1;
         }

@@ -152,9 +152,7 @@ impl From<ServerError> for ApiError {
             }
             ServerError::Admin(AdminError::Sealed { .. })
             | ServerError::TenantSealed { .. }
-            | ServerError::WebhookSealed { .. } => {
-                Self::internal(e.to_string())
-            }
+            | ServerError::WebhookSealed { .. } => Self::internal(e.to_string()),
             ServerError::Catalog(c) => c.into(),
         }
     }
@@ -226,7 +224,9 @@ impl From<crate::webhooks::WebhookError> for ApiError {
             WebhookError::Invalid(_) | WebhookError::Refused(AddressError::BadUrl(_)) => {
                 Self::bad_request("invalid", e.to_string())
             }
-            WebhookError::Refused(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "url_refused", e.to_string()),
+            WebhookError::Refused(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "url_refused", e.to_string())
+            }
             WebhookError::Sealed { .. } => Self::internal(e.to_string()),
             WebhookError::Catalog(c) => c.into(),
         }

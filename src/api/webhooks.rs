@@ -37,7 +37,11 @@ pub async fn show(
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries are dropped.
-pub async fn remove(_: Admin, State(app): State<Arc<App>>, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+pub async fn remove(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
     crate::webhooks::remove(&app.catalog, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -444,6 +444,9 @@ impl Catalog {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| KeyUsage { key_id: r.get(0), servers: r.get(1), tenants: r.get(2), webhooks: r.get(3) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| KeyUsage { key_id: r.get(0), servers: r.get(1), tenants: r.get(2), webhooks: r.get(3) })
+            .collect())
     }
 }

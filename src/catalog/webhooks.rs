@@ -172,8 +172,9 @@ impl Catalog {
 
     /// One endpoint; [`CatalogError::NotFound`] when there is none.
     pub async fn webhook(&self, id: Uuid) -> Result<WebhookRecord, CatalogError> {
-        let row =
-            self.query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM tenantd.webhooks WHERE id = $1"), &[&id]).await?;
+        let row = self
+            .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM tenantd.webhooks WHERE id = $1"), &[&id])
+            .await?;
         row.as_ref().map(webhook).ok_or_else(|| not_found(id))
     }
 
@@ -184,7 +185,11 @@ impl Catalog {
     }
 
     /// An endpoint's deliveries, newest first, at most `limit`.
-    pub async fn webhook_deliveries(&self, id: Uuid, limit: i64) -> Result<Vec<DeliveryRecord>, CatalogError> {
+    pub async fn webhook_deliveries(
+        &self,
+        id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRecord>, CatalogError> {
         self.webhook(id).await?;
         let rows = self
             .query(
@@ -245,7 +250,13 @@ impl Catalog {
                 "UPDATE tenantd.webhook_deliveries SET status = $4, delivered_at = now(), \
                  last_attempt_at = now(), last_status = $3, last_error = NULL, lease_owner = NULL, \
                  lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND status = $5",
-                &[&id, &owner, &status, &DeliveryStatus::Delivered.as_str(), &DeliveryStatus::Pending.as_str()],
+                &[
+                    &id,
+                    &owner,
+                    &status,
+                    &DeliveryStatus::Delivered.as_str(),
+                    &DeliveryStatus::Pending.as_str(),
+                ],
             )
             .await?;
         Ok(n == 1)
@@ -274,7 +285,13 @@ impl Catalog {
 
     /// The endpoint answered 410 Gone: this delivery failed, the endpoint is disabled and its
     /// other pending deliveries are cancelled, in one statement.
-    pub async fn record_gone(&self, id: i64, owner: &str, webhook: Uuid, reason: &str) -> Result<(), CatalogError> {
+    pub async fn record_gone(
+        &self,
+        id: i64,
+        owner: &str,
+        webhook: Uuid,
+        reason: &str,
+    ) -> Result<(), CatalogError> {
         self.execute(
             "WITH this AS (UPDATE tenantd.webhook_deliveries SET status = $5, last_attempt_at = now(), \
                last_status = 410, last_error = $4, lease_owner = NULL, lease_until = NULL \

@@ -106,7 +106,11 @@ fn print_webhooks(hooks: &[WebhookRecord]) {
     let rows: Vec<Vec<String>> = hooks
         .iter()
         .map(|h| {
-            let state = if h.enabled { "enabled".to_owned() } else { format!("disabled: {}", output::opt(h.disabled_reason.clone())) };
+            let state = if h.enabled {
+                "enabled".to_owned()
+            } else {
+                format!("disabled: {}", output::opt(h.disabled_reason.clone()))
+            };
             vec![h.id.to_string(), h.url.clone(), h.events.join(","), state]
         })
         .collect();

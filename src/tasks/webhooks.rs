@@ -24,7 +24,11 @@ pub fn spawn(app: Arc<App>) {
         let deliverer = deliverer.clone();
         async move {
             if let Err(error) = crate::webhooks::delivery::round(&app.core, &deliverer).await {
-                super::catalog_failed("webhooks", "webhook deliveries could not be claimed or recorded", &error);
+                super::catalog_failed(
+                    "webhooks",
+                    "webhook deliveries could not be claimed or recorded",
+                    &error,
+                );
             }
         }
     });

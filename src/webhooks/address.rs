@@ -2,14 +2,13 @@
 //! `webhooks.allow_private`.
 //!
 //! A URL is checked when the endpoint is added, and its host is resolved and checked again
-//! on every connection by [`CheckedResolver`], the DNS resolver of the delivery client: a
-//! name that resolved to a public address at registration and to `127.0.0.1` later (DNS
-//! rebinding) is refused at connection time, because the client connects only to addresses
-//! this resolver let through.
+//! at every delivery attempt, which then connects only to the addresses checked: a name that
+//! resolved to a public address at registration and to `127.0.0.1` later (DNS rebinding) is
+//! refused at delivery time.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use reqwest::Url;
+use url::Url;
 
 /// A URL webhooks may not use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +60,11 @@ pub async fn check_url(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>
 }
 
 /// `host:port` resolved, every address checked.
-pub async fn resolve_checked(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, AddressError> {
+pub async fn resolve_checked(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, AddressError> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
@@ -118,26 +121,6 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
         || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 (embeds IPv4)
         || ip.to_ipv4().is_some()) // IPv4-compatible ::a.b.c.d
-}
-
-/// The delivery client's DNS resolver: resolves and refuses non-public addresses unless
-/// `allow_private`, at every connection.
-#[derive(Debug, Clone, Copy)]
-pub struct CheckedResolver {
-    /// `webhooks.allow_private`.
-    pub allow_private: bool,
-}
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            // The port is set by the connector; 0 here as the trait expects.
-            let addrs = resolve_checked(name.as_str(), 0, allow_private).await?;
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 #[cfg(test)]

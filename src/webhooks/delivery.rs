@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::address::{self, CheckedResolver};
+use super::address;
 use super::signing;
 use crate::catalog::CatalogError;
 use crate::catalog::webhooks::ClaimedDelivery;
@@ -28,16 +28,18 @@ const ANSWER_KEPT: usize = 512;
 #[error("cannot build the webhook HTTP client: {0}")]
 pub struct ClientError(String);
 
-/// The HTTP client of deliveries: no redirects, no proxy, `webhooks.timeout`, and a resolver
-/// that refuses private addresses at every connection (unless `webhooks.allow_private`).
+/// The HTTP client of deliveries: HTTP/1.1 over TCP (TLS for `https`), connecting only to
+/// addresses [`address::resolve_checked`] let through (so a name cannot be re-pointed at a
+/// private address between the check and the connection), no redirects followed, no proxy,
+/// `webhooks.timeout` for the whole exchange.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
     settings: WebhookSettings,
 }
 
 impl Deliverer {
-    /// Builds the client for `settings`.
+    /// Builds the client for `settings`: TLS with the system's trusted CA certificates.
     pub fn new(settings: &WebhookSettings) -> Result<Deliverer, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         let found = rustls_native_certs::load_native_certs();
@@ -51,17 +53,7 @@ impl Deliverer {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .dns_resolver(Arc::new(CheckedResolver { allow_private: settings.allow_private }))
-            .user_agent(concat!("tenantd-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError(e.to_string()))?;
-        Ok(Deliverer { client, settings: settings.clone() })
+        Ok(Deliverer { tls: Arc::new(tls), settings: settings.clone() })
     }
 
     /// How long a claim lasts: longer than any one attempt.
@@ -78,7 +70,8 @@ pub async fn round(core: &Core, deliverer: &Deliverer) -> Result<usize, CatalogE
         let claimed = core.catalog.claim_deliveries(&core.instance, deliverer.lease(), BATCH).await?;
         let n = claimed.len();
         attempted += n;
-        let outcomes = futures::future::join_all(claimed.into_iter().map(|d| attempt(core, deliverer, d))).await;
+        let outcomes =
+            futures::future::join_all(claimed.into_iter().map(|d| attempt(core, deliverer, d))).await;
         for outcome in outcomes {
             outcome?;
         }
@@ -144,59 +137,39 @@ async fn attempt(core: &Core, deliverer: &Deliverer, d: ClaimedDelivery) -> Resu
 /// Signs and POSTs the delivery.
 async fn send(deliverer: &Deliverer, d: &ClaimedDelivery, secret: &SecretString) -> Answer {
     let failed = |error: String| Answer::Failed { status: None, error };
-    // Names are checked by the client's resolver at connection time; an address written in
-    // the URL never reaches a resolver, so it is checked here.
     let url = match address::parse_url(&d.url) {
         Ok(url) => url,
         Err(e) => return failed(e.to_string()),
     };
-    if let Some(host) = url.host_str()
-        && let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>()
-        && !deliverer.settings.allow_private
-        && !address::is_public(ip)
-    {
-        return failed(address::AddressError::Private { host: host.to_owned(), addr: ip }.to_string());
-    }
-    let body = match serde_json::to_vec(&d.payload) {
+    let body = match serde_json::to_string(&d.payload) {
         Ok(body) => body,
         Err(e) => return failed(format!("cannot serialise the payload: {e}")),
     };
     let timestamp = chrono::Utc::now().timestamp();
-    let signature = match signing::sign(secret, &d.message_id, timestamp, &body) {
+    let signature = match signing::sign(secret, &d.message_id, timestamp, body.as_bytes()) {
         Ok(s) => s,
         Err(e) => return failed(e.to_string()),
     };
-    let sent = deliverer
-        .client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &d.message_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let mut response = match sent {
-        Ok(r) => r,
-        Err(e) => return failed(describe(&e, deliverer.settings.timeout)),
+    let headers = [
+        ("content-type", "application/json".to_owned()),
+        ("user-agent", concat!("tenantd-webhooks/", env!("CARGO_PKG_VERSION")).to_owned()),
+        ("webhook-id", d.message_id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    let timeout = deliverer.settings.timeout;
+    let (status, answer) = match tokio::time::timeout(timeout, post(deliverer, &url, &headers, body)).await {
+        Err(_) => return failed(format!("no answer within {timeout:?}")),
+        Ok(Err(error)) => return failed(error),
+        Ok(Ok(answer)) => answer,
     };
-    let status = response.status();
     if status.is_success() {
         return Answer::Delivered(status.as_u16());
     }
-    if status == reqwest::StatusCode::GONE {
+    if status == hyper::StatusCode::GONE {
         return Answer::Gone;
     }
-    // Keep the start of the answer for the operator; never read more than that.
-    let mut kept = Vec::new();
-    while kept.len() < ANSWER_KEPT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    kept.truncate(ANSWER_KEPT);
-    let text = String::from_utf8_lossy(&kept);
+    let text = String::from_utf8_lossy(&answer);
     let what = if status.is_redirection() { " (redirects are not followed)" } else { "" };
     Answer::Failed {
         status: Some(status.as_u16()),
@@ -204,13 +177,100 @@ async fn send(deliverer: &Deliverer, d: &ClaimedDelivery, secret: &SecretString)
     }
 }
 
-/// A transport error as one line, with its causes.
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!("no answer within {timeout:?}");
+/// One POST on a new connection: the status and the start of the answer's body.
+async fn post(
+    deliverer: &Deliverer,
+    url: &url::Url,
+    headers: &[(&str, String)],
+    body: String,
+) -> Result<(hyper::StatusCode, Vec<u8>), String> {
+    let host = url.host_str().unwrap_or_default();
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(443);
+    // Resolved and checked now, at every attempt; only these addresses are connected to.
+    let addrs = address::resolve_checked(bare_host, port, deliverer.settings.allow_private)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tcp = connect(&addrs).await?;
+    let mut request = hyper::Request::post(&url[url::Position::BeforePath..url::Position::AfterQuery])
+        .header(hyper::header::HOST, &url[url::Position::BeforeHost..url::Position::AfterPort]);
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
     }
+    let request = request.body(body).map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = if url.scheme() == "https" {
+        let name = rustls::pki_types::ServerName::try_from(bare_host.to_owned())
+            .map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(deliverer.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
+        exchange(stream, request).await?
+    } else {
+        exchange(tcp, request).await?
+    };
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut kept = Vec::new();
+    while kept.len() < ANSWER_KEPT {
+        let frame =
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)).await;
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    kept.extend_from_slice(data);
+                }
+            }
+            // The status is what counts; a body cut short does not change it.
+            Some(Err(_)) | None => break,
+        }
+    }
+    kept.truncate(ANSWER_KEPT);
+    Ok((status, kept))
+}
+
+/// A TCP connection to the first of `addrs` that accepts.
+async fn connect(addrs: &[std::net::SocketAddr]) -> Result<tokio::net::TcpStream, String> {
+    let mut errors = Vec::new();
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(format!("cannot connect: {}", errors.join("; ")))
+}
+
+/// Sends `request` over `stream` with HTTP/1.1.
+async fn exchange<S>(
+    stream: S,
+    request: hyper::Request<String>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| describe(&e))?;
+    // The connection is driven beside the request; it ends when the answer has been read and
+    // `sender` is dropped (or with the caller's timeout, which drops both).
+    let driven = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "webhook connection ended with an error");
+        }
+    });
+    let answer = sender.send_request(request).await.map_err(|e| describe(&e));
+    if answer.is_err() {
+        driven.abort();
+    }
+    answer
+}
+
+/// An error as one line, with its causes.
+fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

@@ -151,7 +151,10 @@ pub async fn add(core: &Core, req: &AddWebhook) -> Result<Added, WebhookError> {
     for name in &req.events {
         let event = WebhookEvent::parse(name).ok_or_else(|| {
             let known: Vec<&str> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
-            WebhookError::Invalid(format!("events: unknown event type {name:?} (known: {})", known.join(", ")))
+            WebhookError::Invalid(format!(
+                "events: unknown event type {name:?} (known: {})",
+                known.join(", ")
+            ))
         })?;
         if !events.contains(&event.as_str().to_owned()) {
             events.push(event.as_str().to_owned());
@@ -184,7 +187,11 @@ pub async fn remove(catalog: &Catalog, id: Uuid) -> Result<(), WebhookError> {
 }
 
 /// An endpoint's latest deliveries, newest first.
-pub async fn deliveries(catalog: &Catalog, id: Uuid, limit: i64) -> Result<Vec<DeliveryRecord>, WebhookError> {
+pub async fn deliveries(
+    catalog: &Catalog,
+    id: Uuid,
+    limit: i64,
+) -> Result<Vec<DeliveryRecord>, WebhookError> {
     if !(1..=MAX_DELIVERIES_LISTED).contains(&limit) {
         return Err(WebhookError::Invalid(format!("limit must be between 1 and {MAX_DELIVERIES_LISTED}")));
     }
@@ -200,13 +207,18 @@ mod tests {
         let schema = include_str!("../../schema/V9__webhooks.sql");
         let mut mapped = 0;
         for kind in EventKind::ALL {
-            let line = WebhookEvent::from_kind(kind).map(|e| format!("WHEN '{}' THEN '{}'", kind.as_str(), e.as_str()));
+            let line = WebhookEvent::from_kind(kind)
+                .map(|e| format!("WHEN '{}' THEN '{}'", kind.as_str(), e.as_str()));
             if let Some(line) = line {
                 assert!(schema.contains(&line), "the trigger lacks {line}");
                 mapped += 1;
             }
         }
-        assert_eq!(schema.matches("        WHEN '").count(), mapped, "the trigger maps kinds the code does not");
+        assert_eq!(
+            schema.matches("        WHEN '").count(),
+            mapped,
+            "the trigger maps kinds the code does not"
+        );
         assert_eq!(mapped, WebhookEvent::ALL.len(), "every webhook event comes from a catalog event");
     }
 

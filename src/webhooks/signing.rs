@@ -25,7 +25,12 @@ pub fn new_secret() -> SecretString {
 pub struct BadSecret;
 
 /// The `webhook-signature` header value of a message.
-pub fn sign(secret: &SecretString, message_id: &str, timestamp: i64, body: &[u8]) -> Result<String, BadSecret> {
+pub fn sign(
+    secret: &SecretString,
+    message_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, BadSecret> {
     let key = secret.expose_secret().strip_prefix(SECRET_PREFIX).ok_or(BadSecret)?;
     let key = STANDARD.decode(key).map_err(|_| BadSecret)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| BadSecret)?;

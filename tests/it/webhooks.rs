@@ -175,7 +175,10 @@ async fn tenant_events_are_delivered_signed() {
     assert_eq!(body["type"], "tenant.ready", "{body}");
     assert_eq!(body["data"]["slug"], "hooked", "{body}");
     assert_eq!(body["data"]["tenant_id"], tenant["id"], "{body}");
-    assert!(!verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", ready), "another key does not verify");
+    assert!(
+        !verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", ready),
+        "another key does not verify"
+    );
 
     let (status, body) = app.post("/v1/tenants/hooked/suspend", &json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -214,7 +217,10 @@ async fn failed_deliveries_are_retried_with_the_same_id_then_given_up() {
     assert_eq!(done["attempts"], 4, "{done}");
     let got = flaky.got();
     assert_eq!(got.len(), 4, "{got:?}");
-    assert!(got.iter().all(|r| r.id == got[0].id && r.body == got[0].body), "same webhook-id and body: {got:?}");
+    assert!(
+        got.iter().all(|r| r.id == got[0].id && r.body == got[0].body),
+        "same webhook-id and body: {got:?}"
+    );
     assert!(got.iter().all(|r| verify(&flaky_secret, r)), "{got:?}");
 
     // An endpoint that keeps failing is given up after the last retry delay, and says why.
@@ -262,7 +268,8 @@ async fn private_addresses_are_refused_without_allow_private() {
         .await;
     let receiver = Receiver::start(&[]).await;
     for url in [receiver.url.as_str(), "http://10.1.2.3/hook", "http://[::1]:9/", "http://169.254.169.254/"] {
-        let (status, body) = app.post("/v1/webhooks", &json!({ "url": url, "events": ["tenant.ready"] })).await;
+        let (status, body) =
+            app.post("/v1/webhooks", &json!({ "url": url, "events": ["tenant.ready"] })).await;
         assert_eq!((status, body["error"]["code"].as_str()), (422, Some("url_refused")), "{url}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains("allow_private"), "{body}");
     }
@@ -288,7 +295,9 @@ async fn private_addresses_are_refused_without_allow_private() {
     let mut env = app.cli_env();
     env.insert("TENANTD_WEBHOOKS_ALLOW_PRIVATE".into(), "true".into());
     let by_name = receiver.url.replace("127.0.0.1", "localhost");
-    let added = crate::common::cli(&["webhook", "add", &by_name, "--event", "tenant.ready", "--json"], &env, None).await;
+    let added =
+        crate::common::cli(&["webhook", "add", &by_name, "--event", "tenant.ready", "--json"], &env, None)
+            .await;
     assert_eq!(added.code, 0, "{added:?}");
     let id = serde_json::from_str::<Value>(&added.stdout).unwrap()["id"].as_str().unwrap().to_owned();
     let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "rebound" })).await;
@@ -309,11 +318,16 @@ async fn no_delivery_is_lost_when_the_daemon_is_killed() {
     let receiver = Receiver::start(&[Reply::Hang]).await;
     let mut env = app.cli_env();
     env.insert("TENANTD_WEBHOOKS_ALLOW_PRIVATE".into(), "true".into());
-    let added =
-        crate::common::cli(&["webhook", "add", &receiver.url, "--event", "tenant.ready", "--json"], &env, None).await;
+    let added = crate::common::cli(
+        &["webhook", "add", &receiver.url, "--event", "tenant.ready", "--json"],
+        &env,
+        None,
+    )
+    .await;
     assert_eq!(added.code, 0, "{added:?}");
     let added: Value = serde_json::from_str(&added.stdout).unwrap();
-    let (id, secret) = (added["id"].as_str().unwrap().to_owned(), added["secret"].as_str().unwrap().to_owned());
+    let (id, secret) =
+        (added["id"].as_str().unwrap().to_owned(), added["secret"].as_str().unwrap().to_owned());
 
     let settings = [
         ("TENANTD_WEBHOOKS_ALLOW_PRIVATE", "true"),
