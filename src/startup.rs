@@ -237,6 +237,9 @@ fn zero_alerted_counters() {
     for outcome in ["upgraded", "failed"] {
         metrics::counter!("tenantd_upgrades_total", "outcome" => outcome).increment(0);
     }
+    for result in ["delivered", "retry", "failed", "gone"] {
+        metrics::counter!("tenantd_webhook_deliveries_total", "result" => result).increment(0);
+    }
     metrics::counter!("tenantd_tenants_error_total").increment(0);
     metrics::counter!("tenantd_tenants_ready_total").increment(0);
     metrics::counter!("tenantd_health_check_failures_total").increment(0);
