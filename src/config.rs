@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// Most tenants one upgrade run works on at once.
@@ -256,6 +256,10 @@ pub struct HttpSettings {
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (a TLS-terminating proxy in front).
     pub allow_plaintext: bool,
+    /// Admin requests must also carry `X-Tenantd-Signature` made with `signature_secret`.
+    pub require_signature: bool,
+    /// Shared secret of signed admin requests (at least 32 characters).
+    pub signature_secret: Option<SecretString>,
 }
 
 /// Provisioning workers and background checks.
@@ -353,6 +357,8 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             allow_plaintext: false,
+            require_signature: false,
+            signature_secret: None,
         }
     }
 }
@@ -445,6 +451,8 @@ knobs! {
     "http.tls_cert", "TENANTD_HTTP_TLS_CERT", Text, "(none)", "PEM certificate chain: serve HTTPS (reloaded on SIGHUP)";
     "http.tls_key", "TENANTD_HTTP_TLS_KEY", Text, "(none)", "PEM private key of http.tls_cert";
     "http.allow_plaintext", "TENANTD_HTTP_ALLOW_PLAINTEXT", Bool, "false", "plain HTTP on a non-loopback address (TLS proxy in front)";
+    "http.require_signature", "TENANTD_HTTP_REQUIRE_SIGNATURE", Bool, "false", "admin requests must also be signed (X-Tenantd-Signature)";
+    "http.signature_secret", "TENANTD_HTTP_SIGNATURE_SECRET", Text, "(none)", "shared secret of signed admin requests (32+ characters)";
     "workers.concurrency", "TENANTD_WORKERS_CONCURRENCY", Integer, "4", "tenants provisioned at once per daemon";
     "workers.poll_interval", "TENANTD_WORKERS_POLL_INTERVAL", Text, "5s", "catalog poll behind LISTEN/NOTIFY";
     "workers.lease", "TENANTD_WORKERS_LEASE", Text, "30s", "claim length, renewed while working";
@@ -551,6 +559,14 @@ impl Settings {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));
         }
         in_range("webhooks.retry_delays", self.webhooks.retry_delays.len(), 0, 100)?;
+        if self.http.require_signature
+            && self.http.signature_secret.as_ref().is_none_or(|s| s.expose_secret().len() < 32)
+        {
+            return Err(ConfigError::new(
+                "http.signature_secret",
+                "http.require_signature needs http.signature_secret of at least 32 characters",
+            ));
+        }
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }

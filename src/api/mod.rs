@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod migrations;
 pub mod serve;
 pub mod servers;
+pub mod signature;
 pub mod tenants;
 pub mod webhooks;
 
@@ -74,6 +75,7 @@ pub fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), signature::check))
         // Inside `observe`: a panic's 500 carries the request id and is counted like any answer.
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(app.clone(), observe))

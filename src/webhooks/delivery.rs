@@ -107,7 +107,7 @@ async fn attempt(core: &Core, deliverer: &Deliverer, d: ClaimedDelivery) -> Resu
         }
         Answer::Gone => {
             metrics::counter!("tenantd_webhook_deliveries_total", "result" => "gone").increment(1);
-            tracing::warn!(parent: &span, url = %d.url, "webhook endpoint answered 410 Gone: endpoint disabled");
+            tracing::warn!(parent: &span, "webhook endpoint answered 410 Gone: endpoint disabled");
             let reason = "the endpoint answered 410 Gone";
             core.catalog.record_gone(d.id, owner, d.webhook_id, reason).await?;
             true
@@ -120,10 +120,10 @@ async fn attempt(core: &Core, deliverer: &Deliverer, d: ClaimedDelivery) -> Resu
             let status = status.map(i32::from);
             if let Some(delay) = retry_in {
                 metrics::counter!("tenantd_webhook_deliveries_total", "result" => "retry").increment(1);
-                tracing::warn!(parent: &span, url = %d.url, %error, retry_in = ?delay, "webhook delivery failed; will retry");
+                tracing::warn!(parent: &span, %error, retry_in = ?delay, "webhook delivery failed; will retry");
             } else {
                 metrics::counter!("tenantd_webhook_deliveries_total", "result" => "failed").increment(1);
-                tracing::error!(parent: &span, url = %d.url, %error, "webhook delivery failed; retries exhausted, given up");
+                tracing::error!(parent: &span, %error, "webhook delivery failed; retries exhausted, given up");
             }
             core.catalog.record_attempt_failed(d.id, owner, status, &error, retry_in).await?
         }
@@ -205,9 +205,9 @@ async fn post(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
-        exchange(stream, request).await?
+        exchange(stream, request, deliverer.settings.timeout).await?
     } else {
-        exchange(tcp, request).await?
+        exchange(tcp, request, deliverer.settings.timeout).await?
     };
     let status = response.status();
     let mut body = response.into_body();
@@ -245,6 +245,7 @@ async fn connect(addrs: &[std::net::SocketAddr]) -> Result<tokio::net::TcpStream
 async fn exchange<S>(
     stream: S,
     request: hyper::Request<String>,
+    timeout: Duration,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -254,10 +255,13 @@ where
             .await
             .map_err(|e| describe(&e))?;
     // The connection is driven beside the request; it ends when the answer has been read and
-    // `sender` is dropped (or with the caller's timeout, which drops both).
+    // `sender` is dropped, and at the latest after `timeout` (an endpoint that never answers
+    // does not keep a socket open).
     let driven = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "webhook connection ended with an error");
+        match tokio::time::timeout(timeout, connection).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "webhook connection ended with an error"),
+            Err(_) => tracing::debug!("webhook connection closed after the timeout"),
         }
     });
     let answer = sender.send_request(request).await.map_err(|e| describe(&e));

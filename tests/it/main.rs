@@ -16,6 +16,7 @@ mod outages;
 mod pgbouncer;
 mod provisioning;
 mod servers;
+mod signed_requests;
 mod sqlhttp;
 mod startup;
 mod tls;

@@ -196,10 +196,12 @@ async fn tenant_events_are_delivered_signed() {
     let listed = app.cli(&["webhook", "deliveries", &id, "--json"]).await;
     assert_eq!(listed.code, 0, "{listed:?}");
     assert_eq!(serde_json::from_str::<Value>(&listed.stdout).unwrap().as_array().unwrap().len(), 2);
-    let removed = app.cli(&["webhook", "remove", &id]).await;
-    assert_eq!(removed.code, 0, "{removed:?}");
-    let (status, body) = app.get(&format!("/v1/webhooks/{id}")).await;
+    let (status, body) = app.request(reqwest::Method::DELETE, &format!("/v1/webhooks/{id}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = app.get(&format!("/v1/webhooks/{id}/deliveries")).await;
     assert_eq!(status, 404, "{body}");
+    let listed = app.cli(&["webhook", "list", "--json"]).await;
+    assert_eq!(listed.stdout.trim(), "[]", "{listed:?}");
 }
 
 #[tokio::test]
@@ -255,6 +257,10 @@ async fn gone_disables_the_endpoint() {
     assert_eq!(deliveries(&app, &id).await.len(), 1);
     let listed = app.cli(&["webhook", "list"]).await;
     assert!(listed.stdout.contains("disabled"), "{listed:?}");
+    let removed = app.cli(&["webhook", "remove", &id]).await;
+    assert_eq!(removed.code, 0, "{removed:?}");
+    let (status, body) = app.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(status, 404, "{body}");
 }
 
 #[tokio::test]
