@@ -72,8 +72,15 @@ pub async fn round(core: &Core, deliverer: &Deliverer) -> Result<usize, CatalogE
         attempted += n;
         let outcomes =
             futures::future::join_all(claimed.into_iter().map(|d| attempt(core, deliverer, d))).await;
-        for outcome in outcomes {
-            outcome?;
+        // The first failure ends the round (its caller logs and counts it); any others of the
+        // same batch are logged here. Their deliveries keep their leases and are tried again
+        // once those run out.
+        let mut failures = outcomes.into_iter().filter_map(Result::err);
+        if let Some(first) = failures.next() {
+            for other in failures {
+                tracing::warn!(error = %other, "webhook delivery outcome could not be recorded");
+            }
+            return Err(first);
         }
         if n < usize::try_from(BATCH).unwrap_or(usize::MAX) {
             return Ok(attempted);
