@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// Most tenants one upgrade run works on at once.
@@ -88,6 +88,39 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The PgBouncer in front of the tenant databases, if any.
     pub pgbouncer: PgBouncerSettings,
+    /// Delivery of webhooks.
+    pub webhooks: WebhookSettings,
+}
+
+/// Delivery of webhooks (signed HTTP POSTs of tenant events).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Deliver to loopback, private and link-local addresses (refused by default: a webhook
+    /// URL must not reach into the daemon's own network).
+    pub allow_private: bool,
+    /// Delays before each retry of a failed delivery; after the last one it is given up.
+    #[serde(deserialize_with = "de_durations")]
+    pub retry_delays: Vec<Duration>,
+    /// How often each daemon looks for deliveries that are due.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    /// Longest wait for an endpoint's answer (connect, send, answer).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        // Standard Webhooks' schedule: about 28 hours from the first attempt to the last.
+        let delays = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+        Self {
+            allow_private: false,
+            retry_delays: delays.into_iter().map(Duration::from_secs).collect(),
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The PgBouncer that applications reach tenant databases through (`tenantd pgbouncer config`
@@ -225,6 +258,10 @@ pub struct HttpSettings {
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (a TLS-terminating proxy in front).
     pub allow_plaintext: bool,
+    /// Admin requests must also carry `X-Tenantd-Signature` made with `signature_secret`.
+    pub require_signature: bool,
+    /// Shared secret of signed admin requests (at least 32 characters).
+    pub signature_secret: Option<SecretString>,
 }
 
 /// Provisioning workers and background checks.
@@ -307,6 +344,7 @@ impl Default for Settings {
             backups: BackupSettings::default(),
             limits: LimitSettings::default(),
             pgbouncer: PgBouncerSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -322,6 +360,8 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             allow_plaintext: false,
+            require_signature: false,
+            signature_secret: None,
         }
     }
 }
@@ -415,6 +455,8 @@ knobs! {
     "http.tls_cert", "TENANTD_HTTP_TLS_CERT", Text, "(none)", "PEM certificate chain: serve HTTPS (reloaded on SIGHUP)";
     "http.tls_key", "TENANTD_HTTP_TLS_KEY", Text, "(none)", "PEM private key of http.tls_cert";
     "http.allow_plaintext", "TENANTD_HTTP_ALLOW_PLAINTEXT", Bool, "false", "plain HTTP on a non-loopback address (TLS proxy in front)";
+    "http.require_signature", "TENANTD_HTTP_REQUIRE_SIGNATURE", Bool, "false", "admin requests must also be signed (X-Tenantd-Signature)";
+    "http.signature_secret", "TENANTD_HTTP_SIGNATURE_SECRET", Text, "(none)", "shared secret of signed admin requests (32+ characters)";
     "workers.concurrency", "TENANTD_WORKERS_CONCURRENCY", Integer, "4", "tenants provisioned at once per daemon";
     "workers.poll_interval", "TENANTD_WORKERS_POLL_INTERVAL", Text, "5s", "catalog poll behind LISTEN/NOTIFY";
     "workers.lease", "TENANTD_WORKERS_LEASE", Text, "30s", "claim length, renewed while working";
@@ -447,6 +489,10 @@ knobs! {
     "limits.quota_check_interval", "TENANTD_LIMITS_QUOTA_CHECK_INTERVAL", Text, "60s", "how often database sizes are measured";
     "pgbouncer.host", "TENANTD_PGBOUNCER_HOST", Text, "(none)", "PgBouncer host named in lent connection details";
     "pgbouncer.port", "TENANTD_PGBOUNCER_PORT", Integer, "6432", "PgBouncer port named in lent connection details";
+    "webhooks.allow_private", "TENANTD_WEBHOOKS_ALLOW_PRIVATE", Bool, "false", "deliver webhooks to loopback and private addresses";
+    "webhooks.retry_delays", "TENANTD_WEBHOOKS_RETRY_DELAYS", List, "5s,5m,30m,2h,5h,10h,10h", "delays between delivery attempts; given up after the last";
+    "webhooks.poll_interval", "TENANTD_WEBHOOKS_POLL_INTERVAL", Text, "1s", "how often due deliveries are looked for";
+    "webhooks.timeout", "TENANTD_WEBHOOKS_TIMEOUT", Text, "10s", "longest wait for a webhook endpoint's answer";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -517,6 +563,15 @@ impl Settings {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));
         }
+        in_range("webhooks.retry_delays", self.webhooks.retry_delays.len(), 0, 100)?;
+        if self.http.require_signature
+            && self.http.signature_secret.as_ref().is_none_or(|s| s.expose_secret().len() < 32)
+        {
+            return Err(ConfigError::new(
+                "http.signature_secret",
+                "http.require_signature needs http.signature_secret of at least 32 characters",
+            ));
+        }
         if w.backoff.is_empty() {
             return Err(ConfigError::new("workers.backoff", "needs at least one delay"));
         }
@@ -528,6 +583,8 @@ impl Settings {
             ("pools.handle_ttl", p.handle_ttl),
             ("http.request_timeout", self.http.request_timeout),
             ("http.header_read_timeout", self.http.header_read_timeout),
+            ("webhooks.poll_interval", self.webhooks.poll_interval),
+            ("webhooks.timeout", self.webhooks.timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than zero"));

@@ -83,10 +83,11 @@ impl Core {
                 return Err(ConfigError::new(
                     "TENANTD_OLD_MASTER_KEYS",
                     format!(
-                        "the catalog holds {} server password(s) and {} tenant password(s) sealed with key {}, \
+                        "the catalog holds {} server password(s) and {} tenant password(s) (and {} webhook \
+                         secret(s)) sealed with key {}, \
                          which no configured key opens: add that key to TENANTD_OLD_MASTER_KEYS (then run \
                          `tenantd keys rotate`) or run with it as TENANTD_MASTER_KEY",
-                        usage.servers, usage.tenants, usage.key_id
+                        usage.servers, usage.tenants, usage.webhooks, usage.key_id
                     ),
                 )
                 .into());

@@ -141,6 +141,11 @@ pub fn server_aad(name: &str) -> Vec<u8> {
 pub fn tenant_aad(id: uuid::Uuid) -> Vec<u8> {
     format!("tenant:{id}").into_bytes()
 }
+/// Associated data of a webhook's sealed signing secret (bound to the webhook's id).
+pub fn webhook_aad(id: uuid::Uuid) -> Vec<u8> {
+    format!("webhook:{id}").into_bytes()
+}
+
 /// A fresh random master key, base64-encoded (for the embedded default and `tenantd keygen`).
 pub fn generate_master_key() -> SecretString {
     let mut key = [0u8; 32];

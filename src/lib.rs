@@ -7,7 +7,7 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, lending (`pools`, `handles`, `sqlhttp`,
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, lending (`pools`, `handles`, `sqlhttp`,
 //!    `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
@@ -58,3 +58,4 @@ pub mod tenant_migrations;
 pub(crate) mod tenant_sql;
 pub(crate) mod tenants;
 pub(crate) mod upgrade;
+pub mod webhooks;

@@ -54,6 +54,15 @@ pub enum ServerError {
         #[source]
         source: crate::crypto::CryptoError,
     },
+    /// A webhook's sealed secret cannot be opened (key rotation needs every old key).
+    #[error("secret of webhook {id} cannot be opened: {source}")]
+    WebhookSealed {
+        /// Webhook.
+        id: uuid::Uuid,
+        /// Why.
+        #[source]
+        source: crate::crypto::CryptoError,
+    },
     /// The server would let tenants reach what they must not, or cannot hold the pools.
     #[error("{0}")]
     Unsafe(String),
@@ -366,10 +375,12 @@ pub struct Resealed {
     pub servers: usize,
     /// Tenant role passwords.
     pub tenants: usize,
+    /// Webhook signing secrets.
+    pub webhooks: usize,
 }
 
 /// Re-seals every sealed value still under an old key with the current master key: server
-/// admin passwords and tenant role passwords. Each value is swapped only if it is unchanged
+/// admin passwords, tenant role passwords and webhook secrets. Each value is swapped only if it is unchanged
 /// since it was read, so the rotation can be run again after an interruption, or while
 /// daemons work.
 pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<Resealed, ServerError> {
@@ -387,7 +398,24 @@ pub async fn rotate_keys(catalog: &Catalog, keyring: &Keyring) -> Result<Reseale
             tenants += 1;
         }
     }
-    Ok(Resealed { servers, tenants })
+    let webhooks = rotate_webhook_keys(catalog, keyring).await?;
+    Ok(Resealed { servers, tenants, webhooks })
+}
+
+async fn rotate_webhook_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usize, ServerError> {
+    let mut changed = 0;
+    for (id, sealed) in catalog.webhook_secrets().await? {
+        if !keyring.is_stale(&sealed) {
+            continue;
+        }
+        let aad = crate::crypto::webhook_aad(id);
+        let secret =
+            keyring.open(&sealed, &aad).map_err(|source| ServerError::WebhookSealed { id, source })?;
+        if catalog.reseal_webhook_secret(id, &sealed, &keyring.seal(secret.expose_secret(), &aad)).await? {
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 async fn rotate_server_keys(catalog: &Catalog, keyring: &Keyring) -> Result<usize, ServerError> {

@@ -133,6 +133,7 @@ impl Daemon {
         crate::tasks::backups::spawn(app.clone());
         crate::tasks::limits::spawn(app.clone());
         crate::tasks::quotas::spawn(app.clone());
+        crate::tasks::webhooks::spawn(app.clone());
         tracing::info!(%addr, https = app.settings.http.tls_cert.is_some(), instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;
@@ -267,6 +268,9 @@ fn zero_alerted_counters() {
     }
     for outcome in ["upgraded", "failed"] {
         metrics::counter!("tenantd_upgrades_total", "outcome" => outcome).increment(0);
+    }
+    for result in ["delivered", "retry", "failed", "gone"] {
+        metrics::counter!("tenantd_webhook_deliveries_total", "result" => result).increment(0);
     }
     metrics::counter!("tenantd_tenants_error_total").increment(0);
     metrics::counter!("tenantd_tenants_ready_total").increment(0);

@@ -150,9 +150,9 @@ impl From<ServerError> for ApiError {
             ServerError::MissingPrivileges { .. } | ServerError::TooOld(..) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "server_unsuitable", e.to_string())
             }
-            ServerError::Admin(AdminError::Sealed { .. }) | ServerError::TenantSealed { .. } => {
-                Self::internal(e.to_string())
-            }
+            ServerError::Admin(AdminError::Sealed { .. })
+            | ServerError::TenantSealed { .. }
+            | ServerError::WebhookSealed { .. } => Self::internal(e.to_string()),
             ServerError::Catalog(c) => c.into(),
         }
     }
@@ -212,6 +212,23 @@ impl From<crate::lifecycle::LifecycleError> for ApiError {
             LifecycleError::Exists(m) => Self::conflict(m),
             LifecycleError::Invalid(m) => Self::bad_request("invalid", m),
             LifecycleError::Tenant(t) => t.into(),
+        }
+    }
+}
+
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError;
+        use crate::webhooks::address::AddressError;
+        match e {
+            WebhookError::Invalid(_) | WebhookError::Refused(AddressError::BadUrl(_)) => {
+                Self::bad_request("invalid", e.to_string())
+            }
+            WebhookError::Refused(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "url_refused", e.to_string())
+            }
+            WebhookError::Sealed { .. } => Self::internal(e.to_string()),
+            WebhookError::Catalog(c) => c.into(),
         }
     }
 }

@@ -17,7 +17,9 @@ pub mod migrations;
 pub mod openapi;
 pub mod serve;
 pub mod servers;
+pub mod signature;
 pub mod tenants;
+pub mod webhooks;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -69,6 +71,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/migrations", get(migrations::list).post(migrations::start))
         .route("/v1/migrations/{id}", get(migrations::show))
         .route("/v1/events", get(events::list))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::add))
+        .route("/v1/webhooks/{id}", get(webhooks::show).delete(webhooks::remove))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
 }
 
 /// Adds the fallbacks and middleware (body limit, timeout and metrics, panic catcher) to
@@ -78,6 +83,7 @@ pub fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.settings.http.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), signature::check))
         // Inside `observe`: a panic's 500 carries the request id and is counted like any answer.
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(app.clone(), observe))

@@ -55,6 +55,11 @@ use super::{events, health, lending, lifecycle, migrations, servers, tenants};
         migrations::list,
         migrations::start,
         migrations::show,
+        super::webhooks::add,
+        super::webhooks::list,
+        super::webhooks::show,
+        super::webhooks::remove,
+        super::webhooks::deliveries,
         super::console::index,
         super::console::script,
         super::console::style,
@@ -69,6 +74,7 @@ use super::{events, health, lending, lifecycle, migrations, servers, tenants};
         (name = "lending", description = "SQL over HTTP, handles, connection details (admin or the tenant's token)"),
         (name = "migrations", description = "Upgrade runs (admin)"),
         (name = "events", description = "The audit trail of every tenant (admin)"),
+        (name = "webhooks", description = "Endpoints that receive signed tenant events, and their deliveries (admin)"),
         (name = "console", description = "The admin console's page and assets (no token; the page signs in)"),
     )
 )]

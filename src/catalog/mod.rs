@@ -29,6 +29,7 @@ pub mod events;
 pub mod servers;
 pub mod tenants;
 pub mod upgrades;
+pub mod webhooks;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -422,6 +422,8 @@ pub struct KeyUsage {
     pub servers: i64,
     /// Tenant role passwords sealed with it (live tenants).
     pub tenants: i64,
+    /// Webhook secrets sealed with it.
+    pub webhooks: i64,
 }
 
 impl Catalog {
@@ -429,16 +431,22 @@ impl Catalog {
     pub async fn key_usage(&self) -> Result<Vec<KeyUsage>, CatalogError> {
         let rows = self
             .query(
-                "SELECT k, pg_catalog.sum(s)::pg_catalog.int8, pg_catalog.sum(t)::pg_catalog.int8 FROM ( \
-                   SELECT pg_catalog.split_part(admin_password_sealed, '.', 2) AS k, 1 AS s, 0 AS t \
+                "SELECT k, pg_catalog.sum(s)::pg_catalog.int8, pg_catalog.sum(t)::pg_catalog.int8, \
+                   pg_catalog.sum(w)::pg_catalog.int8 FROM ( \
+                   SELECT pg_catalog.split_part(admin_password_sealed, '.', 2) AS k, 1 AS s, 0 AS t, 0 AS w \
                    FROM tenantd.servers \
                    UNION ALL \
-                   SELECT pg_catalog.split_part(role_password_sealed, '.', 2), 0, 1 FROM tenantd.tenants \
-                   WHERE status <> 'DELETED' AND role_password_sealed IS NOT NULL) u \
+                   SELECT pg_catalog.split_part(role_password_sealed, '.', 2), 0, 1, 0 FROM tenantd.tenants \
+                   WHERE status <> 'DELETED' AND role_password_sealed IS NOT NULL \
+                   UNION ALL \
+                   SELECT pg_catalog.split_part(secret_sealed, '.', 2), 0, 0, 1 FROM tenantd.webhooks) u \
                  GROUP BY k ORDER BY k",
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| KeyUsage { key_id: r.get(0), servers: r.get(1), tenants: r.get(2) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| KeyUsage { key_id: r.get(0), servers: r.get(1), tenants: r.get(2), webhooks: r.get(3) })
+            .collect())
     }
 }

@@ -14,7 +14,8 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-seal every server and tenant password with the current key (safe to run again).
+    /// Re-seal every server and tenant password and webhook secret with the current key (safe
+    /// to run again).
     Rotate,
 }
 
@@ -24,6 +25,7 @@ struct KeyLine {
     key_id: String,
     servers: i64,
     tenants: i64,
+    webhooks: i64,
     current: bool,
     configured: bool,
 }
@@ -40,6 +42,7 @@ pub async fn run(cmd: KeysCommand, ctx: Context) -> Result<(), Failure> {
                     key_id: u.key_id,
                     servers: u.servers,
                     tenants: u.tenants,
+                    webhooks: u.webhooks,
                 })
                 .collect();
             if json {
@@ -53,10 +56,16 @@ pub async fn run(cmd: KeysCommand, ctx: Context) -> Result<(), Failure> {
                             (false, true) => "old: rotate, then drop it",
                             (false, false) => "MISSING: add it to TENANTD_OLD_MASTER_KEYS",
                         };
-                        vec![l.key_id.clone(), l.servers.to_string(), l.tenants.to_string(), state.to_owned()]
+                        vec![
+                            l.key_id.clone(),
+                            l.servers.to_string(),
+                            l.tenants.to_string(),
+                            l.webhooks.to_string(),
+                            state.to_owned(),
+                        ]
                     })
                     .collect();
-                output::table(&["KEY", "SERVERS", "TENANTS", "STATE"], &rows);
+                output::table(&["KEY", "SERVERS", "TENANTS", "WEBHOOKS", "STATE"], &rows);
             }
             if lines.iter().any(|l| !l.configured) {
                 return Err(Failure::failed("some sealed values use a key this process does not have"));
@@ -71,9 +80,10 @@ pub async fn run(cmd: KeysCommand, ctx: Context) -> Result<(), Failure> {
 pub async fn rotate(ctx: &Context) -> Result<(), Failure> {
     let changed = crate::servers::rotate_keys(&ctx.catalog, &ctx.keyring).await.map_err(Failure::failed)?;
     println!(
-        "re-sealed {} server password(s) and {} tenant password(s) with key {}",
+        "re-sealed {} server password(s) and {} tenant password(s) (and {} webhook secret(s)) with key {}",
         changed.servers,
         changed.tenants,
+        changed.webhooks,
         ctx.keyring.current_id()
     );
     Ok(())

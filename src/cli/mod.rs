@@ -11,6 +11,7 @@ mod output;
 mod pgbouncer;
 mod server;
 mod tenant;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
     /// PgBouncer in front of the tenant databases: its configuration from the catalog.
     #[command(subcommand)]
     Pgbouncer(pgbouncer::PgBouncerCommand),
+    /// Webhooks: endpoints that receive tenant events (signed, Standard Webhooks), deliveries.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Benchmarks that print figures (they clean up after themselves).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -238,6 +242,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
         Command::Events(args) => events::run(args, open_unchecked(settings).await?).await,
         Command::Openapi | Command::Completions { .. } => Ok(()),
+        Command::Webhook(cmd) => webhook::run(cmd, open(settings).await?).await,
         Command::Bench(BenchCommand::Provision { tenants, server, concurrency }) => {
             if tenants == 0 {
                 return Err(Failure::usage("--tenants must be at least 1"));

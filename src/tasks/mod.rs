@@ -8,6 +8,7 @@
 //! - [`limits`]: brings tenant roles in line with their limits.
 //! - [`quotas`]: measures tenant databases against their storage quotas.
 //! - [`upgrade`]: upgrade runs started by the API or `upgrade.auto`.
+//! - [`webhooks`]: delivers the webhook outbox.
 
 pub mod backups;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod quotas;
 pub mod upgrade;
 pub mod watcher;
+pub mod webhooks;
 pub mod workers;
 
 use std::sync::Arc;
