@@ -88,6 +88,26 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The PgBouncer in front of the tenant databases, if any.
     pub pgbouncer: PgBouncerSettings,
+    /// Moving tenants between servers.
+    pub moves: MoveSettings,
+}
+
+/// Moving tenants between servers (`tenant move`, `server drain`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoveSettings {
+    /// How long a moved tenant's source database is kept (renamed, with tenantd's marker)
+    /// before a daemon drops it.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_source: Duration,
+    /// Parallel jobs of `pg_dump -j` and `pg_restore -j` in a move.
+    pub jobs: usize,
+}
+
+impl Default for MoveSettings {
+    fn default() -> Self {
+        Self { keep_source: Duration::from_secs(24 * 3600), jobs: 2 }
+    }
 }
 
 /// The PgBouncer that applications reach tenant databases through (`tenantd pgbouncer config`
@@ -305,6 +325,7 @@ impl Default for Settings {
             backups: BackupSettings::default(),
             limits: LimitSettings::default(),
             pgbouncer: PgBouncerSettings::default(),
+            moves: MoveSettings::default(),
         }
     }
 }
@@ -443,6 +464,8 @@ knobs! {
     "limits.quota_check_interval", "TENANTD_LIMITS_QUOTA_CHECK_INTERVAL", Text, "60s", "how often database sizes are measured";
     "pgbouncer.host", "TENANTD_PGBOUNCER_HOST", Text, "(none)", "PgBouncer host named in lent connection details";
     "pgbouncer.port", "TENANTD_PGBOUNCER_PORT", Integer, "6432", "PgBouncer port named in lent connection details";
+    "moves.keep_source", "TENANTD_MOVES_KEEP_SOURCE", Text, "24h", "moved-away source databases are dropped after this";
+    "moves.jobs", "TENANTD_MOVES_JOBS", Integer, "2", "parallel jobs of pg_dump/pg_restore in a move";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -508,6 +531,7 @@ impl Settings {
         let connections = usize::try_from(self.limits.connections_per_tenant).unwrap_or(usize::MAX);
         in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
+        in_range("moves.jobs", self.moves.jobs, 1, 64)?;
         self.backups.time_of_day()?;
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));

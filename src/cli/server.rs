@@ -77,6 +77,17 @@ pub enum ServerCommand {
     },
     /// Re-seal every sealed password with the current master key (the same as `keys rotate`).
     RotateKey,
+    /// Mark a server draining and move every tenant on it to other servers (placement rules).
+    Drain {
+        /// Server name.
+        name: String,
+        /// Moves at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::BadServerStatus> {
@@ -85,6 +96,9 @@ fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::Bad
 
 pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
     match cmd {
+        ServerCommand::Drain { name, concurrency, json } => {
+            drain(&ctx, &name, usize::from(concurrency), json).await
+        }
         ServerCommand::Add {
             name,
             url,
@@ -200,4 +214,38 @@ fn print_servers(servers: &[ServerRecord]) {
         &["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "REGION"],
         &rows,
     );
+}
+
+/// Drains a server in this process: every tenant moved, a line per tenant, a summary; fails
+/// when any tenant was not moved.
+async fn drain(ctx: &Context, name: &str, concurrency: usize, json: bool) -> Result<(), Failure> {
+    use crate::moves::MoveError;
+    let id = crate::moves::start_drain(ctx, name, &ctx.instance).await.map_err(|e| match e {
+        MoveError::UnknownServer(_) => Failure::usage(e),
+        other => Failure::failed(other),
+    })?;
+    let total = ctx.catalog.server(name).await.map_err(Failure::failed)?.tenants;
+    eprintln!("draining {name}: {total} tenant(s), {concurrency} at a time (operation {id})");
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let report = |slug: &str, result: Result<&str, &str>| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match result {
+            Ok(to) => eprintln!("[{n}/{total}] {slug} -> {to}"),
+            Err(why) => eprintln!("[{n}/{total}] {slug} NOT moved: {why}"),
+        }
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let summary = crate::moves::drain(ctx, &ctx.instance, name, id, concurrency, &cancel, &report)
+        .await
+        .map_err(Failure::failed)?;
+    if json {
+        output::json(&summary)?;
+    } else {
+        println!("{name}: {} moved, {} failed", summary.moved.len(), summary.failed.len());
+    }
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!("{} tenant(s) could not be moved off {name}", summary.failed.len())))
+    }
 }

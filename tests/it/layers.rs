@@ -26,6 +26,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "resolver",
             "quotas",
             "pgbouncer",
+            "moves",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

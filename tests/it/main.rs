@@ -12,6 +12,7 @@ mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
+mod moves;
 mod outages;
 mod pgbouncer;
 mod provisioning;

@@ -42,11 +42,13 @@ pub enum TenantStatus {
     Deleting,
     /// Gone; the row stays as a record.
     Deleted,
+    /// Being copied to another server (`tenant move`, drains): not lent, resumed after a crash.
+    Moving,
 }
 
 impl TenantStatus {
     /// Every status, in life-cycle order.
-    pub const ALL: [TenantStatus; 8] = [
+    pub const ALL: [TenantStatus; 9] = [
         Self::Pending,
         Self::Creating,
         Self::Migrating,
@@ -55,6 +57,7 @@ impl TenantStatus {
         Self::Suspended,
         Self::Deleting,
         Self::Deleted,
+        Self::Moving,
     ];
 
     /// The catalog spelling.
@@ -68,6 +71,7 @@ impl TenantStatus {
             Self::Suspended => "SUSPENDED",
             Self::Deleting => "DELETING",
             Self::Deleted => "DELETED",
+            Self::Moving => "MOVING",
         }
     }
 
