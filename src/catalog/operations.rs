@@ -229,10 +229,11 @@ impl Catalog {
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
         let sql = concat!(
-            "WITH back AS (UPDATE tenantd.tenants t SET status = 'READY', last_error = $4, \
-               lease_owner = NULL, lease_until = NULL FROM tenantd.operations o \
-               WHERE t.id = $1 AND t.lease_owner = $2 AND t.lease_until > now() \
-               AND t.status = 'MOVING' AND o.id = $3 AND t.server = o.server RETURNING t.id), \
+            "WITH back AS (UPDATE tenantd.tenants SET status = 'READY', last_error = $4, \
+               lease_owner = NULL, lease_until = NULL WHERE ",
+            held!(),
+            " AND status = 'MOVING' \
+               AND server = (SELECT server FROM tenantd.operations WHERE id = $3) RETURNING id), \
              o AS (UPDATE tenantd.operations SET state = 'failed', error = $4, finished_at = now(), \
                detail = detail || $5 FROM back WHERE operations.id = $3 RETURNING operations.id) \
              INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \

@@ -185,11 +185,9 @@ pub async fn drop_kept_source(core: &Core, op: &Operation) -> Result<(), MoveErr
             )));
         }
     }
-    if !lives_there {
-        if let Some(role) = tenant.role_name.as_deref() {
-            let role = PgIdent::from_catalog(role).map_err(|e| MoveError::Invalid(e.to_string()))?;
-            drop_role_unless_used(&admin, tenant_id, &role).await?;
-        }
+    if !lives_there && let Some(role) = tenant.role_name.as_deref() {
+        let role = PgIdent::from_catalog(role).map_err(|e| MoveError::Invalid(e.to_string()))?;
+        drop_role_unless_used(&admin, tenant_id, &role).await?;
     }
     core.catalog.kept_source_dropped(op, &core.instance).await?;
     tracing::info!(server = %op.server, database = %kept, tenant = %tenant.slug, "kept source database of a move dropped");
