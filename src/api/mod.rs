@@ -45,7 +45,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/servers", get(servers::list).post(servers::add))
-        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
+        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch).delete(servers::remove))
         .route("/v1/servers/{name}/drain", post(moves::drain))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
         .route("/v1/tenants/{slug}", get(tenants::show).delete(lifecycle::delete).patch(lifecycle::patch))

@@ -44,3 +44,14 @@ pub async fn patch(
 ) -> Result<Json<ServerRecord>, ApiError> {
     Ok(Json(crate::servers::update(&app.core, &name, &patch).await?))
 }
+
+/// `DELETE /v1/servers/{name}`: 204; 409 while tenants remain on it (drain it first).
+pub async fn remove(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.catalog.remove_server(&name).await?;
+    tracing::info!(server = %name, "server removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -265,7 +265,8 @@ impl Catalog {
     pub async fn claim_kept_source(&self) -> Result<Option<Operation>, CatalogError> {
         let sql = format!(
             "WITH next AS (SELECT id FROM tenantd.operations WHERE kept_database IS NOT NULL \
-               AND dropped_at IS NULL AND drop_after <= now() ORDER BY drop_after \
+               AND dropped_at IS NULL AND drop_after <= now() \
+               AND EXISTS (SELECT 1 FROM tenantd.servers s WHERE s.name = operations.server) ORDER BY drop_after \
                FOR UPDATE SKIP LOCKED LIMIT 1), \
              taken AS (UPDATE tenantd.operations o SET drop_after = now() + interval '10 minutes' \
                FROM next WHERE o.id = next.id RETURNING o.*) \

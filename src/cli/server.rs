@@ -77,6 +77,11 @@ pub enum ServerCommand {
     },
     /// Re-seal every sealed password with the current master key (the same as `keys rotate`).
     RotateKey,
+    /// Remove a server that holds no tenant (refused while tenants remain: drain it first).
+    Remove {
+        /// Server name.
+        name: String,
+    },
     /// Mark a server draining and move every tenant on it to other servers (placement rules).
     Drain {
         /// Server name.
@@ -182,6 +187,11 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             Ok(())
         }
         ServerCommand::RotateKey => super::keys::rotate(&ctx).await,
+        ServerCommand::Remove { name } => {
+            ctx.catalog.remove_server(&name).await.map_err(Failure::failed)?;
+            println!("server {name} removed");
+            Ok(())
+        }
     }
 }
 

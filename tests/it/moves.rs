@@ -255,3 +255,40 @@ async fn a_daemon_killed_mid_move_has_the_move_resumed_with_no_row_lost() {
     let kept = op["kept_database"].as_str().unwrap();
     assert_eq!(ours_on(app.cluster, id).await, vec![format!("db {kept}"), format!("role {role}")]);
 }
+
+#[tokio::test]
+async fn a_drain_moves_every_tenant_off_a_server_which_can_then_be_removed() {
+    let second = TestCluster::start();
+    let app = app().spawn().await;
+    add_server(&app, "pg2", &second).await;
+    let slugs = ["drain-a", "drain-b", "drain-c", "drain-d"];
+    for slug in slugs {
+        let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": slug, "server": "pg1" })).await;
+        assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+    }
+    let (status, body) = app.request(Method::DELETE, "/v1/servers/pg1", None).await;
+    assert_eq!(status, 409, "a server with tenants is not removed: {body}");
+    let started = Instant::now();
+    let out = app.cli(&["server", "drain", "pg1", "--concurrency", "2"]).await;
+    eprintln!("drain of 4 tenants: {:?}\n{}{}", started.elapsed(), out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("4 moved, 0 failed"), "{out:?}");
+    for slug in slugs {
+        let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
+        assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg2")), "{t}");
+    }
+    // Draining: placement skips it.
+    let (_, pg1) = app.get("/v1/servers/pg1").await;
+    assert_eq!((pg1["status"].as_str(), pg1["tenants"].as_i64()), (Some("draining"), Some(0)), "{pg1}");
+    let (_, fresh) = app.post("/v1/tenants?wait=30", &json!({ "slug": "newcomer" })).await;
+    assert_eq!(fresh["server"], "pg2", "{fresh}");
+    // Draining it again finds nothing to do; then it can be removed.
+    let (status, op) = app.post("/v1/servers/pg1/drain", &json!({})).await;
+    assert_eq!(status, 202, "{op}");
+    let op = wait_operation(&app, op["id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let out = app.cli(&["server", "remove", "pg1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (status, _) = app.get("/v1/servers/pg1").await;
+    assert_eq!(status, 404);
+}
