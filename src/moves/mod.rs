@@ -326,7 +326,7 @@ impl Mover<'_> {
             .await
             .map_err(|e| MoveError::Server(crate::pg::describe(&e)))?;
         tracing::info!(sessions_ended = ended, "logins stopped on the source");
-        Ok(())
+        self.fault(&job.tenant.slug, Step::MoveClose, Phase::After).await
     }
 
     async fn record(&self, job: &MoveJob, step: &str, detail: serde_json::Value) -> Result<(), MoveError> {

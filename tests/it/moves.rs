@@ -292,3 +292,57 @@ async fn a_drain_moves_every_tenant_off_a_server_which_can_then_be_removed() {
     let (status, _) = app.get("/v1/servers/pg1").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_move_that_dies_at_any_step_is_resumed_to_the_end() {
+    use std::sync::Mutex;
+    let second = TestCluster::start();
+    // Each tenant's mover "dies" once (nothing more written, lease left to expire) at its step.
+    let cases = [
+        ("crash-close", Step::MoveClose, Phase::After),
+        ("crash-restore", Step::MoveRestore, Phase::After),
+        ("crash-promote", Step::MovePromote, Phase::After),
+        ("crash-switch", Step::MoveSwitch, Phase::After),
+        ("crash-source", Step::MoveSource, Phase::After),
+    ];
+    let pending: Arc<Mutex<Vec<(&str, Step, Phase)>>> = Arc::new(Mutex::new(cases.to_vec()));
+    let hook: tenantd::steps::FaultHook = {
+        let pending = pending.clone();
+        Arc::new(move |slug, step, phase| {
+            let mut pending = pending.lock().unwrap();
+            let at = pending.iter().position(|c| *c == (slug, step, phase))?;
+            pending.remove(at);
+            Some(Fault::Crash)
+        })
+    };
+    let app = app().faults(hook).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    add_server(&app, "pg2", &second).await;
+    let mut ops = Vec::new();
+    for (slug, _, _) in cases {
+        tenant_with_data(&app, slug, "pg1").await;
+        let (status, op) = app.post(&format!("/v1/tenants/{slug}/move"), &json!({ "to": "pg2" })).await;
+        assert_eq!(status, 202, "{op}");
+        ops.push((slug, op["id"].as_str().unwrap().to_owned()));
+    }
+    for (slug, id) in ops {
+        let op = wait_operation(&app, &id).await;
+        assert_eq!(op["state"], "succeeded", "{slug}: {op}");
+        let t = app.wait_ready(slug).await;
+        assert_eq!(t["server"], "pg2", "{t}");
+        let (db, role, tid) = (
+            t["database_name"].as_str().unwrap(),
+            t["role_name"].as_str().unwrap(),
+            t["id"].as_str().unwrap(),
+        );
+        let (rows, counter) = contents(&second, db).await;
+        assert_eq!((rows.matches('|').count() + 1, counter), (2000, 41), "{slug}");
+        assert_eq!(ours_on(&second, tid).await, vec![format!("db {db}"), format!("role {role}")], "{slug}");
+        let kept = op["kept_database"].as_str().unwrap();
+        assert_eq!(
+            ours_on(app.cluster, tid).await,
+            vec![format!("db {kept}"), format!("role {role}")],
+            "{slug}"
+        );
+    }
+    assert!(pending.lock().unwrap().is_empty(), "crashes that did not happen: {:?}", pending.lock().unwrap());
+}
