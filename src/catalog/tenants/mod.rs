@@ -381,7 +381,7 @@ impl Catalog {
     }
 
     /// Asks for a tenant's deletion: status DELETING, with a final archive into `archive_dir`
-    /// when given (written by whichever process carries the deletion out). `None` while
+    /// when given (written by whichever process carries the deletion out). `None` while a move holds it (MOVING, even between two processes), while
     /// another process holds the tenant, or when it is deleted already.
     ///
     /// `holder`: the caller holds the tenant's lease (it wrote the final archive under it);
@@ -398,7 +398,7 @@ impl Catalog {
             format!(
                 "WITH asked AS (UPDATE tenantd.tenants SET status = 'DELETING', delete_archive_dir = $2, \
                    attempts = 0, next_attempt_at = now(), last_error = NULL, lease_owner = NULL, \
-                   lease_until = NULL WHERE slug = $1 AND status <> 'DELETED' \
+                   lease_until = NULL WHERE slug = $1 AND status NOT IN ('DELETED', 'MOVING') \
                    AND ({FREE} OR lease_owner = $4) \
                    RETURNING *), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
