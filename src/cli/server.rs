@@ -259,3 +259,48 @@ async fn drain(ctx: &Context, name: &str, concurrency: usize, json: bool) -> Res
         Err(Failure::failed(format!("{} tenant(s) could not be moved off {name}", summary.failed.len())))
     }
 }
+
+/// `tenantd rebalance`: prints the plan; without `--dry-run` makes its moves one at a time and
+/// fails when any of them failed.
+pub(super) async fn rebalance(
+    ctx: &Context,
+    dry_run: bool,
+    max_moves: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let plan = crate::moves::plan_rebalance(ctx, max_moves).await.map_err(Failure::failed)?;
+    if json && dry_run {
+        return output::json(&plan);
+    }
+    if plan.is_empty() {
+        println!("balanced: nothing to move");
+        return Ok(());
+    }
+    for m in &plan {
+        println!("{} {} -> {}", m.slug, m.from, m.to);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let mover = crate::moves::Mover::new(ctx, &ctx.instance);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut failed = 0;
+    for m in &plan {
+        let outcome = match mover.start(&m.slug, &m.to, false).await {
+            Ok(job) => mover.run(job, &cancel).await.map(|op| (op.state == "succeeded", op.error)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((true, _)) => eprintln!("moved {} to {}", m.slug, m.to),
+            Ok((false, error)) => {
+                failed += 1;
+                eprintln!("{} NOT moved: {}", m.slug, error.unwrap_or_default());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{} NOT moved: {e}", m.slug);
+            }
+        }
+    }
+    if failed == 0 { Ok(()) } else { Err(Failure::failed(format!("{failed} move(s) failed"))) }
+}

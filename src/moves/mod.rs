@@ -26,6 +26,7 @@ mod cleanup;
 mod copy;
 mod drain;
 mod error;
+mod rebalance;
 mod verify;
 
 use std::time::Instant;
@@ -37,6 +38,7 @@ use tracing::Instrument;
 pub use self::cleanup::drop_kept_source;
 pub use self::drain::{drain, start_drain};
 pub use self::error::MoveError;
+pub use self::rebalance::plan_now as plan_rebalance;
 use crate::admin::AdminTarget;
 use crate::catalog::CatalogError;
 use crate::catalog::operations::Operation;

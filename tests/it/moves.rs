@@ -259,7 +259,8 @@ async fn a_daemon_killed_mid_move_has_the_move_resumed_with_no_row_lost() {
 #[tokio::test]
 async fn a_drain_moves_every_tenant_off_a_server_which_can_then_be_removed() {
     let second = TestCluster::start();
-    let app = app().spawn().await;
+    // Kept source databases go at once: the daemon's drop of kept sources is seen here.
+    let app = app().configure(|s| s.moves.keep_source = Duration::ZERO).spawn().await;
     add_server(&app, "pg2", &second).await;
     let slugs = ["drain-a", "drain-b", "drain-c", "drain-d"];
     for slug in slugs {
@@ -268,14 +269,31 @@ async fn a_drain_moves_every_tenant_off_a_server_which_can_then_be_removed() {
     }
     let (status, body) = app.request(Method::DELETE, "/v1/servers/pg1", None).await;
     assert_eq!(status, 409, "a server with tenants is not removed: {body}");
+    // Rebalancing would even them out: two of the four to the empty server.
+    let out = app.cli(&["rebalance", "--dry-run"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().filter(|l| l.ends_with("pg1 -> pg2")).count(), 2, "{out:?}");
     let started = Instant::now();
-    let out = app.cli(&["server", "drain", "pg1", "--concurrency", "2"]).await;
+    // The drain runs in the CLI process, which decides how long the sources it moves are kept.
+    let mut env = app.cli_env();
+    env.insert("TENANTD_MOVES_KEEP_SOURCE".into(), "0s".into());
+    let out = crate::common::cli(&["server", "drain", "pg1", "--concurrency", "2"], &env, None).await;
     eprintln!("drain of 4 tenants: {:?}\n{}{}", started.elapsed(), out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("4 moved, 0 failed"), "{out:?}");
     for slug in slugs {
         let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
         assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg2")), "{t}");
+    }
+    // The daemon drops the kept source databases (and the roles) once their time is up.
+    for slug in slugs {
+        let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        wait_for("the kept source to be dropped", Duration::from_secs(20), || {
+            let id = id.clone();
+            async move { ours_on(app.cluster, &id).await.is_empty().then_some(()) }
+        })
+        .await;
     }
     // Draining: placement skips it.
     let (_, pg1) = app.get("/v1/servers/pg1").await;
@@ -305,7 +323,8 @@ async fn a_move_that_dies_at_any_step_is_resumed_to_the_end() {
         ("crash-switch", Step::MoveSwitch, Phase::After),
         ("crash-source", Step::MoveSource, Phase::After),
     ];
-    let pending: Arc<Mutex<Vec<(&str, Step, Phase)>>> = Arc::new(Mutex::new(cases.to_vec()));
+    type Crashes = Mutex<Vec<(&'static str, Step, Phase)>>;
+    let pending: Arc<Crashes> = Arc::new(Mutex::new(cases.to_vec()));
     let hook: tenantd::steps::FaultHook = {
         let pending = pending.clone();
         Arc::new(move |slug, step, phase| {
