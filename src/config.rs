@@ -90,6 +90,8 @@ pub struct Settings {
     pub pgbouncer: PgBouncerSettings,
     /// Delivery of webhooks.
     pub webhooks: WebhookSettings,
+    /// Moving tenants between servers.
+    pub moves: MoveSettings,
 }
 
 /// Delivery of webhooks (signed HTTP POSTs of tenant events).
@@ -120,6 +122,24 @@ impl Default for WebhookSettings {
             poll_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Moving tenants between servers (`tenant move`, `server drain`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoveSettings {
+    /// How long a moved tenant's source database is kept (renamed, with tenantd's marker)
+    /// before a daemon drops it.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_source: Duration,
+    /// Parallel jobs of `pg_dump -j` and `pg_restore -j` in a move.
+    pub jobs: usize,
+}
+
+impl Default for MoveSettings {
+    fn default() -> Self {
+        Self { keep_source: Duration::from_secs(24 * 3600), jobs: 2 }
     }
 }
 
@@ -345,6 +365,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             pgbouncer: PgBouncerSettings::default(),
             webhooks: WebhookSettings::default(),
+            moves: MoveSettings::default(),
         }
     }
 }
@@ -493,6 +514,8 @@ knobs! {
     "webhooks.retry_delays", "TENANTD_WEBHOOKS_RETRY_DELAYS", List, "5s,5m,30m,2h,5h,10h,10h", "delays between delivery attempts; given up after the last";
     "webhooks.poll_interval", "TENANTD_WEBHOOKS_POLL_INTERVAL", Text, "1s", "how often due deliveries are looked for";
     "webhooks.timeout", "TENANTD_WEBHOOKS_TIMEOUT", Text, "10s", "longest wait for a webhook endpoint's answer";
+    "moves.keep_source", "TENANTD_MOVES_KEEP_SOURCE", Text, "24h", "moved-away source databases are dropped after this";
+    "moves.jobs", "TENANTD_MOVES_JOBS", Integer, "2", "parallel jobs of pg_dump/pg_restore in a move";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -559,6 +582,7 @@ impl Settings {
         let connections = usize::try_from(self.limits.connections_per_tenant).unwrap_or(usize::MAX);
         in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
+        in_range("moves.jobs", self.moves.jobs, 1, 64)?;
         self.backups.time_of_day()?;
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));

@@ -214,6 +214,68 @@ pub async fn dump(
     Ok(Dumped { bytes, duration: started.elapsed() })
 }
 
+/// Dumps `database` in directory format into `dir` (which must not exist yet) with `jobs`
+/// parallel workers, as the admin with `--role=<tenant role>` like [`dump`] (for moves:
+/// the tenant cannot log in meanwhile). One synchronised snapshot across the workers.
+pub async fn dump_dir(
+    admin: &AdminTarget,
+    database: &PgIdent,
+    role: &PgIdent,
+    tenant: uuid::Uuid,
+    dir: &Path,
+    jobs: usize,
+) -> Result<Dumped, DumpError> {
+    let started = Instant::now();
+    let pg_dump = tool("pg_dump")?;
+    let server_version = prepare(admin, role, tenant).await?;
+    let tool_version = major_version(&pg_dump, "pg_dump").await?;
+    if tool_version < server_version {
+        return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
+    }
+    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password, database);
+    cmd.args(["--format=directory", "--no-password", "--lock-wait-timeout=10s"])
+        .arg(format!("--jobs={}", jobs.max(1)))
+        .arg(format!("--role={}", role.as_str()))
+        .arg("--file")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    run(cmd, "pg_dump").await?;
+    let bytes = dir_bytes(dir).map_err(io(format!("cannot read {}", dir.display())))?;
+    Ok(Dumped { bytes, duration: started.elapsed() })
+}
+
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// Restores a directory-format dump into `database` with `jobs` parallel workers, logged in
+/// as the tenant role itself like [`restore`] (never as the admin). Not in one transaction
+/// (parallel restores cannot be): the caller restores into a staging database it drops on
+/// failure.
+pub async fn restore_dir(
+    server: &AdminTarget,
+    database: &PgIdent,
+    role: &PgIdent,
+    password: &SecretString,
+    dir: &Path,
+    jobs: usize,
+) -> Result<(), DumpError> {
+    let pg_restore = tool("pg_restore")?;
+    let mut cmd = command(&pg_restore, server, role.as_str(), password, database);
+    cmd.args(["--format=directory", "--exit-on-error", "--no-owner", "--no-privileges", "--no-password"])
+        .arg(format!("--jobs={}", jobs.max(1)))
+        .arg(format!("--dbname={}", conninfo_dbname(database)))
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    run(cmd, "pg_restore").await
+}
+
 /// Creates a directory (and its parents) for dumps, private to us when new.
 pub fn create_dir(dir: &Path) -> Result<(), DumpError> {
     use std::os::unix::fs::DirBuilderExt;

@@ -7,7 +7,8 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, lending (`pools`, `handles`, `sqlhttp`,
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, lending (`pools`, `handles`, `sqlhttp`,
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `moves`, lending (`pools`, `handles`, `sqlhttp`,
 //!    `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
@@ -35,6 +36,7 @@ pub(crate) mod leases;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod markers;
+pub(crate) mod moves;
 pub(crate) mod names;
 pub(crate) mod pg;
 pub mod pgbouncer;

@@ -109,6 +109,12 @@ impl PgIdent {
         Self(format!("tenantd_staging_{}", id.simple()))
     }
 
+    /// The name a move gives the source database it keeps: derived from the tenant and the
+    /// move, used by nobody else (`tenantd_moved_<move>_<tenant>`, 56 bytes).
+    pub fn moved(id: Uuid, operation: Uuid) -> Self {
+        Self(format!("tenantd_moved_{}_{}", &operation.simple().to_string()[..8], id.simple()))
+    }
+
     /// Checks a database or role name read back from the catalog (or from a server) as
     /// strictly as names tenantd derives: 1 to 63 bytes of lowercase letters, digits and
     /// `_`, not starting with a digit. The catalog may be written by hand (a direct INSERT

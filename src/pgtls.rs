@@ -570,17 +570,31 @@ impl Endpoint {
     }
 
     /// Sends a cancel request for a connection made to this endpoint, encrypted like it.
-    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), String> {
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), CancelFailed> {
         if self.tls_required() {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
-            let tls = self.tls.connector(&self.host, self.port).map_err(|e| e.to_string())?;
-            let tls = tls.rustls::<TcpStream>(&self.host).map_err(|e| e.to_string())?;
-            token.cancel_query_raw(tcp, tls).await.map_err(|e| crate::pg::describe(&e))
+            let tcp =
+                TcpStream::connect((self.host.as_str(), self.port)).await.map_err(CancelFailed::Connect)?;
+            let tls = self.tls.connector(&self.host, self.port)?.rustls::<TcpStream>(&self.host)?;
+            Ok(token.cancel_query_raw(tcp, tls).await?)
         } else {
-            let stream = self.open().await.map_err(|e| e.to_string())?;
-            token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))
+            let stream = self.open().await.map_err(CancelFailed::Connect)?;
+            Ok(token.cancel_query_raw(stream, tokio_postgres::NoTls).await?)
         }
     }
+}
+
+/// Why a cancel request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelFailed {
+    /// No connection (or TLS) to the server.
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    /// The TLS settings cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The request itself failed.
+    #[error("cancel request failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
 }
 
 /// The one crypto provider of every TLS connection tenantd makes or accepts.

@@ -31,6 +31,22 @@ pub enum Step {
     Archive,
     /// Drop the database and the role of a tenant being deleted.
     Drop,
+    /// Move: end the tenant's sessions and logins on the source.
+    MoveClose,
+    /// Move: the role and the staging database on the target.
+    MoveStage,
+    /// Move: `pg_dump` of the source.
+    MoveDump,
+    /// Move: `pg_restore` into the staging database.
+    MoveRestore,
+    /// Move: row counts, checksums, sequences and schema version compared.
+    MoveVerify,
+    /// Move: the staging database gets the tenant's name on the target.
+    MovePromote,
+    /// Move: the catalog names the target (one transaction).
+    MoveSwitch,
+    /// Move: the source database is renamed (kept) or dropped.
+    MoveSource,
 }
 
 impl Step {
@@ -50,6 +66,14 @@ impl Step {
             Step::Ready => "ready",
             Step::Archive => "archive",
             Step::Drop => "drop",
+            Step::MoveClose => "move.close",
+            Step::MoveStage => "move.stage",
+            Step::MoveDump => "move.dump",
+            Step::MoveRestore => "move.restore",
+            Step::MoveVerify => "move.verify",
+            Step::MovePromote => "move.promote",
+            Step::MoveSwitch => "move.switch",
+            Step::MoveSource => "move.source",
         }
     }
 }

@@ -260,6 +260,9 @@ pub enum NotLendable {
     /// Being deleted or deleted.
     #[error("tenant {0:?} is {1}")]
     Deleted(String, crate::catalog::tenants::TenantStatus),
+    /// Being moved to another server: back in a moment.
+    #[error("tenant {0:?} is moving to another server; retry shortly")]
+    Moving(String),
     /// Still provisioning, or in ERROR.
     #[error("tenant {0:?} is {1}, not READY")]
     NotReady(String, crate::catalog::tenants::TenantStatus),
@@ -278,6 +281,7 @@ pub fn lendable(tenant: &TenantRecord, latest_version: i32) -> Result<(), NotLen
         }),
         TenantStatus::Ready => Ok(()),
         TenantStatus::Suspended => Err(NotLendable::Suspended(slug())),
+        TenantStatus::Moving => Err(NotLendable::Moving(slug())),
         status @ (TenantStatus::Deleting | TenantStatus::Deleted) => {
             Err(NotLendable::Deleted(slug(), status))
         }

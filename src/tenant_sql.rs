@@ -229,6 +229,34 @@ pub async fn close_role(
     Ok(ended)
 }
 
+/// Row count and checksum of one table's rows (`md5` of every row as text, in `C` order),
+/// run as the table's owner with `row_security = off` like `pg_dump`: a move compares the
+/// source with the copy with it. Schema and table names are quoted.
+pub fn table_checksum(schema: &str, table: &str) -> String {
+    format!(
+        "SELECT pg_catalog.count(*), COALESCE(pg_catalog.md5(pg_catalog.string_agg(r::pg_catalog.text, \
+         E'\\n' ORDER BY r::pg_catalog.text COLLATE \"C\")), '') FROM ONLY {}.{} r",
+        quote_ident(schema),
+        quote_ident(table)
+    )
+}
+
+/// The state of a sequence (`last_value`, `is_called`); names quoted.
+pub fn sequence_state(schema: &str, sequence: &str) -> String {
+    format!("SELECT last_value, is_called FROM {}.{}", quote_ident(schema), quote_ident(sequence))
+}
+
+/// The latest version in a tenant database's own migration history table (in `public`).
+pub fn history_version(table: &str) -> String {
+    format!("SELECT COALESCE(pg_catalog.max(version), 0)::pg_catalog.int4 FROM public.{}", quote_ident(table))
+}
+
+/// Acts as the tenant role inside its database, with row security off (an error instead of
+/// a tenant's policy running): how the admin reads a tenant's rows.
+pub fn act_as_tenant(role: &PgIdent) -> String {
+    format!("SET ROLE {}; SET row_security = off", quote_ident(role.as_str()))
+}
+
 /// True for a wait cut short by `lock_timeout` or `statement_timeout`.
 pub fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;

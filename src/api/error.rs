@@ -233,6 +233,24 @@ impl From<crate::webhooks::WebhookError> for ApiError {
     }
 }
 
+impl From<crate::moves::MoveError> for ApiError {
+    fn from(e: crate::moves::MoveError) -> Self {
+        use crate::moves::MoveError;
+        match e {
+            MoveError::WrongState(m) => Self::new(StatusCode::CONFLICT, "wrong_state", m),
+            MoveError::UnknownServer(_) => Self::not_found(e.to_string()),
+            MoveError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_move", m),
+            MoveError::TargetDown(m) | MoveError::Server(m) => Self::unavailable("server_unavailable", m, 5),
+            MoveError::Catalog(c) => c.into(),
+            MoveError::Target(t) => t.into(),
+            MoveError::LeaseLost | MoveError::Interrupted => {
+                Self::unavailable("tenant_busy", e.to_string(), 1)
+            }
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<TargetError> for ApiError {
     fn from(e: TargetError) -> Self {
         match e {
@@ -245,11 +263,14 @@ impl From<TargetError> for ApiError {
 impl From<crate::target::NotLendable> for ApiError {
     fn from(e: crate::target::NotLendable) -> Self {
         use crate::target::NotLendable;
+        if let NotLendable::Moving(_) = e {
+            return Self::unavailable("tenant_moving", e.to_string(), 2);
+        }
         let (status, code) = match &e {
             NotLendable::SchemaNewer { .. } => (StatusCode::CONFLICT, "tenant_schema_newer"),
             NotLendable::Suspended(_) => (StatusCode::LOCKED, "tenant_suspended"),
             NotLendable::Deleted(..) => (StatusCode::GONE, "tenant_deleted"),
-            NotLendable::NotReady(..) => (StatusCode::CONFLICT, "tenant_not_ready"),
+            NotLendable::NotReady(..) | NotLendable::Moving(_) => (StatusCode::CONFLICT, "tenant_not_ready"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod lending;
 pub mod lifecycle;
 pub mod migrations;
+pub mod moves;
 pub mod openapi;
 pub mod serve;
 pub mod servers;
@@ -53,12 +54,15 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/ui/console.js", get(console::script))
         .route("/ui/console.css", get(console::style))
         .route("/v1/servers", get(servers::list).post(servers::add))
-        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch))
+        .route("/v1/servers/{name}", get(servers::show).patch(servers::patch).delete(servers::remove))
+        .route("/v1/servers/{name}/drain", post(moves::drain))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
         .route("/v1/tenants/{slug}", get(tenants::show).delete(lifecycle::delete).patch(lifecycle::patch))
         .route("/v1/tenants/{slug}/suspend", post(lifecycle::suspend))
         .route("/v1/tenants/{slug}/resume", post(lifecycle::resume))
         .route("/v1/tenants/{slug}/dumps", post(lifecycle::dump))
+        .route("/v1/tenants/{slug}/move", post(moves::start))
+        .route("/v1/operations/{id}", get(moves::show))
         .route("/v1/tenants/{slug}/events", get(tenants::events))
         .route("/v1/tenants/{slug}/retry", post(tenants::retry))
         .route("/v1/tenants/{slug}/sql", post(lending::sql))

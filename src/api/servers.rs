@@ -69,3 +69,21 @@ pub async fn patch(
 ) -> Result<Json<ServerRecord>, ApiError> {
     Ok(Json(crate::servers::update(&app.core, &name, &patch).await?))
 }
+
+/// `DELETE /v1/servers/{name}`: 204; 409 while tenants remain on it (drain it first).
+#[utoipa::path(delete, path = "/v1/servers/{name}", tag = "servers", security(("admin" = [])),
+    params(("name" = String, Path, description = "Server name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "Tenants remain on it", body = ErrorBody),
+    ))]
+pub async fn remove(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.catalog.remove_server(&name).await?;
+    tracing::info!(server = %name, "server removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -124,11 +124,23 @@ pub enum EventKind {
     /// The tenant role's password was stored again as tenantd's SCRAM verifier (same
     /// password, the salt derived from the tenant id), so PgBouncer can log in with it.
     PasswordAligned,
+    /// A move to another server began (the tenant is MOVING).
+    MoveStarted,
+    /// A step of a move was done.
+    MoveStep,
+    /// The catalog names the move's target server now.
+    MoveSwitched,
+    /// The move finished: READY on the target.
+    MoveFinished,
+    /// The move failed before the switch: READY on the source, nothing left on the target.
+    MoveFailed,
+    /// The source database a move left behind was dropped.
+    MoveSourceDropped,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 39] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -162,6 +174,12 @@ impl EventKind {
         Self::QuotaOk,
         Self::PasswordRotated,
         Self::PasswordAligned,
+        Self::MoveStarted,
+        Self::MoveStep,
+        Self::MoveSwitched,
+        Self::MoveFinished,
+        Self::MoveFailed,
+        Self::MoveSourceDropped,
     ];
 
     /// Parses the catalog spelling.
@@ -205,6 +223,12 @@ impl EventKind {
             Self::QuotaOk => "quota.ok",
             Self::PasswordRotated => "password.rotated",
             Self::PasswordAligned => "password.aligned",
+            Self::MoveStarted => "move.started",
+            Self::MoveStep => "move.step",
+            Self::MoveSwitched => "move.switched",
+            Self::MoveFinished => "move.finished",
+            Self::MoveFailed => "move.failed",
+            Self::MoveSourceDropped => "move.source_dropped",
         }
     }
 }

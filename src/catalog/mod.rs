@@ -26,6 +26,7 @@ macro_rules! free {
 
 pub mod backups;
 pub mod events;
+pub mod operations;
 pub mod servers;
 pub mod tenants;
 pub mod upgrades;

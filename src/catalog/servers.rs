@@ -335,6 +335,40 @@ impl Catalog {
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no server named {name:?}")))
     }
 
+    /// Removes a server that holds no tenant (deleted tenants' rows forget it); under the
+    /// placement lock, so no tenant is placed on it meanwhile. A server with tenants is
+    /// [`CatalogError::Conflict`].
+    pub async fn remove_server(&self, name: &str) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::tenants::PLACEMENT_LOCK]).await?;
+        let exists =
+            tx.query_opt("SELECT 1 FROM tenantd.servers WHERE name = $1 FOR UPDATE", &[&name]).await?;
+        if exists.is_none() {
+            return Err(CatalogError::NotFound(format!("no server named {name:?}")));
+        }
+        let live: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM tenantd.tenants WHERE server = $1 AND status <> 'DELETED'",
+                &[&name],
+            )
+            .await?
+            .get(0);
+        if live > 0 {
+            return Err(CatalogError::Conflict(format!(
+                "server {name} still holds {live} tenant(s): drain it first (tenantd server drain {name})"
+            )));
+        }
+        tx.execute(
+            "UPDATE tenantd.tenants SET server = NULL WHERE server = $1 AND status = 'DELETED'",
+            &[&name],
+        )
+        .await?;
+        tx.execute("DELETE FROM tenantd.servers WHERE name = $1", &[&name]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Applies a patch; returns the updated row.
     pub async fn update_server(&self, name: &str, patch: &ServerPatch) -> Result<ServerRecord, CatalogError> {
         let status = patch.status.map(ServerStatus::as_str);

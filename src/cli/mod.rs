@@ -63,6 +63,18 @@ enum Command {
     Tenant(tenant::TenantCommand),
     /// Upgrade tenant databases to this build's migrations (dry run, canary, then all).
     Migrate(migrate::MigrateArgs),
+    /// Move tenants from the most loaded servers (tenants per weight) to the least loaded.
+    Rebalance {
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many moves.
+        #[arg(long, default_value_t = 10)]
+        max_moves: usize,
+        /// Print the plan (and outcomes) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Backups in backups.dir: list them, or take them now.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -239,6 +251,9 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
         Command::Tenant(cmd) => tenant::run(cmd, open(settings).await?).await,
         Command::Migrate(args) => migrate::run(args, open(settings).await?).await,
         Command::Backup(cmd) => backup::run(cmd, open(settings).await?).await,
+        Command::Rebalance { dry_run, max_moves, json } => {
+            server::rebalance(&open(settings).await?, dry_run, max_moves, json).await
+        }
         Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
         Command::Events(args) => events::run(args, open_unchecked(settings).await?).await,
         Command::Openapi | Command::Completions { .. } => Ok(()),

@@ -77,6 +77,22 @@ pub enum ServerCommand {
     },
     /// Re-seal every sealed password with the current master key (the same as `keys rotate`).
     RotateKey,
+    /// Remove a server that holds no tenant (refused while tenants remain: drain it first).
+    Remove {
+        /// Server name.
+        name: String,
+    },
+    /// Mark a server draining and move every tenant on it to other servers (placement rules).
+    Drain {
+        /// Server name.
+        name: String,
+        /// Moves at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::BadServerStatus> {
@@ -85,6 +101,9 @@ fn parse_status(text: &str) -> Result<ServerStatus, crate::catalog::servers::Bad
 
 pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
     match cmd {
+        ServerCommand::Drain { name, concurrency, json } => {
+            drain(&ctx, &name, usize::from(concurrency), json).await
+        }
         ServerCommand::Add {
             name,
             url,
@@ -168,6 +187,11 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
             Ok(())
         }
         ServerCommand::RotateKey => super::keys::rotate(&ctx).await,
+        ServerCommand::Remove { name } => {
+            ctx.catalog.remove_server(&name).await.map_err(Failure::failed)?;
+            println!("server {name} removed");
+            Ok(())
+        }
     }
 }
 
@@ -200,4 +224,83 @@ fn print_servers(servers: &[ServerRecord]) {
         &["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "REGION"],
         &rows,
     );
+}
+
+/// Drains a server in this process: every tenant moved, a line per tenant, a summary; fails
+/// when any tenant was not moved.
+async fn drain(ctx: &Context, name: &str, concurrency: usize, json: bool) -> Result<(), Failure> {
+    use crate::moves::MoveError;
+    let id = crate::moves::start_drain(ctx, name, &ctx.instance).await.map_err(|e| match e {
+        MoveError::UnknownServer(_) => Failure::usage(e),
+        other => Failure::failed(other),
+    })?;
+    let total = ctx.catalog.server(name).await.map_err(Failure::failed)?.tenants;
+    eprintln!("draining {name}: {total} tenant(s), {concurrency} at a time (operation {id})");
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let report = |slug: &str, result: Result<&str, &str>| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match result {
+            Ok(to) => eprintln!("[{n}/{total}] {slug} -> {to}"),
+            Err(why) => eprintln!("[{n}/{total}] {slug} NOT moved: {why}"),
+        }
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let summary = crate::moves::drain(ctx, &ctx.instance, name, id, concurrency, &cancel, &report)
+        .await
+        .map_err(Failure::failed)?;
+    if json {
+        output::json(&summary)?;
+    } else {
+        println!("{name}: {} moved, {} failed", summary.moved.len(), summary.failed.len());
+    }
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!("{} tenant(s) could not be moved off {name}", summary.failed.len())))
+    }
+}
+
+/// `tenantd rebalance`: prints the plan; without `--dry-run` makes its moves one at a time and
+/// fails when any of them failed.
+pub(super) async fn rebalance(
+    ctx: &Context,
+    dry_run: bool,
+    max_moves: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let plan = crate::moves::plan_rebalance(ctx, max_moves).await.map_err(Failure::failed)?;
+    if json && dry_run {
+        return output::json(&plan);
+    }
+    if plan.is_empty() {
+        println!("balanced: nothing to move");
+        return Ok(());
+    }
+    for m in &plan {
+        println!("{} {} -> {}", m.slug, m.from, m.to);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let mover = crate::moves::Mover::new(ctx, &ctx.instance);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut failed = 0;
+    for m in &plan {
+        let outcome = match mover.start(&m.slug, &m.to, false).await {
+            Ok(job) => mover.run(job, &cancel).await.map(|op| (op.state == "succeeded", op.error)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((true, _)) => eprintln!("moved {} to {}", m.slug, m.to),
+            Ok((false, error)) => {
+                failed += 1;
+                eprintln!("{} NOT moved: {}", m.slug, error.unwrap_or_default());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{} NOT moved: {e}", m.slug);
+            }
+        }
+    }
+    if failed == 0 { Ok(()) } else { Err(Failure::failed(format!("{failed} move(s) failed"))) }
 }

@@ -112,6 +112,9 @@ async fn cancel_with(token: &tokio_postgres::CancelToken, endpoint: &Endpoint) {
     let cancelled = endpoint.cancel(token);
     match tokio::time::timeout(Duration::from_secs(5), cancelled).await {
         Ok(Ok(())) => metrics::counter!("tenantd_statements_cancelled_total").increment(1),
+        Ok(Err(crate::pgtls::CancelFailed::Postgres(e))) => {
+            tracing::warn!(error = %crate::pg::describe(&e), "cannot cancel a tenant statement");
+        }
         Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a tenant statement"),
         Err(_) => tracing::warn!("cancel request to the tenant server timed out"),
     }

@@ -9,10 +9,12 @@
 //! - [`quotas`]: measures tenant databases against their storage quotas.
 //! - [`upgrade`]: upgrade runs started by the API or `upgrade.auto`.
 //! - [`webhooks`]: delivers the webhook outbox.
+//! - [`moves`]: resumes abandoned moves, drops kept source databases.
 
 pub mod backups;
 pub mod health;
 pub mod limits;
+pub mod moves;
 pub mod quotas;
 pub mod upgrade;
 pub mod watcher;

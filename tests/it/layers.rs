@@ -27,6 +27,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "quotas",
             "pgbouncer",
             "webhooks",
+            "moves",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

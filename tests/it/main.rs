@@ -13,6 +13,7 @@ mod layers;
 mod leases;
 mod lending;
 mod lifecycle;
+mod moves;
 mod openapi;
 mod outages;
 mod pgbouncer;

@@ -166,7 +166,7 @@ impl Catalog {
 }
 
 /// Advisory lock key serialising placement decisions across processes ("tenantd" + 2).
-const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
+pub(crate) const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
 
 impl Catalog {
     /// Places a tenant: in one transaction under a catalog-wide advisory lock, reads the load of

@@ -21,6 +21,7 @@ mod limits;
 mod passwords;
 
 pub use claims::Claim;
+pub(crate) use leased::PLACEMENT_LOCK;
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -42,11 +43,13 @@ pub enum TenantStatus {
     Deleting,
     /// Gone; the row stays as a record.
     Deleted,
+    /// Being copied to another server (`tenant move`, drains): not lent, resumed after a crash.
+    Moving,
 }
 
 impl TenantStatus {
     /// Every status, in life-cycle order.
-    pub const ALL: [TenantStatus; 8] = [
+    pub const ALL: [TenantStatus; 9] = [
         Self::Pending,
         Self::Creating,
         Self::Migrating,
@@ -55,6 +58,7 @@ impl TenantStatus {
         Self::Suspended,
         Self::Deleting,
         Self::Deleted,
+        Self::Moving,
     ];
 
     /// The catalog spelling.
@@ -68,6 +72,7 @@ impl TenantStatus {
             Self::Suspended => "SUSPENDED",
             Self::Deleting => "DELETING",
             Self::Deleted => "DELETED",
+            Self::Moving => "MOVING",
         }
     }
 
@@ -379,7 +384,7 @@ impl Catalog {
     }
 
     /// Asks for a tenant's deletion: status DELETING, with a final archive into `archive_dir`
-    /// when given (written by whichever process carries the deletion out). `None` while
+    /// when given (written by whichever process carries the deletion out). `None` while a move holds it (MOVING, even between two processes), while
     /// another process holds the tenant, or when it is deleted already.
     ///
     /// `holder`: the caller holds the tenant's lease (it wrote the final archive under it);
@@ -396,7 +401,7 @@ impl Catalog {
             format!(
                 "WITH asked AS (UPDATE tenantd.tenants SET status = 'DELETING', delete_archive_dir = $2, \
                    attempts = 0, next_attempt_at = now(), last_error = NULL, lease_owner = NULL, \
-                   lease_until = NULL WHERE slug = $1 AND status <> 'DELETED' \
+                   lease_until = NULL WHERE slug = $1 AND status NOT IN ('DELETED', 'MOVING') \
                    AND ({FREE} OR lease_owner = $4) \
                    RETURNING *), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \

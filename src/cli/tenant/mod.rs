@@ -154,6 +154,23 @@ pub enum TenantCommand {
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         wait: u64,
     },
+    /// Move a READY tenant to another server (offline copy: unavailable for a short pause).
+    Move {
+        /// Slug.
+        slug: String,
+        /// The target server.
+        #[arg(long, value_name = "SERVER")]
+        to: String,
+        /// Confirm (the tenant is unavailable while it is copied).
+        #[arg(long)]
+        yes: bool,
+        /// Drop the source database at once instead of keeping it for moves.keep_source.
+        #[arg(long)]
+        drop_source: bool,
+        /// Print the operation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a tenant in ERROR again.
     Retry {
         /// Slug.
@@ -341,6 +358,14 @@ pub async fn run(cmd: TenantCommand, ctx: Context) -> Result<(), Failure> {
             println!("{}", details.url);
             Ok(())
         }
+        TenantCommand::Move { slug, to, yes, drop_source, json } => {
+            if !yes {
+                return Err(Failure::usage(format!(
+                    "moving {slug} makes it unavailable while it is copied: pass --yes to go ahead"
+                )));
+            }
+            move_tenant(&ctx, &slug, &to, drop_source, json).await
+        }
         TenantCommand::Retry { slug, wait } => {
             let tenant =
                 crate::tenants::retry(&ctx.catalog, &slug, &ctx.instance).await.map_err(tenant_failure)?;
@@ -422,6 +447,50 @@ async fn dump(ctx: &Context, slug: &str, output: &std::path::Path) -> Result<(),
         dumped.duration.as_secs_f64()
     );
     Ok(())
+}
+
+/// Moves a tenant in this process (a daemon resumes it if this process dies).
+async fn move_tenant(
+    ctx: &Context,
+    slug: &str,
+    to: &str,
+    drop_source: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let mover = crate::moves::Mover::new(ctx, &ctx.instance);
+    let job = mover.start(slug, to, drop_source).await.map_err(move_failure)?;
+    eprintln!("moving {slug} to {to} (operation {})", job.op.id);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let op = mover.run(job, &cancel).await.map_err(move_failure)?;
+    if json {
+        output::json(&op)?;
+    } else {
+        let seconds = op.detail["seconds"].as_f64().unwrap_or_default();
+        match op.state.as_str() {
+            "succeeded" => println!(
+                "{slug} moved to {to} in {seconds:.1} s; source database {}",
+                match (&op.kept_database, op.drop_after) {
+                    (Some(kept), Some(at)) =>
+                        format!("kept as {kept} until {}", at.format("%Y-%m-%d %H:%M UTC")),
+                    _ => "dropped".to_owned(),
+                }
+            ),
+            _ => eprintln!("{slug} stays on its server: {}", op.error.as_deref().unwrap_or("move failed")),
+        }
+    }
+    if op.state == "succeeded" {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!("move of {slug} failed: {}", op.error.unwrap_or_default())))
+    }
+}
+
+fn move_failure(e: crate::moves::MoveError) -> Failure {
+    use crate::moves::MoveError;
+    match e {
+        MoveError::Invalid(_) | MoveError::UnknownServer(_) => Failure::usage(e),
+        other => Failure::failed(other),
+    }
 }
 
 /// Asks for the slug on a terminal unless `--yes`; refuses without a terminal.

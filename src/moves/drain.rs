@@ -1,0 +1,120 @@
+//! Draining a server: status `draining` (placement skips it from then on), then every tenant
+//! on it moves to another eligible server chosen by the placement rules, N at a time. Run
+//! again, a drain goes on with the tenants still there.
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{MoveError, Mover};
+use crate::catalog::CatalogError;
+use crate::catalog::servers::{ServerPatch, ServerStatus};
+use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
+use crate::core::Core;
+
+/// The outcome of a drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    /// The drain's operation.
+    pub operation: Uuid,
+    /// Tenants moved, with their new server.
+    pub moved: Vec<(String, String)>,
+    /// Tenants not moved, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Marks `server` draining and records the drain; the moves are made by [`drain`].
+pub async fn start_drain(core: &Core, server: &str, actor: &str) -> Result<Uuid, MoveError> {
+    let patch = ServerPatch { status: Some(ServerStatus::Draining), ..ServerPatch::default() };
+    match core.catalog.update_server(server, &patch).await {
+        Ok(_) => {}
+        Err(CatalogError::NotFound(_)) => return Err(MoveError::UnknownServer(server.to_owned())),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(core.catalog.start_drain(server, actor).await?.id)
+}
+
+/// Moves every tenant off `server` (drain `operation`), `concurrency` at a time; `report` is
+/// told of each tenant as it ends. The drain fails when any tenant could not be moved.
+pub async fn drain(
+    core: &Core,
+    actor: &str,
+    server: &str,
+    operation: Uuid,
+    concurrency: usize,
+    cancel: &CancellationToken,
+    report: &(dyn Fn(&str, Result<&str, &str>) + Sync),
+) -> Result<DrainReport, MoveError> {
+    let tenants = tenants_on(core, server).await?;
+    let mover = Mover::new(core, actor);
+    let outcomes: Vec<(String, Result<String, String>)> = futures::stream::iter(tenants)
+        .map(|t| {
+            let mover = &mover;
+            async move {
+                let result = move_one(core, mover, &t, cancel).await;
+                report(&t.slug, result.as_deref().map_err(|e| e.as_str()));
+                (t.slug, result)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut summary = DrainReport { operation, moved: Vec::new(), failed: Vec::new() };
+    for (slug, outcome) in outcomes {
+        match outcome {
+            Ok(to) => summary.moved.push((slug, to)),
+            Err(why) => summary.failed.push((slug, why)),
+        }
+    }
+    let ok = summary.failed.is_empty();
+    let error = (!ok).then(|| format!("{} tenant(s) not moved", summary.failed.len()));
+    let detail = json!({ "moved": summary.moved, "failed": summary.failed });
+    core.catalog.finish_drain(operation, ok, error.as_deref(), &detail).await?;
+    tracing::info!(server, moved = summary.moved.len(), failed = summary.failed.len(), "drain finished");
+    Ok(summary)
+}
+
+async fn tenants_on(core: &Core, server: &str) -> Result<Vec<TenantRecord>, MoveError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = TenantFilter {
+            status: None,
+            server: Some(server.to_owned()),
+            after,
+            limit: 1000,
+            ..TenantFilter::default()
+        };
+        let page = core.catalog.tenants(&filter).await?;
+        let done = page.len() < 1000;
+        after = page.last().map(|t| t.slug.clone());
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+/// Moves one tenant to the server placement chooses now; the new server's name.
+async fn move_one(
+    core: &Core,
+    mover: &Mover<'_>,
+    t: &TenantRecord,
+    cancel: &CancellationToken,
+) -> Result<String, String> {
+    if t.status != TenantStatus::Ready {
+        return Err(format!("{} (only READY tenants are moved)", t.status));
+    }
+    let loads = core.catalog.server_loads().await.map_err(|e| e.to_string())?;
+    let to =
+        crate::placement::choose(&loads, None, t.requested_region.as_deref()).map_err(|e| e.to_string())?;
+    let job = mover.start(&t.slug, &to, false).await.map_err(|e| e.to_string())?;
+    let op = mover.run(job, cancel).await.map_err(|e| e.to_string())?;
+    if op.state == "succeeded" {
+        Ok(to)
+    } else {
+        Err(op.error.unwrap_or_else(|| format!("move {}", op.state)))
+    }
+}
