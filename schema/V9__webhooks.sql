@@ -56,6 +56,7 @@ BEGIN
         WHEN 'deleted' THEN 'tenant.deleted'
         WHEN 'upgrade.failed' THEN 'upgrade.failed'
         WHEN 'backup.failed' THEN 'backup.failed'
+        WHEN 'move.finished' THEN 'tenant.moved'
     END;
     IF event_type IS NULL THEN
         RETURN NULL;

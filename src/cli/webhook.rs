@@ -15,7 +15,7 @@ pub enum WebhookCommand {
         /// http(s) URL deliveries are POSTed to.
         url: String,
         /// Event type to receive (repeat, or comma-separated): tenant.ready, tenant.error,
-        /// tenant.suspended, tenant.resumed, tenant.deleted, upgrade.failed, backup.failed.
+        /// tenant.suspended, tenant.resumed, tenant.deleted, tenant.moved, upgrade.failed, backup.failed.
         #[arg(long = "event", required = true, value_delimiter = ',')]
         events: Vec<String>,
         /// Print JSON.

@@ -43,11 +43,13 @@ pub enum WebhookEvent {
     UpgradeFailed,
     /// A backup of the tenant failed.
     BackupFailed,
+    /// The tenant moved to another server (its connection details changed).
+    TenantMoved,
 }
 
 impl WebhookEvent {
     /// Every event type.
-    pub const ALL: [WebhookEvent; 7] = [
+    pub const ALL: [WebhookEvent; 8] = [
         Self::TenantReady,
         Self::TenantError,
         Self::TenantSuspended,
@@ -55,6 +57,7 @@ impl WebhookEvent {
         Self::TenantDeleted,
         Self::UpgradeFailed,
         Self::BackupFailed,
+        Self::TenantMoved,
     ];
 
     /// The name in payloads and subscriptions.
@@ -67,6 +70,7 @@ impl WebhookEvent {
             Self::TenantDeleted => "tenant.deleted",
             Self::UpgradeFailed => "upgrade.failed",
             Self::BackupFailed => "backup.failed",
+            Self::TenantMoved => "tenant.moved",
         }
     }
 
@@ -81,6 +85,7 @@ impl WebhookEvent {
             EventKind::Deleted => Self::TenantDeleted,
             EventKind::UpgradeFailed => Self::UpgradeFailed,
             EventKind::BackupFailed => Self::BackupFailed,
+            EventKind::MoveFinished => Self::TenantMoved,
             _ => return None,
         })
     }
