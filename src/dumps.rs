@@ -169,6 +169,18 @@ pub struct Dumped {
     pub duration: Duration,
 }
 
+/// A `pg_dump` able to dump the tenant's server (not older than it), with the admin made
+/// ready to dump as the tenant's role.
+async fn pg_dump_for(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Result<PathBuf, DumpError> {
+    let pg_dump = tool("pg_dump")?;
+    let server_version = prepare(admin, role, tenant).await?;
+    let tool_version = major_version(&pg_dump, "pg_dump").await?;
+    if tool_version < server_version {
+        return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
+    }
+    Ok(pg_dump)
+}
+
 /// Dumps `database` (custom format) into `target`. The file appears only when complete.
 pub async fn dump(
     admin: &AdminTarget,
@@ -178,12 +190,7 @@ pub async fn dump(
     target: &Path,
 ) -> Result<Dumped, DumpError> {
     let started = Instant::now();
-    let pg_dump = tool("pg_dump")?;
-    let server_version = prepare(admin, role, tenant).await?;
-    let tool_version = major_version(&pg_dump, "pg_dump").await?;
-    if tool_version < server_version {
-        return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
-    }
+    let pg_dump = pg_dump_for(admin, role, tenant).await?;
     // A dump holds all of a customer's data: a private (0600) temporary file beside the
     // target, which pg_dump fills and which is renamed into place only when complete. Until
     // then it is removed whatever happens — an error, a full disk, or this future being
@@ -226,12 +233,7 @@ pub async fn dump_dir(
     jobs: usize,
 ) -> Result<Dumped, DumpError> {
     let started = Instant::now();
-    let pg_dump = tool("pg_dump")?;
-    let server_version = prepare(admin, role, tenant).await?;
-    let tool_version = major_version(&pg_dump, "pg_dump").await?;
-    if tool_version < server_version {
-        return Err(DumpError::TooOld { tool: "pg_dump", tool_version, server_version });
-    }
+    let pg_dump = pg_dump_for(admin, role, tenant).await?;
     let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password, database);
     cmd.args(["--format=directory", "--no-password", "--lock-wait-timeout=10s"])
         .arg(format!("--jobs={}", jobs.max(1)))

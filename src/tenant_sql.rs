@@ -149,6 +149,28 @@ pub fn rename_database(from: &PgIdent, to: &PgIdent) -> String {
     format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from.as_str()), quote_ident(to.as_str()))
 }
 
+/// Renames a database, retrying for up to 5 s while it is "in use": sessions tenantd just
+/// closed (or ended) can linger for a moment.
+pub async fn rename_database_when_free(
+    admin: &tokio_postgres::Client,
+    from: &PgIdent,
+    to: &PgIdent,
+) -> Result<(), tokio_postgres::Error> {
+    let ddl = rename_database(from, to);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match admin.batch_execute(&ddl).await {
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Drops a database, ending its sessions (PostgreSQL 13+).
 pub fn drop_database(database: &PgIdent) -> String {
     format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database.as_str()))

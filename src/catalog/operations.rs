@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::events::EventKind;
-use super::servers::{ServerHealth, ServerLoad, ServerStatus};
+use super::servers::ServerLoad;
 use super::{Catalog, CatalogError};
 
 /// A move or a drain.
@@ -330,25 +330,7 @@ impl Catalog {
 
     /// The load of every server (placement's view), for choosing move targets.
     pub async fn server_loads(&self) -> Result<Vec<ServerLoad>, CatalogError> {
-        let rows = self
-            .query(
-                "SELECT s.name, s.status, s.health, s.weight, s.max_tenants, s.region, \
-                 (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
-                 FROM tenantd.servers s ORDER BY s.name",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| ServerLoad {
-                name: r.get(0),
-                status: ServerStatus::parse(r.get(1)).unwrap_or(ServerStatus::Maintenance),
-                health: ServerHealth::parse(r.get(2)),
-                weight: r.get(3),
-                max_tenants: r.get(4),
-                region: r.get(5),
-                tenants: r.get(6),
-            })
-            .collect())
+        let rows = self.query(super::servers::LOADS, &[]).await?;
+        Ok(rows.iter().map(super::servers::load_from_row).collect())
     }
 }

@@ -116,6 +116,24 @@ pub struct ServerLoad {
     pub tenants: i64,
 }
 
+/// Every server's load as placement sees it (columns of [`load_from_row`]).
+pub(crate) const LOADS: &str = "SELECT s.name, s.status, s.health, s.weight, s.max_tenants, s.region, \
+     (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
+     FROM tenantd.servers s ORDER BY s.name";
+
+/// A row of [`LOADS`].
+pub(crate) fn load_from_row(r: &Row) -> ServerLoad {
+    ServerLoad {
+        name: r.get(0),
+        status: ServerStatus::parse(r.get(1)).unwrap_or(ServerStatus::Maintenance),
+        health: ServerHealth::parse(r.get(2)),
+        weight: r.get(3),
+        max_tenants: r.get(4),
+        region: r.get(5),
+        tenants: r.get(6),
+    }
+}
+
 /// A server row as shown to operators. The sealed admin password is kept out of
 /// serialisation and Debug output.
 #[derive(Clone, Serialize, utoipa::ToSchema)]

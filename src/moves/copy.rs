@@ -1,10 +1,9 @@
 //! Steps 3 and 4 of a move: the copy into a staging database on the target (role, staging
 //! database, dump, restore, verification) and its promotion to the tenant's database name.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
 use super::error::pg;
 use super::{Ends, MoveError, MoveJob, Mover, verify};
@@ -150,17 +149,9 @@ pub(super) async fn promote(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result
     let (staging, final_name) = (&found[0].1, &found[1].1);
     match (staging, final_name) {
         (Ownership::Ours, Ownership::Absent) => {
-            let ddl = tenant_sql::rename_database(&ends.staging, &t.database);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match admin.batch_execute(&ddl).await {
-                    Ok(()) => break,
-                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(e) => return Err(pg(STEP)(e)),
-                }
-            }
+            tenant_sql::rename_database_when_free(&admin, &ends.staging, &t.database)
+                .await
+                .map_err(pg(STEP))?;
         }
         (Ownership::Absent, Ownership::Ours) => {}
         (staging, final_name) => {

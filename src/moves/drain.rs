@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{MoveError, Mover};
 use crate::catalog::CatalogError;
 use crate::catalog::servers::{ServerPatch, ServerStatus};
-use crate::catalog::tenants::{TenantFilter, TenantRecord, TenantStatus};
+use crate::catalog::tenants::{TenantRecord, TenantStatus};
 use crate::core::Core;
 
 /// The outcome of a drain.
@@ -77,24 +77,7 @@ pub async fn drain(
 }
 
 async fn tenants_on(core: &Core, server: &str) -> Result<Vec<TenantRecord>, MoveError> {
-    let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let filter = TenantFilter {
-            status: None,
-            server: Some(server.to_owned()),
-            after,
-            limit: 1000,
-            ..TenantFilter::default()
-        };
-        let page = core.catalog.tenants(&filter).await?;
-        let done = page.len() < 1000;
-        after = page.last().map(|t| t.slug.clone());
-        all.extend(page);
-        if done {
-            return Ok(all);
-        }
-    }
+    Ok(core.catalog.all_tenants(None, Some(server)).await?)
 }
 
 /// Moves one tenant to the server placement chooses now; the new server's name.

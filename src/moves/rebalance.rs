@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::catalog::servers::{ServerHealth, ServerLoad, ServerStatus};
-use crate::catalog::tenants::{TenantFilter, TenantStatus};
+use crate::catalog::tenants::TenantStatus;
 use crate::core::Core;
 
 use super::MoveError;
@@ -71,24 +71,9 @@ pub fn plan(servers: &[ServerLoad], movable: &[(String, String)], max_moves: usi
 /// The plan for the fleet as the catalog has it now (READY tenants only are movable).
 pub async fn plan_now(core: &Core, max_moves: usize) -> Result<Vec<PlannedMove>, MoveError> {
     let servers = core.catalog.server_loads().await?;
-    let mut movable = Vec::new();
-    let mut after = None;
-    loop {
-        let filter = TenantFilter {
-            status: Some(TenantStatus::Ready),
-            server: None,
-            after,
-            limit: 1000,
-            ..TenantFilter::default()
-        };
-        let page = core.catalog.tenants(&filter).await?;
-        let done = page.len() < 1000;
-        after = page.last().map(|t| t.slug.clone());
-        movable.extend(page.into_iter().filter_map(|t| t.server.map(|s| (t.slug, s))));
-        if done {
-            break;
-        }
-    }
+    let ready = core.catalog.all_tenants(Some(TenantStatus::Ready), None).await?;
+    let movable: Vec<(String, String)> =
+        ready.into_iter().filter_map(|t| t.server.map(|s| (t.slug, s))).collect();
     Ok(plan(&servers, &movable, max_moves))
 }
 

@@ -16,12 +16,11 @@
 //! second role or database. Anything that exists under our names without our marker is never
 //! adopted, altered or dropped: that is a fatal error with a reason that says so.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::admin::AdminTarget;
@@ -392,17 +391,9 @@ impl Provisioner<'_> {
     async fn rename(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let ddl = tenant_sql::rename_database(&t.staging, &t.database);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match admin.batch_execute(&ddl).await {
-                Ok(()) => break,
-                Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(pg_retry(STEP)(e)),
-            }
-        }
+        tenant_sql::rename_database_when_free(admin, &t.staging, &t.database)
+            .await
+            .map_err(pg_retry(STEP))?;
         self.fault(&t.slug, STEP, Phase::After).await?;
         self.event(
             t.id,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Placement, TenantStatus, secs};
 use crate::catalog::events::EventKind;
-use crate::catalog::servers::{ServerHealth, ServerLoad, ServerStatus};
+use crate::catalog::servers::ServerLoad;
 use crate::catalog::{Catalog, CatalogError};
 
 impl Catalog {
@@ -185,26 +185,8 @@ impl Catalog {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
-        let rows = tx
-            .query(
-                "SELECT s.name, s.status, s.health, s.weight, s.max_tenants, s.region, \
-                 (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
-                 FROM tenantd.servers s ORDER BY s.name",
-                &[],
-            )
-            .await?;
-        let servers: Vec<ServerLoad> = rows
-            .iter()
-            .map(|r| ServerLoad {
-                name: r.get(0),
-                status: ServerStatus::parse(r.get(1)).unwrap_or(ServerStatus::Maintenance),
-                health: ServerHealth::parse(r.get(2)),
-                weight: r.get(3),
-                max_tenants: r.get(4),
-                region: r.get(5),
-                tenants: r.get(6),
-            })
-            .collect();
+        let rows = tx.query(crate::catalog::servers::LOADS, &[]).await?;
+        let servers: Vec<ServerLoad> = rows.iter().map(crate::catalog::servers::load_from_row).collect();
         let placement = match choose(&servers) {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),

@@ -359,6 +359,31 @@ impl Catalog {
         Ok(rows.iter().map(from_row).collect())
     }
 
+    /// Every tenant with this status (live ones when `None`) on this server (any when
+    /// `None`), a page of 1000 at a time.
+    pub async fn all_tenants(
+        &self,
+        status: Option<TenantStatus>,
+        server: Option<&str>,
+    ) -> Result<Vec<TenantRecord>, CatalogError> {
+        let mut all = Vec::new();
+        let mut filter = TenantFilter {
+            status,
+            server: server.map(str::to_owned),
+            limit: 1000,
+            ..TenantFilter::default()
+        };
+        loop {
+            let page = self.tenants(&filter).await?;
+            let done = page.len() < 1000;
+            filter.after = page.last().map(|t| t.slug.clone());
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
     /// Counts of tenants per status (for metrics and `tenant list` summaries).
     pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, CatalogError> {
         let rows = self
