@@ -11,6 +11,8 @@ use crate::pgtls::PgTls;
 /// reports `is_closed()` and its next query fails, so the error also reaches the caller.
 pub async fn connect(config: &Config, tls: &PgTls, label: &str) -> Result<Client, ConnectError> {
     let (host, port) = address(config);
+    // Checked here (a missing CA file is the caller's settings, not an unreachable server);
+    // the connection reads the cached configuration again.
     let connector = tls.connector(&host, port)?;
     let mut config = config.clone();
     tls.apply(&mut config);

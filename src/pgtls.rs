@@ -299,7 +299,13 @@ impl PgTls {
     pub fn connector(&self, host: &str, port: u16) -> Result<Connector, TlsError> {
         // Built once now, so that settings that cannot work fail here and not per connection.
         self.client_config(host, port)?;
-        Ok(Connector { tls: self.clone(), host: host.to_owned(), port })
+        Ok(self.connector_unchecked(host, port))
+    }
+
+    /// [`PgTls::connector`] for one connection about to be made: its configuration is read
+    /// then (and fails then), so it is not built twice.
+    pub(crate) fn connector_unchecked(&self, host: &str, port: u16) -> Connector {
+        Connector { tls: self.clone(), host: host.to_owned(), port }
     }
 
     /// The rustls configuration for these settings, cached for a minute.
@@ -565,7 +571,7 @@ impl Endpoint {
 
     /// The TLS connector of a guarded connection with [`Endpoint::tls_required`].
     pub fn guarded_tls(&self, guard: Arc<WireGuard>) -> Result<GuardedTls, TlsError> {
-        let inner = self.tls.connector(&self.host, self.port)?.rustls::<TcpStream>(&self.host)?;
+        let inner = self.tls.connector_unchecked(&self.host, self.port).rustls::<TcpStream>(&self.host)?;
         Ok(GuardedTls { inner, guard })
     }
 
@@ -574,7 +580,7 @@ impl Endpoint {
         if self.tls_required() {
             let tcp =
                 TcpStream::connect((self.host.as_str(), self.port)).await.map_err(CancelFailed::Connect)?;
-            let tls = self.tls.connector(&self.host, self.port)?.rustls::<TcpStream>(&self.host)?;
+            let tls = self.tls.connector_unchecked(&self.host, self.port).rustls::<TcpStream>(&self.host)?;
             Ok(token.cancel_query_raw(tcp, tls).await?)
         } else {
             let stream = self.open().await.map_err(CancelFailed::Connect)?;

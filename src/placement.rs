@@ -70,15 +70,7 @@ mod tests {
     use super::*;
 
     fn s(name: &str, weight: i32, tenants: i64) -> ServerLoad {
-        ServerLoad {
-            name: name.into(),
-            status: ServerStatus::Active,
-            health: ServerHealth::Healthy,
-            weight,
-            max_tenants: None,
-            region: None,
-            tenants,
-        }
+        ServerLoad::active(name, weight, tenants)
     }
 
     #[test]

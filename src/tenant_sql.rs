@@ -229,8 +229,10 @@ pub async fn close_role(
     server: &crate::admin::AdminTarget,
 ) -> Result<i64, tokio_postgres::Error> {
     admin.batch_execute(&grant_membership(role, &server.user)).await?;
-    // Connected with these settings before, so the connector can be had.
-    let guard = server.connector().ok().map(|connector| crate::pg::CancelOnDrop::arm(admin, connector));
+    // A cancel request that cannot be made (its TLS settings failing meanwhile) is logged by
+    // the guard when it is sent.
+    let connector = server.tls.connector_unchecked(&server.host, server.port);
+    let guard = crate::pg::CancelOnDrop::arm(admin, connector);
     let mut ended: i64 = 0;
     let mut attempt = 0;
     loop {
@@ -245,9 +247,7 @@ pub async fn close_role(
         }
     }
     ended += end_sessions(admin, role).await?;
-    if let Some(guard) = guard {
-        guard.disarm();
-    }
+    guard.disarm();
     Ok(ended)
 }
 

@@ -121,6 +121,22 @@ pub(crate) const LOADS: &str = "SELECT s.name, s.status, s.health, s.weight, s.m
      (SELECT count(*) FROM tenantd.tenants t WHERE t.server = s.name AND t.status <> 'DELETED') \
      FROM tenantd.servers s ORDER BY s.name";
 
+#[cfg(test)]
+impl ServerLoad {
+    /// An active, healthy server without capacity or region (placement tests).
+    pub(crate) fn active(name: &str, weight: i32, tenants: i64) -> Self {
+        Self {
+            name: name.into(),
+            status: ServerStatus::Active,
+            health: ServerHealth::Healthy,
+            weight,
+            max_tenants: None,
+            region: None,
+            tenants,
+        }
+    }
+}
+
 /// A row of [`LOADS`].
 pub(crate) fn load_from_row(r: &Row) -> ServerLoad {
     ServerLoad {
