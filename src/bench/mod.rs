@@ -24,10 +24,12 @@ use crate::crypto::{Keyring, server_aad};
 use crate::names::PgIdent;
 use crate::tenant_sql;
 
+mod catalog;
 mod migrate;
 mod provision;
 mod sql;
 
+pub use catalog::catalog;
 pub use migrate::migrate;
 pub use provision::provision;
 pub use sql::sql;
