@@ -2,8 +2,8 @@
 //!
 //! The catalog is read *after* the servers, so an object made by a tenant created meanwhile
 //! has its owner in the catalog already (a tenant row always exists before its objects).
-//! Who may own a marked object is decided in one place, [`World::owner`]: a tenant of the
-//! catalog. Warm spares, when they exist, are one more source there.
+//! Who may own a marked object is decided in one place, `owners`: a tenant of the catalog.
+//! Warm spares, when they exist, are one more lookup there.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -32,15 +32,31 @@ pub(crate) enum Owner {
     Deleted(String),
     /// Nothing in the catalog has this id.
     Unknown,
-    /// A tenant that appeared while this run read the catalog: its work is in progress.
-    New,
+    /// Owned, but nothing to compare: a tenant that appeared while this run read the catalog
+    /// (its work is in progress). Warm spares belong here too.
+    Pending(String),
+}
+
+/// Who the catalog says owns each of `ids`, now: the one place that decides whether a marked
+/// object has an owner. A new kind of owner (warm spares, `tenantd.spares`) is one more
+/// lookup here, answering [`Owner::Pending`] for its ids.
+async fn owners(core: &Core, ids: &[Uuid]) -> Result<HashMap<Uuid, Owner>, CatalogError> {
+    let mut found = HashMap::new();
+    for (id, slug, status) in core.catalog.tenant_slugs(ids).await? {
+        let owner = if status == TenantStatus::Deleted.as_str() {
+            Owner::Deleted(slug)
+        } else {
+            Owner::Live(Box::new(core.catalog.tenant_by_id(id).await?))
+        };
+        found.insert(id, owner);
+    }
+    Ok(found)
 }
 
 /// What the catalog says, read after the servers.
 pub(crate) struct World {
     tenants: HashMap<Uuid, TenantRecord>,
-    deleted: HashMap<Uuid, String>,
-    new: BTreeSet<Uuid>,
+    others: HashMap<Uuid, Owner>,
     kept: Vec<KeptDatabase>,
     move_targets: HashMap<Uuid, String>,
     known_versions: BTreeSet<i32>,
@@ -59,19 +75,17 @@ impl World {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let (mut deleted, mut new) = (HashMap::new(), BTreeSet::new());
-        for (id, slug, status) in core.catalog.tenant_slugs(&marked).await? {
-            if status == TenantStatus::Deleted.as_str() {
-                deleted.insert(id, slug);
-            } else {
-                new.insert(id);
-            }
-        }
-        // Warm spares (tenantd.spares) are owners too: add their ids here as a fourth source.
+        let others = owners(core, &marked)
+            .await?
+            .into_iter()
+            .map(|(id, owner)| match owner {
+                Owner::Live(_) => (id, Owner::Pending("a tenant created during this run".into())),
+                other => (id, other),
+            })
+            .collect();
         Ok(World {
             tenants,
-            deleted,
-            new,
+            others,
             kept: core.catalog.kept_databases().await?,
             move_targets: core.catalog.move_targets().await?.into_iter().collect(),
             known_versions: core.migrations.known().iter().map(|m| m.version).collect(),
@@ -80,22 +94,16 @@ impl World {
 
     /// The owner of an object whose marker names `id`, as the catalog says now.
     pub(crate) fn owner(&self, id: Uuid) -> Owner {
-        match (self.tenants.get(&id), self.deleted.get(&id)) {
-            (Some(t), _) => Owner::Live(Box::new(t.clone())),
-            (None, Some(slug)) => Owner::Deleted(slug.clone()),
-            (None, None) if self.new.contains(&id) => Owner::New,
-            (None, None) => Owner::Unknown,
+        match self.tenants.get(&id) {
+            Some(t) => Owner::Live(Box::new(t.clone())),
+            None => self.others.get(&id).cloned().unwrap_or(Owner::Unknown),
         }
     }
 
     /// The owner of `id` as the catalog says at this moment (a repair checks again before it
-    /// drops anything). Spares plug in here too.
+    /// drops anything).
     pub(crate) async fn fresh_owner(core: &Core, id: Uuid) -> Result<Owner, CatalogError> {
-        Ok(match core.catalog.tenant_slugs(&[id]).await?.into_iter().next() {
-            None => Owner::Unknown,
-            Some((_, slug, status)) if status == TenantStatus::Deleted.as_str() => Owner::Deleted(slug),
-            Some(_) => Owner::Live(Box::new(core.catalog.tenant_by_id(id).await?)),
-        })
+        Ok(owners(core, &[id]).await?.remove(&id).unwrap_or(Owner::Unknown))
     }
 
     fn kept(&self, tenant: Uuid, server: &str, database: &str) -> Option<&KeptDatabase> {
@@ -411,7 +419,7 @@ fn marked_database(world: &World, server: &str, d: &Marked, id: Uuid) -> Option<
             };
             Some(of(f, t.id, &t.slug))
         }
-        Owner::New => None,
+        Owner::Pending(_) => None,
         owner @ (Owner::Deleted(_) | Owner::Unknown) => {
             let who = match &owner {
                 Owner::Deleted(slug) => format!("deleted tenant {slug}"),
@@ -466,7 +474,7 @@ fn marked_role(world: &World, server: &str, r: &Marked, id: Uuid) -> Option<Find
         Owner::Unknown => {
             format!("role {} carries the marker of {id}, which no tenant of this catalog has", r.name)
         }
-        Owner::New => return None,
+        Owner::Pending(_) => return None,
     };
     let f = finding(
         DriftKind::OrphanRole,
@@ -484,6 +492,6 @@ fn with_owner(world: &World, f: Finding, id: Uuid) -> Finding {
     match world.owner(id) {
         Owner::Live(t) => of(f, id, &t.slug),
         Owner::Deleted(slug) => of(f, id, &slug),
-        Owner::Unknown | Owner::New => f,
+        Owner::Unknown | Owner::Pending(_) => f,
     }
 }

@@ -63,7 +63,7 @@ pub(crate) async fn repair(core: &Core, world: &World, f: &Finding) -> String {
         (Action::DropStaging | Action::DropOrphanDatabase | Action::DropOrphanRole, Some(id)) => {
             match World::fresh_owner(core, id).await {
                 Ok(Owner::Live(_)) => tenant_repair(core, world, f, id).await,
-                Ok(Owner::New) => Ok(Err("the tenant appeared meanwhile".to_owned())),
+                Ok(Owner::Pending(what)) => Ok(Err(format!("owned by {what} now"))),
                 Ok(Owner::Deleted(_) | Owner::Unknown) => ownerless_drop(core, f, id).await,
                 Err(e) => Err(e.into()),
             }

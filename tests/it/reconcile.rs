@@ -153,13 +153,22 @@ async fn reconcile_finds_each_drift_and_repairs_the_safe_ones() {
     assert_eq!(kinds(&last["report"]), kinds(&report));
     assert!(last["actor"].as_str().unwrap().starts_with("cli:"), "{last}");
 
-    // --repair: the safe ones; orphans stay.
+    // --repair: the safe ones; orphans stay; a tenant another process holds is skipped.
+    let catalog = app.catalog().await;
+    catalog
+        .execute(
+            "UPDATE tenantd.tenants SET lease_owner = 'test-holder', lease_until = now() + interval '1 hour' \
+             WHERE slug = 'bravo'",
+            &[],
+        )
+        .await
+        .unwrap();
     let (code, report) = reconcile(&app, &["--repair"]).await;
     assert_eq!(code, 0, "{report:#}");
+    assert_eq!(finding(&report, "login_mismatch", b_role)["outcome"], "skipped: tenant held by test-holder");
     for (kind, object) in [
         ("lockdown_changed", a_db),
         ("login_mismatch", a_role),
-        ("login_mismatch", b_role),
         ("schema_version_mismatch", a_db),
         ("stale_staging", staging.as_str()),
         ("database_missing", g_db),
@@ -178,7 +187,16 @@ async fn reconcile_finds_each_drift_and_repairs_the_safe_ones() {
         .get(0);
     assert!(!public_connect, "PUBLIC's CONNECT is revoked again");
 
-    // A second run finds only the orphans, left alone.
+    // Once free, the held tenant is repaired too; then only the orphans are left, alone.
+    catalog
+        .execute(
+            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE slug = 'bravo'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (_, report) = reconcile(&app, &["--repair"]).await;
+    assert_eq!(finding(&report, "login_mismatch", b_role)["outcome"], "repaired", "{report:#}");
     let (_, report) = reconcile(&app, &["--repair"]).await;
     assert_eq!(
         kinds(&report),
