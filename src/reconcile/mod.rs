@@ -21,8 +21,10 @@
 //! reason; it is never created again empty.
 
 mod classify;
+mod marked;
 mod repair;
 mod scan;
+mod world;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -269,7 +271,7 @@ async fn compare_and_repair(core: &Core, owner: &str, options: Options) -> Resul
         }
         core.catalog.renew_reconcile(owner, RUN_LEASE).await?;
     }
-    let world = classify::World::load(core, &scans).await?;
+    let world = world::World::load(core, &scans).await?;
     let mut findings = Vec::new();
     let mut tenants_checked = 0;
     for found in &scans {

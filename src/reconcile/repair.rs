@@ -6,8 +6,8 @@
 
 use uuid::Uuid;
 
-use super::classify::{Owner, World};
 use super::scan;
+use super::world::{Owner, World};
 use super::{Action, DriftKind, Finding, Options};
 use crate::admin::{AdminError, AdminTarget};
 use crate::catalog::CatalogError;

@@ -165,7 +165,9 @@ async fn reconcile_finds_each_drift_and_repairs_the_safe_ones() {
         .unwrap();
     let (code, report) = reconcile(&app, &["--repair"]).await;
     assert_eq!(code, 0, "{report:#}");
-    assert_eq!(finding(&report, "login_mismatch", b_role)["outcome"], "skipped: tenant held by test-holder");
+    let held = finding(&report, "login_mismatch", b_role);
+    assert_eq!(held["outcome"], "skipped: tenant held by test-holder", "{held}");
+    assert!(held["problem"].as_str().unwrap().contains("held by test-holder"), "{held}");
     for (kind, object) in [
         ("lockdown_changed", a_db),
         ("login_mismatch", a_role),
