@@ -244,3 +244,58 @@ async fn a_daemon_reconciles_on_its_interval_and_shows_the_drift_gauge() {
     assert_eq!(status, 200);
     assert!(metrics.as_str().unwrap().contains("tenantd_drift{kind=\"orphan_database\"}"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_on_another_server_and_a_kept_source_past_its_time_are_reported_not_dropped() {
+    let (own, other) = (TestCluster::start(), TestCluster::start());
+    let mut app = app().without_server().configure(|s| s.reconcile.interval = Duration::ZERO).spawn().await;
+    for (name, cluster) in [("own", &own), ("other", &other)] {
+        let (status, body) =
+            app.post("/v1/servers", &json!({ "name": name, "url": cluster.admin_url("postgres") })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let delta = ready_tenant(&app, "delta").await;
+    // No daemon from here: its moves task would drop the kept database this test plants.
+    app.stop().await;
+    let (id, db) = (delta["id"].as_str().unwrap(), delta["database_name"].as_str().unwrap());
+    let kept = format!("tenantd_moved_0badc0de_{}", id.replace('-', ""));
+    let on_other = crate::common::connect(&other.admin_url("postgres")).await.unwrap();
+    let on_own = crate::common::connect(&own.admin_url("postgres")).await.unwrap();
+    for (client, sql) in [
+        (&on_other, format!("CREATE DATABASE {db}")),
+        (&on_other, format!("COMMENT ON DATABASE {db} IS 'tenantd:{id}'")),
+        (&on_own, format!("CREATE DATABASE {kept}")),
+        (&on_own, format!("COMMENT ON DATABASE {kept} IS 'tenantd:{id}'")),
+    ] {
+        client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    app.catalog()
+        .await
+        .execute(
+            "INSERT INTO tenantd.operations (kind, tenant_id, server, target, step, state, kept_database, \
+             drop_after, actor) VALUES ('move', $1::text::uuid, 'own', 'other', 'done', 'succeeded', $2, \
+             now() - interval '2 hours', 'test')",
+            &[&id, &kept],
+        )
+        .await
+        .unwrap();
+
+    let (code, report) = reconcile(&app, &["--repair"]).await;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        kinds(&report),
+        vec![
+            ("misplaced_database".to_owned(), "delta".to_owned(), db.to_owned()),
+            ("stale_moved_database".to_owned(), "delta".to_owned(), kept.clone()),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(finding(&report, "misplaced_database", db)["server"], "other");
+    for f in report["findings"].as_array().unwrap() {
+        assert_eq!(f["outcome"], "not repaired: reconcile does not repair this", "{f}");
+    }
+    let su = own.superuser("postgres").await;
+    let there: i64 =
+        su.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&kept]).await.unwrap().get(0);
+    assert_eq!(there, 1, "a kept source is the moves task's to drop");
+}
