@@ -186,9 +186,9 @@ impl Catalog {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Ids of the tenants that exist in the catalog (any status) among `ids`, with their
-    /// slug: the owners named by markers found on servers.
-    pub async fn tenant_slugs(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, String, String)>, CatalogError> {
+    /// The tenants among `ids` that the catalog has (any status, DELETED included), as (id,
+    /// slug, status): the owners named by markers found on servers.
+    pub async fn tenants_by_id(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, String, String)>, CatalogError> {
         let rows =
             self.query("SELECT id, slug, status FROM tenantd.tenants WHERE id = ANY($1)", &[&ids]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())

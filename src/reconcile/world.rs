@@ -38,7 +38,7 @@ pub(crate) enum Owner {
 /// lookup here, answering [`Owner::Pending`] for its ids.
 async fn owners(core: &Core, ids: &[Uuid]) -> Result<HashMap<Uuid, Owner>, CatalogError> {
     let mut found = HashMap::new();
-    for (id, slug, status) in core.catalog.tenant_slugs(ids).await? {
+    for (id, slug, status) in core.catalog.tenants_by_id(ids).await? {
         let owner = if status == TenantStatus::Deleted.as_str() {
             Owner::Deleted(slug)
         } else {
