@@ -92,6 +92,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Moving tenants between servers.
     pub moves: MoveSettings,
+    /// Comparing the catalog with the servers.
+    pub reconcile: ReconcileSettings,
 }
 
 /// Delivery of webhooks (signed HTTP POSTs of tenant events).
@@ -140,6 +142,25 @@ pub struct MoveSettings {
 impl Default for MoveSettings {
     fn default() -> Self {
         Self { keep_source: Duration::from_secs(24 * 3600), jobs: 2 }
+    }
+}
+
+/// The daemons' periodic reconcile (`tenantd reconcile` run in the background).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// How often one of the daemons compares the catalog with every server (`0s`: never;
+    /// `tenantd reconcile` still works).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Make the safe repairs in the background too (as `tenantd reconcile --repair`); off by
+    /// default: the background check only reports.
+    pub repair: bool,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(600), repair: false }
     }
 }
 
@@ -366,6 +387,7 @@ impl Default for Settings {
             pgbouncer: PgBouncerSettings::default(),
             webhooks: WebhookSettings::default(),
             moves: MoveSettings::default(),
+            reconcile: ReconcileSettings::default(),
         }
     }
 }
@@ -516,6 +538,8 @@ knobs! {
     "webhooks.timeout", "TENANTD_WEBHOOKS_TIMEOUT", Text, "10s", "longest wait for a webhook endpoint's answer";
     "moves.keep_source", "TENANTD_MOVES_KEEP_SOURCE", Text, "24h", "moved-away source databases are dropped after this";
     "moves.jobs", "TENANTD_MOVES_JOBS", Integer, "2", "parallel jobs of pg_dump/pg_restore in a move";
+    "reconcile.interval", "TENANTD_RECONCILE_INTERVAL", Text, "10m", "how often one daemon compares the catalog with every server (0s: never)";
+    "reconcile.repair", "TENANTD_RECONCILE_REPAIR", Bool, "false", "the background check also makes the safe repairs";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.

@@ -7,7 +7,7 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, lending (`pools`, `handles`, `sqlhttp`,
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, `reconcile`, lending (`pools`, `handles`, `sqlhttp`,
 //!    `dumps`, `tenants`, `servers`, `pgbouncer`, `moves`, lending (`pools`, `handles`, `sqlhttp`,
 //!    `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
@@ -49,6 +49,7 @@ pub(crate) mod placement;
 pub(crate) mod pools;
 pub(crate) mod provisioner;
 pub(crate) mod quotas;
+pub(crate) mod reconcile;
 pub(crate) mod resolver;
 pub(crate) mod servers;
 pub mod shutdown;

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::names::PgIdent;
-use crate::tenant_sql::marker;
+use crate::tenant_sql::{MARKER_PREFIX, marker};
 
 /// Whose an object under a tenant's name is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,4 +90,89 @@ pub async fn databases(
         found.push(((*name).clone(), ownership));
     }
     Ok(found)
+}
+
+/// The tenant a marker names (`tenantd:<uuid>`), if the comment is a marker.
+pub fn owner(comment: &str) -> Option<Uuid> {
+    comment.strip_prefix(MARKER_PREFIX).and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// A database or role on a server that carries a marker, or that the catalog names.
+#[derive(Debug, Clone)]
+pub struct Marked {
+    /// Its name.
+    pub name: String,
+    /// The tenant its marker names (`None`: no marker, a name the catalog asked about).
+    pub owner: Option<Uuid>,
+    /// Databases: connections allowed; roles: LOGIN.
+    pub enabled: bool,
+    /// Databases only: each privilege granted to someone other than the owner, as
+    /// (grantee, privilege); the grantee `PUBLIC` for everyone.
+    pub grants: Vec<(String, String)>,
+}
+
+/// Every database of the server that carries a marker, and those among `names` that do not
+/// (read-only, schema-qualified). A database without explicit grants has PostgreSQL's
+/// defaults (PUBLIC may connect and create temporary tables), listed as such.
+pub async fn marked_databases(client: &Client, names: &[&str]) -> Result<Vec<Marked>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT d.datname::pg_catalog.text, \
+                    pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name), d.datallowconn, \
+                    ARRAY(SELECT (CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN 'PUBLIC' \
+                                  ELSE pg_catalog.pg_get_userbyid(a.grantee)::pg_catalog.text END) \
+                                 OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) a.privilege_type \
+                          FROM pg_catalog.aclexplode(COALESCE(d.datacl, \
+                                 pg_catalog.acldefault('d'::pg_catalog.\"char\", d.datdba))) a \
+                          WHERE a.grantee OPERATOR(pg_catalog.<>) d.datdba ORDER BY 1) \
+             FROM pg_catalog.pg_database d \
+             WHERE pg_catalog.starts_with(COALESCE(pg_catalog.shobj_description(d.oid, \
+                     'pg_database'::pg_catalog.name), ''), $1::pg_catalog.text) \
+                OR d.datname::pg_catalog.text OPERATOR(pg_catalog.=) ANY($2::pg_catalog.text[])",
+            &[&MARKER_PREFIX, &names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let comment: Option<String> = r.get(1);
+            let grants: Vec<String> = r.get(3);
+            Marked {
+                name: r.get(0),
+                owner: comment.as_deref().and_then(owner),
+                enabled: r.get(2),
+                grants: grants
+                    .iter()
+                    .filter_map(|g| g.rsplit_once(' ').map(|(who, what)| (who.to_owned(), what.to_owned())))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// Every role of the server that carries a marker, and those among `names` that do not.
+pub async fn marked_roles(client: &Client, names: &[&str]) -> Result<Vec<Marked>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT r.rolname::pg_catalog.text, \
+                    pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), r.rolcanlogin \
+             FROM pg_catalog.pg_roles r \
+             WHERE pg_catalog.starts_with(COALESCE(pg_catalog.shobj_description(r.oid, \
+                     'pg_authid'::pg_catalog.name), ''), $1::pg_catalog.text) \
+                OR r.rolname::pg_catalog.text OPERATOR(pg_catalog.=) ANY($2::pg_catalog.text[])",
+            &[&MARKER_PREFIX, &names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let comment: Option<String> = r.get(1);
+            Marked {
+                name: r.get(0),
+                owner: comment.as_deref().and_then(owner),
+                enabled: r.get(2),
+                grants: Vec::new(),
+            }
+        })
+        .collect())
 }

@@ -21,9 +21,12 @@ pub fn quote_literal(text: &str) -> String {
     postgres_protocol::escape::escape_literal(text)
 }
 
+/// How every marker begins.
+pub const MARKER_PREFIX: &str = "tenantd:";
+
 /// The comment tenantd puts on every role and database it creates for a tenant.
 pub fn marker(tenant: Uuid) -> String {
-    format!("tenantd:{tenant}")
+    format!("{MARKER_PREFIX}{tenant}")
 }
 
 /// `CREATE ROLE` for a tenant: may log in, nothing else. The password is given as a SCRAM
@@ -133,6 +136,16 @@ pub fn lock_down_database(database: &PgIdent, role: &PgIdent) -> String {
         "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}; \
          ALTER DATABASE {db} ALLOW_CONNECTIONS true"
     )
+}
+
+/// [`lock_down_database`] again over a database whose grants drifted: every privilege of
+/// PUBLIC, of the tenant role and of `others` (roles found with grants on it) revoked, then
+/// exactly provisioning's grants given back. Names are quoted.
+pub fn relock_database(database: &PgIdent, role: &PgIdent, others: &[String]) -> String {
+    let db = quote_ident(database.as_str());
+    let mut from = vec!["PUBLIC".to_owned(), quote_ident(role.as_str())];
+    from.extend(others.iter().map(|o| quote_ident(o)));
+    format!("REVOKE ALL ON DATABASE {db} FROM {}; {}", from.join(", "), lock_down_database(database, role))
 }
 
 /// Schema-level grants, run inside the tenant database: the tenant role may use and create in

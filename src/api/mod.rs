@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod migrations;
 pub mod moves;
 pub mod openapi;
+pub mod reconcile;
 pub mod serve;
 pub mod servers;
 pub mod signature;
@@ -63,6 +64,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/tenants/{slug}/dumps", post(lifecycle::dump))
         .route("/v1/tenants/{slug}/move", post(moves::start))
         .route("/v1/operations/{id}", get(moves::show))
+        .route("/v1/reconcile", get(reconcile::last))
         .route("/v1/tenants/{slug}/events", get(tenants::events))
         .route("/v1/tenants/{slug}/retry", post(tenants::retry))
         .route("/v1/tenants/{slug}/sql", post(lending::sql))

@@ -39,6 +39,7 @@ use super::{events, health, lending, lifecycle, migrations, servers, tenants};
         super::moves::drain,
         super::moves::start,
         super::moves::show,
+        super::reconcile::last,
         tenants::list,
         tenants::create,
         tenants::show,

@@ -136,11 +136,15 @@ pub enum EventKind {
     MoveFailed,
     /// The source database a move left behind was dropped.
     MoveSourceDropped,
+    /// Reconcile found the tenant's database or role differing from the catalog.
+    ReconcileDrift,
+    /// Reconcile repaired the catalog's record of the tenant (its schema version).
+    ReconcileRepaired,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 39] = [
+    pub const ALL: [EventKind; 41] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -180,6 +184,8 @@ impl EventKind {
         Self::MoveFinished,
         Self::MoveFailed,
         Self::MoveSourceDropped,
+        Self::ReconcileDrift,
+        Self::ReconcileRepaired,
     ];
 
     /// Parses the catalog spelling.
@@ -229,6 +235,8 @@ impl EventKind {
             Self::MoveFinished => "move.finished",
             Self::MoveFailed => "move.failed",
             Self::MoveSourceDropped => "move.source_dropped",
+            Self::ReconcileDrift => "reconcile.drift",
+            Self::ReconcileRepaired => "reconcile.repaired",
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod backups;
 pub mod events;
 pub mod operations;
 pub mod plans;
+pub mod reconcile;
 pub mod servers;
 pub mod tenants;
 pub mod upgrades;

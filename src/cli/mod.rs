@@ -9,6 +9,7 @@ mod keys;
 mod migrate;
 mod output;
 mod pgbouncer;
+mod reconcile;
 mod server;
 mod tenant;
 mod webhook;
@@ -75,6 +76,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the catalog with every server: drift found, safe repairs with --repair.
+    Reconcile(reconcile::ReconcileArgs),
     /// Backups in backups.dir: list them, or take them now.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -265,6 +268,7 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             server::rebalance(&open(settings).await?, dry_run, max_moves, json).await
         }
         Command::Pgbouncer(cmd) => pgbouncer::run(cmd, open(settings).await?).await,
+        Command::Reconcile(args) => reconcile::run(args, open(settings).await?).await,
         Command::Events(args) => events::run(args, open_unchecked(settings).await?).await,
         Command::Openapi | Command::Completions { .. } => Ok(()),
         Command::Webhook(cmd) => webhook::run(cmd, open(settings).await?).await,

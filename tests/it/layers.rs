@@ -28,6 +28,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "pgbouncer",
             "webhooks",
             "moves",
+            "reconcile",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

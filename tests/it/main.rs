@@ -19,6 +19,7 @@ mod openapi;
 mod outages;
 mod pgbouncer;
 mod provisioning;
+mod reconcile;
 mod servers;
 mod signed_requests;
 mod sqlhttp;
