@@ -291,15 +291,18 @@ impl Mover<'_> {
             return Err(MoveError::Resumed(error.unwrap_or_else(|| "interrupted rollback".into())));
         }
         if step == "started" || step == "closed" {
+            let closing = Instant::now();
             self.close(job, &ends).await?;
-            self.record(job, "closed", json!({})).await?;
+            self.record(job, "closed", json!({ "close_seconds": closing.elapsed().as_secs_f64() })).await?;
             let figures = copy::copy(self, job, &ends).await?;
             self.record(job, "copied", figures).await?;
             step = "copied".into();
         }
         if step == "copied" {
+            let promoting = Instant::now();
             copy::promote(self, job, &ends).await?;
-            self.record(job, "promoted", json!({})).await?;
+            let seconds = promoting.elapsed().as_secs_f64();
+            self.record(job, "promoted", json!({ "promote_seconds": seconds })).await?;
             step = "promoted".into();
         }
         if step == "promoted" {
