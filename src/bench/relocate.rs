@@ -30,11 +30,18 @@ const SCRATCH_TARGET: &str = "bench-move-target";
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// `tenantd bench move`: see the module comment.
-pub async fn relocate(core: &Core, server: Option<&str>, to: Option<&str>, size_mb: u64) -> Result<(), BenchError> {
+pub async fn relocate(
+    core: &Core,
+    server: Option<&str>,
+    to: Option<&str>,
+    size_mb: u64,
+) -> Result<(), BenchError> {
     let servers = core.catalog.servers().await.map_err(err)?;
     let source = pick_server(&servers, server)?;
     let target = match to {
-        Some(name) if name == source.name => return Err(BenchError("--to must differ from the source".into())),
+        Some(name) if name == source.name => {
+            return Err(BenchError("--to must differ from the source".into()));
+        }
         Some(name) => {
             let record = pick_server(&servers, Some(name))?;
             Some(AdminTarget::from_record(record, &core.keyring).map_err(err)?)
@@ -56,13 +63,20 @@ pub async fn relocate(core: &Core, server: Option<&str>, to: Option<&str>, size_
             _ => {
                 let started = Instant::now();
                 let (cluster, admin) = scratch_cluster().await?;
-                println!("scratch target cluster on port {} in {:.1} s", admin.port, started.elapsed().as_secs_f64());
+                println!(
+                    "scratch target cluster on port {} in {:.1} s",
+                    admin.port,
+                    started.elapsed().as_secs_f64()
+                );
                 (SCRATCH_TARGET.to_owned(), admin, Some(cluster))
             }
         };
         let measured = async {
             let catalog = Catalog::new(&scratch.catalog_url, 2).map_err(err)?;
-            catalog.insert_server(&new_server(&target_name, &target_admin, &core.keyring)).await.map_err(err)?;
+            catalog
+                .insert_server(&new_server(&target_name, &target_admin, &core.keyring))
+                .await
+                .map_err(err)?;
             let settings = scratch.daemon_settings(&core.settings)?;
             let daemon = Daemon::start(settings).await.map_err(err)?;
             let measured = measure(&daemon, &source.name, &target_name, size_mb).await;
@@ -229,10 +243,16 @@ impl MoveFigures {
 }
 
 /// Fills the tenant, moves it while polling, reads the figures back.
-async fn measure(daemon: &Daemon, source: &str, target: &str, size_mb: u64) -> Result<MoveFigures, BenchError> {
+async fn measure(
+    daemon: &Daemon,
+    source: &str,
+    target: &str,
+    size_mb: u64,
+) -> Result<MoveFigures, BenchError> {
     let app = daemon.app();
     crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
-    let req = crate::tenants::CreateTenant { slug: SLUG.into(), server: Some(source.into()), ..Default::default() };
+    let req =
+        crate::tenants::CreateTenant { slug: SLUG.into(), server: Some(source.into()), ..Default::default() };
     let created = crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
     let token = created.token.ok_or_else(|| BenchError("no token".into()))?;
     ready_times(&app.catalog, &[SLUG.to_owned()], Duration::from_secs(120)).await?;
@@ -249,7 +269,8 @@ async fn measure(daemon: &Daemon, source: &str, target: &str, size_mb: u64) -> R
     let base = format!("http://{}", daemon.local_addr());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(err)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = tokio::spawn(poll(http.clone(), format!("{base}/v1/tenants/{SLUG}/sql"), token, stop.clone()));
+    let poller =
+        tokio::spawn(poll(http.clone(), format!("{base}/v1/tenants/{SLUG}/sql"), token, stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let admin_token = app.settings.admin_token.clone().ok_or_else(|| BenchError("no admin token".into()))?;
     let moved = async {
@@ -296,7 +317,10 @@ async fn measure(daemon: &Daemon, source: &str, target: &str, size_mb: u64) -> R
         return Err(BenchError(format!("the move failed: {}", operation["error"])));
     }
     // The default keeps the source (renamed, a fast step); the bench drops it now.
-    let id = operation["id"].as_str().and_then(|id| id.parse().ok()).ok_or_else(|| BenchError("bad operation id".into()))?;
+    let id = operation["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| BenchError("bad operation id".into()))?;
     let record = app.catalog.operation(id).await.map_err(err)?;
     crate::moves::drop_kept_source(&app.core, &record).await.map_err(err)?;
     let opened = operation["created_at"]
@@ -333,7 +357,12 @@ fn window(polls: &[(Instant, bool)]) -> Option<Duration> {
 }
 
 /// Polls the SQL endpoint every 50 ms until told to stop: (when sent, answered 200).
-async fn poll(http: reqwest::Client, url: String, token: SecretString, stop: Arc<AtomicBool>) -> Vec<(Instant, bool)> {
+async fn poll(
+    http: reqwest::Client,
+    url: String,
+    token: SecretString,
+    stop: Arc<AtomicBool>,
+) -> Vec<(Instant, bool)> {
     let mut polls = Vec::new();
     let body = json!({ "sql": "SELECT count(*) AS n FROM bench_accounts" });
     while !stop.load(Ordering::Relaxed) {
@@ -352,7 +381,8 @@ async fn poll(http: reqwest::Client, url: String, token: SecretString, stop: Arc
 /// two secondary indexes, documents, a sequence in use. Returns (database bytes, rows).
 async fn fill(target: &crate::target::TenantTarget, size_mb: u64) -> Result<(i64, i64), BenchError> {
     let details = target.direct_details();
-    let client = crate::pg::connect(&parse_url(&details.url)?, &target.server.tls, "bench").await.map_err(err)?;
+    let client =
+        crate::pg::connect(&parse_url(&details.url)?, &target.server.tls, "bench").await.map_err(err)?;
     client
         .batch_execute(
             "SET statement_timeout = '10min'; \

@@ -26,6 +26,7 @@ mod cleanup;
 mod copy;
 mod drain;
 mod error;
+mod online;
 mod rebalance;
 mod verify;
 
@@ -38,6 +39,7 @@ use tracing::Instrument;
 pub use self::cleanup::drop_kept_source;
 pub use self::drain::{drain, start_drain};
 pub use self::error::MoveError;
+pub use self::online::check as check_online;
 pub use self::rebalance::plan_now as plan_rebalance;
 use crate::admin::AdminTarget;
 use crate::catalog::CatalogError;
