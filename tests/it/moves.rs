@@ -447,3 +447,38 @@ async fn a_drain_of_ten_tenants_empties_the_server_and_placement_never_picks_it_
     let (_, pg1) = app.get("/v1/servers/pg1").await;
     assert_eq!((pg1["status"].as_str(), pg1["tenants"].as_i64()), (Some("draining"), Some(0)), "{pg1}");
 }
+
+#[tokio::test]
+async fn a_drain_run_again_finishes_a_move_cut_short() {
+    let second = TestCluster::start();
+    // The daemon's mover "dies" in the middle of copying `cut-short`, every time it tries (its
+    // lease is left each time): only another process can finish that move.
+    let hook: tenantd::steps::FaultHook = Arc::new(|slug, step, phase| {
+        (slug == "cut-short" && (step, phase) == (Step::MoveRestore, Phase::After)).then_some(Fault::Crash)
+    });
+    let app = app().faults(hook).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    add_server(&app, "pg2", &second).await;
+    for slug in ["cut-short", "unharmed"] {
+        tenant_with_data(&app, slug, "pg1").await;
+    }
+    let (status, first) = app.post("/v1/servers/pg1/drain", &json!({ "concurrency": 2 })).await;
+    assert_eq!(status, 202, "{first}");
+    let first = wait_operation(&app, first["id"].as_str().unwrap()).await;
+    assert_eq!(first["state"], "failed", "{first}");
+    assert!(first["detail"]["failed"].to_string().contains("cut-short"), "{first}");
+    let (_, t) = app.get("/v1/tenants/cut-short").await;
+    assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("MOVING"), Some("pg1")), "{t}");
+
+    // Run again (here from the CLI): the move cut short is finished, nothing is left on pg1.
+    let out = app.cli(&["server", "drain", "pg1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("1 moved, 0 failed"), "{out:?}");
+    for slug in ["cut-short", "unharmed"] {
+        let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
+        assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg2")), "{t}");
+        let (rows, counter) = contents(&second, t["database_name"].as_str().unwrap()).await;
+        assert_eq!((rows.matches('|').count() + 1, counter), (2000, 41), "{slug}");
+    }
+    let (_, pg1) = app.get("/v1/servers/pg1").await;
+    assert_eq!(pg1["tenants"], 0, "{pg1}");
+}
