@@ -108,19 +108,15 @@ async fn stage(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<(), MoveErro
     for (name, ownership) in
         markers::databases(&admin, id, &[&t.database, &ends.staging]).await.map_err(pg(STEP))?
     {
-        match ownership {
-            Ownership::Absent => {}
-            // The catalog names the source: a database of ours here is an earlier attempt's.
-            Ownership::Ours => {
-                admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?
-            }
-            Ownership::Foreign(comment) => {
-                return Err(MoveError::Foreign(format!(
-                    "database {name} on server {} is not this tenant's (comment {:?}); tenantd never touches it",
-                    t.server.name,
-                    comment.unwrap_or_default()
-                )));
-            }
+        // The catalog names the source: a database of ours here is an earlier attempt's.
+        if super::ours_on_target(&name, &ownership, &ends.staging) {
+            admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?;
+        } else if let Ownership::Foreign(comment) = ownership {
+            return Err(MoveError::Foreign(format!(
+                "database {name} on server {} is not this tenant's (comment {:?}); tenantd never touches it",
+                t.server.name,
+                comment.unwrap_or_default()
+            )));
         }
     }
     let ddl = format!(

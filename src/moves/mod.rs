@@ -363,6 +363,18 @@ impl Mover<'_> {
     }
 }
 
+/// True for a database on the target that this move may drop: one with the tenant's marker,
+/// or the staging database with no comment at all (an attempt cut between its CREATE DATABASE
+/// and its COMMENT; the staging name is derived from the tenant's id and used by nobody else,
+/// as in provisioning).
+fn ours_on_target(name: &PgIdent, ownership: &crate::markers::Ownership, staging: &PgIdent) -> bool {
+    match ownership {
+        crate::markers::Ownership::Ours => true,
+        crate::markers::Ownership::Foreign(None) => name == staging,
+        _ => false,
+    }
+}
+
 /// A move's target must be active and healthy.
 fn check_target(target: &ServerRecord) -> Result<(), MoveError> {
     if target.status != ServerStatus::Active {

@@ -58,7 +58,8 @@ pub async fn check(core: &Core, slug: &str, to: &str) -> Result<(), MoveError> {
     if missing.is_empty() {
         Err(MoveError::OnlineNotImplemented)
     } else {
-        tracing::info!(tenant = slug, to, missing = missing.len(), "online move refused");
+        tracing::info!(tenant = slug, to, missing = ?missing, "online move refused");
+        metrics::counter!("tenantd_online_moves_refused_total").increment(1);
         Err(MoveError::OnlineRefused(missing))
     }
 }
