@@ -240,6 +240,14 @@ impl From<crate::moves::MoveError> for ApiError {
             MoveError::WrongState(m) => Self::new(StatusCode::CONFLICT, "wrong_state", m),
             MoveError::UnknownServer(_) => Self::not_found(e.to_string()),
             MoveError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_move", m),
+            MoveError::OnlineRefused(ref missing) => {
+                let missing = missing.clone();
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "online_prerequisites_missing", e.to_string())
+                    .with("missing", missing)
+            }
+            MoveError::OnlineNotImplemented => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "online_not_implemented", e.to_string())
+            }
             MoveError::TargetDown(m) | MoveError::Server(m) => Self::unavailable("server_unavailable", m, 5),
             MoveError::Catalog(c) => c.into(),
             MoveError::Target(t) => t.into(),

@@ -23,9 +23,14 @@ pub struct MoveRequest {
     /// Drop the source database at once instead of keeping it for `moves.keep_source`.
     #[serde(default)]
     drop_source: bool,
+    /// Move online (logical replication). Its prerequisites are checked first and every
+    /// missing one is listed (422 `online_prerequisites_missing`); this build cannot run
+    /// online moves, so it refuses even when none is missing (422 `online_not_implemented`).
+    #[serde(default)]
+    online: bool,
 }
 
-/// `POST /v1/tenants/{slug}/move {"to": SERVER, "drop_source"?: bool}`: 202 with the
+/// `POST /v1/tenants/{slug}/move {"to": SERVER, "drop_source"?: bool, "online"?: bool}`: 202 with the
 /// operation; the tenant is MOVING (lending answers 503 `tenant_moving`) until the move ends,
 /// READY on the target, or READY on the source when it failed before the switch.
 #[utoipa::path(post, path = "/v1/tenants/{slug}/move", tag = "tenants", security(("admin" = [])),
@@ -35,7 +40,7 @@ pub struct MoveRequest {
         (status = 202, description = "Started; follow it at /v1/operations/{id}", body = Operation),
         (status = 404, description = "No such tenant or server", body = ErrorBody),
         (status = 409, description = "The tenant is not READY", body = ErrorBody),
-        (status = 422, description = "Not a possible move (same server, target not active)", body = ErrorBody),
+        (status = 422, description = "Not a possible move (same server, target not active), or an online move refused (`missing` lists its prerequisites)", body = ErrorBody),
     ))]
 pub async fn start(
     _: Admin,
@@ -43,6 +48,9 @@ pub async fn start(
     Path(slug): Path<String>,
     Json(req): Json<MoveRequest>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
+    if req.online {
+        moves::check_online(&app.core, &slug, &req.to).await?;
+    }
     let job = Mover::new(&app.core, &app.core.instance).start(&slug, &req.to, req.drop_source).await?;
     // This daemon lends nothing of it from now on (the others on the notification).
     app.resolver.invalidate(&slug);

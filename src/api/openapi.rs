@@ -125,7 +125,7 @@ pub struct ErrorBody {
 
 /// The error object. Besides `code` and `message`, some errors carry more fields (a failed
 /// SQL statement: `sqlstate`, `detail`, `hint`, `position`; an internal error or an outage:
-/// `request_id`).
+/// `request_id`; an online move refused: `missing`, the list of its missing prerequisites).
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorDetail {

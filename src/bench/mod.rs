@@ -7,8 +7,8 @@
 //!   tenants provisioned by a real daemon, one at a time (latency) and all at once with the
 //!   configured worker concurrency (throughput, against the floor run just as parallel).
 //!
-//! `bench sql` and `bench migrate` (in their modules) measure lending and fleet upgrades the same
-//! way. Each works in a scratch catalog database created on that server and removes everything it
+//! `bench sql`, `bench migrate` and `bench move` (in their modules) measure lending, fleet
+//! upgrades and a tenant's move the same way. Each works in a scratch catalog database created on that server and removes everything it
 //! made afterwards, so it never disturbs the tenants of a running daemon.
 
 use std::time::{Duration, Instant};
@@ -27,11 +27,13 @@ use crate::tenant_sql;
 mod catalog;
 mod migrate;
 mod provision;
+mod relocate;
 mod sql;
 
 pub use catalog::catalog;
 pub use migrate::migrate;
 pub use provision::provision;
+pub use relocate::relocate;
 pub use sql::sql;
 
 /// A benchmark failure.

@@ -299,11 +299,16 @@ impl Catalog {
         Ok(())
     }
 
-    /// Starts a drain operation of `server`.
+    /// Starts a drain operation of `server`; an earlier drain of it still marked running (its
+    /// process died) is closed as continued by this one.
     pub async fn start_drain(&self, server: &str, actor: &str) -> Result<Operation, CatalogError> {
         let sql = format!(
             "WITH op AS (INSERT INTO tenantd.operations (kind, server, step, actor) \
-               VALUES ('drain', $1, 'moving', $2) RETURNING *) SELECT {COLUMNS} FROM op o"
+               VALUES ('drain', $1, 'moving', $2) RETURNING *), \
+             earlier AS (UPDATE tenantd.operations SET state = 'failed', step = 'done', finished_at = now(), \
+               error = 'interrupted; continued by drain ' || (SELECT id FROM op)::text \
+               WHERE kind = 'drain' AND server = $1 AND state = 'running' AND id <> (SELECT id FROM op)) \
+             SELECT {COLUMNS} FROM op o"
         );
         Ok(from_row(&self.query_one(&sql, &[&server, &actor]).await?))
     }

@@ -147,6 +147,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// The window a client polling the SQL endpoint cannot use a tenant while it moves.
+    Move {
+        /// Data in the tenant, in MB.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        size_mb: u64,
+        /// Source server (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+        /// Target server (default: a scratch cluster started for the run and removed).
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 /// A failed command: the message and the exit code.
@@ -303,6 +315,12 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             }
             let ctx = open(settings).await?;
             crate::bench::sql(&ctx, server.as_deref(), queries, concurrency).await.map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Move { size_mb, server, to }) => {
+            let ctx = open(settings).await?;
+            crate::bench::relocate(&ctx, server.as_deref(), to.as_deref(), size_mb)
+                .await
+                .map_err(Failure::failed)
         }
     }
 }

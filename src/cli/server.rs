@@ -226,37 +226,74 @@ fn print_servers(servers: &[ServerRecord]) {
     );
 }
 
-/// Drains a server in this process: every tenant moved, a line per tenant, a summary; fails
-/// when any tenant was not moved.
+/// Drains a server in this process: a progress bar on a terminal (a line per tenant
+/// otherwise), then a summary naming every tenant not moved and why; fails when any tenant
+/// was not moved. Run again, it continues (moves cut short are resumed).
 async fn drain(ctx: &Context, name: &str, concurrency: usize, json: bool) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use crate::moves::MoveError;
     let id = crate::moves::start_drain(ctx, name, &ctx.instance).await.map_err(|e| match e {
         MoveError::UnknownServer(_) => Failure::usage(e),
         other => Failure::failed(other),
     })?;
     let total = ctx.catalog.server(name).await.map_err(Failure::failed)?.tenants;
-    eprintln!("draining {name}: {total} tenant(s), {concurrency} at a time (operation {id})");
-    let done = std::sync::atomic::AtomicUsize::new(0);
+    if !json {
+        eprintln!("draining {name}: {total} tenant(s), {concurrency} at a time (operation {id})");
+    }
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} moved {msg} {elapsed} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    let (done, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let report = |slug: &str, result: Result<&str, &str>| {
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        match result {
-            Ok(to) => eprintln!("[{n}/{total}] {slug} -> {to}"),
-            Err(why) => eprintln!("[{n}/{total}] {slug} NOT moved: {why}"),
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        let line = match result {
+            Ok(to) => format!("[{n}/{total}] {slug} -> {to}"),
+            Err(why) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                format!("[{n}/{total}] {slug} NOT moved: {why}")
+            }
+        };
+        match &bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(format!("({} failed)", failed.load(Ordering::Relaxed)));
+                if result.is_err() {
+                    bar.println(line);
+                }
+            }
+            None if !json => eprintln!("{line}"),
+            None => {}
         }
     };
     let cancel = tokio_util::sync::CancellationToken::new();
-    let summary = crate::moves::drain(ctx, &ctx.instance, name, id, concurrency, &cancel, &report)
-        .await
-        .map_err(Failure::failed)?;
+    let drained = crate::moves::drain(ctx, &ctx.instance, name, id, concurrency, &cancel, &report).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = drained.map_err(Failure::failed)?;
     if json {
         output::json(&summary)?;
     } else {
         println!("{name}: {} moved, {} failed", summary.moved.len(), summary.failed.len());
+        for (slug, why) in &summary.failed {
+            println!("  not moved: {slug}: {why}");
+        }
     }
     if summary.failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure::failed(format!("{} tenant(s) could not be moved off {name}", summary.failed.len())))
+        Err(Failure::failed(format!(
+            "{} tenant(s) could not be moved off {name}; run the drain again to continue",
+            summary.failed.len()
+        )))
     }
 }
 

@@ -141,7 +141,7 @@ async fn undo_target(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<(), Mo
     for (name, ownership) in
         markers::databases(&admin, job.tenant.id, &[&ends.staging, &t.database]).await.map_err(pg(STEP))?
     {
-        if ownership.is_ours() {
+        if super::ours_on_target(&name, &ownership, &ends.staging) {
             admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?;
         }
     }

@@ -16,7 +16,9 @@ use crate::{dumps, tenant_sql};
 /// returns the figures recorded with the step.
 pub(super) async fn copy(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<serde_json::Value, MoveError> {
     let slug = &job.tenant.slug;
+    let staging = Instant::now();
     stage(m, job, ends).await?;
+    let stage_seconds = staging.elapsed().as_secs_f64();
     m.fault(slug, Step::MoveDump, Phase::Before).await?;
     // Private, and removed however this ends.
     let dir = tempfile::Builder::new()
@@ -39,14 +41,18 @@ pub(super) async fn copy(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<se
     let restore_seconds = restore_started.elapsed().as_secs_f64();
     m.fault(slug, Step::MoveRestore, Phase::After).await?;
     m.fault(slug, Step::MoveVerify, Phase::Before).await?;
+    let verifying = Instant::now();
     let source_summary = source_summary?;
     let copy_summary = verify::summarize(&ends.target_admin, &ends.staging, &target.role).await?;
     let checked = verify::compare(&source_summary, &copy_summary, job.tenant.schema_version)?;
     tracing::info!(bytes = dumped.bytes, tables = checked.tables, rows = checked.rows, "copy verified");
     Ok(json!({
+        "stage_seconds": stage_seconds,
+        "jobs": jobs,
         "dump_bytes": dumped.bytes,
         "dump_seconds": dumped.duration.as_secs_f64(),
         "restore_seconds": restore_seconds,
+        "verify_seconds": verifying.elapsed().as_secs_f64(),
         "tables": checked.tables,
         "rows": checked.rows,
         "sequences": checked.sequences,
@@ -102,19 +108,15 @@ async fn stage(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<(), MoveErro
     for (name, ownership) in
         markers::databases(&admin, id, &[&t.database, &ends.staging]).await.map_err(pg(STEP))?
     {
-        match ownership {
-            Ownership::Absent => {}
-            // The catalog names the source: a database of ours here is an earlier attempt's.
-            Ownership::Ours => {
-                admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?
-            }
-            Ownership::Foreign(comment) => {
-                return Err(MoveError::Foreign(format!(
-                    "database {name} on server {} is not this tenant's (comment {:?}); tenantd never touches it",
-                    t.server.name,
-                    comment.unwrap_or_default()
-                )));
-            }
+        // The catalog names the source: a database of ours here is an earlier attempt's.
+        if super::ours_on_target(&name, &ownership, &ends.staging) {
+            admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?;
+        } else if let Ownership::Foreign(comment) = ownership {
+            return Err(MoveError::Foreign(format!(
+                "database {name} on server {} is not this tenant's (comment {:?}); tenantd never touches it",
+                t.server.name,
+                comment.unwrap_or_default()
+            )));
         }
     }
     let ddl = format!(

@@ -1,6 +1,7 @@
 //! Draining a server: status `draining` (placement skips it from then on), then every tenant
 //! on it moves to another eligible server chosen by the placement rules, N at a time. Run
-//! again, a drain goes on with the tenants still there.
+//! again, a drain goes on with the tenants still there: a move cut short (its process killed)
+//! is resumed from its recorded step, one another process is running is waited for.
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -53,7 +54,7 @@ pub async fn drain(
         .map(|t| {
             let mover = &mover;
             async move {
-                let result = move_one(core, mover, &t, cancel).await;
+                let result = move_one(core, mover, server, &t, cancel).await;
                 report(&t.slug, result.as_deref().map_err(|e| e.as_str()));
                 (t.slug, result)
             }
@@ -80,13 +81,42 @@ async fn tenants_on(core: &Core, server: &str) -> Result<Vec<TenantRecord>, Move
     Ok(core.catalog.all_tenants(None, Some(server)).await?)
 }
 
-/// Moves one tenant to the server placement chooses now; the new server's name.
+/// Moves one tenant to the server placement chooses now; the new server's name. A tenant
+/// found MOVING (a drain or a move cut short) has its move resumed here, or, while another
+/// process holds it, is waited for (up to [`WAIT_FOR_OTHERS`]).
 async fn move_one(
     core: &Core,
     mover: &Mover<'_>,
+    drained: &str,
     t: &TenantRecord,
     cancel: &CancellationToken,
 ) -> Result<String, String> {
+    let mut t = t.clone();
+    if t.status == TenantStatus::Moving {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHERS;
+        loop {
+            if let Some(job) = mover.claim_abandoned(&t.slug).await.map_err(|e| e.to_string())? {
+                let target = job.op.target.clone().unwrap_or_default();
+                tracing::info!(tenant = %t.slug, to = %target, "drain: resuming a move cut short");
+                return outcome(mover.run(job, cancel).await.map_err(|e| e.to_string())?, target);
+            }
+            t = core.catalog.tenant(&t.slug).await.map_err(|e| e.to_string())?;
+            if t.status != TenantStatus::Moving {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("still MOVING after {} s in another process", WAIT_FOR_OTHERS.as_secs()));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                () = cancel.cancelled() => return Err(MoveError::Interrupted.to_string()),
+            }
+        }
+        let here = t.server.as_deref().unwrap_or_default();
+        if t.status == TenantStatus::Ready && here != drained {
+            return Ok(here.to_owned());
+        }
+    }
     if t.status != TenantStatus::Ready {
         return Err(format!("{} (only READY tenants are moved)", t.status));
     }
@@ -94,7 +124,13 @@ async fn move_one(
     let to =
         crate::placement::choose(&loads, None, t.requested_region.as_deref()).map_err(|e| e.to_string())?;
     let job = mover.start(&t.slug, &to, false).await.map_err(|e| e.to_string())?;
-    let op = mover.run(job, cancel).await.map_err(|e| e.to_string())?;
+    outcome(mover.run(job, cancel).await.map_err(|e| e.to_string())?, to)
+}
+
+/// How long a drain waits for a tenant another process is moving.
+const WAIT_FOR_OTHERS: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+fn outcome(op: crate::catalog::operations::Operation, to: String) -> Result<String, String> {
     if op.state == "succeeded" {
         Ok(to)
     } else {

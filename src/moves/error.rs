@@ -51,6 +51,14 @@ pub enum MoveError {
     /// Shutdown: the move is given back, to be resumed.
     #[error("interrupted by shutdown; the move will be resumed")]
     Interrupted,
+    /// An online move's prerequisites are missing (each named).
+    #[error("online move refused; missing: {}", .0.join("; "))]
+    OnlineRefused(Vec<String>),
+    /// Every prerequisite of an online move is there, but this build cannot run one.
+    #[error(
+        "online moves are not implemented on this build (every prerequisite is met); move offline, without --online"
+    )]
+    OnlineNotImplemented,
     /// An injected crash (tests): nothing more is written.
     #[error("crashed (injected)")]
     Crashed,

@@ -26,6 +26,7 @@ mod cleanup;
 mod copy;
 mod drain;
 mod error;
+mod online;
 mod rebalance;
 mod verify;
 
@@ -38,6 +39,7 @@ use tracing::Instrument;
 pub use self::cleanup::drop_kept_source;
 pub use self::drain::{drain, start_drain};
 pub use self::error::MoveError;
+pub use self::online::check as check_online;
 pub use self::rebalance::plan_now as plan_rebalance;
 use crate::admin::AdminTarget;
 use crate::catalog::CatalogError;
@@ -291,15 +293,18 @@ impl Mover<'_> {
             return Err(MoveError::Resumed(error.unwrap_or_else(|| "interrupted rollback".into())));
         }
         if step == "started" || step == "closed" {
+            let closing = Instant::now();
             self.close(job, &ends).await?;
-            self.record(job, "closed", json!({})).await?;
+            self.record(job, "closed", json!({ "close_seconds": closing.elapsed().as_secs_f64() })).await?;
             let figures = copy::copy(self, job, &ends).await?;
             self.record(job, "copied", figures).await?;
             step = "copied".into();
         }
         if step == "copied" {
+            let promoting = Instant::now();
             copy::promote(self, job, &ends).await?;
-            self.record(job, "promoted", json!({})).await?;
+            let seconds = promoting.elapsed().as_secs_f64();
+            self.record(job, "promoted", json!({ "promote_seconds": seconds })).await?;
             step = "promoted".into();
         }
         if step == "promoted" {
@@ -355,6 +360,18 @@ impl Mover<'_> {
         self.core.catalog.fail_move(job.tenant.id, &job.owner, job.op.id, &message, &detail).await?;
         tracing::warn!(error = %message, "move rolled back: READY on the source");
         Ok(())
+    }
+}
+
+/// True for a database on the target that this move may drop: one with the tenant's marker,
+/// or the staging database with no comment at all (an attempt cut between its CREATE DATABASE
+/// and its COMMENT; the staging name is derived from the tenant's id and used by nobody else,
+/// as in provisioning).
+fn ours_on_target(name: &PgIdent, ownership: &crate::markers::Ownership, staging: &PgIdent) -> bool {
+    match ownership {
+        crate::markers::Ownership::Ours => true,
+        crate::markers::Ownership::Foreign(None) => name == staging,
+        _ => false,
     }
 }
 

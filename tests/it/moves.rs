@@ -365,3 +365,120 @@ async fn a_move_that_dies_at_any_step_is_resumed_to_the_end() {
     }
     assert!(pending.lock().unwrap().is_empty(), "crashes that did not happen: {:?}", pending.lock().unwrap());
 }
+
+#[tokio::test]
+async fn an_online_move_is_refused_with_every_missing_prerequisite_named() {
+    let second = TestCluster::start();
+    let app = app().spawn().await;
+    add_server(&app, "pg2", &second).await;
+    let token = tenant_with_data(&app, "online", "pg1").await;
+    let (status, body) =
+        sql(&app, &token, "online", json!({ "sql": "CREATE TABLE logbook (at timestamptz, line text)" }))
+            .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = app.post("/v1/tenants/online/move", &json!({ "to": "pg2", "online": true })).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("online_prerequisites_missing")),
+        "{body}"
+    );
+    let missing: Vec<&str> =
+        body["error"]["missing"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let names = |needle: &str| missing.iter().any(|m| m.contains(needle));
+    // PostgreSQL 15 here: no pg_create_subscription; a default wal_level; a table with no key.
+    assert!(names("target pg2: PostgreSQL 15"), "{missing:?}");
+    assert!(names("pg_create_subscription"), "{missing:?}");
+    assert!(names("source pg1: wal_level = replica"), "{missing:?}");
+    assert!(names("table public.logbook has no replica identity"), "{missing:?}");
+    assert!(!names("public.items"), "items has a primary key: {missing:?}");
+    // Nothing happened: READY on its source, no operation started.
+    let (_, t) = app.get("/v1/tenants/online").await;
+    assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg1")), "{t}");
+    let (_, events) = app.get("/v1/tenants/online/events").await;
+    assert!(!events.to_string().contains("move.started"), "{events}");
+
+    // The CLI says the same and exits non-zero.
+    let out = app.cli(&["tenant", "move", "online", "--to", "pg2", "--online"]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    for needle in ["online move refused", "wal_level = replica", "table public.logbook", "PostgreSQL 15"] {
+        assert!(out.stderr.contains(needle), "{needle}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_drain_of_ten_tenants_empties_the_server_and_placement_never_picks_it_meanwhile() {
+    let second = TestCluster::start();
+    let app = app().spawn().await;
+    add_server(&app, "pg2", &second).await;
+    let slugs: Vec<String> = (0..10).map(|i| format!("full-{i}")).collect();
+    for slug in &slugs {
+        let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": slug, "server": "pg1" })).await;
+        assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+    }
+    let env = app.cli_env();
+    let drain = tokio::spawn(async move {
+        crate::common::cli(&["server", "drain", "pg1", "--concurrency", "3"], &env, None).await
+    });
+    wait_for("pg1 to be draining", Duration::from_secs(30), || async {
+        let (_, pg1) = app.get("/v1/servers/pg1").await;
+        (pg1["status"] == "draining").then_some(())
+    })
+    .await;
+    // New tenants keep coming while the drain runs: none is placed on pg1.
+    let mut newcomers = 0;
+    while !drain.is_finished() {
+        let slug = format!("new-{newcomers}");
+        let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": slug })).await;
+        assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+        assert_eq!(body["server"].as_str(), Some("pg2"), "placed on the draining server: {body}");
+        newcomers += 1;
+    }
+    let out = drain.await.unwrap();
+    eprintln!("drain of 10 tenants with {newcomers} created meanwhile:\n{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("10 moved, 0 failed"), "{out:?}");
+    assert_eq!(out.stderr.matches(" -> pg2").count(), 10, "a progress line per tenant: {out:?}");
+    assert!(newcomers > 0, "the drain ended before any tenant was created meanwhile");
+    for slug in &slugs {
+        let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
+        assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg2")), "{t}");
+    }
+    let (_, pg1) = app.get("/v1/servers/pg1").await;
+    assert_eq!((pg1["status"].as_str(), pg1["tenants"].as_i64()), (Some("draining"), Some(0)), "{pg1}");
+}
+
+#[tokio::test]
+async fn a_drain_run_again_finishes_a_move_cut_short() {
+    let second = TestCluster::start();
+    // The daemon's mover "dies" in the middle of copying `cut-short`, every time it tries (its
+    // lease is left each time): only another process can finish that move.
+    let hook: tenantd::steps::FaultHook = Arc::new(|slug, step, phase| {
+        (slug == "cut-short" && (step, phase) == (Step::MoveRestore, Phase::After)).then_some(Fault::Crash)
+    });
+    let app = app().faults(hook).configure(|s| s.workers.lease = Duration::from_secs(2)).spawn().await;
+    add_server(&app, "pg2", &second).await;
+    for slug in ["cut-short", "unharmed"] {
+        tenant_with_data(&app, slug, "pg1").await;
+    }
+    let (status, first) = app.post("/v1/servers/pg1/drain", &json!({ "concurrency": 2 })).await;
+    assert_eq!(status, 202, "{first}");
+    let first = wait_operation(&app, first["id"].as_str().unwrap()).await;
+    assert_eq!(first["state"], "failed", "{first}");
+    assert!(first["detail"]["failed"].to_string().contains("cut-short"), "{first}");
+    let (_, t) = app.get("/v1/tenants/cut-short").await;
+    assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("MOVING"), Some("pg1")), "{t}");
+
+    // Run again (here from the CLI): the move cut short is finished, nothing is left on pg1.
+    let out = app.cli(&["server", "drain", "pg1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("1 moved, 0 failed"), "{out:?}");
+    for slug in ["cut-short", "unharmed"] {
+        let (_, t) = app.get(&format!("/v1/tenants/{slug}")).await;
+        assert_eq!((t["status"].as_str(), t["server"].as_str()), (Some("READY"), Some("pg2")), "{t}");
+        let (rows, counter) = contents(&second, t["database_name"].as_str().unwrap()).await;
+        assert_eq!((rows.matches('|').count() + 1, counter), (2000, 41), "{slug}");
+    }
+    let (_, pg1) = app.get("/v1/servers/pg1").await;
+    assert_eq!(pg1["tenants"], 0, "{pg1}");
+}

@@ -387,3 +387,33 @@ async fn webhook_secrets_are_resealed_by_key_rotation() {
         .collect();
     assert_eq!(webhooks, vec![(true, 1)], "only the new key seals the webhook secret: {keys}");
 }
+
+#[tokio::test]
+async fn a_finished_move_is_delivered_as_tenant_moved() {
+    let second = crate::common::TestCluster::start();
+    let app = webhook_app().await;
+    let (status, body) =
+        app.post("/v1/servers", &json!({ "name": "pg2", "url": second.admin_url("postgres") })).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, tenant) =
+        app.post("/v1/tenants?wait=30", &json!({ "slug": "mover", "server": "pg1" })).await;
+    assert_eq!((status, tenant["status"].as_str()), (201, Some("READY")), "{tenant}");
+    let receiver = Receiver::start(&[]).await;
+    let (_, secret) = add_webhook(&app, &receiver.url, &["tenant.moved"]).await;
+
+    let (status, op) = app.post("/v1/tenants/mover/move", &json!({ "to": "pg2" })).await;
+    assert_eq!(status, 202, "{op}");
+    let got = receiver.wait_for(1, Duration::from_secs(60)).await;
+    assert!(verify(&secret, &got[0]), "{:?}", got[0]);
+    let body = got[0].json();
+    assert_eq!(
+        (body["type"].as_str(), body["data"]["slug"].as_str()),
+        (Some("tenant.moved"), Some("mover")),
+        "{body}"
+    );
+    assert_eq!(body["data"]["tenant_id"], tenant["id"], "{body}");
+    // Delivered once the move is over: the tenant is READY on the target by then.
+    let (_, moved) = app.get("/v1/tenants/mover").await;
+    assert_eq!((moved["status"].as_str(), moved["server"].as_str()), (Some("READY"), Some("pg2")), "{moved}");
+    assert_eq!(receiver.got().len(), 1, "only tenant.moved was subscribed to: {:?}", receiver.got());
+}
