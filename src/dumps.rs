@@ -3,8 +3,9 @@
 //! Dumps run as the server's admin role with `--role=<tenant role>` (the admin is made a
 //! member of the tenant role, which a CREATEROLE admin may do for the roles it created): the
 //! tenant role owns every object, so this dumps everything, and it works while the tenant is
-//! suspended (its role cannot log in then). Restores run as the tenant role itself. The admin password goes to the child process in
-//! `PGPASSWORD`, never on its command line. Dumps are custom-format, taken in one snapshot
+//! suspended (its role cannot log in then). Restores run as the tenant role itself. The password
+//! goes to the child process in a password file of its own (mode 0600, removed when the child
+//! is done), never on its command line or in its environment. Dumps are custom-format, taken in one snapshot
 //! (pg_dump's own transaction), written to a temporary file beside the target and renamed into
 //! place only when complete, so a failed or interrupted dump (disk full included) leaves no
 //! partial file behind.
@@ -140,15 +141,35 @@ async fn prepare(admin: &AdminTarget, role: &PgIdent, tenant: uuid::Uuid) -> Res
 /// its environment: the password (never on the command line, where `ps` shows it) and the
 /// connection parameters. The database name travels as `PGDATABASE`, which libpq never reads
 /// as a connection string (a `--dbname` argument containing `=` would be one).
+/// A `pg_dump`/`pg_restore` to run, with the password file it reads (removed when dropped,
+/// so it lives as long as the child needs it).
+struct Tool {
+    cmd: tokio::process::Command,
+    _passfile: tempfile::NamedTempFile,
+}
+
 fn command(
     tool_path: &Path,
     server: &AdminTarget,
     user: &str,
     password: &SecretString,
     database: &PgIdent,
-) -> tokio::process::Command {
+) -> Result<Tool, DumpError> {
+    use std::io::Write;
+    // libpq's password file: `*` matches any host, port, database and user; `\` and `:`
+    // inside the password are escaped. tempfile creates it readable by us only (0600), which
+    // libpq insists on.
+    let mut passfile = tempfile::Builder::new()
+        .prefix(".tenantd-pgpass-")
+        .tempfile()
+        .map_err(io("cannot create a password file for the child process"))?;
+    let escaped = password.expose_secret().replace('\\', "\\\\").replace(':', "\\:");
+    passfile
+        .write_all(format!("*:*:*:*:{escaped}\n").as_bytes())
+        .and_then(|()| passfile.flush())
+        .map_err(io("cannot write the password file for the child process"))?;
     let mut cmd = crate::pg::child(tool_path);
-    cmd.env("PGPASSWORD", password.expose_secret())
+    cmd.env("PGPASSFILE", passfile.path())
         .env("PGHOST", &server.host)
         .env("PGPORT", server.port.to_string())
         .env("PGUSER", user)
@@ -157,7 +178,7 @@ fn command(
         .envs(server.tls.env())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    cmd
+    Ok(Tool { cmd, _passfile: passfile })
 }
 
 /// What a finished dump produced.
@@ -201,7 +222,8 @@ pub async fn dump(
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(io(format!("cannot create a file in {}", dir.display())))?;
-    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password, database);
+    let mut tool = command(&pg_dump, admin, &admin.user, &admin.password, database)?;
+    let cmd = &mut tool.cmd;
     // A tenant holding a lock on its own tables fails its dump after a bounded wait instead
     // of freezing a backup run.
     cmd.args(["--format=custom", "--no-password", "--lock-wait-timeout=10s"])
@@ -210,7 +232,7 @@ pub async fn dump(
         .arg(partial.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    run(cmd, "pg_dump").await?;
+    run(tool, "pg_dump").await?;
     let file = partial.as_file();
     file.sync_all().map_err(io(format!("cannot sync {}", partial.path().display())))?;
     let bytes = file.metadata().map_err(io("cannot stat the dump"))?.len();
@@ -234,7 +256,8 @@ pub async fn dump_dir(
 ) -> Result<Dumped, DumpError> {
     let started = Instant::now();
     let pg_dump = pg_dump_for(admin, role, tenant).await?;
-    let mut cmd = command(&pg_dump, admin, &admin.user, &admin.password, database);
+    let mut tool = command(&pg_dump, admin, &admin.user, &admin.password, database)?;
+    let cmd = &mut tool.cmd;
     // Uncompressed: the directory is read back at once on this machine, and compressing
     // costs the pause of a move more CPU time than the bytes it saves.
     cmd.args(["--format=directory", "--compress=0", "--no-password", "--lock-wait-timeout=10s"])
@@ -244,7 +267,7 @@ pub async fn dump_dir(
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    run(cmd, "pg_dump").await?;
+    run(tool, "pg_dump").await?;
     let bytes = dir_bytes(dir).map_err(io(format!("cannot read {}", dir.display())))?;
     Ok(Dumped { bytes, duration: started.elapsed() })
 }
@@ -276,7 +299,8 @@ pub async fn restore_dir(
     jobs: usize,
 ) -> Result<(), DumpError> {
     let pg_restore = tool("pg_restore")?;
-    let mut cmd = command(&pg_restore, server, role.as_str(), password, database);
+    let mut tool = command(&pg_restore, server, role.as_str(), password, database)?;
+    let cmd = &mut tool.cmd;
     cmd.args(["--format=directory", "--exit-on-error", "--no-owner", "--no-privileges", "--no-password"])
         .arg(format!("--jobs={}", jobs.max(1)))
         .arg(format!("--dbname={}", conninfo_dbname(database)))
@@ -284,7 +308,7 @@ pub async fn restore_dir(
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    run(cmd, "pg_restore").await
+    run(tool, "pg_restore").await
 }
 
 /// Creates a directory (and its parents) for dumps, private to us when new.
@@ -297,8 +321,8 @@ pub fn create_dir(dir: &Path) -> Result<(), DumpError> {
         .map_err(io(format!("cannot create {}", dir.display())))
 }
 
-async fn run(mut cmd: tokio::process::Command, tool: &'static str) -> Result<(), DumpError> {
-    let mut child = cmd.spawn().map_err(io(format!("cannot start {tool}")))?;
+async fn run(mut run: Tool, tool: &'static str) -> Result<(), DumpError> {
+    let mut child = run.cmd.spawn().map_err(io(format!("cannot start {tool}")))?;
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         pipe.read_to_string(&mut stderr).await.map_err(io(format!("cannot read {tool}'s output")))?;
@@ -349,7 +373,8 @@ pub async fn restore(
     file: &Path,
 ) -> Result<(), DumpError> {
     let pg_restore = tool("pg_restore")?;
-    let mut cmd = command(&pg_restore, server, role.as_str(), password, database);
+    let mut tool = command(&pg_restore, server, role.as_str(), password, database)?;
+    let cmd = &mut tool.cmd;
     // pg_restore connects only when given `--dbname`, which libpq reads as a connection
     // string when it holds `=`: give it one whose only key is the quoted database name, so no
     // name (checked to [a-z0-9_] anyway) can ever add a host or another parameter.
@@ -358,7 +383,7 @@ pub async fn restore(
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    run(cmd, "pg_restore").await
+    run(tool, "pg_restore").await
 }
 
 /// `dbname='<name>'` as a libpq connection string, the value quoted (`\` and `'` escaped).
