@@ -7,9 +7,8 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, `reconcile`, lending (`pools`, `handles`, `sqlhttp`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `moves`, lending (`pools`, `handles`, `sqlhttp`,
-//!    `resolver`);
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, `reconcile`, lending
+//!    (`pools`, `handles`, `sqlhttp`, `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
 //! 6. the bottom: `catalog` (the only SQL on the catalog), `tenant_sql` (the only DDL),
