@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use refinery::{Migration, Runner};
-use tokio_postgres::Client;
+use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -39,6 +40,9 @@ pub enum MigrationError {
     /// Locking or querying the tenant database failed.
     #[error("{}", crate::pg::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// Ending the migration run's transaction failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
     /// A migration failed or the history does not match the migrations of this binary.
     #[error("{}", describe_refinery(.0))]
     Refinery(#[from] refinery::Error),
@@ -49,6 +53,7 @@ fn describe_refinery(e: &refinery::Error) -> String {
         refinery::error::Kind::Connection(message, source) => {
             match source.downcast_ref::<tokio_postgres::Error>() {
                 Some(pg) => format!("{message}: {}", crate::pg::describe(pg)),
+                // `SessionError` describes PostgreSQL errors itself.
                 None => format!("{message}: {source}"),
             }
         }
@@ -118,28 +123,151 @@ impl MigrationSet {
 
     /// Applies every pending migration in one transaction, under the tenant's advisory lock.
     /// Returns the resulting version and the migrations applied now.
+    ///
+    /// Everything refinery does — create the history table if missing, read it, check it
+    /// against this set, apply what is pending and record it — runs in that one transaction
+    /// (see [`Session`]): all or nothing, in four round trips and one commit.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
-        client.execute("SELECT pg_catalog.pg_advisory_lock($1)", &[&LOCK]).await?;
-        let report = self.runner().run_async(client).await;
-        let unlocked = client.execute("SELECT pg_catalog.pg_advisory_unlock($1)", &[&LOCK]).await;
+        let mut session = Session { client, migrating: true, open: false, recorded: 0 };
+        let report = self.runner().run_async(&mut session).await;
+        let ended = session.end(report.is_ok()).await;
         let report = report?;
-        unlocked?;
-        let applied = report
+        ended?;
+        let applied: Vec<Known> = report
             .applied_migrations()
             .iter()
             .map(|m| Known { version: m.version(), name: m.name().to_owned() })
             .collect();
-        Ok((current_version(client).await?, applied))
+        let version = applied.iter().map(|m| m.version).fold(session.recorded, i32::max);
+        Ok((version, applied))
     }
 }
 
 /// The newest version recorded in a tenant database (0 when none).
 pub async fn current_version(client: &mut Client) -> Result<i32, MigrationError> {
+    let mut session = Session { client, migrating: false, open: false, recorded: 0 };
     Ok(MigrationSet::embedded()
         .runner()
-        .get_last_applied_migration_async(client)
+        .get_last_applied_migration_async(&mut session)
         .await?
         .map_or(0, |m| m.version()))
+}
+
+/// What went wrong talking to a tenant database on refinery's behalf.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The statement failed.
+    #[error("{}", crate::pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A history row that this build cannot read (the tenant role owns the table).
+    #[error("table {HISTORY_TABLE} holds a row that is not a migration record: {0}")]
+    History(String),
+}
+
+/// refinery's view of a tenant connection, in fewer round trips than its own driver (which
+/// sends each statement, `BEGIN` and `COMMIT` on its own):
+/// - **migrating**: the first statement refinery sends opens one transaction that takes the
+///   tenant's advisory lock (`pg_advisory_xact_lock`: two runs never interleave) and holds
+///   everything refinery does after; [`Session::end`] commits it, or rolls it back. Each call
+///   of refinery's is one simple-query message.
+/// - **reading**: each query is one message in autocommit.
+///
+/// History rows are parsed without trusting them: the tenant role owns the history table and
+/// may have written anything into it; a bad row is an error, never a panic.
+struct Session<'c> {
+    client: &'c Client,
+    migrating: bool,
+    /// A transaction is open (migrating).
+    open: bool,
+    /// Newest version read from the history.
+    recorded: i32,
+}
+
+impl Session<'_> {
+    /// What must precede the next statement: the transaction and its lock, when migrating and
+    /// not yet open.
+    fn opening(&mut self) -> String {
+        if self.migrating && !self.open {
+            self.open = true;
+            format!("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({LOCK});\n")
+        } else {
+            String::new()
+        }
+    }
+
+    /// Commits (`ok`) or rolls back the transaction, if one is open.
+    async fn end(&mut self, ok: bool) -> Result<(), SessionError> {
+        if !std::mem::take(&mut self.open) {
+            return Ok(());
+        }
+        if ok {
+            return Ok(self.client.batch_execute("COMMIT").await?);
+        }
+        // The run failed already: that error is the one to report; the connection is dropped.
+        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            tracing::warn!(error = %crate::pg::describe(&e), "ROLLBACK after a failed migration run failed");
+        }
+        Ok(())
+    }
+}
+
+impl AsyncTransaction for Session<'_> {
+    type Error = SessionError;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &mut self,
+        queries: T,
+    ) -> Result<usize, SessionError> {
+        let mut sql = self.opening();
+        let mut count = 0;
+        for query in queries {
+            // A migration's last statement may lack its `;` or end in a `--` comment.
+            sql.push_str(query);
+            sql.push_str("\n;\n");
+            count += 1;
+        }
+        if sql.is_empty() {
+            return Ok(0);
+        }
+        // Reading: the statements of one message are one implicit transaction, as refinery's
+        // driver makes one per call.
+        self.client.batch_execute(&sql).await?;
+        Ok(count)
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for Session<'_> {
+    async fn query(&mut self, query: &str) -> Result<Vec<Migration>, SessionError> {
+        let sql = self.opening() + query;
+        let mut rows = Vec::new();
+        for message in self.client.simple_query(&sql).await? {
+            match message {
+                // Only the last statement's rows (the lock answers a row too).
+                SimpleQueryMessage::RowDescription(_) => rows.clear(),
+                SimpleQueryMessage::Row(row) => rows.push(history_row(&row)?),
+                _ => {}
+            }
+        }
+        self.recorded = rows.iter().map(Migration::version).fold(self.recorded, i32::max);
+        Ok(rows)
+    }
+}
+
+impl AsyncMigrate for Session<'_> {}
+
+/// One row of refinery's history query: version, name, applied_on (RFC 3339), checksum.
+fn history_row(row: &tokio_postgres::SimpleQueryRow) -> Result<Migration, SessionError> {
+    let field = |i: usize| -> Result<&str, SessionError> {
+        row.try_get(i)
+            .map_err(|e| SessionError::History(e.to_string()))?
+            .ok_or_else(|| SessionError::History(format!("column {} is NULL", i + 1)))
+    };
+    let bad = |what: &str, value: &str| SessionError::History(format!("{what} {value:?}"));
+    let version = field(0)?.parse().map_err(|_| bad("version", field(0).unwrap_or_default()))?;
+    let applied_on = time::OffsetDateTime::parse(field(2)?, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| bad("applied_on", field(2).unwrap_or_default()))?;
+    let checksum = field(3)?.parse().map_err(|_| bad("checksum", field(3).unwrap_or_default()))?;
+    Ok(Migration::applied(version, field(1)?.to_owned(), applied_on, checksum))
 }
 
 /// Every embedded migration, in order.

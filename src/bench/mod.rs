@@ -25,13 +25,16 @@ use crate::names::PgIdent;
 use crate::tenant_sql;
 
 mod catalog;
+mod cpu;
 mod migrate;
+mod pools;
 mod provision;
 mod relocate;
 mod sql;
 
 pub use catalog::catalog;
 pub use migrate::migrate;
+pub use pools::pools;
 pub use provision::provision;
 pub use relocate::relocate;
 pub use sql::sql;
@@ -179,6 +182,8 @@ async fn floor_one(
     maintenance.batch_execute(&tenant_sql::create_database(&floor)).await.map_err(pg)?;
     let mut inside = admin.connect(Some(name)).await.map_err(err)?;
     let tx = inside.transaction().await.map_err(pg)?;
+    // Admin sessions pin search_path to pg_catalog; the migrations create in public.
+    tx.batch_execute("SET LOCAL search_path = public").await.map_err(pg)?;
     tx.batch_execute(migrations).await.map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     drop(inside);

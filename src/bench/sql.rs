@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use tokio_postgres::Client;
 
+use super::cpu::CpuTimes;
 use super::{BenchError, Scratch, err, parse_url, pg, pick_server, ready_times, stats};
 use crate::core::Core;
 use crate::startup::Daemon;
@@ -24,13 +25,16 @@ pub async fn sql(core: &Core, server: Option<&str>, n: usize, concurrency: usize
     let mut bench_settings = scratch.daemon_settings(&core.settings)?;
     bench_settings.pools.per_tenant = bench_settings.pools.per_tenant.max(concurrency);
     bench_settings.pools.per_server = bench_settings.pools.per_server.max(concurrency);
+    // The daemon runs on threads of its own, so its CPU time can be told from the clients'.
+    let runtime = super::cpu::daemon_runtime()?;
     let result = async {
-        let daemon = Daemon::start(bench_settings).await.map_err(err)?;
+        let daemon = runtime.spawn(Daemon::start(bench_settings)).await.map_err(err)?.map_err(err)?;
         let measured = measure_sql(&daemon, n, concurrency).await;
-        daemon.stop().await;
+        runtime.spawn(daemon.stop()).await.map_err(err)?;
         measured
     }
     .await;
+    runtime.shutdown_background();
     let removed = scratch.remove().await;
     let figures = result?;
     removed?;
@@ -43,6 +47,16 @@ struct SqlFigures {
     direct: Vec<f64>,
     http_rate: f64,
     direct_rate: f64,
+    /// CPU time of the concurrent HTTP run, and how many queries it made.
+    http_cpu: CpuTimes,
+    /// CPU time of the concurrent direct run.
+    direct_cpu: CpuTimes,
+    queries: usize,
+}
+
+/// Microseconds of `spent` per query.
+fn per_query(spent: std::time::Duration, queries: usize) -> f64 {
+    spent.as_secs_f64() * 1e6 / queries as f64
 }
 
 impl SqlFigures {
@@ -80,6 +94,25 @@ impl SqlFigures {
         );
         println!();
         println!("overhead p50 = {:.3} ms (target: <= 0.5 ms)", h.p50 - d.p50);
+        println!(
+            "tenantd HTTP / direct, {concurrency} clients = {:.2}x the queries/s (target: >= 0.8x)",
+            self.http_rate / self.direct_rate
+        );
+        let q = self.queries;
+        println!();
+        println!("CPU time per query, {concurrency} clients (utime+stime from /proc, 10 ms ticks):");
+        println!("  {:<40} {:>8.1} us", "tenantd daemon (HTTP endpoint)", per_query(self.http_cpu.daemon, q));
+        println!(
+            "  {:<40} {:>8.1} us",
+            "HTTP client (reqwest, the bench)",
+            per_query(self.http_cpu.clients, q)
+        );
+        println!(
+            "  {:<40} {:>8.1} us",
+            "direct tokio-postgres client",
+            per_query(self.direct_cpu.clients, q)
+        );
+        println!("  (PostgreSQL's own CPU is in its backends, outside these figures)");
     }
 }
 
@@ -121,6 +154,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
         direct_times.push(direct_select(&direct).await?);
     }
     let per_client = n.div_ceil(concurrency);
+    let cpu_before = CpuTimes::now()?;
     let started = Instant::now();
     futures::future::try_join_all((0..concurrency).map(|_| {
         let client = http.clone();
@@ -134,10 +168,12 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     }))
     .await?;
     let http_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
+    let http_cpu = CpuTimes::now()?.since(&cpu_before);
     let mut connections = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         connections.push(crate::pg::connect(&parse_url(&details.url)?, &tls, "bench").await.map_err(err)?);
     }
+    let cpu_before = CpuTimes::now()?;
     let started = Instant::now();
     futures::future::try_join_all(connections.iter().map(|c| async move {
         for _ in 0..per_client {
@@ -147,7 +183,16 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     }))
     .await?;
     let direct_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
-    Ok(SqlFigures { http: http_times, direct: direct_times, http_rate, direct_rate })
+    let direct_cpu = CpuTimes::now()?.since(&cpu_before);
+    Ok(SqlFigures {
+        http: http_times,
+        direct: direct_times,
+        http_rate,
+        direct_rate,
+        http_cpu,
+        direct_cpu,
+        queries: per_client * concurrency,
+    })
 }
 
 /// One `SELECT 1` on a direct connection; returns ms.

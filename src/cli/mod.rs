@@ -116,11 +116,24 @@ enum BenchCommand {
         #[arg(long)]
         concurrency: Option<usize>,
     },
-    /// Time to upgrade N tenants with a one-table migration at concurrency 1, 4 and 8.
+    /// Time to upgrade N tenants with a one-table migration, next to the same migration by
+    /// plain SQL at the same concurrency.
     Migrate {
         /// Tenants to provision and upgrade.
         #[arg(long, default_value_t = 200)]
         tenants: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+        /// Tenants upgraded at once, by tenantd and by the floor (default: upgrade.concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Resident memory per idle tenant pool, with N pools opened and then idle.
+    Pools {
+        /// Tenant pools to open.
+        #[arg(long, default_value_t = 10_000)]
+        pools: usize,
         /// Server to measure on (default: the first healthy one).
         #[arg(long)]
         server: Option<String>,
@@ -295,12 +308,22 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             }
             crate::bench::provision(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
         }
-        Command::Bench(BenchCommand::Migrate { tenants, server }) => {
-            if tenants == 0 {
-                return Err(Failure::usage("--tenants must be at least 1"));
+        Command::Bench(BenchCommand::Migrate { tenants, server, concurrency }) => {
+            if tenants == 0 || concurrency == Some(0) {
+                return Err(Failure::usage("--tenants and --concurrency must be at least 1"));
             }
             let ctx = open(settings).await?;
-            crate::bench::migrate(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
+            let concurrency = concurrency.unwrap_or(ctx.settings.upgrade.concurrency);
+            crate::bench::migrate(&ctx, server.as_deref(), tenants, concurrency)
+                .await
+                .map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Pools { pools, server }) => {
+            if pools == 0 {
+                return Err(Failure::usage("--pools must be at least 1"));
+            }
+            let ctx = open(settings).await?;
+            crate::bench::pools(&ctx, server.as_deref(), pools).await.map_err(Failure::failed)
         }
         Command::Bench(BenchCommand::Catalog { tenants, server }) => {
             if !(100..=10_000_000).contains(&tenants) {

@@ -233,10 +233,14 @@ impl Provisioner<'_> {
     async fn ensure_role(&self, admin: &Client, t: &Target, tenant: &TenantRecord) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let verifier = crate::crypto::tenant_scram_verifier(t.password(), t.id);
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
-        let found = markers::role(admin, t.id, &t.role).await.map_err(pg_retry(STEP))?;
+        // The SCRAM verifier (4096 rounds of PBKDF2) is computed while the marker query is
+        // on the wire: `join` sends the query first.
+        let (found, verifier) = tokio::join!(markers::role(admin, t.id, &t.role), async {
+            crate::crypto::tenant_scram_verifier(t.password(), t.id)
+        });
+        let found = found.map_err(pg_retry(STEP))?;
         let kind = match found.ownership {
             Ownership::Absent => {
                 // One simple-query message = one implicit transaction: role and marker together.
@@ -273,8 +277,8 @@ impl Provisioner<'_> {
             }
         };
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.core.catalog.record_limits_applied(t.id, self.actor, &limits.to_json()).await?;
-        self.event(t.id, kind, json!({ "role": t.role.as_str(), "limits": limits })).await?;
+        let detail = json!({ "role": t.role.as_str(), "limits": limits });
+        self.core.catalog.record_role_step(t.id, self.actor, &limits.to_json(), kind, &detail).await?;
         Ok(())
     }
 
@@ -354,19 +358,24 @@ impl Provisioner<'_> {
         let (inside, tenant) =
             tokio::join!(t.admin.connect(Some(db.as_str())), self.connect_as_tenant(t, db, STEP));
         let inside = inside.map_err(admin_retry(STEP))?;
-        inside.batch_execute(&tenant_sql::grant_schema(&t.role)).await.map_err(pg_retry(STEP))?;
         // A GRANT or REVOKE that the admin may not make is only a WARNING in PostgreSQL:
-        // check the result instead of trusting it.
-        let row = inside
-            .query_one(
+        // check the result instead of trusting it. The check is sent right behind the grants
+        // (one round trip less); the server runs it after they committed.
+        let grant = tenant_sql::grant_schema(&t.role);
+        let role = t.role.as_str();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&role];
+        let (granted, row) = tokio::join!(
+            inside.batch_execute(&grant),
+            inside.query_one(
                 "SELECT pg_catalog.has_schema_privilege($1::pg_catalog.text, 'public'::pg_catalog.text, \
                           'CREATE'::pg_catalog.text), \
                         pg_catalog.has_database_privilege('public'::pg_catalog.text, \
                           pg_catalog.current_database()::pg_catalog.text, 'CONNECT'::pg_catalog.text)",
-                &[&t.role.as_str()],
+                &params,
             )
-            .await
-            .map_err(pg_retry(STEP))?;
+        );
+        granted.map_err(pg_retry(STEP))?;
+        let row = row.map_err(pg_retry(STEP))?;
         drop(inside);
         let (tenant_may_create, public_may_connect): (bool, bool) = (row.get(0), row.get(1));
         if !tenant_may_create {

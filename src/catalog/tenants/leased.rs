@@ -59,10 +59,16 @@ impl Catalog {
         kind: EventKind,
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
+        // Committed without waiting for the WAL flush: a step event is followed by a state
+        // write (status, READY, failure) of the same tenant, whose synchronous commit flushes
+        // the WAL up to and including this one. Only a crash of the catalog's server inside
+        // that window could lose the event (never of the daemon: the commit is PostgreSQL's),
+        // and the state it describes is found again by the next attempt's checks.
         self.leased(
             concat!(
-                "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-             SELECT id, $3, $4, $2 FROM tenantd.tenants WHERE ",
+                "WITH quick AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)) \
+             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+             SELECT id, $3, $4, $2 FROM tenantd.tenants, quick WHERE ",
                 held!()
             ),
             &[&id, &owner, &kind.as_str(), detail],

@@ -66,6 +66,28 @@ impl Catalog {
         .await
     }
 
+    /// Records the limits now on the tenant's role and appends the step's event, in one
+    /// statement under the lease (provisioning's role step: one catalog commit, not two).
+    pub async fn record_role_step(
+        &self,
+        id: Uuid,
+        owner: &str,
+        applied: &serde_json::Value,
+        kind: EventKind,
+        detail: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        self.leased_write(
+            concat!(
+                "WITH applied AS (UPDATE tenantd.tenants SET limits_applied = $3 WHERE ",
+                held!(),
+                " RETURNING id) \
+                 INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM applied"
+            ),
+            &[&id, &owner, applied, &kind.as_str(), detail],
+        )
+        .await
+    }
+
     /// READY and SUSPENDED tenants that are placed: the ones whose size counts.
     pub async fn tenants_with_databases(&self) -> Result<Vec<TenantRecord>, CatalogError> {
         let rows = self
