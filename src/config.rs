@@ -92,6 +92,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Moving tenants between servers.
     pub moves: MoveSettings,
+    /// Warm spares (`[spares]`).
+    pub spares: SpareSettings,
 }
 
 /// Delivery of webhooks (signed HTTP POSTs of tenant events).
@@ -123,6 +125,16 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Warm spares: databases provisioned ahead of need on every active server, handed to new
+/// tenants by renaming (README, "Warm spares").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpareSettings {
+    /// Spares kept ready per server (0: off). Each one is a real database and role, and
+    /// counts against the server's `max_tenants`.
+    pub per_server: usize,
 }
 
 /// Moving tenants between servers (`tenant move`, `server drain`).
@@ -366,6 +378,7 @@ impl Default for Settings {
             pgbouncer: PgBouncerSettings::default(),
             webhooks: WebhookSettings::default(),
             moves: MoveSettings::default(),
+            spares: SpareSettings::default(),
         }
     }
 }
@@ -516,6 +529,7 @@ knobs! {
     "webhooks.timeout", "TENANTD_WEBHOOKS_TIMEOUT", Text, "10s", "longest wait for a webhook endpoint's answer";
     "moves.keep_source", "TENANTD_MOVES_KEEP_SOURCE", Text, "24h", "moved-away source databases are dropped after this";
     "moves.jobs", "TENANTD_MOVES_JOBS", Integer, "2", "parallel jobs of pg_dump/pg_restore in a move";
+    "spares.per_server", "TENANTD_SPARES_PER_SERVER", Integer, "0", "warm spares kept ready per server (0: off); they count against max_tenants";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -583,6 +597,7 @@ impl Settings {
         in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
         in_range("moves.jobs", self.moves.jobs, 1, 64)?;
+        in_range("spares.per_server", self.spares.per_server, 0, 10_000)?;
         self.backups.time_of_day()?;
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));

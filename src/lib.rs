@@ -50,6 +50,7 @@ pub(crate) mod quotas;
 pub(crate) mod resolver;
 pub(crate) mod servers;
 pub mod shutdown;
+pub(crate) mod spares;
 pub mod sqlhttp;
 pub mod startup;
 pub mod steps;

@@ -91,3 +91,31 @@ pub async fn databases(
     }
     Ok(found)
 }
+
+/// Whose a warm spare's database and role are (in that order): [`Ownership::Ours`] when they
+/// carry the spare's marker (`tenantd:spare:<id>`), which no tenant's marker matches.
+pub async fn spare(
+    client: &Client,
+    spare: Uuid,
+    database: &PgIdent,
+    role: &PgIdent,
+) -> Result<(Ownership, Ownership), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_database d WHERE d.datname::pg_catalog.text = $1::pg_catalog.text), \
+                    (SELECT pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name) \
+                     FROM pg_catalog.pg_database d WHERE d.datname::pg_catalog.text = $1::pg_catalog.text), \
+                    EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = $2::pg_catalog.text), \
+                    (SELECT pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name) \
+                     FROM pg_catalog.pg_roles r WHERE r.rolname = $2::pg_catalog.text)",
+            &[&database.as_str(), &role.as_str()],
+        )
+        .await?;
+    let expected = crate::tenant_sql::spare_marker(spare);
+    let of = |exists: bool, comment: Option<String>| match (exists, comment) {
+        (false, _) => Ownership::Absent,
+        (true, Some(c)) if c == expected => Ownership::Ours,
+        (true, comment) => Ownership::Foreign(comment),
+    };
+    Ok((of(row.get(0), row.get(1)), of(row.get(2), row.get(3))))
+}

@@ -135,6 +135,7 @@ impl Daemon {
         crate::tasks::quotas::spawn(app.clone());
         crate::tasks::webhooks::spawn(app.clone());
         crate::tasks::moves::spawn(app.clone());
+        crate::tasks::spares::spawn(app.clone());
         tracing::info!(%addr, https = app.settings.http.tls_cert.is_some(), instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;

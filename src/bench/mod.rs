@@ -7,9 +7,10 @@
 //!   tenants provisioned by a real daemon, one at a time (latency) and all at once with the
 //!   configured worker concurrency (throughput, against the floor run just as parallel).
 //!
-//! `bench sql` and `bench migrate` (in their modules) measure lending and fleet upgrades the same
-//! way. Each works in a scratch catalog database created on that server and removes everything it
-//! made afterwards, so it never disturbs the tenants of a running daemon.
+//! `bench sql`, `bench migrate` and `bench spares` (in their modules) measure lending, fleet
+//! upgrades and warm spares the same way. Each works in a scratch catalog database created on
+//! that server and removes everything it made afterwards, so it never disturbs the tenants of a
+//! running daemon.
 
 use std::time::{Duration, Instant};
 
@@ -26,10 +27,12 @@ use crate::tenant_sql;
 
 mod migrate;
 mod provision;
+mod spares;
 mod sql;
 
 pub use migrate::migrate;
 pub use provision::provision;
+pub use spares::spares;
 pub use sql::sql;
 
 /// A benchmark failure.

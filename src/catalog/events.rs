@@ -136,11 +136,13 @@ pub enum EventKind {
     MoveFailed,
     /// The source database a move left behind was dropped.
     MoveSourceDropped,
+    /// A new tenant took a warm spare (placement and spare claimed in one transaction).
+    SpareTaken,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 39] = [
+    pub const ALL: [EventKind; 40] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -180,6 +182,7 @@ impl EventKind {
         Self::MoveFinished,
         Self::MoveFailed,
         Self::MoveSourceDropped,
+        Self::SpareTaken,
     ];
 
     /// Parses the catalog spelling.
@@ -229,6 +232,7 @@ impl EventKind {
             Self::MoveFinished => "move.finished",
             Self::MoveFailed => "move.failed",
             Self::MoveSourceDropped => "move.source_dropped",
+            Self::SpareTaken => "step.spare.taken",
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod backups;
 pub mod events;
 pub mod operations;
 pub mod servers;
+pub mod spares;
 pub mod tenants;
 pub mod upgrades;
 pub mod webhooks;

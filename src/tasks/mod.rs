@@ -10,12 +10,14 @@
 //! - [`upgrade`]: upgrade runs started by the API or `upgrade.auto`.
 //! - [`webhooks`]: delivers the webhook outbox.
 //! - [`moves`]: resumes abandoned moves, drops kept source databases.
+//! - [`spares`]: keeps warm spares per server (`spares.per_server`).
 
 pub mod backups;
 pub mod health;
 pub mod limits;
 pub mod moves;
 pub mod quotas;
+pub mod spares;
 pub mod upgrade;
 pub mod watcher;
 pub mod webhooks;

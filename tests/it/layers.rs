@@ -28,6 +28,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "pgbouncer",
             "webhooks",
             "moves",
+            "spares",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

@@ -20,6 +20,7 @@ mod pgbouncer;
 mod provisioning;
 mod servers;
 mod signed_requests;
+mod spares;
 mod sqlhttp;
 mod startup;
 mod tls;
