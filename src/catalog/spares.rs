@@ -172,6 +172,22 @@ impl Catalog {
         Ok(n == 1)
     }
 
+    /// Takes a spare out of circulation before it is dropped (state `creating` again, no
+    /// tenant): a `ready` one only if no take claimed it meanwhile, a `taken` one only if its
+    /// tenant's provisioning is over (deleted, failed, or made another way). False when it is
+    /// no longer the refill's to drop.
+    pub async fn retire_spare(&self, id: Uuid, from: SpareState) -> Result<bool, CatalogError> {
+        let n = self
+            .execute(
+                "UPDATE tenantd.spares s SET state = 'creating', tenant_id = NULL, taken_at = NULL \
+                 WHERE s.id = $1 AND s.state = $2 AND NOT EXISTS (SELECT FROM tenantd.tenants t \
+                   WHERE t.id = s.tenant_id AND t.status IN ('PENDING', 'CREATING'))",
+                &[&id, &from.as_str()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Forgets a spare whose database and role are dropped. A taken spare is left to its
     /// tenant unless `taken_too`.
     pub async fn delete_spare(&self, id: Uuid, taken_too: bool) -> Result<bool, CatalogError> {

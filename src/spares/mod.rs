@@ -115,6 +115,10 @@ pub fn target_for(core: &Core, server: &ServerRecord) -> usize {
 pub async fn refill_all(core: &Core, owner: &str) -> Result<(), SpareError> {
     let version = core.migrations.latest_version();
     let counts = core.catalog.spare_counts(version).await?;
+    if core.settings.spares.per_server == 0 && counts.is_empty() {
+        // Off, and nothing left to drop: no further catalog reads.
+        return Ok(());
+    }
     let servers = core.catalog.servers().await?;
     let mut first = None;
     for server in &servers {
@@ -168,7 +172,9 @@ async fn refill_leased(
     let mut kept = 0;
     for spare in core.catalog.spares_of(&server.name).await? {
         let reason = match spare.state {
-            SpareState::Taken => continue,
+            // A take under way is its tenant's; one whose tenant's provisioning is over (it
+            // was deleted or failed before finishing the take) is dropped, if anything is left.
+            SpareState::Taken => Discard::Abandoned,
             _ if target == 0 => Discard::ServerClosed,
             SpareState::Creating => Discard::Abandoned,
             SpareState::Ready if spare.schema_version < version => Discard::OldVersion,
@@ -179,6 +185,10 @@ async fn refill_leased(
                 continue;
             }
         };
+        // Out of circulation first, so that no take can claim what is being dropped.
+        if spare.state != SpareState::Creating && !core.catalog.retire_spare(spare.id, spare.state).await? {
+            continue;
+        }
         admin.discard(core, &spare, reason).await?;
     }
     while kept < target {
@@ -219,10 +229,15 @@ pub async fn drop_all(core: &Core, server: &str) -> Result<usize, SpareError> {
         }
         Err(error) => return Err(error),
     };
+    let mut dropped = 0;
     for spare in &spares {
+        if spare.state == SpareState::Ready && !core.catalog.retire_spare(spare.id, spare.state).await? {
+            continue;
+        }
         admin.discard(core, spare, Discard::ServerClosed).await?;
+        dropped += 1;
     }
-    Ok(spares.len())
+    Ok(dropped)
 }
 
 /// A server's admin: pooled connection and target.
