@@ -292,3 +292,20 @@ async fn spares_count_against_max_tenants_and_never_block_a_removal() {
     }
     assert!(spares(&app).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_draining_server_loses_its_spares() {
+    let app = app().configure(with_spares(2)).spawn().await;
+    let before = ready_spares(&app, 2).await;
+    let (status, body) = app.patch("/v1/servers/pg1", &json!({ "status": "draining" })).await;
+    assert_eq!(status, 200, "{body}");
+    ready_spares(&app, 0).await;
+    for (_, name, _, _) in &before {
+        assert_eq!(database_oid(name).await, None, "spare {name} dropped");
+    }
+    assert_eq!(server(&app.get("/v1/servers").await.1, "pg1")["spares"], 0);
+    // Active again: it gets its spares back.
+    let (status, body) = app.patch("/v1/servers/pg1", &json!({ "status": "active" })).await;
+    assert_eq!(status, 200, "{body}");
+    ready_spares(&app, 2).await;
+}
