@@ -19,6 +19,7 @@ struct Figures {
     burst_rate: f64,
     burst_from_spares: usize,
     fill_rate: f64,
+    spare_bytes: i64,
 }
 
 /// `tenantd bench spares`: `tenants` one at a time over HTTP, then `burst` at once, each
@@ -87,6 +88,20 @@ async fn filled(catalog: &Catalog, server: &str, version: i32, want: usize) -> R
     }
 }
 
+/// The size of one of the server's spares (`pg_database_size`).
+async fn spare_size(core: &Core, server: &str) -> Result<i64, BenchError> {
+    let spares = core.catalog.spares_of(server).await.map_err(err)?;
+    let spare = spares.first().ok_or_else(|| BenchError("no spare".into()))?;
+    let record = core.catalog.server(server).await.map_err(err)?;
+    let admin = crate::admin::AdminTarget::from_record(&record, &core.keyring).map_err(err)?;
+    let client = admin.connect(None).await.map_err(err)?;
+    let row = client
+        .query_one("SELECT pg_catalog.pg_database_size($1::pg_catalog.text)", &[&spare.database_name])
+        .await
+        .map_err(super::pg)?;
+    Ok(row.get(0))
+}
+
 /// How many of `slugs` were made from a spare (their `step.spare.taken` event).
 async fn from_spares(catalog: &Catalog, slugs: &[String]) -> Result<usize, BenchError> {
     let mut n = 0;
@@ -110,6 +125,7 @@ async fn measure(
     crate::servers::check_all(catalog, &app.keyring).await.map_err(err)?;
     let version = app.core.migrations.latest_version();
     let fill_rate = filled(catalog, server, version, spares).await?;
+    let spare_bytes = spare_size(&app.core, server).await?;
     let token = app.settings.admin_token.as_ref().map(|t| t.expose_secret().to_owned()).unwrap_or_default();
     let url = format!("http://{}/v1/tenants?wait=30", daemon.local_addr());
     let http = reqwest::Client::new();
@@ -161,6 +177,7 @@ async fn measure(
         burst_rate: burst as f64 / span.max(1e-6),
         burst_from_spares: from_spares(catalog, &burst_slugs).await?,
         fill_rate,
+        spare_bytes,
     })
 }
 
@@ -180,7 +197,11 @@ impl Figures {
             "burst of {} at once: {:.1} tenants/s (first created to last READY, catalog clock)",
             self.burst, self.burst_rate
         );
-        println!("refill: {:.1} spares/s while idle", self.fill_rate);
+        println!(
+            "refill: {:.1} spares/s while idle; one spare takes {:.1} MB on disk",
+            self.fill_rate,
+            self.spare_bytes as f64 / 1e6
+        );
         println!();
         println!("time-to-READY p50 {:.1} ms (target: <= 50 ms)", r.p50);
         println!("round trip p50 {:.1} ms (target: <= 60 ms)", h.p50);

@@ -238,29 +238,34 @@ impl Catalog {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
-        let rows = tx.query(super::servers::LOADS, &[]).await?;
+        // Sent together: the lock is taken before the loads are read.
+        let (_, rows) = tokio::try_join!(
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]),
+            tx.query(super::servers::LOADS, &[])
+        )?;
         let servers: Vec<ServerLoad> = rows.iter().map(super::servers::load_from_row).collect();
         let Some(placement) = choose(&servers) else { return Ok(None) };
-        let spare = tx
-            .query_opt(
-                &format!(
-                    "UPDATE tenantd.spares SET state = 'taken', tenant_id = $2, taken_at = now() WHERE id = \
-                       (SELECT id FROM tenantd.spares WHERE server = $1 AND state = 'ready' AND schema_version = $3 \
-                        ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-                     RETURNING {COLUMNS}"
-                ),
-                &[&placement.server, &id, &version],
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            let returned = COLUMNS.split(", ").map(|c| format!("spare.{c}")).collect::<Vec<_>>().join(", ");
+            format!(
+                "WITH spare AS (UPDATE tenantd.spares SET state = 'taken', tenant_id = $1, taken_at = now() WHERE id = \
+                   (SELECT id FROM tenantd.spares WHERE server = $3 AND state = 'ready' AND schema_version = $7 \
+                    ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING {COLUMNS}), \
+                 placed AS (UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
+                   role_password_sealed = $6, status = 'CREATING', last_error = NULL \
+                   WHERE {} AND EXISTS (SELECT FROM spare) RETURNING id), \
+                 logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+                   SELECT placed.id, $8, jsonb_build_object('server', $3::text, 'database', $4::text, \
+                     'role', $5::text, 'spare', spare.id, 'spare_database', spare.database_name), $2 \
+                   FROM placed, spare) \
+                 SELECT {returned}, (SELECT count(*) FROM placed) FROM spare",
+                held!()
             )
-            .await?;
-        let Some(spare) = spare.as_ref().map(from_row) else { return Ok(None) };
-        let placed = tx
-            .execute(
-                concat!(
-                    "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                     role_password_sealed = $6, status = 'CREATING', last_error = NULL WHERE ",
-                    held!()
-                ),
+        });
+        let row = tx
+            .query_opt(
+                sql,
                 &[
                     &id,
                     &owner,
@@ -268,49 +273,45 @@ impl Catalog {
                     &placement.database_name,
                     &placement.role_name,
                     &placement.role_password_sealed,
+                    &version,
+                    &EventKind::SpareTaken.as_str(),
                 ],
             )
             .await;
-        match placed {
-            Ok(0) => return Err(CatalogError::LeaseLost),
-            Ok(_) => {}
+        let spare = match row {
+            // No usable spare there: nothing written, the cold path follows.
+            Ok(None) => return Ok(None),
+            Ok(Some(row)) if row.get::<_, i64>(7) == 0 => return Err(CatalogError::LeaseLost),
+            Ok(Some(row)) => from_row(&row),
             // The names are taken by another tenant: the cold path reports it.
             Err(e) if CatalogError::is_unique_violation(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
-        }
-        let detail = serde_json::json!({
-            "server": placement.server, "database": placement.database_name, "role": placement.role_name,
-            "spare": spare.id, "spare_database": spare.database_name,
-        });
-        tx.execute(
-            "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $4, $2, $3)",
-            &[&id, &detail, &owner, &EventKind::SpareTaken.as_str()],
-        )
-        .await?;
+        };
         tx.commit().await?;
         Ok(Some((placement, spare)))
     }
 
-    /// READY from a spare: the tenant's READY (as [`Catalog::mark_ready`]) and the spare's row
-    /// gone, in one statement.
+    /// READY from a spare: the tenant's READY (as [`Catalog::mark_ready`]) with the limits
+    /// applied to its role, and the spare's row gone, in one statement.
     pub async fn mark_ready_from_spare(
         &self,
         id: Uuid,
         owner: &str,
         schema_version: i32,
+        limits_applied: &serde_json::Value,
         detail: &serde_json::Value,
     ) -> Result<(), CatalogError> {
         self.leased_write(
             concat!(
                 "WITH ready AS (UPDATE tenantd.tenants SET status = 'READY', schema_version = $3, ready_at = now(), \
-                   last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL \
+                   last_error = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL, limits_applied = $6 \
                    WHERE ",
                 held!(),
                 " RETURNING id), \
                  gone AS (DELETE FROM tenantd.spares s USING ready WHERE s.tenant_id = ready.id) \
                  INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $5, $4, $2 FROM ready"
             ),
-            &[&id, &owner, &schema_version, detail, &EventKind::Ready.as_str()],
+            &[&id, &owner, &schema_version, detail, &EventKind::Ready.as_str(), limits_applied],
         )
         .await
     }

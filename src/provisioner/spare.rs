@@ -148,9 +148,12 @@ impl Provisioner<'_> {
             }
         }
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.core.catalog.record_limits_applied(t.id, self.actor, &limits.to_json()).await?;
         let detail = json!({ "schema_version": spare.schema_version, "spare": spare.id });
-        self.core.catalog.mark_ready_from_spare(t.id, self.actor, spare.schema_version, &detail).await?;
+        let applied = limits.to_json();
+        self.core
+            .catalog
+            .mark_ready_from_spare(t.id, self.actor, spare.schema_version, &applied, &detail)
+            .await?;
         metrics::counter!("tenantd_tenants_ready_total").increment(1);
         metrics::counter!("tenantd_spares_taken_total").increment(1);
         tracing::info!(tenant = %t.slug, server = %t.server.name, spare = %spare.id, version = spare.schema_version,
