@@ -24,6 +24,8 @@ pub(crate) mod app;
 pub mod backups;
 pub(crate) mod bench;
 pub(crate) mod catalog;
+/// The catalog's hot statements and their indexes (for the EXPLAIN test and `bench catalog`).
+pub use catalog::plans;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -25,11 +25,13 @@ use crate::crypto::{Keyring, server_aad};
 use crate::names::PgIdent;
 use crate::tenant_sql;
 
+mod catalog;
 mod migrate;
 mod provision;
 mod spares;
 mod sql;
 
+pub use catalog::catalog;
 pub use migrate::migrate;
 pub use provision::provision;
 pub use spares::spares;

@@ -88,7 +88,10 @@ impl Figures {
 }
 
 /// Median time before each event kind, from creation on, over `slugs`.
-async fn step_breakdown(catalog: &Catalog, slugs: &[String]) -> Result<Vec<(String, f64)>, BenchError> {
+pub(super) async fn step_breakdown(
+    catalog: &Catalog,
+    slugs: &[String],
+) -> Result<Vec<(String, f64)>, BenchError> {
     let mut gaps: Vec<(String, Vec<f64>)> = Vec::new();
     for slug in slugs {
         let tenant = catalog.tenant(slug).await.map_err(err)?;

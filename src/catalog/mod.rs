@@ -27,6 +27,7 @@ macro_rules! free {
 pub mod backups;
 pub mod events;
 pub mod operations;
+pub mod plans;
 pub mod servers;
 pub mod spares;
 pub mod tenants;

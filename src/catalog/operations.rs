@@ -83,6 +83,13 @@ fn from_row(r: &Row) -> Operation {
     }
 }
 
+/// The moves task's poll: MOVING tenants nobody holds (their daemon died mid-move).
+pub(crate) const ABANDONED_MOVES: &str = concat!(
+    "SELECT slug FROM tenantd.tenants WHERE status = 'MOVING' AND ",
+    free!(),
+    " ORDER BY updated_at LIMIT 50"
+);
+
 /// The tenant's row, held by `$2`, in one CTE named `held` (the lease guard of every move write).
 const HELD: &str = concat!("held AS (SELECT id FROM tenantd.tenants WHERE ", held!(), ")");
 
@@ -248,16 +255,7 @@ impl Catalog {
 
     /// Slugs of MOVING tenants nobody holds (their mover died or was stopped): to resume.
     pub async fn abandoned_moves(&self) -> Result<Vec<String>, CatalogError> {
-        let rows = self
-            .query(
-                concat!(
-                    "SELECT slug FROM tenantd.tenants WHERE status = 'MOVING' AND ",
-                    free!(),
-                    " ORDER BY updated_at LIMIT 50"
-                ),
-                &[],
-            )
-            .await?;
+        let rows = self.query(ABANDONED_MOVES, &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

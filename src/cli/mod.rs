@@ -138,6 +138,16 @@ enum BenchCommand {
         #[arg(long)]
         server: Option<String>,
     },
+    /// The hot paths (listing, polls, placement, time-to-READY) with an empty catalog and
+    /// with N tenants in it.
+    Catalog {
+        /// READY tenants to add (rows only) for the second measurement.
+        #[arg(long, default_value_t = 100_000)]
+        tenants: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Latency of SELECT 1 through the SQL endpoint next to a direct connection.
     Sql {
         /// Queries per measurement.
@@ -301,6 +311,13 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
             }
             let ctx = open(settings).await?;
             crate::bench::migrate(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Catalog { tenants, server }) => {
+            if !(100..=10_000_000).contains(&tenants) {
+                return Err(Failure::usage("--tenants must be between 100 and 10000000"));
+            }
+            let ctx = open(settings).await?;
+            crate::bench::catalog(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
         }
         Command::Bench(BenchCommand::Sql { queries, server, concurrency }) => {
             if queries == 0 || concurrency == 0 {

@@ -3,6 +3,7 @@
 //! they can stop, start their own cluster.
 #![allow(dead_code)]
 
+mod catalog_scale;
 mod common;
 mod console;
 mod deploy;

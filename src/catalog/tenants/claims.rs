@@ -27,6 +27,47 @@ const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING
     AND ($3::uuid IS NULL OR id = $3) \
     AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
 
+/// A worker's poll: the next workable tenant, leased to `$1` for `$2` seconds (`$3`: only
+/// this one).
+pub(crate) fn claim_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH next AS (SELECT id FROM tenantd.tenants WHERE {WORKABLE} \
+                 AND next_attempt_at <= now() AND {FREE} \
+               ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+             UPDATE tenantd.tenants t SET lease_owner = $1, \
+               lease_until = now() + make_interval(secs => $2) \
+             FROM next WHERE t.id = next.id RETURNING {}",
+            COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// An idle worker's question: seconds until the next workable tenant is due (`$1`: only this
+/// one).
+pub(crate) fn next_due_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
+             - now())::float8 FROM tenantd.tenants WHERE {}",
+            WORKABLE.replace("$3", "$1")
+        )
+    })
+}
+
+/// Takes a live tenant by slug (`$1`) in one of the statuses `$4`, for `$2`, `$3` seconds.
+pub(crate) fn claim_in_status_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
+             WHERE slug = $1 AND status = ANY($4) AND status <> 'DELETED' AND {FREE} RETURNING {COLUMNS}"
+        )
+    })
+}
+
 impl Catalog {
     /// Claims the next tenant that needs provisioning work (optionally only `only`), with
     /// `FOR UPDATE SKIP LOCKED` and a lease of `lease` for `owner`.
@@ -36,30 +77,10 @@ impl Catalog {
         lease: Duration,
         only: Option<Uuid>,
     ) -> Result<Claim, CatalogError> {
-        static CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let claim = CLAIM.get_or_init(|| {
-            format!(
-                "WITH next AS (SELECT id FROM tenantd.tenants WHERE {WORKABLE} \
-                     AND next_attempt_at <= now() AND {FREE} \
-                   ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-                 UPDATE tenantd.tenants t SET lease_owner = $1, \
-                   lease_until = now() + make_interval(secs => $2) \
-                 FROM next WHERE t.id = next.id RETURNING {}",
-                COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
-            )
-        });
-        if let Some(row) = self.query_opt(claim, &[&owner, &secs(lease), &only]).await? {
+        if let Some(row) = self.query_opt(claim_sql(), &[&owner, &secs(lease), &only]).await? {
             return Ok(Claim::Claimed(Box::new(from_row(&row))));
         }
-        static NEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let next = NEXT.get_or_init(|| {
-            format!(
-                "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) \
-                 - now())::float8 FROM tenantd.tenants WHERE {}",
-                WORKABLE.replace("$3", "$1")
-            )
-        });
-        let next: Option<f64> = self.query_one(next, &[&only]).await?.get(0);
+        let next: Option<f64> = self.query_one(next_due_sql(), &[&only]).await?.get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
     }
 
@@ -72,14 +93,8 @@ impl Catalog {
         statuses: &[TenantStatus],
     ) -> Result<Option<TenantRecord>, CatalogError> {
         let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let sql = SQL.get_or_init(|| {
-            format!(
-                "UPDATE tenantd.tenants SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
-                 WHERE slug = $1 AND status = ANY($4) AND status <> 'DELETED' AND {FREE} RETURNING {COLUMNS}"
-            )
-        });
-        let row = self.query_opt(sql, &[&slug, &owner, &lease.as_secs_f64(), &statuses]).await?;
+        let row =
+            self.query_opt(claim_in_status_sql(), &[&slug, &owner, &lease.as_secs_f64(), &statuses]).await?;
         Ok(row.as_ref().map(from_row))
     }
 }

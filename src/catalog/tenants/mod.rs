@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::events::EventKind;
 use super::{Catalog, CatalogError};
 
-mod claims;
+pub(crate) mod claims;
 mod leased;
 mod limits;
 mod passwords;
@@ -259,6 +259,72 @@ pub struct Placement {
 /// Nobody holds the tenant now.
 const FREE: &str = free!();
 
+/// A tenant by slug: the live one, else the newest deleted one.
+pub(crate) fn by_slug_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1 \
+             ORDER BY (status = 'DELETED'), created_at DESC LIMIT 1"
+        )
+    })
+}
+
+/// The live tenant a bearer token (its hash, `$1`) belongs to: every lent request asks.
+pub(crate) const BY_TOKEN_HASH: &str =
+    "SELECT slug FROM tenantd.tenants WHERE token_hash = $1 AND status <> 'DELETED'";
+
+/// Tenants per status, from the tallies (schema V12), for the `tenantd_tenants` gauge.
+pub(crate) const COUNTS_BY_STATUS: &str =
+    "SELECT status, sum(tenants)::int8 FROM tenantd.tenant_tallies GROUP BY status ORDER BY status";
+
+/// Waiting, unplaced tenants made due now (a server was added or became eligible).
+pub(crate) const WAKE_UNPLACED: &str = "UPDATE tenantd.tenants SET next_attempt_at = now() \
+     WHERE status = 'PENDING' AND server IS NULL AND next_attempt_at > now()";
+
+/// Which filters a page of [`Catalog::tenants`] has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageShape {
+    /// `status = ...` (otherwise every live tenant).
+    pub status: bool,
+    /// `server = ...`.
+    pub server: bool,
+    /// Slugs after a cursor.
+    pub after: bool,
+    /// Slugs containing a text.
+    pub q: bool,
+}
+
+/// The statement of one page of tenants: `$1` the limit, then one parameter per filter
+/// present, in the order status, server, after, q.
+///
+/// Served by: no filter, `tenants_slug_key` (live slugs, in order, from `after`); status,
+/// `tenants_status_slug_idx`; server, `tenants_server_slug_idx`. `q` is a filter on top,
+/// read in slug order until the page is full (tests/it/catalog_scale.rs reads the plans).
+pub fn tenant_page_sql(shape: PageShape) -> String {
+    let mut n = 1;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    let mut conditions = Vec::new();
+    conditions.push(if shape.status {
+        format!("status = ${}", next())
+    } else {
+        "status <> 'DELETED'".into()
+    });
+    if shape.server {
+        conditions.push(format!("server = ${}", next()));
+    }
+    if shape.after {
+        conditions.push(format!("slug > ${}", next()));
+    }
+    if shape.q {
+        conditions.push(format!("pg_catalog.strpos(slug, ${}) > 0", next()));
+    }
+    format!("SELECT {COLUMNS} FROM tenantd.tenants WHERE {} ORDER BY slug LIMIT $1", conditions.join(" AND "))
+}
+
 pub(super) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -301,15 +367,7 @@ impl Catalog {
 
     /// One tenant by slug.
     pub async fn tenant(&self, slug: &str) -> Result<TenantRecord, CatalogError> {
-        let row = self
-            .query_opt(
-                &format!(
-                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE slug = $1 \
-                     ORDER BY (status = 'DELETED'), created_at DESC LIMIT 1"
-                ),
-                &[&slug],
-            )
-            .await?;
+        let row = self.query_opt(by_slug_sql(), &[&slug]).await?;
         row.as_ref().map(from_row).ok_or_else(|| CatalogError::NotFound(format!("no tenant {slug:?}")))
     }
 
@@ -322,12 +380,7 @@ impl Catalog {
 
     /// The slug of the tenant whose bearer token has this hash.
     pub async fn tenant_slug_by_token_hash(&self, hash: &str) -> Result<Option<String>, CatalogError> {
-        let row = self
-            .query_opt(
-                "SELECT slug FROM tenantd.tenants WHERE token_hash = $1 AND status <> 'DELETED'",
-                &[&hash],
-            )
-            .await?;
+        let row = self.query_opt(BY_TOKEN_HASH, &[&hash]).await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -343,19 +396,24 @@ impl Catalog {
     }
 
     /// Tenants by slug, filtered, one page.
+    ///
+    /// The statement names only the filters given, so each of its few shapes gets a plan
+    /// that starts the index range at `after` (a catch-all `$1 IS NULL OR ...` would make a
+    /// prepared statement's generic plan walk every earlier slug: page 1,000 would cost a
+    /// thousand pages). Which index serves which shape: [`tenant_page_sql`].
     pub async fn tenants(&self, f: &TenantFilter) -> Result<Vec<TenantRecord>, CatalogError> {
-        let status = f.status.map(TenantStatus::as_str);
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM tenantd.tenants WHERE (($1::text IS NULL AND status <> 'DELETED') OR status = $1) \
-                     AND ($2::text IS NULL OR server = $2) AND ($3::text IS NULL OR slug > $3) \
-                     AND ($5::text IS NULL OR pg_catalog.strpos(slug, $5) > 0) \
-                     ORDER BY slug LIMIT $4"
-                ),
-                &[&status, &f.server, &f.after, &f.limit, &f.q],
-            )
-            .await?;
+        let status = f.status.map(|s| s.as_str().to_owned());
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&f.limit];
+        let sql = tenant_page_sql(PageShape {
+            status: status.is_some(),
+            server: f.server.is_some(),
+            after: f.after.is_some(),
+            q: f.q.is_some(),
+        });
+        for value in [&status, &f.server, &f.after, &f.q].into_iter().flatten() {
+            params.push(value);
+        }
+        let rows = self.query(&sql, &params).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
@@ -386,9 +444,7 @@ impl Catalog {
 
     /// Counts of tenants per status (for metrics and `tenant list` summaries).
     pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, CatalogError> {
-        let rows = self
-            .query("SELECT status, count(*) FROM tenantd.tenants GROUP BY status ORDER BY status", &[])
-            .await?;
+        let rows = self.query(COUNTS_BY_STATUS, &[]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -454,11 +510,6 @@ impl Catalog {
 
     /// Makes waiting, unplaced tenants due now (a server was added or became eligible).
     pub async fn wake_unplaced(&self) -> Result<u64, CatalogError> {
-        self.execute(
-            "UPDATE tenantd.tenants SET next_attempt_at = now() \
-             WHERE status = 'PENDING' AND server IS NULL AND next_attempt_at > now()",
-            &[],
-        )
-        .await
+        self.execute(WAKE_UNPLACED, &[]).await
     }
 }
