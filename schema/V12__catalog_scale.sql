@@ -12,7 +12,10 @@ CREATE TABLE tenantd.tenant_tallies (
     PRIMARY KEY (server, status)
 );
 
-CREATE FUNCTION tenantd.tally_tenants() RETURNS trigger LANGUAGE plpgsql
+-- SECURITY DEFINER: a sign-up role allowed only to INSERT tenants (README, "A catalog role for
+-- sign-up systems")
+-- keeps the tallies right without any right on them; the path is pinned.
+CREATE FUNCTION tenantd.tally_tenants() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     gone text[];

@@ -94,6 +94,8 @@ pub struct Settings {
     pub moves: MoveSettings,
     /// Comparing the catalog with the servers.
     pub reconcile: ReconcileSettings,
+    /// Warm spares (`[spares]`).
+    pub spares: SpareSettings,
 }
 
 /// Delivery of webhooks (signed HTTP POSTs of tenant events).
@@ -125,6 +127,16 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Warm spares: databases provisioned ahead of need on every active server, handed to new
+/// tenants by renaming (README, "Warm spares").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpareSettings {
+    /// Spares kept ready per server (0: off). Each one is a real database and role, and
+    /// counts against the server's `max_tenants`.
+    pub per_server: usize,
 }
 
 /// Moving tenants between servers (`tenant move`, `server drain`).
@@ -388,6 +400,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             moves: MoveSettings::default(),
             reconcile: ReconcileSettings::default(),
+            spares: SpareSettings::default(),
         }
     }
 }
@@ -540,6 +553,7 @@ knobs! {
     "moves.jobs", "TENANTD_MOVES_JOBS", Integer, "2", "parallel jobs of pg_dump/pg_restore in a move";
     "reconcile.interval", "TENANTD_RECONCILE_INTERVAL", Text, "10m", "how often one daemon compares the catalog with every server (0s: never)";
     "reconcile.repair", "TENANTD_RECONCILE_REPAIR", Bool, "false", "the background check also makes the safe repairs";
+    "spares.per_server", "TENANTD_SPARES_PER_SERVER", Integer, "0", "warm spares kept ready per server (0: off); they count against max_tenants";
 }
 
 /// Environment variables that are not knobs of the file but are still ours.
@@ -607,6 +621,7 @@ impl Settings {
         in_range("limits.connections_per_tenant", connections, self.pools.per_tenant, 10_000)?;
         in_range("backups.keep_daily", self.backups.keep_daily, 1, 10_000)?;
         in_range("moves.jobs", self.moves.jobs, 1, 64)?;
+        in_range("spares.per_server", self.spares.per_server, 0, 10_000)?;
         self.backups.time_of_day()?;
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::new("http.tls_cert", "http.tls_cert and http.tls_key go together"));

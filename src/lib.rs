@@ -7,7 +7,7 @@
 //! 2. the HTTP API (`api`) and the daemon's background `tasks`;
 //! 3. the daemon's state: `app` (`App` = `Core` + runtime parts);
 //! 4. domain operations: `provisioner`, `lifecycle`, `driver`, `upgrade`, `backups`,
-//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, `reconcile`, lending
+//!    `dumps`, `tenants`, `servers`, `pgbouncer`, `webhooks`, `moves`, `reconcile`, `spares`, lending
 //!    (`pools`, `handles`, `sqlhttp`, `resolver`);
 //! 5. shared foundations of every operation: `core` (`Core`), `target` (the one way to
 //!    reach a tenant's database), `leases`, `markers` ("is this object ours?");
@@ -52,6 +52,7 @@ pub(crate) mod reconcile;
 pub(crate) mod resolver;
 pub(crate) mod servers;
 pub mod shutdown;
+pub(crate) mod spares;
 pub mod sqlhttp;
 pub mod startup;
 pub mod steps;

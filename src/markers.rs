@@ -97,6 +97,14 @@ pub fn owner(comment: &str) -> Option<Uuid> {
     comment.strip_prefix(MARKER_PREFIX).and_then(|id| Uuid::parse_str(id).ok())
 }
 
+/// The warm spare a spare's marker names (`tenantd:spare:<uuid>`), if the comment is one.
+pub fn spare_owner(comment: &str) -> Option<Uuid> {
+    comment
+        .strip_prefix(MARKER_PREFIX)
+        .and_then(|rest| rest.strip_prefix("spare:"))
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
 /// A database or role on a server that carries a marker, or that the catalog names.
 #[derive(Debug, Clone)]
 pub struct Marked {
@@ -104,6 +112,8 @@ pub struct Marked {
     pub name: String,
     /// The tenant its marker names (`None`: no marker, a name the catalog asked about).
     pub owner: Option<Uuid>,
+    /// The warm spare its marker names (`tenantd:spare:<id>`), if it is a spare's.
+    pub spare: Option<Uuid>,
     /// Databases: connections allowed; roles: LOGIN.
     pub enabled: bool,
     /// Databases only: each privilege granted to someone other than the owner, as
@@ -140,6 +150,7 @@ pub async fn marked_databases(client: &Client, names: &[&str]) -> Result<Vec<Mar
             Marked {
                 name: r.get(0),
                 owner: comment.as_deref().and_then(owner),
+                spare: comment.as_deref().and_then(spare_owner),
                 enabled: r.get(2),
                 grants: grants
                     .iter()
@@ -170,9 +181,38 @@ pub async fn marked_roles(client: &Client, names: &[&str]) -> Result<Vec<Marked>
             Marked {
                 name: r.get(0),
                 owner: comment.as_deref().and_then(owner),
+                spare: comment.as_deref().and_then(spare_owner),
                 enabled: r.get(2),
                 grants: Vec::new(),
             }
         })
         .collect())
+}
+
+/// Whose a warm spare's database and role are (in that order): [`Ownership::Ours`] when they
+/// carry the spare's marker (`tenantd:spare:<id>`), which no tenant's marker matches.
+pub async fn spare(
+    client: &Client,
+    spare: Uuid,
+    database: &PgIdent,
+    role: &PgIdent,
+) -> Result<(Ownership, Ownership), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_database d WHERE d.datname::pg_catalog.text = $1::pg_catalog.text), \
+                    (SELECT pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name) \
+                     FROM pg_catalog.pg_database d WHERE d.datname::pg_catalog.text = $1::pg_catalog.text), \
+                    EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = $2::pg_catalog.text), \
+                    (SELECT pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name) \
+                     FROM pg_catalog.pg_roles r WHERE r.rolname = $2::pg_catalog.text)",
+            &[&database.as_str(), &role.as_str()],
+        )
+        .await?;
+    let expected = crate::tenant_sql::spare_marker(spare);
+    let of = |exists: bool, comment: Option<String>| match (exists, comment) {
+        (false, _) => Ownership::Absent,
+        (true, Some(c)) if c == expected => Ownership::Ours,
+        (true, comment) => Ownership::Foreign(comment),
+    };
+    Ok((of(row.get(0), row.get(1)), of(row.get(2), row.get(3))))
 }

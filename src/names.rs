@@ -109,6 +109,12 @@ impl PgIdent {
         Self(format!("tenantd_staging_{}", id.simple()))
     }
 
+    /// Database and role name of a warm spare: derived from its id, used by nobody else
+    /// (`tenantd_spare_<id>`, 46 bytes).
+    pub fn spare(id: Uuid) -> Self {
+        Self(format!("tenantd_spare_{}", id.simple()))
+    }
+
     /// The name a move gives the source database it keeps: derived from the tenant and the
     /// move, used by nobody else (`tenantd_moved_<move>_<tenant>`, 56 bytes).
     pub fn moved(id: Uuid, operation: Uuid) -> Self {

@@ -136,6 +136,7 @@ impl Daemon {
         crate::tasks::webhooks::spawn(app.clone());
         crate::tasks::moves::spawn(app.clone());
         crate::tasks::reconcile::spawn(app.clone());
+        crate::tasks::spares::spawn(app.clone());
         tracing::info!(%addr, https = app.settings.http.tls_cert.is_some(), instance = %app.instance, "tenantd is serving");
         if app.settings.upgrade.auto {
             crate::tasks::upgrade::auto(app.clone()).await;

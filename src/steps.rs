@@ -47,6 +47,8 @@ pub enum Step {
     MoveSwitch,
     /// Move: the source database is renamed (kept) or dropped.
     MoveSource,
+    /// Take a warm spare: its role and database get the tenant's names, password and marker.
+    SpareTake,
 }
 
 impl Step {
@@ -74,6 +76,7 @@ impl Step {
             Step::MovePromote => "move.promote",
             Step::MoveSwitch => "move.switch",
             Step::MoveSource => "move.source",
+            Step::SpareTake => "spare.take",
         }
     }
 }

@@ -29,6 +29,50 @@ pub fn marker(tenant: Uuid) -> String {
     format!("{MARKER_PREFIX}{tenant}")
 }
 
+/// The comment tenantd puts on a warm spare's role and database: `tenantd:spare:<spare id>`,
+/// a kind of its own (no tenant's marker matches it), so a spare is never mistaken for a
+/// tenant's object and a reconciler tells spares from orphans (`tenantd.spares` lists them).
+pub fn spare_marker(spare: Uuid) -> String {
+    format!("tenantd:spare:{spare}")
+}
+
+/// Marks a spare's role as tenantd's spare (sent with its `CREATE ROLE`).
+pub fn comment_on_spare_role(role: &PgIdent, spare: Uuid) -> String {
+    format!("COMMENT ON ROLE {} IS {}", quote_ident(role.as_str()), quote_literal(&spare_marker(spare)))
+}
+
+/// Marks a spare's database as tenantd's spare.
+pub fn comment_on_spare_database(database: &PgIdent, spare: Uuid) -> String {
+    format!(
+        "COMMENT ON DATABASE {} IS {}",
+        quote_ident(database.as_str()),
+        quote_literal(&spare_marker(spare))
+    )
+}
+
+/// Hands a warm spare to a tenant, as one simple-query message (one implicit transaction, so
+/// all or nothing): the spare's role and database get the tenant's names, its role the
+/// tenant's password (a SCRAM verifier) and limits, both the tenant's marker.
+pub fn take_spare(
+    spare: (&PgIdent, &PgIdent),
+    tenant: (&PgIdent, &PgIdent),
+    scram_verifier: &str,
+    id: Uuid,
+    limits: &crate::limits::TenantLimits,
+) -> String {
+    let ((spare_db, spare_role), (db, role)) = (spare, tenant);
+    format!(
+        "ALTER ROLE {} RENAME TO {}; {}; {}; {}; {}; {}",
+        quote_ident(spare_role.as_str()),
+        quote_ident(role.as_str()),
+        reset_role(role, scram_verifier),
+        comment_on_role(role, id),
+        role_limits(role, limits),
+        rename_database(spare_db, db),
+        comment_on_database(db, id)
+    )
+}
+
 /// `CREATE ROLE` for a tenant: may log in, nothing else. The password is given as a SCRAM
 /// verifier so the clear password never reaches the server's statement log.
 pub fn create_role(role: &PgIdent, scram_verifier: &str) -> String {

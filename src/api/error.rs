@@ -158,6 +158,19 @@ impl From<ServerError> for ApiError {
     }
 }
 
+impl From<crate::spares::SpareError> for ApiError {
+    fn from(e: crate::spares::SpareError) -> Self {
+        use crate::spares::SpareError;
+        match e {
+            SpareError::Catalog(c) => c.into(),
+            SpareError::Foreign { .. } => Self::new(StatusCode::CONFLICT, "foreign_object", e.to_string()),
+            SpareError::Admin { .. } | SpareError::Server { .. } => {
+                Self::unavailable("server_unavailable", e.to_string(), 5)
+            }
+        }
+    }
+}
+
 impl From<TenantError> for ApiError {
     fn from(e: TenantError) -> Self {
         match e {

@@ -70,19 +70,23 @@ pub async fn patch(
     Ok(Json(crate::servers::update(&app.core, &name, &patch).await?))
 }
 
-/// `DELETE /v1/servers/{name}`: 204; 409 while tenants remain on it (drain it first).
+/// `DELETE /v1/servers/{name}`: 204; 409 while tenants remain on it (drain it first). Its
+/// warm spares are dropped first; they never block a removal.
 #[utoipa::path(delete, path = "/v1/servers/{name}", tag = "servers", security(("admin" = [])),
     params(("name" = String, Path, description = "Server name")),
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such server", body = ErrorBody),
         (status = 409, description = "Tenants remain on it", body = ErrorBody),
+        (status = 503, description = "Its warm spares could not be dropped; try again", body = ErrorBody),
     ))]
 pub async fn remove(
     _: Admin,
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // Its warm spares go first (a spare is not a tenant: it never blocks a removal).
+    crate::spares::drop_all(&app.core, &name).await?;
     app.catalog.remove_server(&name).await?;
     tracing::info!(server = %name, "server removed");
     Ok(StatusCode::NO_CONTENT)

@@ -7,9 +7,10 @@
 //!   tenants provisioned by a real daemon, one at a time (latency) and all at once with the
 //!   configured worker concurrency (throughput, against the floor run just as parallel).
 //!
-//! `bench sql`, `bench migrate` and `bench move` (in their modules) measure lending, fleet
-//! upgrades and a tenant's move the same way. Each works in a scratch catalog database created on that server and removes everything it
-//! made afterwards, so it never disturbs the tenants of a running daemon.
+//! `bench sql`, `bench migrate`, `bench move` and `bench spares` (in their modules) measure
+//! lending, fleet upgrades, a tenant's move and warm spares the same way. Each works in a scratch
+//! catalog database created on that server and removes everything it made afterwards, so it
+//! never disturbs the tenants of a running daemon.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ mod migrate;
 mod pools;
 mod provision;
 mod relocate;
+mod spares;
 mod sql;
 
 pub use catalog::catalog;
@@ -37,6 +39,7 @@ pub use migrate::migrate;
 pub use pools::pools;
 pub use provision::provision;
 pub use relocate::relocate;
+pub use spares::spares;
 pub use sql::sql;
 
 /// A benchmark failure.

@@ -140,11 +140,13 @@ pub enum EventKind {
     ReconcileDrift,
     /// Reconcile repaired the catalog's record of the tenant (its schema version).
     ReconcileRepaired,
+    /// A new tenant took a warm spare (placement and spare claimed in one transaction).
+    SpareTaken,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 41] = [
+    pub const ALL: [EventKind; 42] = [
         Self::StepPlaced,
         Self::RoleCreated,
         Self::RoleAdopted,
@@ -186,6 +188,7 @@ impl EventKind {
         Self::MoveSourceDropped,
         Self::ReconcileDrift,
         Self::ReconcileRepaired,
+        Self::SpareTaken,
     ];
 
     /// Parses the catalog spelling.
@@ -237,6 +240,7 @@ impl EventKind {
             Self::MoveSourceDropped => "move.source_dropped",
             Self::ReconcileDrift => "reconcile.drift",
             Self::ReconcileRepaired => "reconcile.repaired",
+            Self::SpareTaken => "step.spare.taken",
         }
     }
 }

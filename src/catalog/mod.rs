@@ -30,6 +30,7 @@ pub mod operations;
 pub mod plans;
 pub mod reconcile;
 pub mod servers;
+pub mod spares;
 pub mod tenants;
 pub mod upgrades;
 pub mod webhooks;

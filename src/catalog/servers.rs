@@ -198,6 +198,9 @@ pub struct ServerRecord {
     pub health_error: Option<String>,
     /// Tenants placed here (not deleted).
     pub tenants: i64,
+    /// Warm spares kept here (being made or ready; README, "Warm spares"). They count against
+    /// `max_tenants`, and are not tenants.
+    pub spares: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -265,7 +268,9 @@ const SELECT: &str = concat!(
      s.maintenance_db, s.weight, s.max_tenants, s.region, s.status, s.health, s.health_latency_ms, \
      s.health_checked_at, s.health_error, s.created_at, s.updated_at, ",
     live_tenants!(),
-    ", s.sslmode, s.sslrootcert, s.sslcert, s.sslkey FROM tenantd.servers s"
+    ", s.sslmode, s.sslrootcert, s.sslcert, s.sslkey, \
+     (SELECT count(*) FROM tenantd.spares p WHERE p.server = s.name AND p.state <> 'taken') \
+     FROM tenantd.servers s"
 );
 
 fn from_row(row: &Row) -> ServerRecord {
@@ -289,6 +294,7 @@ fn from_row(row: &Row) -> ServerRecord {
         created_at: row.get(14),
         updated_at: row.get(15),
         tenants: row.get(16),
+        spares: row.get(21),
         tls: PgTls {
             // The catalog's CHECK constraints allow only libpq's modes.
             sslmode: SslMode::parse(row.get(17)).unwrap_or(SslMode::VerifyFull),
@@ -404,6 +410,13 @@ impl Catalog {
         if live > 0 {
             return Err(CatalogError::Conflict(format!(
                 "server {name} still holds {live} tenant(s): drain it first (tenantd server drain {name})"
+            )));
+        }
+        let spares: i64 =
+            tx.query_one("SELECT count(*) FROM tenantd.spares WHERE server = $1", &[&name]).await?.get(0);
+        if spares > 0 {
+            return Err(CatalogError::Conflict(format!(
+                "server {name} still holds {spares} warm spare(s) (one was being made meanwhile?): try again"
             )));
         }
         tx.execute(

@@ -116,6 +116,22 @@ enum BenchCommand {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// New tenants while warm spares last: time-to-READY, `POST /v1/tenants?wait` round trip,
+    /// and a burst's rate (a scratch catalog with `spares.per_server` = --spares).
+    Spares {
+        /// Tenants created one at a time over HTTP.
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        /// Tenants asked for at once afterwards (default: --spares).
+        #[arg(long)]
+        burst: Option<usize>,
+        /// Spares kept on the server.
+        #[arg(long, default_value_t = 100)]
+        spares: usize,
+        /// Server to measure on (default: the first healthy one).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Time to upgrade N tenants with a one-table migration, next to the same migration by
     /// plain SQL at the same concurrency.
     Migrate {
@@ -307,6 +323,16 @@ async fn run(cli: Cli, env: &BTreeMap<String, String>) -> Result<(), Failure> {
                 ctx.settings.validate()?;
             }
             crate::bench::provision(&ctx, server.as_deref(), tenants).await.map_err(Failure::failed)
+        }
+        Command::Bench(BenchCommand::Spares { tenants, burst, spares, server }) => {
+            if tenants == 0 || spares == 0 {
+                return Err(Failure::usage("--tenants and --spares must be at least 1"));
+            }
+            let ctx = open(settings).await?;
+            let burst = burst.unwrap_or(spares);
+            crate::bench::spares(&ctx, server.as_deref(), tenants, burst, spares)
+                .await
+                .map_err(Failure::failed)
         }
         Command::Bench(BenchCommand::Migrate { tenants, server, concurrency }) => {
             if tenants == 0 || concurrency == Some(0) {

@@ -188,6 +188,8 @@ pub async fn run(cmd: ServerCommand, ctx: Context) -> Result<(), Failure> {
         }
         ServerCommand::RotateKey => super::keys::rotate(&ctx).await,
         ServerCommand::Remove { name } => {
+            // Its warm spares go first (a spare is not a tenant: it never blocks a removal).
+            crate::spares::drop_all(&ctx, &name).await.map_err(Failure::failed)?;
             ctx.catalog.remove_server(&name).await.map_err(Failure::failed)?;
             println!("server {name} removed");
             Ok(())
@@ -216,12 +218,13 @@ fn print_servers(servers: &[ServerRecord]) {
                 output::opt(s.health_latency_ms.map(|l| format!("{l:.1}"))),
                 s.weight.to_string(),
                 format!("{}/{}", s.tenants, output::opt(s.max_tenants)),
+                s.spares.to_string(),
                 output::opt(s.region.clone()),
             ]
         })
         .collect();
     output::table(
-        &["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "REGION"],
+        &["NAME", "ADDRESS", "STATUS", "HEALTH", "LATENCY_MS", "WEIGHT", "TENANTS", "SPARES", "REGION"],
         &rows,
     );
 }

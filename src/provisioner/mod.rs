@@ -11,6 +11,9 @@
 //! 5. **migrate**: the embedded migrations, as the tenant role, all or nothing.
 //! 6. **rename** staging → final name, then **ready**.
 //!
+//! With `spares.per_server` set, a warm spare is taken instead when the chosen server has one
+//! (`spare`: take, switch, ready); the steps above are the cold path.
+//!
 //! Nothing is remembered between steps but the catalog row: each step looks at the server to
 //! see what is already done, so a crash anywhere resumes cleanly, and a retry never makes a
 //! second role or database. Anything that exists under our names without our marker is never
@@ -41,6 +44,7 @@ mod attempt;
 mod deprovision;
 mod error;
 mod fill;
+mod spare;
 pub use attempt::{Outcome, run_claimed};
 pub use error::StepError;
 use error::{admin_retry, pg_retry};
@@ -120,6 +124,10 @@ impl Provisioner<'_> {
 
     /// Runs every remaining step of a claimed tenant; returns its schema version when READY.
     pub async fn provision(&self, tenant: &TenantRecord) -> Result<i32, StepError> {
+        // A warm spare when one can be had (or an earlier attempt took one): see `spare`.
+        if let Some(version) = self.by_spare(tenant).await? {
+            return Ok(version);
+        }
         let started = Instant::now();
         let placed = match tenant.server {
             None => timed(Step::Place, self.place(tenant)).await?,

@@ -81,13 +81,37 @@ pub(crate) async fn server(
         if let Some(id) = d.owner {
             findings.extend(marked_database(world, name, d, id));
         }
+        if let Some(spare) = d.spare {
+            findings.extend(leftover_spare(world, name, d, spare, DriftKind::OrphanDatabase));
+        }
     }
     for r in &scan.roles {
         if let Some(id) = r.owner {
             findings.extend(marked_role(world, name, r, id));
         }
+        if let Some(spare) = r.spare {
+            findings.extend(leftover_spare(world, name, r, spare, DriftKind::OrphanRole));
+        }
     }
     (findings, checked)
+}
+
+/// A warm spare's database or role (`tenantd:spare:<id>`) the catalog has no spare row for:
+/// a leftover (the row is written before any DDL and deleted only after the take or the
+/// drop). It holds no tenant's data, but is left to the operator: a take that finished
+/// between the scan and the catalog read would look the same for a moment.
+fn leftover_spare(world: &World, server: &str, m: &Marked, spare: Uuid, kind: DriftKind) -> Option<Finding> {
+    if world.has_spare(server, spare) {
+        return None;
+    }
+    Some(finding(
+        kind,
+        server,
+        &m.name,
+        format!("{} carries the marker of warm spare {spare}, which tenantd.spares does not list", m.name),
+        "none: a spare's leftover (no tenant's data); drop it by hand if it is still there on the next run",
+        Action::None,
+    ))
 }
 
 /// The checks of a READY or SUSPENDED tenant on its own server.

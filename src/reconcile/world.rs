@@ -56,6 +56,8 @@ pub(crate) struct World {
     kept: Vec<KeptDatabase>,
     move_targets: HashMap<Uuid, String>,
     known_versions: BTreeSet<i32>,
+    /// (server, id) of every warm spare the catalog has a row for, in any state.
+    spares: BTreeSet<(String, Uuid)>,
 }
 
 impl World {
@@ -85,7 +87,21 @@ impl World {
             kept: core.catalog.kept_databases().await?,
             move_targets: core.catalog.move_targets().await?.into_iter().collect(),
             known_versions: core.migrations.known().iter().map(|m| m.version).collect(),
+            spares: {
+                let mut spares = BTreeSet::new();
+                for scan in scans {
+                    for s in core.catalog.spares_of(&scan.server.name).await? {
+                        spares.insert((s.server, s.id));
+                    }
+                }
+                spares
+            },
         })
+    }
+
+    /// Whether the catalog has a row for warm spare `id` on `server`.
+    pub(crate) fn has_spare(&self, server: &str, id: Uuid) -> bool {
+        self.spares.contains(&(server.to_owned(), id))
     }
 
     /// The owner of an object whose marker names `id`, as the catalog says now.

@@ -11,6 +11,7 @@
 //! - [`webhooks`]: delivers the webhook outbox.
 //! - [`moves`]: resumes abandoned moves, drops kept source databases.
 //! - [`reconcile`]: compares the catalog with every server every `reconcile.interval`.
+//! - [`spares`]: keeps warm spares per server (`spares.per_server`).
 
 pub mod backups;
 pub mod health;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod moves;
 pub mod quotas;
 pub mod reconcile;
+pub mod spares;
 pub mod upgrade;
 pub mod watcher;
 pub mod webhooks;

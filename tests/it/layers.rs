@@ -29,6 +29,7 @@ const LAYERS: &[(usize, &[&str])] = &[
             "webhooks",
             "moves",
             "reconcile",
+            "spares",
         ],
     ),
     (5, &["core", "target", "leases", "markers"]),

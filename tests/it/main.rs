@@ -22,6 +22,7 @@ mod provisioning;
 mod reconcile;
 mod servers;
 mod signed_requests;
+mod spares;
 mod sqlhttp;
 mod startup;
 mod tls;
