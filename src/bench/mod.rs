@@ -128,21 +128,26 @@ impl Scratch {
     /// only those carrying the tenant's marker — then the scratch catalog itself.
     async fn remove(self) -> Result<(), BenchError> {
         let catalog = Catalog::new(&self.catalog_url, 2).map_err(err)?;
-        let mut tenants = Vec::new();
-        let mut after = None;
-        loop {
-            let filter = crate::catalog::tenants::TenantFilter { after, limit: 1000, ..Default::default() };
-            let page = catalog.tenants(&filter).await.map_err(err)?;
-            after = page.last().map(|t| t.slug.clone());
-            let done = page.len() < 1000;
-            tenants.extend(page);
-            if done {
-                break;
-            }
-        }
+        let tenants = catalog.all_tenants(None, None).await.map_err(err)?;
         drop(catalog);
         let client = self.admin.connect(None).await.map_err(err)?;
         for t in &tenants {
+            let role = match &t.role_name {
+                Some(role) => Some(PgIdent::from_catalog(role).map_err(err)?),
+                None => None,
+            };
+            let role_ours = match &role {
+                Some(role) => crate::markers::role(&client, t.id, role).await.map_err(pg)?.ownership.is_ours(),
+                None => false,
+            };
+            if let (Some(role), true) = (&role, role_ours) {
+                // Sessions of the tenant role may still be closing (the daemon just stopped):
+                // DROP DATABASE ... WITH (FORCE) ends them only for a member of the role.
+                client
+                    .batch_execute(&tenant_sql::grant_membership(role, &self.admin.user))
+                    .await
+                    .map_err(pg)?;
+            }
             let staging = PgIdent::staging(t.id);
             let mut names = vec![staging];
             if let Some(name) = &t.database_name {
@@ -156,11 +161,8 @@ impl Scratch {
                     client.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg)?;
                 }
             }
-            if let Some(role) = &t.role_name {
-                let role = PgIdent::from_catalog(role).map_err(err)?;
-                if crate::markers::role(&client, t.id, &role).await.map_err(pg)?.ownership.is_ours() {
-                    client.batch_execute(&tenant_sql::drop_role(&role)).await.map_err(pg)?;
-                }
+            if let (Some(role), true) = (&role, role_ours) {
+                client.batch_execute(&tenant_sql::drop_role(role)).await.map_err(pg)?;
             }
         }
         let scratch = PgIdent::from_catalog(&self.database).map_err(err)?;
