@@ -137,7 +137,9 @@ impl Scratch {
                 None => None,
             };
             let role_ours = match &role {
-                Some(role) => crate::markers::role(&client, t.id, role).await.map_err(pg)?.ownership.is_ours(),
+                Some(role) => {
+                    crate::markers::role(&client, t.id, role).await.map_err(pg)?.ownership.is_ours()
+                }
                 None => false,
             };
             if let (Some(role), true) = (&role, role_ours) {
