@@ -142,14 +142,6 @@ impl Scratch {
                 }
                 None => false,
             };
-            if let (Some(role), true) = (&role, role_ours) {
-                // Sessions of the tenant role may still be closing (the daemon just stopped):
-                // DROP DATABASE ... WITH (FORCE) ends them only for a member of the role.
-                client
-                    .batch_execute(&tenant_sql::grant_membership(role, &self.admin.user))
-                    .await
-                    .map_err(pg)?;
-            }
             let staging = PgIdent::staging(t.id);
             let mut names = vec![staging];
             if let Some(name) = &t.database_name {
@@ -160,7 +152,7 @@ impl Scratch {
                 .map_err(pg)?;
             for (name, ownership) in found {
                 if ownership.is_ours() {
-                    client.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg)?;
+                    drop_database(&client, &name).await?;
                 }
             }
             if let (Some(role), true) = (&role, role_ours) {
@@ -168,8 +160,27 @@ impl Scratch {
             }
         }
         let scratch = PgIdent::from_catalog(&self.database).map_err(err)?;
-        client.batch_execute(&tenant_sql::drop_database(&scratch)).await.map_err(pg)?;
-        Ok(())
+        drop_database(&client, &scratch).await
+    }
+}
+
+/// `DROP DATABASE ... WITH (FORCE)`, tried again for a few seconds while it fails for want of
+/// the right to end a session: an autovacuum worker in a database just written to counts as
+/// a session no non-superuser may end (PostgreSQL 15), and it leaves within moments.
+async fn drop_database(client: &Client, name: &PgIdent) -> Result<(), BenchError> {
+    let mut tries = 0;
+    loop {
+        match client.batch_execute(&tenant_sql::drop_database(name)).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if tries < 20
+                    && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(pg(e)),
+        }
     }
 }
 
@@ -198,10 +209,7 @@ async fn floor_one(
 }
 
 async fn drop_floor(maintenance: &Client, name: &str) -> Result<(), BenchError> {
-    maintenance
-        .batch_execute(&tenant_sql::drop_database(&PgIdent::from_catalog(name).map_err(err)?))
-        .await
-        .map_err(pg)
+    drop_database(maintenance, &PgIdent::from_catalog(name).map_err(err)?).await
 }
 
 /// The floor run `concurrency`-wide over `n` databases; returns databases per second.

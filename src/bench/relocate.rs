@@ -173,7 +173,7 @@ async fn remove_tenant(catalog: &Catalog, target: &AdminTarget) -> Result<(), Be
         crate::markers::databases(&client, t.id, &names.iter().collect::<Vec<_>>()).await.map_err(pg)?
     {
         if ownership.is_ours() {
-            client.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg)?;
+            super::drop_database(&client, &name).await?;
         }
     }
     if let Some(role) = &t.role_name {
