@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use tokio_postgres::Client;
 
-use super::{BenchError, Scratch, err, parse_url, pg, pick_server, ready_times, stats};
+use super::{BenchError, Scratch, err, parse_url, pg, pick_server, stats};
 use crate::catalog::Catalog;
 use crate::catalog::plans::{HotStatement, hot_statements};
 use crate::core::Core;
@@ -205,9 +205,7 @@ async fn phase(
     let slugs: Vec<String> = (0..NEW_TENANTS).map(|i| format!("ttr-{tag}-{i:02}")).collect();
     let mut ready = Vec::with_capacity(NEW_TENANTS);
     for slug in &slugs {
-        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
-        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
-        ready.extend(ready_times(&app.catalog, std::slice::from_ref(slug), Duration::from_secs(120)).await?);
+        ready.extend(super::create_ready(app, std::slice::from_ref(slug), Duration::from_secs(120)).await?);
     }
     let steps = super::provision::step_breakdown(&app.catalog, &slugs).await?;
     let place = steps.iter().find(|(kind, _)| kind == "step.placed").map_or(f64::NAN, |(_, ms)| *ms);

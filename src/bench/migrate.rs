@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{BenchError, Scratch, err, pg, pick_server, ready_times};
+use super::{BenchError, Scratch, err, pg, pick_server};
 use crate::core::Core;
 use crate::startup::Daemon;
 
@@ -93,11 +93,7 @@ async fn measure_migrate(
     crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
     println!("provisioning {n} tenants first...");
     let slugs: Vec<String> = (0..n).map(|i| format!("mig-{i:04}")).collect();
-    for slug in &slugs {
-        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
-        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
-    }
-    ready_times(&app.catalog, &slugs, Duration::from_secs(3600)).await?;
+    super::create_ready(app, &slugs, Duration::from_secs(3600)).await?;
     // Where each tenant database is and how to log in as its role, resolved before timing.
     let mut targets = Vec::with_capacity(n);
     for slug in &slugs {

@@ -236,6 +236,20 @@ async fn floor_parallel(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Asks for `slugs` as new tenants (all at once) and returns their time-to-READY (ms) once
+/// every one is READY.
+async fn create_ready(
+    app: &crate::app::App,
+    slugs: &[String],
+    timeout: Duration,
+) -> Result<Vec<f64>, BenchError> {
+    for slug in slugs {
+        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
+        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
+    }
+    ready_times(&app.catalog, slugs, timeout).await
+}
+
 /// Time-to-READY of `slugs` (ms) read from the scratch catalog once all are READY.
 async fn ready_times(catalog: &Catalog, slugs: &[String], timeout: Duration) -> Result<Vec<f64>, BenchError> {
     let deadline = Instant::now() + timeout;

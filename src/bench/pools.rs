@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BenchError, Scratch, err, pick_server, ready_times};
+use super::{BenchError, Scratch, err, pick_server};
 use crate::core::Core;
 use crate::startup::Daemon;
 
@@ -75,11 +75,7 @@ async fn measure_pools(daemon: &Daemon, n: usize) -> Result<PoolFigures, BenchEr
     let app = daemon.app();
     crate::servers::check_all(&app.catalog, &app.keyring).await.map_err(err)?;
     let slugs: Vec<String> = (0..REAL_TENANTS).map(|i| format!("pools-{i}")).collect();
-    for slug in &slugs {
-        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
-        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
-    }
-    ready_times(&app.catalog, &slugs, Duration::from_secs(300)).await?;
+    super::create_ready(app, &slugs, Duration::from_secs(300)).await?;
     let mut real = Vec::with_capacity(REAL_TENANTS);
     for slug in &slugs {
         real.push(app.catalog.tenant(slug).await.map_err(err)?);

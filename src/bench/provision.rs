@@ -138,10 +138,7 @@ async fn measure(
     let floor_rate = floor_parallel(admin, tag, n, concurrency).await?;
     let started = Instant::now();
     let slugs: Vec<String> = (0..n).map(|i| format!("par-{i:04}")).collect();
-    for slug in &slugs {
-        crate::tenants::create(&app.catalog, &app.settings, &create(slug.clone())).await.map_err(err)?;
-    }
-    let batch = ready_times(&app.catalog, &slugs, Duration::from_secs(600)).await?;
+    let batch = super::create_ready(app, &slugs, Duration::from_secs(600)).await?;
     let batch_rate = n as f64 / started.elapsed().as_secs_f64();
     Ok(Figures { steps, floor, sequential, floor_rate, batch, batch_rate })
 }
