@@ -317,12 +317,27 @@ async fn compare_and_repair(core: &Core, owner: &str, options: Options) -> Resul
     })
 }
 
+/// Findings logged one line each; beyond them, one line with the counts (a catalog that
+/// drifted wholesale must not flood the log: the stored report has every finding).
+const LOGGED_FINDINGS: usize = 50;
+
 /// One `reconcile.drift` event per finding with a tenant row (an orphan of a deleted tenant
-/// included), one log line per finding; a failed write is logged and counted, never fatal
-/// (the report itself is stored next).
+/// included), one log line per finding up to [`LOGGED_FINDINGS`]; a failed write is logged and
+/// counted, never fatal (the report itself is stored next).
 async fn record(core: &Core, actor: &str, report: &Report) {
-    for f in &report.findings {
-        tracing::warn!(kind = %f.kind, tenant = ?f.tenant, server = %f.server, object = %f.object, outcome = %f.outcome, "drift: {}", f.problem);
+    if report.findings.len() > LOGGED_FINDINGS {
+        tracing::warn!(
+            findings = report.findings.len(),
+            counts = ?report.counts,
+            "drift: {} findings, the first {LOGGED_FINDINGS} logged below; every one is in the report \
+             (tenantd reconcile --json, GET /v1/reconcile)",
+            report.findings.len()
+        );
+    }
+    for (i, f) in report.findings.iter().enumerate() {
+        if i < LOGGED_FINDINGS {
+            tracing::warn!(kind = %f.kind, tenant = ?f.tenant, server = %f.server, object = %f.object, outcome = %f.outcome, "drift: {}", f.problem);
+        }
         let Some(tenant) = f.tenant_id else { continue };
         let detail = json!({
             "kind": f.kind, "server": f.server, "object": f.object, "problem": f.problem,
