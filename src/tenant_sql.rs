@@ -233,6 +233,29 @@ pub fn drop_database(database: &PgIdent) -> String {
     format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database.as_str()))
 }
 
+/// Runs [`drop_database`], tried again for up to five seconds while it fails for want of the
+/// right to end a session: an autovacuum worker in a database just written to is a session no
+/// non-superuser may end (PostgreSQL 15), and it leaves within moments. Any other error, or
+/// this one lasting, is returned.
+pub async fn drop_database_now(
+    admin: &tokio_postgres::Client,
+    database: &PgIdent,
+) -> Result<(), tokio_postgres::Error> {
+    let mut tries = 0;
+    loop {
+        match admin.batch_execute(&drop_database(database)).await {
+            Err(e)
+                if tries < 20
+                    && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Makes the admin a member of a tenant role: needed to end the role's sessions
 /// (`pg_terminate_backend`, `DROP DATABASE ... WITH (FORCE)`) and to dump or restore as it.
 /// A CREATEROLE admin may grant this for roles it created.

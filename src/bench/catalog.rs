@@ -82,9 +82,6 @@ async fn measure(
     let started = Instant::now();
     fill(&direct, server, tenants, &app.settings).await?;
     println!("added {tenants} tenants in {:.1} s", started.elapsed().as_secs_f64());
-    let waited = Instant::now();
-    quiet().await?;
-    println!("waited {:.1} s for this process to fall idle", waited.elapsed().as_secs_f64());
     let slugs: Vec<String> = direct
         .query(
             "SELECT slug FROM tenantd.tenants WHERE status <> 'DELETED' ORDER BY slug \
@@ -107,20 +104,6 @@ async fn measure(
         .get(0);
     let full = phase(daemon, &direct, "full", &[("middle page", middle), ("last page", last)]).await?;
     Ok((empty, full))
-}
-
-/// Waits (up to two minutes) until this process — the daemon and the bench — used under 5%
-/// of a core over a second.
-async fn quiet() -> Result<(), BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let before = super::cpu::CpuTimes::now()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let used = super::cpu::CpuTimes::now()?.since(&before);
-        if used.daemon + used.clients < Duration::from_millis(50) || Instant::now() > deadline {
-            return Ok(());
-        }
-    }
 }
 
 /// Adds `n` READY tenants on `server` by plain SQL, in random slug order (as creation order

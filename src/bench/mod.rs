@@ -164,24 +164,9 @@ impl Scratch {
     }
 }
 
-/// `DROP DATABASE ... WITH (FORCE)`, tried again for a few seconds while it fails for want of
-/// the right to end a session: an autovacuum worker in a database just written to counts as
-/// a session no non-superuser may end (PostgreSQL 15), and it leaves within moments.
+/// Drops a database of the bench's (see [`tenant_sql::drop_database_now`]).
 async fn drop_database(client: &Client, name: &PgIdent) -> Result<(), BenchError> {
-    let mut tries = 0;
-    loop {
-        match client.batch_execute(&tenant_sql::drop_database(name)).await {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if tries < 20
-                    && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
-            {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(pg(e)),
-        }
-    }
+    tenant_sql::drop_database_now(client, name).await.map_err(pg)
 }
 
 fn pg(e: tokio_postgres::Error) -> BenchError {

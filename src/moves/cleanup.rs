@@ -70,7 +70,7 @@ async fn tidy_source(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<Option
         _ => return Ok(None),
     };
     if job.op.drop_source {
-        admin.batch_execute(&tenant_sql::drop_database(&current)).await.map_err(pg(STEP))?;
+        tenant_sql::drop_database_now(&admin, &current).await.map_err(pg(STEP))?;
         drop_role_unless_used(&admin, job.tenant.id, &s.role).await?;
         return Ok(None);
     }
@@ -142,7 +142,7 @@ async fn undo_target(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<(), Mo
         markers::databases(&admin, job.tenant.id, &[&ends.staging, &t.database]).await.map_err(pg(STEP))?
     {
         if super::ours_on_target(&name, &ownership, &ends.staging) {
-            admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?;
+            tenant_sql::drop_database_now(&admin, &name).await.map_err(pg(STEP))?;
         }
     }
     let op = m.core.catalog.operation(job.op.id).await?;
@@ -175,7 +175,7 @@ pub async fn drop_kept_source(core: &Core, op: &Operation) -> Result<(), MoveErr
         core.admin_pools.get(&server, &admin_target).await.map_err(|e| MoveError::Server(e.to_string()))?;
     match markers::databases(&admin, tenant_id, &[&kept]).await.map_err(pg(Step::MoveSource))?.remove(0).1 {
         Ownership::Ours => {
-            admin.batch_execute(&tenant_sql::drop_database(&kept)).await.map_err(pg(Step::MoveSource))?
+            tenant_sql::drop_database_now(&admin, &kept).await.map_err(pg(Step::MoveSource))?
         }
         Ownership::Absent => {}
         Ownership::Foreign(comment) => {

@@ -110,7 +110,7 @@ async fn stage(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result<(), MoveErro
     {
         // The catalog names the source: a database of ours here is an earlier attempt's.
         if super::ours_on_target(&name, &ownership, &ends.staging) {
-            admin.batch_execute(&tenant_sql::drop_database(&name)).await.map_err(pg(STEP))?;
+            tenant_sql::drop_database_now(&admin, &name).await.map_err(pg(STEP))?;
         } else if let Ownership::Foreign(comment) = ownership {
             return Err(MoveError::Foreign(format!(
                 "database {name} on server {} is not this tenant's (comment {:?}); tenantd never touches it",

@@ -132,7 +132,7 @@ impl Provisioner<'_> {
     ) -> Result<(), StepError> {
         self.fault(&target.slug, Step::Drop, Phase::Before).await?;
         for db in &found.databases {
-            admin.batch_execute(&tenant_sql::drop_database(db)).await.map_err(pg_retry(Step::Drop))?;
+            tenant_sql::drop_database_now(admin, db).await.map_err(pg_retry(Step::Drop))?;
         }
         if found.role_is_ours {
             admin.batch_execute(&tenant_sql::drop_role(&target.role)).await.map_err(pg_retry(Step::Drop))?;

@@ -362,9 +362,14 @@ pub(crate) fn set_gauges(unrepaired: &BTreeMap<String, usize>) {
 /// shows the fleet's last run, whoever made it).
 pub async fn refresh_gauges(core: &Core) -> Result<(), CatalogError> {
     if let Some(last) = core.catalog.last_reconcile().await? {
-        let unrepaired: BTreeMap<String, usize> =
-            serde_json::from_value(last.report["unrepaired"].clone()).unwrap_or_default();
-        set_gauges(&unrepaired);
+        match serde_json::from_value::<BTreeMap<String, usize>>(last.report["unrepaired"].clone()) {
+            Ok(unrepaired) => set_gauges(&unrepaired),
+            Err(error) => {
+                // Not zero drift: the gauge keeps what it had, and the reason is said.
+                metrics::counter!("tenantd_reconcile_errors_total").increment(1);
+                tracing::warn!(%error, "the last reconcile report has no readable counts; tenantd_drift left as it was");
+            }
+        }
     }
     Ok(())
 }

@@ -137,7 +137,7 @@ async fn ownerless_drop(core: &Core, f: &Finding, id: Uuid) -> Outcome {
         if !markers::databases(&client, id, &[&name]).await?[0].1.is_ours() {
             return Ok(Err("it no longer carries the marker".into()));
         }
-        client.batch_execute(&tenant_sql::drop_database(&name)).await?;
+        tenant_sql::drop_database_now(&client, &name).await?;
     }
     Ok(Ok(()))
 }
@@ -243,7 +243,7 @@ async fn held(core: &Core, world: &World, f: &Finding, t: &TenantRecord, owner: 
             if !markers::databases(&client, t.id, &[&name]).await?[0].1.is_ours() {
                 return Ok(Err("it no longer carries the tenant's marker".into()));
             }
-            client.batch_execute(&tenant_sql::drop_database(&name)).await?;
+            tenant_sql::drop_database_now(&client, &name).await?;
             Ok(Ok(()))
         }
         Action::DropOrphanRole => {

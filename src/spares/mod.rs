@@ -365,8 +365,7 @@ impl Admin {
             }
         }
         if db_owner != Ownership::Absent {
-            self.client
-                .batch_execute(&tenant_sql::drop_database(&db))
+            tenant_sql::drop_database_now(&self.client, &db)
                 .await
                 .map_err(self.failed("drop a spare's database"))?;
         }
