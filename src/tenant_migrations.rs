@@ -128,9 +128,35 @@ impl MigrationSet {
     /// against this set, apply what is pending and record it — runs in that one transaction
     /// (see [`Session`]): all or nothing, in four round trips and one commit.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
-        let mut session = Session { client, migrating: true, open: false, recorded: 0 };
+        match self.run(client, false).await? {
+            Upgrade::Done { to, applied, .. } => Ok((to, applied)),
+            Upgrade::Ahead(version) => Ok((version, Vec::new())),
+        }
+    }
+
+    /// Upgrades a READY tenant's database: as [`MigrationSet::apply`], but a database whose
+    /// history is newer than this set is left untouched ([`Upgrade::Ahead`]) — checked
+    /// inside the same transaction, under the same lock, before anything is applied.
+    pub async fn upgrade(&self, client: &mut Client) -> Result<Upgrade, MigrationError> {
+        self.run(client, true).await
+    }
+
+    async fn run(&self, client: &mut Client, refuse_ahead: bool) -> Result<Upgrade, MigrationError> {
+        let ceiling = refuse_ahead.then(|| self.latest_version());
+        let mut session = Session {
+            client,
+            migrating: true,
+            open: false,
+            deferred: String::new(),
+            recorded: 0,
+            ceiling,
+            ahead: false,
+        };
         let report = self.runner().run_async(&mut session).await;
         let ended = session.end(report.is_ok()).await;
+        if session.ahead {
+            return Ok(Upgrade::Ahead(session.recorded));
+        }
         let report = report?;
         ended?;
         let applied: Vec<Known> = report
@@ -138,14 +164,38 @@ impl MigrationSet {
             .iter()
             .map(|m| Known { version: m.version(), name: m.name().to_owned() })
             .collect();
-        let version = applied.iter().map(|m| m.version).fold(session.recorded, i32::max);
-        Ok((version, applied))
+        let to = applied.iter().map(|m| m.version).fold(session.recorded, i32::max);
+        Ok(Upgrade::Done { from: session.recorded, to, applied })
     }
+}
+
+/// What [`MigrationSet::upgrade`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The database is now at `to` (was at `from`); `applied` is empty when it was current.
+    Done {
+        /// Version recorded before.
+        from: i32,
+        /// Version now.
+        to: i32,
+        /// Migrations applied now.
+        applied: Vec<Known>,
+    },
+    /// The database's history is newer than this set: nothing was done.
+    Ahead(i32),
 }
 
 /// The newest version recorded in a tenant database (0 when none).
 pub async fn current_version(client: &mut Client) -> Result<i32, MigrationError> {
-    let mut session = Session { client, migrating: false, open: false, recorded: 0 };
+    let mut session = Session {
+        client,
+        migrating: false,
+        open: false,
+        deferred: String::new(),
+        recorded: 0,
+        ceiling: None,
+        ahead: false,
+    };
     Ok(MigrationSet::embedded()
         .runner()
         .get_last_applied_migration_async(&mut session)
@@ -162,14 +212,22 @@ pub enum SessionError {
     /// A history row that this build cannot read (the tenant role owns the table).
     #[error("table {HISTORY_TABLE} holds a row that is not a migration record: {0}")]
     History(String),
+    /// Applying the migrations, or committing them, failed (nothing was committed).
+    #[error("error applying migrations: {}", crate::pg::describe(.0))]
+    Applying(tokio_postgres::Error),
+    /// The history is newer than the migrations of this build (nothing is applied).
+    #[error("the database is at version {0}, newer than this build")]
+    Ahead(i32),
 }
 
 /// refinery's view of a tenant connection, in fewer round trips than its own driver (which
 /// sends each statement, `BEGIN` and `COMMIT` on its own):
-/// - **migrating**: the first statement refinery sends opens one transaction that takes the
-///   tenant's advisory lock (`pg_advisory_xact_lock`: two runs never interleave) and holds
-///   everything refinery does after; [`Session::end`] commits it, or rolls it back. Each call
-///   of refinery's is one simple-query message.
+/// - **migrating**: one transaction that takes the tenant's advisory lock
+///   (`pg_advisory_xact_lock`: two runs never interleave) holds everything refinery does;
+///   what refinery executes is sent with the next message of that transaction. So a run is
+///   three messages: `BEGIN`, the lock, the history table's `CREATE TABLE IF NOT EXISTS` and
+///   the history query; the pending migrations with their history rows; `COMMIT` on its own
+///   ([`Session::end`], which rolls back instead when anything failed).
 /// - **reading**: each query is one message in autocommit.
 ///
 /// History rows are parsed without trusting them: the tenant role owns the history table and
@@ -179,8 +237,15 @@ struct Session<'c> {
     migrating: bool,
     /// A transaction is open (migrating).
     open: bool,
+    /// Statements refinery asked to execute, not sent yet (migrating): they go with the next
+    /// message, which is in the same transaction — the history query, or the `COMMIT`.
+    deferred: String,
     /// Newest version read from the history.
     recorded: i32,
+    /// Stop when the history holds a version above this (a newer build ran).
+    ceiling: Option<i32>,
+    /// Stopped for that reason.
+    ahead: bool,
 }
 
 impl Session<'_> {
@@ -200,8 +265,21 @@ impl Session<'_> {
         if !std::mem::take(&mut self.open) {
             return Ok(());
         }
+        let deferred = std::mem::take(&mut self.deferred);
         if ok {
-            return Ok(self.client.batch_execute("COMMIT").await?);
+            // The migrations, then `COMMIT` on its own: a process that stops or loses the
+            // tenant's lease while they run never sends it, and they roll back.
+            let applied = match deferred.is_empty() {
+                true => Ok(()),
+                false => self.client.batch_execute(&deferred).await.map_err(SessionError::Applying),
+            };
+            if applied.is_ok() {
+                return Ok(self.client.batch_execute("COMMIT").await?);
+            }
+            if let Err(rollback) = self.client.batch_execute("ROLLBACK").await {
+                tracing::debug!(error = %crate::pg::describe(&rollback), "ROLLBACK after a failed migration run failed");
+            }
+            return applied;
         }
         // The run failed already: that error is the one to report; the connection is dropped.
         if let Err(e) = self.client.batch_execute("ROLLBACK").await {
@@ -229,6 +307,10 @@ impl AsyncTransaction for Session<'_> {
         if sql.is_empty() {
             return Ok(0);
         }
+        if self.migrating {
+            self.deferred.push_str(&sql);
+            return Ok(count);
+        }
         // Reading: the statements of one message are one implicit transaction, as refinery's
         // driver makes one per call.
         self.client.batch_execute(&sql).await?;
@@ -238,17 +320,22 @@ impl AsyncTransaction for Session<'_> {
 
 impl AsyncQuery<Vec<Migration>> for Session<'_> {
     async fn query(&mut self, query: &str) -> Result<Vec<Migration>, SessionError> {
-        let sql = self.opening() + query;
-        let mut rows = Vec::new();
+        let sql = self.opening() + &std::mem::take(&mut self.deferred) + query;
+        let mut last = Vec::new();
         for message in self.client.simple_query(&sql).await? {
             match message {
                 // Only the last statement's rows (the lock answers a row too).
-                SimpleQueryMessage::RowDescription(_) => rows.clear(),
-                SimpleQueryMessage::Row(row) => rows.push(history_row(&row)?),
+                SimpleQueryMessage::RowDescription(_) => last.clear(),
+                SimpleQueryMessage::Row(row) => last.push(row),
                 _ => {}
             }
         }
+        let rows = last.iter().map(history_row).collect::<Result<Vec<_>, _>>()?;
         self.recorded = rows.iter().map(Migration::version).fold(self.recorded, i32::max);
+        if self.ceiling.is_some_and(|c| self.recorded > c) {
+            self.ahead = true;
+            return Err(SessionError::Ahead(self.recorded));
+        }
         Ok(rows)
     }
 }

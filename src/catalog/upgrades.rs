@@ -146,6 +146,38 @@ pub struct ResultRecord {
     pub at: DateTime<Utc>,
 }
 
+/// One tenant's result in a run, as written to `tenantd.migration_results`.
+#[derive(Debug, Clone, Copy)]
+pub struct RunResult<'a> {
+    /// The run.
+    pub run: Uuid,
+    /// The tenant.
+    pub slug: &'a str,
+    /// What became of it.
+    pub kind: ResultKind,
+    /// Version before.
+    pub from: Option<i32>,
+    /// Version after.
+    pub to: Option<i32>,
+    /// Error or reason.
+    pub detail: Option<&'a str>,
+}
+
+/// The upsert of a result row as a CTE named `result`, its six values at the given
+/// parameter positions (run, slug, outcome, from, to, detail). A later attempt in the same
+/// run (a resumed tenant) replaces the row.
+macro_rules! result_upsert {
+    ($run:literal, $slug:literal, $outcome:literal, $from:literal, $to:literal, $detail:literal) => {
+        concat!(
+            "result AS (INSERT INTO tenantd.migration_results (run_id, slug, outcome, from_version, to_version, detail) \
+             VALUES (", $run, ", ", $slug, ", ", $outcome, ", ", $from, ", ", $to, ", ", $detail, ") \
+             ON CONFLICT (run_id, slug) DO UPDATE SET outcome = EXCLUDED.outcome, \
+             from_version = EXCLUDED.from_version, to_version = EXCLUDED.to_version, detail = EXCLUDED.detail, \
+             at = EXCLUDED.at)"
+        )
+    };
+}
+
 impl Catalog {
     /// Claims a READY tenant for an upgrade (the same lease as provisioning uses). `None`
     /// when it is not READY or another process holds it.
@@ -159,7 +191,14 @@ impl Catalog {
     }
 
     /// Records an upgraded (or verified current) tenant: version, cleared error, event, lease
-    /// released — one statement.
+    /// released, and its result in the run — one statement, one commit. The result row is
+    /// written even when the lease was lost (then [`CatalogError::LeaseLost`] is returned).
+    ///
+    /// Committed without waiting for the WAL flush: the run's next synchronous commit (the
+    /// next chunk's claim, the run's end) flushes it. Only a crash of the catalog's server in
+    /// that window could lose it (never a crash of the daemon: the commit is PostgreSQL's),
+    /// and what it records is derived again from the tenant database itself: its history
+    /// holds the migration, so the next run finds the tenant current and records it.
     pub async fn finish_upgrade(
         &self,
         id: Uuid,
@@ -167,31 +206,38 @@ impl Catalog {
         version: i32,
         kind: EventKind,
         detail: &serde_json::Value,
+        result: &RunResult<'_>,
     ) -> Result<(), CatalogError> {
         self.leased_write(
-            concat!("WITH done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
-               lease_owner = NULL, lease_until = NULL WHERE ", held!(), " RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done"),
-            &[&id, &owner, &version, &kind.as_str(), detail],
+            concat!("WITH quick AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)), \
+               done AS (UPDATE tenantd.tenants SET schema_version = $3, last_error = NULL, \
+               lease_owner = NULL, lease_until = NULL WHERE ", held!(), " RETURNING id), ",
+               result_upsert!("$6", "$7", "$8", "$9", "$10", "$11"),
+             " INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $4, $5, $2 FROM done, quick"),
+            &[&id, &owner, &version, &kind.as_str(), detail, &result.run, &result.slug, &result.kind.as_str(),
+              &result.from, &result.to, &result.detail],
         )
         .await
     }
 
     /// Records a failed upgrade: the tenant stays READY at its old version with the reason in
-    /// `last_error` and an event; lease released.
+    /// `last_error` and an event; lease released; its result in the run — one statement.
     pub async fn fail_upgrade(
         &self,
         id: Uuid,
         owner: &str,
         error: &str,
         detail: &serde_json::Value,
+        result: &RunResult<'_>,
     ) -> Result<(), CatalogError> {
         self.leased_write(
             concat!("WITH failed AS (UPDATE tenantd.tenants SET last_error = $3, lease_owner = NULL, lease_until = NULL \
-               WHERE ", held!(), " RETURNING id) \
-             INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
+               WHERE ", held!(), " RETURNING id), ",
+               result_upsert!("$6", "$7", "$8", "$9", "$10", "$11"),
+             " INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
              SELECT id, $5, $4, $2 FROM failed"),
-            &[&id, &owner, &error, detail, &EventKind::UpgradeFailed.as_str()],
+            &[&id, &owner, &error, detail, &EventKind::UpgradeFailed.as_str(), &result.run, &result.slug,
+              &result.kind.as_str(), &result.from, &result.to, &result.detail],
         )
         .await
     }
@@ -213,22 +259,12 @@ impl Catalog {
         Ok(row.get(0))
     }
 
-    /// Records one tenant's result in a run.
-    pub async fn insert_result(
-        &self,
-        run: Uuid,
-        slug: &str,
-        outcome: ResultKind,
-        from: Option<i32>,
-        to: Option<i32>,
-        detail: Option<&str>,
-    ) -> Result<(), CatalogError> {
+    /// Records one tenant's result in a run (one not attempted, or attempted without its
+    /// lease; the others go with [`Catalog::finish_upgrade`] and [`Catalog::fail_upgrade`]).
+    pub async fn insert_result(&self, result: &RunResult<'_>) -> Result<(), CatalogError> {
         self.execute(
-            "INSERT INTO tenantd.migration_results (run_id, slug, outcome, from_version, to_version, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, slug) DO UPDATE SET outcome = EXCLUDED.outcome, \
-             from_version = EXCLUDED.from_version, to_version = EXCLUDED.to_version, detail = EXCLUDED.detail, \
-             at = EXCLUDED.at",
-            &[&run, &slug, &outcome.as_str(), &from, &to, &detail],
+            concat!("WITH ", result_upsert!("$1", "$2", "$3", "$4", "$5", "$6"), " SELECT 1"),
+            &[&result.run, &result.slug, &result.kind.as_str(), &result.from, &result.to, &result.detail],
         )
         .await?;
         Ok(())
@@ -309,17 +345,32 @@ impl Catalog {
         Ok((record, results))
     }
 
-    /// READY tenants, optionally on one server, by slug (the `--all` selection).
-    pub async fn ready_slugs(&self, server: Option<&str>) -> Result<Vec<String>, CatalogError> {
-        Ok(self
-            .query(
-                "SELECT slug FROM tenantd.tenants WHERE status = 'READY' AND ($1::text IS NULL OR server = $1) ORDER BY slug",
-                &[&server],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+    /// READY tenants (slug and schema version), by slug: every one (`slugs` of `None`, the
+    /// `--all` selection) or those named; optionally only on one server. One query.
+    pub async fn upgrade_candidates(
+        &self,
+        slugs: Option<&[String]>,
+        server: Option<&str>,
+    ) -> Result<Vec<(String, i32)>, CatalogError> {
+        let rows = match slugs {
+            None => {
+                self.query(
+                    "SELECT slug, schema_version FROM tenantd.tenants WHERE status = 'READY' \
+                     AND ($1::text IS NULL OR server = $1) ORDER BY slug",
+                    &[&server],
+                )
+                .await?
+            }
+            Some(slugs) => {
+                self.query(
+                    "SELECT slug, schema_version FROM tenantd.tenants WHERE slug = ANY($1) AND status = 'READY' \
+                     AND ($2::text IS NULL OR server = $2) ORDER BY slug",
+                    &[&slugs, &server],
+                )
+                .await?
+            }
+        };
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

@@ -133,28 +133,27 @@ pub async fn plan(
     selection: &Selection,
 ) -> Result<Plan, CatalogError> {
     let target = migrations.latest_version();
-    let slugs = if selection.all {
-        catalog.ready_slugs(selection.server.as_deref()).await?
-    } else {
-        selection.slugs.clone()
+    let named = (!selection.all).then_some(selection.slugs.as_slice());
+    let found = catalog.upgrade_candidates(named, selection.server.as_deref()).await?;
+    let planned = |(slug, version): (String, i32)| Planned {
+        pending: migrations.pending_after(version),
+        ahead: version > target,
+        from_version: version,
+        slug,
     };
+    let Some(named) = named else {
+        let tenants = found.into_iter().map(planned).collect();
+        return Ok(Plan { target_version: target, tenants, not_found: Vec::new() });
+    };
+    // In the order asked, each once.
+    let mut found: std::collections::HashMap<String, i32> = found.into_iter().collect();
+    let mut seen = std::collections::HashSet::new();
     let mut tenants = Vec::new();
     let mut not_found = Vec::new();
-    for slug in slugs {
-        match catalog.tenant(&slug).await {
-            Ok(t)
-                if t.status == crate::catalog::tenants::TenantStatus::Ready
-                    && selection.server.as_deref().is_none_or(|s| t.server.as_deref() == Some(s)) =>
-            {
-                tenants.push(Planned {
-                    pending: migrations.pending_after(t.schema_version),
-                    ahead: t.schema_version > target,
-                    from_version: t.schema_version,
-                    slug,
-                })
-            }
-            Ok(_) | Err(CatalogError::NotFound(_)) => not_found.push(slug),
-            Err(e) => return Err(e),
+    for slug in named.iter().filter(|s| seen.insert(s.as_str())) {
+        match found.remove(slug) {
+            Some(version) => tenants.push(planned((slug.clone(), version))),
+            None => not_found.push(slug.clone()),
         }
     }
     Ok(Plan { target_version: target, tenants, not_found })
@@ -200,6 +199,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The version after and the detail, as stored in `migration_results`.
+    pub(crate) fn result_fields(&self) -> (Option<i32>, Option<String>) {
+        match self {
+            Outcome::Upgraded { to, .. } => (Some(*to), None),
+            Outcome::Current { version } => (Some(*version), None),
+            Outcome::Ahead { version } => (Some(*version), Some("newer than this build".to_owned())),
+            Outcome::Failed { error, .. } => (None, Some(error.clone())),
+            Outcome::Skipped { reason } => (None, Some(reason.clone())),
+            Outcome::NotStarted => (None, None),
+        }
+    }
+
     /// The outcome's kind as stored in `migration_results`.
     pub fn kind(&self) -> ResultKind {
         match self {

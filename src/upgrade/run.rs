@@ -1,15 +1,18 @@
 //! Executing an upgrade run: plan, record, then `concurrency` tenants at a time, with a
 //! heartbeat, canary and failure limits.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::tenant::Claimed;
 use super::{Options, Outcome, Plan, Planned, Progress, Selection, Summary, plan};
 use crate::catalog::CatalogError;
-use crate::catalog::upgrades::{ResultKind, RunStatus};
+use crate::catalog::servers::ServerRecord;
+use crate::catalog::upgrades::{ResultKind, RunResult, RunStatus};
 use crate::core::Core;
 use crate::tenant_migrations::MigrationSet;
 
@@ -66,20 +69,30 @@ impl Upgrader<'_> {
         let total = plan.behind().count() as i32;
         let run = self.core.catalog.insert_run(self.actor, &params, plan.target_version, total).await?;
         for slug in &plan.not_found {
-            self.core
-                .catalog
-                .insert_result(run, slug, ResultKind::NotFound, None, None, Some("no such READY tenant"))
-                .await?;
+            let result = RunResult {
+                run,
+                slug,
+                kind: ResultKind::NotFound,
+                from: None,
+                to: None,
+                detail: Some("no such READY tenant"),
+            };
+            self.core.catalog.insert_result(&result).await?;
         }
         for t in plan.tenants.iter().filter(|t| t.ahead) {
             let detail = format!(
                 "database at version {}, newer than this build ({})",
                 t.from_version, plan.target_version
             );
-            self.core
-                .catalog
-                .insert_result(run, &t.slug, ResultKind::Ahead, Some(t.from_version), None, Some(&detail))
-                .await?;
+            let result = RunResult {
+                run,
+                slug: &t.slug,
+                kind: ResultKind::Ahead,
+                from: Some(t.from_version),
+                to: None,
+                detail: Some(&detail),
+            };
+            self.core.catalog.insert_result(&result).await?;
         }
         tracing::info!(%run, tenants = total, target = plan.target_version, "upgrade run started");
         Ok(Started { run, plan })
@@ -125,7 +138,9 @@ impl Upgrader<'_> {
         };
         let canary = options.canary.min(work.len());
         let (first, rest) = work.split_at(canary);
-        let mut results = self.batch(run, first, options.concurrency, None, &counters, progress).await;
+        let servers = self.core.catalog.servers().await?;
+        let ctx = Ctx { run, servers: servers.into_iter().map(|s| (s.name.clone(), s)).collect() };
+        let mut results = self.batch(&ctx, first, options.concurrency, None, &counters, progress).await;
         let mut stopped = None;
         if counters.failed.load(Ordering::SeqCst) > 0 {
             stopped = Some(format!(
@@ -134,7 +149,7 @@ impl Upgrader<'_> {
             ));
         } else {
             results.extend(
-                self.batch(run, rest, options.concurrency, options.max_failures, &counters, progress).await,
+                self.batch(&ctx, rest, options.concurrency, options.max_failures, &counters, progress).await,
             );
             if let Some(max) = options.max_failures.filter(|m| counters.failed.load(Ordering::SeqCst) >= *m) {
                 stopped = Some(format!("stopped after {max} failures"));
@@ -147,10 +162,15 @@ impl Upgrader<'_> {
             .map(|t| (t.slug.clone(), Outcome::NotStarted))
             .collect();
         for (slug, _) in &not_started {
-            self.core
-                .catalog
-                .insert_result(run, slug, ResultKind::NotStarted, None, None, stopped.as_deref())
-                .await?;
+            let result = RunResult {
+                run,
+                slug,
+                kind: ResultKind::NotStarted,
+                from: None,
+                to: None,
+                detail: stopped.as_deref(),
+            };
+            self.core.catalog.insert_result(&result).await?;
         }
         results.extend(not_started);
         let status = if stopped.is_some() { RunStatus::Stopped } else { RunStatus::Finished };
@@ -167,23 +187,41 @@ impl Upgrader<'_> {
 
     async fn batch(
         &self,
-        run: Uuid,
+        ctx: &Ctx,
         tenants: &[Planned],
         concurrency: usize,
         max_failures: Option<usize>,
         counters: &Counters,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Vec<(String, Outcome)> {
+        let stopping = || max_failures.is_some_and(|max| counters.failed.load(Ordering::SeqCst) >= max);
+        // Leases are claimed a chunk at a time, by the first tenant of a chunk to come up.
+        let chunk = (2 * concurrency).clamp(4, 32);
+        let chunks: Vec<ChunkClaims> =
+            (0..tenants.len().div_ceil(chunk)).map(|_| ChunkClaims::new()).collect();
+        let chunks = &chunks;
         // Indices rather than references keep the stream's closures free of borrowed
         // arguments (which a spawned future cannot prove general enough).
         futures::stream::iter(0..tenants.len())
             .map(|i| async move {
                 let t = &tenants[i];
-                if max_failures.is_some_and(|max| counters.failed.load(Ordering::SeqCst) >= max) {
+                let cell = &chunks[i / chunk];
+                if stopping() {
+                    if let Some(claims) = cell.get() {
+                        self.release(take(&claims[i % chunk])).await;
+                    }
                     return None;
                 }
-                let outcome = self.one(t).await;
-                if let Err(e) = self.record(run, t, &outcome).await {
+                let claims = cell
+                    .get_or_init(|| async {
+                        let first = i / chunk * chunk;
+                        let claims = self.claim(&tenants[first..(first + chunk).min(tenants.len())]).await;
+                        claims.into_iter().map(|c| std::sync::Mutex::new(Some(c))).collect()
+                    })
+                    .await;
+                let claim = take(&claims[i % chunk]);
+                let (outcome, recorded) = self.one(ctx, t, claim).await;
+                if let Err(e) = recorded {
                     counters.unrecorded.fetch_add(1, Ordering::SeqCst);
                     tracing::error!(tenant = %t.slug, error = %e, "cannot record an upgrade result");
                 }
@@ -195,21 +233,23 @@ impl Upgrader<'_> {
             .collect()
             .await
     }
+}
 
-    async fn record(&self, run: Uuid, t: &Planned, outcome: &Outcome) -> Result<(), CatalogError> {
-        let (to, detail) = match outcome {
-            Outcome::Upgraded { to, .. } => (Some(*to), None),
-            Outcome::Current { version } => (Some(*version), None),
-            Outcome::Ahead { version } => (Some(*version), Some("newer than this build".to_owned())),
-            Outcome::Failed { error, .. } => (None, Some(error.clone())),
-            Outcome::Skipped { reason } => (None, Some(reason.clone())),
-            Outcome::NotStarted => (None, None),
-        };
-        self.core
-            .catalog
-            .insert_result(run, &t.slug, outcome.kind(), Some(t.from_version), to, detail.as_deref())
-            .await
-    }
+/// What every tenant of a run shares: the run id, and the servers as read when the run
+/// began (a server added since is read when a tenant on it comes up).
+pub(super) struct Ctx {
+    pub(super) run: Uuid,
+    pub(super) servers: HashMap<String, ServerRecord>,
+}
+
+/// The claims of one chunk of a run's tenants, made once by whichever comes up first; each
+/// tenant takes its own out.
+type ChunkClaims = tokio::sync::OnceCell<Vec<std::sync::Mutex<Option<Claimed>>>>;
+
+/// A tenant's claim, taken out of its chunk (each tenant comes up once).
+fn take(slot: &std::sync::Mutex<Option<Claimed>>) -> Claimed {
+    let taken = slot.lock().map(|mut c| c.take());
+    taken.ok().flatten().unwrap_or_else(|| Claimed::Failed("claim already used (a bug)".to_owned()))
 }
 
 struct Counters {

@@ -220,6 +220,22 @@ async fn a_new_migration_reaches_every_tenant_and_a_failing_one_stays_intact() {
     let doc = run(&old, json!({ "tenants": ["up-a"] })).await;
     assert_eq!(outcomes(&doc)["up-a"], "ahead", "{doc}");
     assert_eq!(version(&old, "up-a").await, i64::from(base() + 1));
+
+    // A database ahead of its catalog row (say a newer build's result was never recorded):
+    // the plan sees it behind, but the run reads the database's own history under its lock
+    // and leaves it alone, with the reason on the tenant.
+    let catalog = old.catalog().await;
+    catalog
+        .execute("UPDATE tenantd.tenants SET schema_version = $1 WHERE slug = 'up-a'", &[&(base() - 1)])
+        .await
+        .unwrap();
+    let doc = run(&old, json!({ "tenants": ["up-a"] })).await;
+    assert_eq!(outcomes(&doc)["up-a"], "ahead", "{doc}");
+    assert_eq!(history_count(&old, "up-a", base() + 1).await, 1, "the newer build's migration stays");
+    assert!(tables(&old, "up-a").await.contains(&"invoices".to_owned()));
+    let (_, tenant) = old.get("/v1/tenants/up-a").await;
+    assert!(tenant["last_error"].as_str().unwrap().contains("newer than this build"), "{tenant}");
+    assert_eq!(tenant["status"], "READY", "{tenant}");
 }
 
 #[tokio::test]

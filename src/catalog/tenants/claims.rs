@@ -57,6 +57,21 @@ pub(crate) fn next_due_sql() -> &'static str {
     })
 }
 
+/// Takes every READY tenant among the slugs `$1` that nobody holds, for `$2`, `$3` seconds;
+/// a row locked by another transaction at that moment is skipped, never waited for.
+pub(crate) fn claim_ready_many_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH free AS (SELECT id FROM tenantd.tenants WHERE slug = ANY($1) AND status = 'READY' AND {FREE} \
+               ORDER BY id FOR UPDATE SKIP LOCKED) \
+             UPDATE tenantd.tenants t SET lease_owner = $2, lease_until = now() + make_interval(secs => $3) \
+             FROM free WHERE t.id = free.id RETURNING {}",
+            COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
 /// Takes a live tenant by slug (`$1`) in one of the statuses `$4`, for `$2`, `$3` seconds.
 pub(crate) fn claim_in_status_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -82,6 +97,27 @@ impl Catalog {
         }
         let next: Option<f64> = self.query_one(next_due_sql(), &[&only]).await?.get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Claims, in one statement, every READY tenant among `slugs` that nobody holds (upgrade
+    /// runs claim a few tenants ahead of their work; see [`Catalog::release_leases`]).
+    pub async fn claim_ready_many(
+        &self,
+        slugs: &[&str],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<TenantRecord>, CatalogError> {
+        let rows = self.query(claim_ready_many_sql(), &[&slugs, &owner, &secs(lease)]).await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Gives back leases of `owner` that were claimed and not worked on.
+    pub async fn release_leases(&self, ids: &[Uuid], owner: &str) -> Result<u64, CatalogError> {
+        self.execute(
+            "UPDATE tenantd.tenants SET lease_owner = NULL, lease_until = NULL WHERE id = ANY($1) AND lease_owner = $2",
+            &[&ids, &owner],
+        )
+        .await
     }
 
     /// Claims a live tenant that is in one of `statuses` and not held by anyone.
