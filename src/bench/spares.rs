@@ -88,6 +88,23 @@ async fn filled(catalog: &Catalog, server: &str, version: i32, want: usize) -> R
     }
 }
 
+/// Waits until the server has written out what the refill just made (`CHECKPOINT`): spares
+/// are made long before the sign-ups that take them, so the burst should not pay for the
+/// write-back of hundreds of new databases. Without the privilege (`pg_checkpoint`, a
+/// superuser) it says so, and the burst runs with that write-back going on.
+async fn settle(core: &Core, server: &str) -> Result<(), BenchError> {
+    let record = core.catalog.server(server).await.map_err(err)?;
+    let admin = crate::admin::AdminTarget::from_record(&record, &core.keyring).map_err(err)?;
+    let client = admin.connect(None).await.map_err(err)?;
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        println!(
+            "note: CHECKPOINT refused ({}): the refill's writes may still be flushing during the burst",
+            crate::pg::describe(&e)
+        );
+    }
+    Ok(())
+}
+
 /// The size of one of the server's spares (`pg_database_size`).
 async fn spare_size(core: &Core, server: &str) -> Result<i64, BenchError> {
     let spares = core.catalog.spares_of(server).await.map_err(err)?;
@@ -152,7 +169,9 @@ async fn measure(
     }
     let from_spares_seq = from_spares(catalog, &slugs).await?;
     filled(catalog, server, version, burst.min(spares)).await?;
+    settle(&app.core, server).await?;
     let burst_slugs: Vec<String> = (0..burst).map(|i| format!("burst-{i:04}")).collect();
+    println!("burst: {burst} tenants asked for at once");
     let create = |slug: &String| crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
     futures::future::try_join_all(burst_slugs.iter().map(|slug| async move {
         crate::tenants::create(catalog, &app.settings, &create(slug)).await.map_err(err)
