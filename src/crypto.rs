@@ -174,7 +174,16 @@ pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
 }
 
 /// Iterations of the SCRAM verifiers tenantd writes (PostgreSQL's default).
-const SCRAM_ITERATIONS: u32 = 4096;
+/// PBKDF2 iterations of the SCRAM verifiers of tenant roles made by this build. Tenant
+/// passwords are 24 random bytes ([`random_secret`]): no iteration count makes them harder to
+/// guess (iterations slow down guessing human passwords), while each one costs time at every
+/// login (client side) and every `CREATE ROLE` / `ALTER ROLE ... PASSWORD` (PostgreSQL checks
+/// the new verifier against the empty password, the full count). Recorded per tenant
+/// (`tenants.scram_iterations`, schema V13), as the verifier is computed again from the
+/// sealed password.
+pub const TENANT_SCRAM_ITERATIONS: i32 = 256;
+/// The count of roles made before schema V13 (PostgreSQL's default).
+pub const LEGACY_SCRAM_ITERATIONS: i32 = 4096;
 
 /// The SCRAM-SHA-256 verifier tenantd stores for a tenant role's password.
 ///
@@ -184,10 +193,12 @@ const SCRAM_ITERATIONS: u32 = 4096;
 /// SCRAM pass-through, and tenantd's admin role (no superuser) cannot read `pg_authid`. A
 /// salt is public (the server sends it to anyone who starts a login); what it must be is
 /// unique per role, and tenant ids are random.
-pub fn tenant_scram_verifier(password: &SecretString, tenant: uuid::Uuid) -> String {
+pub fn tenant_scram_verifier(password: &SecretString, tenant: uuid::Uuid, iterations: i32) -> String {
     let digest =
         Sha256::new().chain_update(b"tenantd scram salt v1:").chain_update(tenant.as_bytes()).finalize();
-    scram_verifier(password.expose_secret(), &digest[..16], SCRAM_ITERATIONS)
+    let iterations =
+        u32::try_from(iterations).ok().filter(|i| *i > 0).unwrap_or(LEGACY_SCRAM_ITERATIONS as u32);
+    scram_verifier(password.expose_secret(), &digest[..16], iterations)
 }
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, as PostgreSQL
@@ -325,10 +336,17 @@ mod tests {
     fn tenant_scram_verifiers_are_stable_and_per_tenant() {
         let pw = SecretString::from("s3cret");
         let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        let v = tenant_scram_verifier(&pw, a);
-        assert_eq!(v, tenant_scram_verifier(&pw, a), "computed again from the password alone");
-        assert_ne!(v, tenant_scram_verifier(&pw, b), "another tenant, another salt");
-        assert!(v.starts_with("SCRAM-SHA-256$4096:") && !v.contains("s3cret"), "{v}");
+        let v = tenant_scram_verifier(&pw, a, TENANT_SCRAM_ITERATIONS);
+        assert_eq!(
+            v,
+            tenant_scram_verifier(&pw, a, TENANT_SCRAM_ITERATIONS),
+            "computed again from the password alone"
+        );
+        assert_ne!(v, tenant_scram_verifier(&pw, b, TENANT_SCRAM_ITERATIONS), "another tenant, another salt");
+        assert!(v.starts_with("SCRAM-SHA-256$256:") && !v.contains("s3cret"), "{v}");
+        let legacy = tenant_scram_verifier(&pw, a, LEGACY_SCRAM_ITERATIONS);
+        assert!(legacy.starts_with("SCRAM-SHA-256$4096:"), "{legacy}");
+        assert_ne!(legacy, v);
     }
 
     #[test]

@@ -245,7 +245,9 @@ impl Lifecycle<'_> {
         let result = async {
             let (admin, target, _) = self.admin_for(&t).await?;
             let password = crate::crypto::random_secret(24);
-            let verifier = crate::crypto::tenant_scram_verifier(&password, t.id);
+            // Recorded with the password: the count of this build.
+            let verifier =
+                crate::crypto::tenant_scram_verifier(&password, t.id, crate::crypto::TENANT_SCRAM_ITERATIONS);
             admin
                 .batch_execute(&tenant_sql::set_password(&target.role, &verifier))
                 .await

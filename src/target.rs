@@ -72,6 +72,8 @@ pub struct TenantTarget {
     /// Login role of the tenant.
     pub role: PgIdent,
     password: SecretString,
+    /// PBKDF2 iterations of the role's SCRAM verifier (`tenants.scram_iterations`).
+    scram_iterations: i32,
 }
 
 impl std::fmt::Debug for TenantTarget {
@@ -131,10 +133,13 @@ impl TenantTarget {
         let role = tenant.role_name.as_deref().ok_or_else(|| missing(tenant, "role_name"))?;
         let sealed =
             tenant.role_password_sealed.as_deref().ok_or_else(|| missing(tenant, "role password"))?;
-        Self::from_parts(tenant.id, &tenant.slug, server, database, role, sealed, keyring)
+        let mut target = Self::from_parts(tenant.id, &tenant.slug, server, database, role, sealed, keyring)?;
+        target.scram_iterations = tenant.scram_iterations.unwrap_or(crate::crypto::LEGACY_SCRAM_ITERATIONS);
+        Ok(target)
     }
 
-    /// Builds a target from its parts (provisioning, between placement and the row's reread).
+    /// Builds a target from its parts (provisioning, between placement and the row's reread:
+    /// a password placed by this build, whose verifier has this build's iteration count).
     pub fn from_parts(
         id: Uuid,
         slug: &str,
@@ -155,7 +160,15 @@ impl TenantTarget {
         let password = keyring
             .open(sealed_password, &tenant_aad(id))
             .map_err(|source| TargetError::Sealed { slug: slug.to_owned(), source })?;
-        Ok(TenantTarget { id, slug: slug.to_owned(), server: server.clone(), database, role, password })
+        Ok(TenantTarget {
+            id,
+            slug: slug.to_owned(),
+            server: server.clone(),
+            database,
+            role,
+            password,
+            scram_iterations: crate::crypto::TENANT_SCRAM_ITERATIONS,
+        })
     }
 
     /// The tenant role's password.
@@ -230,7 +243,7 @@ impl TenantTarget {
     /// The SCRAM verifier of the tenant role's password, as tenantd stores it on the server
     /// (and as PgBouncer's `auth_file` must hold it).
     pub fn scram_verifier(&self) -> String {
-        crate::crypto::tenant_scram_verifier(&self.password, self.id)
+        crate::crypto::tenant_scram_verifier(&self.password, self.id, self.scram_iterations)
     }
 }
 

@@ -253,7 +253,7 @@ impl Catalog {
                    (SELECT id FROM tenantd.spares WHERE server = $3 AND state = 'ready' AND schema_version = $7 \
                     ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING {COLUMNS}), \
                  placed AS (UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                   role_password_sealed = $6, status = 'CREATING', last_error = NULL \
+                   role_password_sealed = $6, scram_iterations = $9, status = 'CREATING', last_error = NULL \
                    WHERE {} AND EXISTS (SELECT FROM spare) RETURNING id), \
                  logged AS (INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
                    SELECT placed.id, $8, jsonb_build_object('server', $3::text, 'database', $4::text, \
@@ -275,6 +275,7 @@ impl Catalog {
                     &placement.role_password_sealed,
                     &version,
                     &EventKind::SpareTaken.as_str(),
+                    &crate::crypto::TENANT_SCRAM_ITERATIONS,
                 ],
             )
             .await;

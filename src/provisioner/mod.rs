@@ -245,9 +245,8 @@ impl Provisioner<'_> {
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
         // The SCRAM verifier (4096 rounds of PBKDF2) is computed while the marker query is
         // on the wire: `join` sends the query first.
-        let (found, verifier) = tokio::join!(markers::role(admin, t.id, &t.role), async {
-            crate::crypto::tenant_scram_verifier(t.password(), t.id)
-        });
+        let (found, verifier) =
+            tokio::join!(markers::role(admin, t.id, &t.role), async { t.scram_verifier() });
         let found = found.map_err(pg_retry(STEP))?;
         let kind = match found.ownership {
             Ownership::Absent => {

@@ -114,7 +114,7 @@ impl Provisioner<'_> {
         let (spare_db, spare_role) = (name(&spare.database_name)?, name(&spare.role_name)?);
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
-        let verifier = crypto::tenant_scram_verifier(t.password(), t.id);
+        let verifier = t.scram_verifier();
         let ddl = tenant_sql::take_spare(
             (&spare_db, &spare_role),
             (&t.database, &t.role),

@@ -270,7 +270,8 @@ impl Admin {
         let name = PgIdent::spare(id);
         core.catalog.insert_spare(id, &self.server.name, name.as_str()).await?;
         let password = crate::crypto::random_secret(24);
-        let verifier = crate::crypto::tenant_scram_verifier(&password, id);
+        let verifier =
+            crate::crypto::tenant_scram_verifier(&password, id, crate::crypto::TENANT_SCRAM_ITERATIONS);
         let limits = TenantLimits::defaults(&core.settings.limits);
         let role = format!(
             "{}; {}; {}",

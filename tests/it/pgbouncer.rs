@@ -179,10 +179,28 @@ async fn pgbench_runs_ten_clients_through_a_transaction_pool() {
     assert_eq!(details["pool_mode"], "transaction", "{details}");
     let (user, password, db) =
         (field(&details, "user"), field(&details, "password"), field(&details, "dbname"));
+    // A tenant made before schema V13: its role's verifier has PostgreSQL's 4096 iterations
+    // and its row no count. PgBouncer must get that very verifier for it.
+    let legacy = ready_tenant(&app, "legacy-shop").await;
+    let (legacy_user, legacy_password) = (field(&legacy, "user"), field(&legacy, "password"));
+    let (_, legacy_row) = app.get("/v1/tenants/legacy-shop").await;
+    let legacy_id: uuid::Uuid = legacy_row["id"].as_str().unwrap().parse().unwrap();
+    let old_verifier = tenantd::crypto::tenant_scram_verifier(
+        &secrecy::SecretString::from(legacy_password.to_owned()),
+        legacy_id,
+        tenantd::crypto::LEGACY_SCRAM_ITERATIONS,
+    );
+    let su = app.cluster.superuser("postgres").await;
+    su.batch_execute(&format!("ALTER ROLE \"{legacy_user}\" PASSWORD '{old_verifier}'")).await.unwrap();
+    app.catalog()
+        .await
+        .execute("UPDATE tenantd.tenants SET scram_iterations = NULL WHERE slug = 'legacy-shop'", &[])
+        .await
+        .unwrap();
 
     let dir = traversable_tempdir();
     let printed = write_config(&app, dir.path(), port).await;
-    assert!(printed.starts_with("1 tenants:"), "{printed}");
+    assert!(printed.starts_with("2 tenants:"), "{printed}");
     let ini = std::fs::read_to_string(dir.path().join("pgbouncer.ini")).unwrap();
     assert!(
         ini.contains(&format!("{db} = host=127.0.0.1 port={} dbname={db} pool_size=3", app.cluster.port)),
@@ -193,7 +211,17 @@ async fn pgbench_runs_ten_clients_through_a_transaction_pool() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&userlist).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "userlist.txt is private");
     let secrets = std::fs::read_to_string(&userlist).unwrap();
-    assert!(secrets.starts_with(&format!("\"{user}\" \"SCRAM-SHA-256$4096:")), "{secrets}");
+    // Each line holds exactly the verifier the server has: this build's 256 iterations for
+    // the new tenant, 4096 for the one made before.
+    for (role, iterations) in [(user, 256), (legacy_user, 4096)] {
+        let stored: String = su
+            .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(stored.starts_with(&format!("SCRAM-SHA-256${iterations}:")), "{stored}");
+        assert!(secrets.contains(&format!("\"{role}\" \"{stored}\"")), "{role}: {secrets}");
+    }
     assert!(!secrets.contains(password) && !ini.contains(password), "no clear password in the files");
 
     let bouncer = PgBouncer::start(dir.path(), port).await;
@@ -249,6 +277,9 @@ async fn pgbench_runs_ten_clients_through_a_transaction_pool() {
     );
     let customers = query_through(&bouncer, user, password, db).await;
     assert_eq!(customers.as_deref(), Ok(db), "the tenant still answers through PgBouncer");
+    let legacy_db = field(&legacy, "dbname");
+    let answered = query_through(&bouncer, legacy_user, legacy_password, legacy_db).await;
+    assert_eq!(answered.as_deref(), Ok(legacy_db), "the tenant made before V13 logs in through PgBouncer");
 }
 
 #[tokio::test]

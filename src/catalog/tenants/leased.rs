@@ -201,7 +201,7 @@ impl Catalog {
             .execute(
                 concat!(
                     "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                 role_password_sealed = $6, status = 'CREATING', last_error = NULL \
+                 role_password_sealed = $6, scram_iterations = $7, status = 'CREATING', last_error = NULL \
                  WHERE ",
                     held!()
                 ),
@@ -212,6 +212,7 @@ impl Catalog {
                     &placement.database_name,
                     &placement.role_name,
                     &placement.role_password_sealed,
+                    &crate::crypto::TENANT_SCRAM_ITERATIONS,
                 ],
             )
             .await;

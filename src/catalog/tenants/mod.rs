@@ -155,6 +155,9 @@ pub struct TenantRecord {
     pub(crate) role_password_sealed: Option<String>,
     #[serde(skip)]
     pub(crate) token_hash: Option<String>,
+    /// PBKDF2 iterations of its role's SCRAM verifier (`None`: made before schema V13, 4096).
+    #[serde(skip)]
+    pub(crate) scram_iterations: Option<i32>,
 }
 
 impl std::fmt::Debug for TenantRecord {
@@ -171,7 +174,8 @@ impl std::fmt::Debug for TenantRecord {
 pub(crate) const COLUMNS: &str = "id, slug, status, server, database_name, role_name, schema_version, \
     attempts, next_attempt_at, last_error, requested_server, requested_region, labels, \
     lease_owner, lease_until, created_at, updated_at, ready_at, role_password_sealed, token_hash, \
-    restore_source, delete_archive_dir, deleted_at, limits, limits_applied, database_bytes, over_quota";
+    restore_source, delete_archive_dir, deleted_at, limits, limits_applied, database_bytes, over_quota, \
+    scram_iterations";
 
 pub(crate) fn from_row(row: &Row) -> TenantRecord {
     let status: String = row.get(2);
@@ -204,6 +208,7 @@ pub(crate) fn from_row(row: &Row) -> TenantRecord {
         limits_applied: row.get(24),
         database_bytes: row.get(25),
         over_quota: row.get(26),
+        scram_iterations: row.get(27),
     }
 }
 

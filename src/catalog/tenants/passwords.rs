@@ -35,12 +35,12 @@ impl Catalog {
     pub async fn record_new_password(&self, id: Uuid, owner: &str, sealed: &str) -> Result<(), CatalogError> {
         self.leased_write(
             concat!(
-                "WITH changed AS (UPDATE tenantd.tenants SET role_password_sealed = $3 WHERE ",
+                "WITH changed AS (UPDATE tenantd.tenants SET role_password_sealed = $3, scram_iterations = $5 WHERE ",
                 held!(),
                 " RETURNING id) INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
                  SELECT id, $4, '{}', $2 FROM changed"
             ),
-            &[&id, &owner, &sealed, &EventKind::PasswordRotated.as_str()],
+            &[&id, &owner, &sealed, &EventKind::PasswordRotated.as_str(), &crate::crypto::TENANT_SCRAM_ITERATIONS],
         )
         .await
     }
