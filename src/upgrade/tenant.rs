@@ -73,6 +73,20 @@ impl Upgrader<'_> {
     ) -> (Outcome, Result<(), CatalogError>) {
         let run = ctx.run;
         let lease = self.core.settings.workers.lease;
+        // Not claimable with its chunk (held a moment by another task, say): tried once more
+        // now, at its own turn.
+        let claim = match claim {
+            Claimed::NotHeld => {
+                let owner: Arc<str> = crate::leases::claim_owner(self.actor).into();
+                let at = Instant::now();
+                match self.core.catalog.claim_for_upgrade(&planned.slug, &owner, lease).await {
+                    Ok(Some(tenant)) => Claimed::Held { tenant: Box::new(tenant), owner, at },
+                    Ok(None) => Claimed::NotHeld,
+                    Err(e) => Claimed::Failed(format!("catalog: {e}")),
+                }
+            }
+            other => other,
+        };
         let (tenant, owner, claimed_at) = match claim {
             Claimed::Held { tenant, owner, at } => (tenant, owner, at),
             Claimed::NotHeld => {
