@@ -36,10 +36,7 @@ pub async fn catalog(core: &Core, server: Option<&str>, tenants: usize) -> Resul
         server.name, server.host, server.port
     );
     let scratch = Scratch::create(server, &core.keyring).await?;
-    let mut settings = scratch.daemon_settings(&core.settings)?;
-    // Quota rounds and the reconcile would look for the added rows' (absent) databases mid-run.
-    settings.limits.quota_check_interval = Duration::from_secs(24 * 3600);
-    settings.reconcile.interval = Duration::ZERO;
+    let settings = scratch.daemon_settings(&core.settings)?;
     let result = async {
         let daemon = Daemon::start(settings).await.map_err(err)?;
         let measured = measure(&daemon, &scratch, &server.name, tenants).await;

@@ -102,6 +102,7 @@ async fn measure_migrate(
             crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant).await.map_err(err)?;
         targets.push((target.migration_config(None, "tenantd-bench"), target.server.tls.clone()));
     }
+    println!("floor (before)...");
     let floor_before = floor(&targets, concurrency, "bench_floor_before").await?;
     let version = app.migrations.latest_version() + 1;
     let migrations = app
@@ -114,12 +115,14 @@ async fn measure_migrate(
     let upgrader = crate::upgrade::Upgrader::new(&app.core, &app.core.instance).with_migrations(&migrations);
     let selection = crate::upgrade::Selection { slugs: Vec::new(), all: true, server: None };
     let options = crate::upgrade::Options { concurrency, canary: 0, max_failures: None, dry_run: false };
+    println!("tenantd: migrate --all...");
     let started = Instant::now();
     let summary = upgrader.run(&selection, &options, &|_| {}).await.map_err(err)?;
     let tenantd = started.elapsed().as_secs_f64();
     if !summary.succeeded() {
         return Err(BenchError(format!("the upgrade did not succeed: {:?}", summary.failures())));
     }
+    println!("floor (after)...");
     let floor_after = floor(&targets, concurrency, "bench_floor_after").await?;
     Ok(MigrateFigures { floor_before, floor_after, tenantd })
 }

@@ -120,14 +120,19 @@ pub(crate) struct Routes {
     pub slugs: Vec<(Uuid, String)>,
 }
 
-/// Computed verifiers by tenant id, valid while the sealed password is the same (4096 rounds
-/// of HMAC per tenant are worth keeping between two writes of the watch loop).
+/// Computed verifiers by tenant id, valid while the sealed password and its iteration count
+/// are the same (thousands of rounds of HMAC per tenant are worth keeping between two writes
+/// of the watch loop).
 #[derive(Default)]
 pub(crate) struct VerifierCache(HashMap<Uuid, (String, SecretString)>);
 
 impl VerifierCache {
     fn get(&mut self, tenant: &TenantRecord, target: &TenantTarget) -> SecretString {
-        let sealed = tenant.role_password_sealed.clone().unwrap_or_default();
+        let sealed = format!(
+            "{}/{:?}",
+            tenant.role_password_sealed.as_deref().unwrap_or_default(),
+            tenant.scram_iterations
+        );
         match self.0.get(&tenant.id) {
             Some((known, verifier)) if *known == sealed => verifier.clone(),
             _ => {

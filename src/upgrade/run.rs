@@ -202,7 +202,7 @@ impl Upgrader<'_> {
         let chunks = &chunks;
         // Indices rather than references keep the stream's closures free of borrowed
         // arguments (which a spawned future cannot prove general enough).
-        futures::stream::iter(0..tenants.len())
+        let results = futures::stream::iter(0..tenants.len())
             .map(|i| async move {
                 let t = &tenants[i];
                 let cell = &chunks[i / chunk];
@@ -231,7 +231,17 @@ impl Upgrader<'_> {
             .buffer_unordered(concurrency)
             .filter_map(std::future::ready)
             .collect()
-            .await
+            .await;
+        // Claims of tenants that were never started (the run stopped while their chunk was
+        // being claimed): given back now rather than left to expire.
+        for claims in chunks.iter().filter_map(|cell| cell.get()) {
+            for slot in claims {
+                if let claim @ Claimed::Held { .. } = take(slot) {
+                    self.release(claim).await;
+                }
+            }
+        }
+        results
     }
 }
 

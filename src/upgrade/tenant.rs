@@ -73,10 +73,24 @@ impl Upgrader<'_> {
     ) -> (Outcome, Result<(), CatalogError>) {
         let run = ctx.run;
         let lease = self.core.settings.workers.lease;
-        // Not claimable with its chunk (held a moment by another task, say): tried once more
-        // now, at its own turn.
+        // Not claimable with its chunk (held a moment by another task, the catalog briefly
+        // unreachable), or claimed so long ago that the lease ran out while the tenants ahead
+        // of it worked: tried once more now, at its own turn.
         let claim = match claim {
-            Claimed::NotHeld => {
+            Claimed::Held { tenant, owner, at } if at.elapsed() > lease / 3 => {
+                let renewing = Instant::now();
+                match self.core.catalog.renew_lease(tenant.id, &owner, lease).await {
+                    Ok(()) => Claimed::Held { tenant, owner, at: renewing },
+                    Err(e) => {
+                        tracing::debug!(tenant = %tenant.slug, error = %e, "chunk lease not renewed; claiming again");
+                        Claimed::NotHeld
+                    }
+                }
+            }
+            other => other,
+        };
+        let claim = match claim {
+            Claimed::NotHeld | Claimed::Failed(_) => {
                 let owner: Arc<str> = crate::leases::claim_owner(self.actor).into();
                 let at = Instant::now();
                 match self.core.catalog.claim_for_upgrade(&planned.slug, &owner, lease).await {
@@ -104,19 +118,6 @@ impl Upgrader<'_> {
                 return self.unleased(run, planned, failed).await;
             }
         };
-        // Claimed with its chunk a while ago (slow tenants ahead of it): renewed before any
-        // work, so the lease is fresh whatever the chunk waited.
-        let mut claimed_at = claimed_at;
-        if claimed_at.elapsed() > lease / 3 {
-            let renewing = Instant::now();
-            match self.core.catalog.renew_lease(tenant.id, &owner, lease).await {
-                Ok(()) => claimed_at = renewing,
-                Err(e) => {
-                    let reason = format!("lease lost before its turn: {e}");
-                    return self.unleased(run, planned, Outcome::Skipped { reason }).await;
-                }
-            }
-        }
         let span = tracing::info_span!("upgrade", tenant = %tenant.slug);
         let work = async {
             tokio::select! {

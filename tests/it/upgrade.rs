@@ -301,11 +301,37 @@ async fn canary_and_max_failures_stop_the_run() {
     let doc = run(&new, json!({ "all": true, "concurrency": 1, "max_failures": 1 })).await;
     assert_eq!(doc["run"]["status"], "stopped", "{doc}");
     assert!(outcomes(&doc).values().filter(|o| *o == "not_started").count() >= 2, "{doc}");
+    // The tenants claimed ahead with the failed one are given back, not left to expire.
+    assert_eq!(leases_held(&new).await, 0, "a stopped run leaves no lease behind");
     // Fix the tenant, re-run: it continues where it stopped.
     crate::common::connect(&url).await.unwrap().batch_execute("DROP TABLE invoices").await.unwrap();
     let doc = run(&new, json!({ "all": true })).await;
     assert_eq!(doc["run"]["status"], "finished");
     assert!(outcomes(&doc).values().all(|o| o == "upgraded"), "{doc}");
+}
+
+#[tokio::test]
+async fn tenants_waiting_their_turn_longer_than_the_lease_are_still_upgraded() {
+    // Leases are claimed a few tenants ahead; with a 2 s lease and 1.2 s per tenant, the
+    // last ones of a chunk wait longer than the lease before their turn.
+    let old = app().spawn().await;
+    let slugs = ["slow-0", "slow-1", "slow-2", "slow-3"];
+    tenants(&old, &slugs).await;
+    let slow = "CREATE TABLE invoices (id bigint PRIMARY KEY); SELECT pg_catalog.pg_sleep(1.2)";
+    let new = app()
+        .same_catalog_as(&old)
+        .migrations(newer(slow))
+        .configure(|s| s.workers.lease = Duration::from_secs(2))
+        .spawn()
+        .await;
+    let doc = run(&new, json!({ "all": true, "concurrency": 1 })).await;
+    assert_eq!(doc["run"]["status"], "finished", "{doc}");
+    let results = outcomes(&doc);
+    for slug in slugs {
+        assert_eq!(results[slug], "upgraded", "{doc}");
+        assert_eq!(version(&new, slug).await, i64::from(base() + 1), "{slug}");
+    }
+    assert_eq!(leases_held(&new).await, 0);
 }
 
 #[tokio::test]
