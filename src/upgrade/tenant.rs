@@ -139,15 +139,7 @@ impl Upgrader<'_> {
         outcome: Outcome,
     ) -> (Outcome, Result<(), CatalogError>) {
         let (to, detail) = outcome.result_fields();
-        let result = RunResult {
-            run,
-            slug: &planned.slug,
-            kind: outcome.kind(),
-            from: Some(planned.from_version),
-            to,
-            detail: detail.as_deref(),
-        };
-        let written = self.core.catalog.insert_result(&result).await;
+        let written = self.core.catalog.insert_result(&run_result(run, planned, &outcome, to, &detail)).await;
         (outcome, written)
     }
 
@@ -181,14 +173,7 @@ impl Upgrader<'_> {
             Err(error) => Outcome::Failed { version: tenant.schema_version, error: error.to_string() },
         };
         let (to, result_detail) = outcome.result_fields();
-        let recorded = RunResult {
-            run,
-            slug: &planned.slug,
-            kind: outcome.kind(),
-            from: Some(planned.from_version),
-            to,
-            detail: result_detail.as_deref(),
-        };
+        let recorded = run_result(run, planned, &outcome, to, &result_detail);
         let catalog = &self.core.catalog;
         let written = match &result {
             Ok(Outcome::Upgraded { from, to, applied }) => {
@@ -234,5 +219,23 @@ impl Upgrader<'_> {
             Ok(()) => Ok(()),
         };
         (outcome, written)
+    }
+}
+
+/// A planned tenant's result row in `run`.
+fn run_result<'a>(
+    run: Uuid,
+    planned: &'a Planned,
+    outcome: &Outcome,
+    to: Option<i32>,
+    detail: &'a Option<String>,
+) -> RunResult<'a> {
+    RunResult {
+        run,
+        slug: &planned.slug,
+        kind: outcome.kind(),
+        from: Some(planned.from_version),
+        to,
+        detail: detail.as_deref(),
     }
 }
