@@ -547,15 +547,17 @@ async fn one_daemon_holds_a_backup_day_until_it_finishes_or_its_lease_lapses() {
     let app = app().without_server().spawn().await;
     let catalog = &app.daemon.as_ref().unwrap().app().catalog;
     let day = chrono::NaiveDate::from_ymd_opt(2001, 2, 3).unwrap();
-    let lease = Duration::from_secs(1);
+    // Long enough that a catalog commit stalled by a busy disk cannot outlast it between two
+    // claims (a 1 s lease flaked on a loaded machine).
+    let lease = Duration::from_secs(3);
     assert!(catalog.claim_backup_day(day, "a", lease).await.unwrap(), "the first daemon takes the day");
     assert!(!catalog.claim_backup_day(day, "b", lease).await.unwrap(), "held: nobody else");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert!(catalog.claim_backup_day(day, "b", lease).await.unwrap(), "a lapsed lease is taken over");
     assert!(catalog.renew_backup_day(day, "a", lease).await.is_err(), "the old holder has lost it");
     assert!(catalog.finish_backup_day(day, "a", 1, 0).await.is_err(), "and cannot finish it");
     catalog.finish_backup_day(day, "b", 2, 0).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert!(!catalog.claim_backup_day(day, "c", lease).await.unwrap(), "a finished day is never run again");
 }
 

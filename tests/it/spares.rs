@@ -167,8 +167,11 @@ async fn a_spare_at_an_older_version_is_never_handed_out_and_is_replaced() {
     let catalog = connect(&old.catalog_url).await.unwrap();
     catalog
         .execute(
+            // The old daemon, stopped mid-refill, may have left its own row.
             "INSERT INTO tenantd.spare_refills (server, lease_owner, lease_until) \
-             VALUES ('pg1', 'someone-else', now() + interval '1 hour')",
+             VALUES ('pg1', 'someone-else', now() + interval '1 hour') \
+             ON CONFLICT (server) DO UPDATE SET lease_owner = EXCLUDED.lease_owner, \
+             lease_until = EXCLUDED.lease_until",
             &[],
         )
         .await
