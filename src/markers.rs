@@ -121,6 +121,20 @@ pub struct Marked {
     pub grants: Vec<(String, String)>,
 }
 
+impl Marked {
+    /// From a row of name, comment and enabled (the first three columns of both queries).
+    fn from_row(r: &tokio_postgres::Row, grants: Vec<(String, String)>) -> Self {
+        let comment: Option<String> = r.get(1);
+        Marked {
+            name: r.get(0),
+            owner: comment.as_deref().and_then(owner),
+            spare: comment.as_deref().and_then(spare_owner),
+            enabled: r.get(2),
+            grants,
+        }
+    }
+}
+
 /// Every database of the server that carries a marker, and those among `names` that do not
 /// (read-only, schema-qualified). A database without explicit grants has PostgreSQL's
 /// defaults (PUBLIC may connect and create temporary tables), listed as such.
@@ -145,18 +159,12 @@ pub async fn marked_databases(client: &Client, names: &[&str]) -> Result<Vec<Mar
     Ok(rows
         .iter()
         .map(|r| {
-            let comment: Option<String> = r.get(1);
             let grants: Vec<String> = r.get(3);
-            Marked {
-                name: r.get(0),
-                owner: comment.as_deref().and_then(owner),
-                spare: comment.as_deref().and_then(spare_owner),
-                enabled: r.get(2),
-                grants: grants
-                    .iter()
-                    .filter_map(|g| g.rsplit_once(' ').map(|(who, what)| (who.to_owned(), what.to_owned())))
-                    .collect(),
-            }
+            let grants = grants
+                .iter()
+                .filter_map(|g| g.rsplit_once(' ').map(|(who, what)| (who.to_owned(), what.to_owned())))
+                .collect();
+            Marked::from_row(r, grants)
         })
         .collect())
 }
@@ -174,19 +182,7 @@ pub async fn marked_roles(client: &Client, names: &[&str]) -> Result<Vec<Marked>
             &[&MARKER_PREFIX, &names],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let comment: Option<String> = r.get(1);
-            Marked {
-                name: r.get(0),
-                owner: comment.as_deref().and_then(owner),
-                spare: comment.as_deref().and_then(spare_owner),
-                enabled: r.get(2),
-                grants: Vec::new(),
-            }
-        })
-        .collect())
+    Ok(rows.iter().map(|r| Marked::from_row(r, Vec::new())).collect())
 }
 
 /// Whose a warm spare's database and role are (in that order): [`Ownership::Ours`] when they

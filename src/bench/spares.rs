@@ -93,9 +93,7 @@ async fn filled(catalog: &Catalog, server: &str, version: i32, want: usize) -> R
 /// write-back of hundreds of new databases. Without the privilege (`pg_checkpoint`, a
 /// superuser) it says so, and the burst runs with that write-back going on.
 async fn settle(core: &Core, server: &str) -> Result<(), BenchError> {
-    let record = core.catalog.server(server).await.map_err(err)?;
-    let admin = crate::admin::AdminTarget::from_record(&record, &core.keyring).map_err(err)?;
-    let client = admin.connect(None).await.map_err(err)?;
+    let client = admin_client(core, server).await?;
     if let Err(e) = client.batch_execute("CHECKPOINT").await {
         println!(
             "note: CHECKPOINT refused ({}): the refill's writes may still be flushing during the burst",
@@ -105,13 +103,18 @@ async fn settle(core: &Core, server: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// A connection to the server's maintenance database as its admin.
+async fn admin_client(core: &Core, server: &str) -> Result<tokio_postgres::Client, BenchError> {
+    let record = core.catalog.server(server).await.map_err(err)?;
+    let admin = crate::admin::AdminTarget::from_record(&record, &core.keyring).map_err(err)?;
+    admin.connect(None).await.map_err(err)
+}
+
 /// The size of one of the server's spares (`pg_database_size`).
 async fn spare_size(core: &Core, server: &str) -> Result<i64, BenchError> {
     let spares = core.catalog.spares_of(server).await.map_err(err)?;
     let spare = spares.first().ok_or_else(|| BenchError("no spare".into()))?;
-    let record = core.catalog.server(server).await.map_err(err)?;
-    let admin = crate::admin::AdminTarget::from_record(&record, &core.keyring).map_err(err)?;
-    let client = admin.connect(None).await.map_err(err)?;
+    let client = admin_client(core, server).await?;
     let row = client
         .query_one("SELECT pg_catalog.pg_database_size($1::pg_catalog.text)", &[&spare.database_name])
         .await
