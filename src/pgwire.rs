@@ -21,7 +21,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,6 +36,9 @@ pub struct WireGuard {
     /// The limit set by the last [`WireGuard::limit_lookups`] (for the error message).
     lookup_limit: AtomicI64,
     too_deep: AtomicBool,
+    /// The transaction status of the last `ReadyForQuery` the server sent: `I` idle, `T` in a
+    /// transaction block, `E` in a failed one.
+    status: AtomicU8,
 }
 
 /// Which guard a connection tripped.
@@ -56,7 +59,15 @@ impl WireGuard {
             lookups_left: AtomicI64::new(-1),
             lookup_limit: AtomicI64::new(-1),
             too_deep: AtomicBool::new(false),
+            status: AtomicU8::new(b'I'),
         })
+    }
+
+    /// True when the last `ReadyForQuery` read from the server said no transaction block is
+    /// open. It describes the session as of the last reply read: a request whose reply is
+    /// still on its way may have changed it.
+    pub fn idle_in_session(&self) -> bool {
+        self.status.load(Ordering::SeqCst) == b'I'
     }
 
     /// From now on the client may send at most `n` more `Bind` messages (the statement being
@@ -97,6 +108,8 @@ struct Frames {
     body_left: usize,
     /// The next message has no type byte (the client's startup message).
     untyped: bool,
+    /// The next body byte is the status byte of a `ReadyForQuery` (server messages only).
+    status_next: bool,
 }
 
 /// What the parser found in a chunk of bytes.
@@ -105,11 +118,19 @@ enum Found {
     Start(usize, u8),
     /// A message header is complete: its body length.
     Header(usize),
+    /// The transaction status byte of a `ReadyForQuery` message (`Z`).
+    Status(u8),
 }
 
 impl Frames {
     fn new(untyped_first: bool) -> Self {
-        Self { header: [0; 5], header_len: usize::from(untyped_first), body_left: 0, untyped: untyped_first }
+        Self {
+            header: [0; 5],
+            header_len: usize::from(untyped_first),
+            body_left: 0,
+            untyped: untyped_first,
+            status_next: false,
+        }
     }
 
     /// Feeds bytes, reporting message starts and completed headers as they are found.
@@ -117,6 +138,10 @@ impl Frames {
         let mut at = 0;
         while at < chunk.len() {
             if self.body_left > 0 {
+                if self.status_next {
+                    self.status_next = false;
+                    found(Found::Status(chunk[at]))?;
+                }
                 let n = self.body_left.min(chunk.len() - at);
                 self.body_left -= n;
                 at += n;
@@ -134,6 +159,7 @@ impl Frames {
                     u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
                 let body = (length as usize).saturating_sub(4);
                 found(Found::Header(body))?;
+                self.status_next = !self.untyped && self.header[0] == b'Z' && body > 0;
                 self.untyped = false;
                 self.header_len = 0;
                 self.body_left = body;
@@ -182,6 +208,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
                             "the tenant database sent a message of {body} bytes, over the limit of {}",
                             guard.max_message
                         )))
+                    }
+                    Found::Status(status) => {
+                        guard.status.store(status, Ordering::SeqCst);
+                        Ok(())
                     }
                     _ => Ok(()),
                 })?;
@@ -270,21 +300,28 @@ mod tests {
         let mut stream = message(b'D', 10);
         stream.extend(message(b'C', 3));
         stream.extend(message(b'Z', 1));
+        let at = stream.len() - 1;
+        stream[at] = b'T';
+        stream.extend(message(b'Z', 1));
+        let at = stream.len() - 1;
+        stream[at] = b'I';
         for split in 1..stream.len() {
             let mut frames = Frames::new(false);
-            let (mut seen, mut kinds) = (Vec::new(), Vec::new());
+            let (mut seen, mut kinds, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
             for chunk in stream.chunks(split) {
                 frames
                     .feed(chunk, |found| {
                         match found {
                             Found::Start(_, k) => kinds.push(k),
                             Found::Header(b) => seen.push((*kinds.last().unwrap(), b)),
+                            Found::Status(s) => statuses.push(s),
                         }
                         Ok(())
                     })
                     .unwrap();
             }
-            assert_eq!(seen, vec![(b'D', 10), (b'C', 3), (b'Z', 1)], "split {split}");
+            assert_eq!(seen, vec![(b'D', 10), (b'C', 3), (b'Z', 1), (b'Z', 1)], "split {split}");
+            assert_eq!(statuses, b"TI", "split {split}: the status byte of each ReadyForQuery");
         }
     }
 
@@ -301,6 +338,7 @@ mod tests {
                 match found {
                     Found::Start(at, k) => starts.push((at, k)),
                     Found::Header(b) => bodies.push(b),
+                    Found::Status(_) => unreachable!("no ReadyForQuery here"),
                 }
                 Ok(())
             })

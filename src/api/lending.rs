@@ -122,7 +122,10 @@ pub async fn sql(
     let connection = borrow(&app, &tenant).await?;
     let limits = limits(&app);
     let results = connection
-        .run_guarded(deadline(&app), req.len(), |client| sqlhttp::run_request(client, &req, &limits))
+        // One more `Bind` than statements: a kept statement gone stale is bound a second time.
+        .run_guarded(deadline(&app), req.len() + 1, |client| {
+            sqlhttp::run_request(client, connection.statements(), &req, &limits)
+        })
         .await
         .map_err(|e| refused(&tenant, e))?;
     answer(&req, results)

@@ -28,6 +28,11 @@ impl std::ops::Deref for Lent {
 }
 
 impl Lent {
+    /// The statements this connection keeps prepared between requests.
+    pub fn statements(&self) -> &crate::sqlhttp::StatementCache {
+        &self.conn().statements
+    }
+
     fn conn(&self) -> &PooledConn {
         match &self.object {
             Some(object) => object,
@@ -136,15 +141,25 @@ impl Drop for Lent {
 /// How long a reset may take (after a cancel request) before the backend is ended.
 const RESET_WITHIN: Duration = Duration::from_secs(5);
 
-/// `ROLLBACK`, then everything `DISCARD ALL` does except `DEALLOCATE ALL`: the driver keeps
-/// prepared statements of its own on the connection (type lookups), and deallocating them would
-/// break the next borrower's queries. The last statement lists the tenant's own `PREPARE`d
-/// statements, which are then deallocated one by one. All of it is one simple-query message:
-/// one round trip per lending instead of three (the `ROLLBACK` ends any transaction block the
-/// borrower left open, so the rest runs as the message's own implicit transaction).
-const RESET: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; \
-    SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+/// What `DISCARD ALL` does except `DEALLOCATE ALL` and `DISCARD PLANS`:
+/// - tenantd keeps prepared statements of its own on the connection (the driver's type
+///   lookups, [`PREPARED_BY_SQL`], the SQL endpoint's kept statements), and deallocating them
+///   would break the next borrower's queries. The tenant's own `PREPARE`d statements are listed
+///   by [`PREPARED_BY_SQL`], sent right behind this message, and then deallocated one by one.
+/// - A cached plan carries nothing a borrower set: PostgreSQL plans again by itself when an
+///   object, the `search_path` or the role a plan depends on changes. Dropping every plan at
+///   each lending would only make the kept statements plan again on every request.
+///
+/// One simple-query message, its statements in one implicit transaction. When the borrower
+/// left a transaction block open (the wire's last `ReadyForQuery` says so), `ROLLBACK` goes
+/// first. Only then: a `ROLLBACK` with no block open costs PostgreSQL a `WARNING` written to
+/// its log, on every lending, which made the reset cost four times a `SELECT 1`.
+const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// The tenant's own prepared statements (SQL `PREPARE`, directly or in a function). Prepared
+/// once per connection: planning it in every reset cost as much as the rest of the reset.
+pub(super) const PREPARED_BY_SQL: &str = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql";
 
 /// Resets a connection before it goes back to the pool; closes it if that fails. A statement
 /// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
@@ -157,24 +172,23 @@ async fn reset(object: managed::Object<TenantManager>) {
             return Ok(false);
         }
         let client = &object.client;
-        let prepared = client.simple_query(RESET).await?;
-        let deallocate: Vec<String> = prepared
+        let reset = match object.guard.idle_in_session() {
+            true => std::borrow::Cow::Borrowed(RESET),
+            false => std::borrow::Cow::Owned(format!("ROLLBACK; {RESET}")),
+        };
+        // Both sent before either reply is read: one round trip.
+        let (_, prepared) =
+            tokio::try_join!(client.simple_query(&reset), client.query(&object.prepared_by_sql, &[]))?;
+        let deallocate = prepared
             .iter()
-            .filter_map(|m| match m {
-                // Only the last statement's rows: the advisory unlock answers a row too.
-                tokio_postgres::SimpleQueryMessage::Row(row)
-                    if row.columns().first().map(|c| c.name()) == Some("name") =>
-                {
-                    row.try_get(0).ok().flatten()
-                }
-                _ => None,
-            })
-            .map(crate::tenant_sql::deallocate)
-            .collect();
+            .map(|row| row.try_get(0).map(crate::tenant_sql::deallocate))
+            .collect::<Result<Vec<String>, _>>()?;
         if !deallocate.is_empty() {
             client.batch_execute(&deallocate.join("; ")).await?;
         }
-        Ok::<_, tokio_postgres::Error>(true)
+        // A request whose reply had not been read when the reset began may have opened a
+        // transaction block after all (the reset then ran inside it): close such a connection.
+        Ok::<_, tokio_postgres::Error>(object.guard.idle_in_session())
     };
     match tokio::time::timeout(RESET_WITHIN, reset).await {
         Ok(Ok(true)) => {

@@ -8,10 +8,12 @@
 //!   to `pools.acquire_timeout`; after that the caller gets [`LendError::Saturated`] (503 with
 //!   `Retry-After`).
 //! - **Idle**: a pool unused for `pools.idle_timeout` is closed by a background task.
-//! - **Clean lending**: a [`Lent`] connection goes back through `ROLLBACK` and everything
-//!   `DISCARD ALL` does but deallocating the driver's own statements (session settings,
-//!   temporary objects, the tenant's prepared statements, advisory locks, LISTENs, role)
-//!   before anyone else may borrow it; a connection that cannot be reset is closed instead.
+//! - **Clean lending**: a [`Lent`] connection goes back through `ROLLBACK` (when a
+//!   transaction block is open) and everything `DISCARD ALL` does but deallocating the
+//!   driver's own statements (session settings, temporary objects, the tenant's prepared
+//!   statements, advisory locks, LISTENs, role) before anyone else may borrow it; a
+//!   connection that cannot be reset, or is still in a transaction block after it, is closed
+//!   instead.
 //! - **Limits the tenant cannot lift** ([`Lent::run_guarded`]): a deadline enforced with a
 //!   cancel request, a cap on server message size read from the wire before the message is
 //!   (see `pgwire`), and a cap on type lookups while preparing.
@@ -95,6 +97,11 @@ pub struct PooledConn {
     busy: AtomicBool,
     /// Its backend on the server, for ending it when a cancel request is not enough.
     backend: Backend,
+    /// Lists the prepared statements the tenant made with SQL `PREPARE` (prepared once per
+    /// connection; the reset runs it after every lending).
+    prepared_by_sql: tokio_postgres::Statement,
+    /// The statements kept prepared for the SQL endpoint (its single statements).
+    statements: crate::sqlhttp::StatementCache,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -147,11 +154,12 @@ impl managed::Manager for TenantManager {
         };
         let guard = WireGuard::new(self.max_message);
         let client = self.connect(&guard).await?;
-        let pid: i32 = client
-            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
-            .await
-            .map_err(ManagerError::Connect)?
-            .get(0);
+        let (pid, prepared_by_sql) = tokio::try_join!(
+            client.query_one("SELECT pg_catalog.pg_backend_pid()", &[]),
+            client.prepare(lent::PREPARED_BY_SQL),
+        )
+        .map_err(ManagerError::Connect)?;
+        let pid: i32 = pid.get(0);
         let backend = Backend { server: self.server.clone(), role: self.role.clone(), pid };
         metrics::counter!("tenantd_pool_connections_opened_total", "server" => self.server.clone())
             .increment(1);
@@ -161,6 +169,8 @@ impl managed::Manager for TenantManager {
             address: self.address.clone(),
             busy: AtomicBool::new(false),
             backend,
+            prepared_by_sql,
+            statements: crate::sqlhttp::StatementCache::default(),
             _permit: permit,
         })
     }

@@ -20,13 +20,15 @@ mod numeric;
 mod render;
 mod rows;
 
+use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::{Mutex, PoisonError};
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio_postgres::Client;
 use tokio_postgres::error::ErrorPosition;
+use tokio_postgres::{Client, Statement};
 
 use crate::pg;
 use rows::Shape;
@@ -236,15 +238,123 @@ impl SqlError {
     }
 }
 
-/// Runs one statement: prepare, bind the JSON params by the prepared parameter types, stream
-/// the rows. `budget` is what is left of the request's result bytes; it is decremented by
-/// the size of the rows returned.
-pub async fn run_statement(
-    client: &Client,
-    req: &StatementRequest,
-    limits: &Limits,
-    budget: &mut usize,
-) -> Result<StatementResult, SqlError> {
+/// Statements a connection keeps prepared from one request to the next, keyed by their SQL
+/// text, for single statements in autocommit ([`run_request`]). A statement seen again is
+/// bound and run in one round trip, without preparing it again and closing it after.
+///
+/// At most [`StatementCache::CAPACITY`] statements, and [`StatementCache::MAX_WEIGHT`] bytes
+/// of their SQL and column and parameter descriptions, are kept per connection; when one more
+/// does not fit, the cache is emptied (each statement is closed on the server) and fills
+/// again. A statement heavier than [`StatementCache::MAX_STATEMENT_WEIGHT`] is never kept. So
+/// a tenant sending ever new or huge SQL costs the daemon and the server a bounded amount per
+/// connection.
+///
+/// A kept statement can go stale: a table it reads changed shape, a type it binds changed, or
+/// the tenant ran `DEALLOCATE ALL`. PostgreSQL then refuses it when it is bound, before it runs,
+/// and [`run_request`] prepares it afresh and runs it once more; see [`Attempt`].
+#[derive(Debug, Default)]
+pub struct StatementCache {
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    statements: HashMap<String, Statement>,
+    /// Sum of [`weight`] over `statements`.
+    weight: usize,
+}
+
+/// Bytes a kept statement stands for: its SQL, and a name and a type per column and parameter.
+fn weight(sql: &str, statement: &Statement) -> usize {
+    sql.len() + 80 * (statement.columns().len() + statement.params().len())
+}
+
+impl StatementCache {
+    /// Most statements kept per connection.
+    pub const CAPACITY: usize = 32;
+    /// Most bytes ([`weight`]) kept per connection.
+    pub const MAX_WEIGHT: usize = 128 * 1024;
+    /// Heaviest statement kept.
+    pub const MAX_STATEMENT_WEIGHT: usize = 16 * 1024;
+
+    fn get(&self, sql: &str) -> Option<Statement> {
+        self.lock().statements.get(sql).cloned()
+    }
+
+    fn keep(&self, sql: &str, statement: Statement) {
+        let added = weight(sql, &statement);
+        if added > Self::MAX_STATEMENT_WEIGHT {
+            return;
+        }
+        let mut kept = self.lock();
+        if let Some(old) = kept.statements.remove(sql) {
+            kept.weight -= weight(sql, &old);
+        }
+        if kept.statements.len() >= Self::CAPACITY || kept.weight + added > Self::MAX_WEIGHT {
+            kept.statements.clear();
+            kept.weight = 0;
+        }
+        kept.statements.insert(sql.to_owned(), statement);
+        kept.weight += added;
+    }
+
+    fn forget(&self, sql: &str) {
+        let mut kept = self.lock();
+        if let Some(old) = kept.statements.remove(sql) {
+            kept.weight -= weight(sql, &old);
+        }
+    }
+
+    /// Statements kept now.
+    pub fn len(&self) -> usize {
+        self.lock().statements.len()
+    }
+
+    /// True when no statement is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why running a prepared statement failed, and whether it had started.
+enum Attempt {
+    /// Refused before the statement ran: its parameters did not bind, or the server refused
+    /// the `Bind` (a kept statement gone stale is refused here). Nothing was executed.
+    NotRun(SqlError),
+    /// Failed while running or streaming rows.
+    Failed(SqlError),
+}
+
+impl Attempt {
+    fn error(self) -> SqlError {
+        match self {
+            Attempt::NotRun(e) | Attempt::Failed(e) => e,
+        }
+    }
+
+    /// A refusal a fresh preparation may cure: the parameters did not fit the kept statement's
+    /// types (a column's type changed), or the server refused the `Bind` for a reason of
+    /// class 26 (statement gone), 0A (cached plan must not change result type) or 42 (an
+    /// object or operator it used is no longer there). A cancel or a resource error is not
+    /// worth a second try.
+    fn stale(&self) -> bool {
+        match self {
+            Attempt::NotRun(SqlError::BadRequest(_)) => true,
+            Attempt::NotRun(SqlError::Postgres { sqlstate, .. }) => {
+                ["26", "0A", "42"].iter().any(|class| sqlstate.starts_with(class))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Checks what can be checked of a statement before it reaches the server; returns its
+/// command word.
+fn check(req: &StatementRequest) -> Result<String, SqlError> {
     let command =
         lex::command(&req.sql).ok_or_else(|| SqlError::BadRequest("sql holds no statement".into()))?;
     if lex::deepest_comment(&req.sql) > lex::MAX_COMMENT_DEPTH {
@@ -264,19 +374,74 @@ pub async fn run_statement(
         let message = "COPY to or from the client (STDIN/STDOUT) is not available over HTTP";
         return Err(SqlError::BadRequest(message.into()));
     }
+    Ok(command)
+}
+
+/// Runs one statement: prepare, bind the JSON params by the prepared parameter types, stream
+/// the rows. `budget` is what is left of the request's result bytes; it is decremented by
+/// the size of the rows returned.
+pub async fn run_statement(
+    client: &Client,
+    req: &StatementRequest,
+    limits: &Limits,
+    budget: &mut usize,
+) -> Result<StatementResult, SqlError> {
+    let command = check(req)?;
     let statement = client.prepare(&req.sql).await?;
-    let params = bind::bind(statement.params(), &req.params)?;
+    execute(client, &statement, req, command, limits, budget).await.map_err(Attempt::error)
+}
+
+/// [`run_statement`] with a statement kept in `cache` when there is one. A kept statement
+/// refused as stale before it ran is forgotten, prepared afresh and run once more; only
+/// then does its error reach the client. Only for a statement in autocommit: inside a
+/// transaction block a refused `Bind` would have aborted the transaction.
+async fn run_kept(
+    client: &Client,
+    cache: &StatementCache,
+    req: &StatementRequest,
+    limits: &Limits,
+    budget: &mut usize,
+) -> Result<StatementResult, SqlError> {
+    let command = check(req)?;
+    if let Some(statement) = cache.get(&req.sql) {
+        match execute(client, &statement, req, command.clone(), limits, budget).await {
+            Err(attempt) if attempt.stale() => {
+                metrics::counter!("tenantd_sql_statements_reprepared_total").increment(1);
+                cache.forget(&req.sql);
+            }
+            result => return result.map_err(Attempt::error),
+        }
+    }
+    let statement = client.prepare(&req.sql).await?;
+    let result = execute(client, &statement, req, command, limits, budget).await;
+    cache.keep(&req.sql, statement);
+    result.map_err(Attempt::error)
+}
+
+/// Binds and runs a prepared statement, rendering its rows.
+async fn execute(
+    client: &Client,
+    statement: &Statement,
+    req: &StatementRequest,
+    command: String,
+    limits: &Limits,
+    budget: &mut usize,
+) -> Result<StatementResult, Attempt> {
+    let params = bind::bind(statement.params(), &req.params).map_err(Attempt::NotRun)?;
     let shape = Shape::new(statement.columns());
-    let mut stream = pin!(client.query_raw(&statement, params.iter()).await?);
+    // tokio-postgres reads the server's answer to `Bind` before it returns the stream: an error
+    // here means the statement never ran.
+    let stream = client.query_raw(statement, params.iter()).await;
+    let mut stream = pin!(stream.map_err(|e| Attempt::NotRun(e.into()))?);
     let mut rows = Vec::new();
-    while let Some(row) = stream.try_next().await? {
+    while let Some(row) = stream.try_next().await.map_err(|e| Attempt::Failed(e.into()))? {
         if rows.len() >= limits.max_rows {
-            return Err(SqlError::TooLarge(format!(
+            return Err(Attempt::Failed(SqlError::TooLarge(format!(
                 "the result has more than {} rows (the limit)",
                 limits.max_rows
-            )));
+            ))));
         }
-        rows.push(shape.render(&row, budget, limits)?);
+        rows.push(shape.render(&row, budget, limits).map_err(Attempt::Failed)?);
     }
     let row_count = stream.rows_affected().unwrap_or(rows.len() as u64);
     Ok(StatementResult { columns: shape.columns, rows, row_count, command })
@@ -286,8 +451,12 @@ pub async fn run_statement(
 /// in one transaction (`BEGIN`, each statement, `COMMIT`; on any error `ROLLBACK`, and the
 /// error says `statement N: ...`, N counting from 1). Transaction control statements are
 /// refused: explicit transactions belong on a connection handle ([`run_raw`]).
+///
+/// A single statement uses (and fills) `cache`, the connection's kept statements; statements
+/// of a list are prepared for the request and closed after it.
 pub async fn run_request(
     client: &Client,
+    cache: &StatementCache,
     req: &SqlRequest,
     limits: &Limits,
 ) -> Result<Vec<StatementResult>, SqlError> {
@@ -295,7 +464,7 @@ pub async fn run_request(
     let statements = match req {
         SqlRequest::One(statement) => {
             refuse_transaction_control(statement)?;
-            return Ok(vec![run_statement(client, statement, limits, &mut budget).await?]);
+            return Ok(vec![run_kept(client, cache, statement, limits, &mut budget).await?]);
         }
         SqlRequest::Many { statements } => statements,
     };

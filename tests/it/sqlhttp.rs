@@ -2,7 +2,7 @@
 //! type, errors with their SQLSTATE, limits, and statement lists as one transaction.
 
 use serde_json::{Map, Value, json};
-use tenantd::sqlhttp::{self, Limits, SqlError, SqlRequest, StatementResult};
+use tenantd::sqlhttp::{self, Limits, SqlError, SqlRequest, StatementCache, StatementResult};
 
 const LIMITS: Limits = Limits { max_rows: 1000, max_result_bytes: 1 << 20 };
 
@@ -20,8 +20,9 @@ fn body(value: Value) -> SqlRequest {
 
 /// Runs one statement the way `POST /v1/tenants/{slug}/sql` does.
 async fn run(client: &tokio_postgres::Client, sql: &str, params: Value) -> Result<StatementResult, SqlError> {
+    let cache = StatementCache::default();
     let mut results =
-        sqlhttp::run_request(client, &body(json!({ "sql": sql, "params": params })), &LIMITS).await?;
+        sqlhttp::run_request(client, &cache, &body(json!({ "sql": sql, "params": params })), &LIMITS).await?;
     Ok(results.remove(0))
 }
 
@@ -37,7 +38,8 @@ async fn many(
     statements: Value,
     limits: &Limits,
 ) -> Result<Vec<StatementResult>, SqlError> {
-    sqlhttp::run_request(client, &body(json!({ "statements": statements })), limits).await
+    let cache = StatementCache::default();
+    sqlhttp::run_request(client, &cache, &body(json!({ "statements": statements })), limits).await
 }
 
 fn bad_request(result: Result<impl std::fmt::Debug, SqlError>) -> String {
@@ -308,19 +310,22 @@ async fn server_errors_keep_sqlstate_position_and_detail() {
 async fn results_over_the_limits_are_refused_early() {
     let client = database().await;
     let limits = Limits { max_rows: 10, max_result_bytes: 1000 };
+    // One cache for the whole test, as a pooled connection has: the statements run again are
+    // the kept ones.
+    let cache = StatementCache::default();
     let count = |n: i32| body(json!({"sql": "SELECT generate_series(1, $1) AS n", "params": [n]}));
-    let results = sqlhttp::run_request(&client, &count(10), &limits).await.expect("10 rows fit");
+    let results = sqlhttp::run_request(&client, &cache, &count(10), &limits).await.expect("10 rows fit");
     assert_eq!(results[0].row_count, 10);
-    match sqlhttp::run_request(&client, &count(100_000), &limits).await {
+    match sqlhttp::run_request(&client, &cache, &count(100_000), &limits).await {
         Err(SqlError::TooLarge(message)) => assert!(message.contains("10 rows"), "{message}"),
         other => panic!("expected TooLarge, got {other:?}"),
     }
     // The connection is still usable after a statement stopped early.
-    let results = sqlhttp::run_request(&client, &count(3), &limits).await.expect("after a refusal");
+    let results = sqlhttp::run_request(&client, &cache, &count(3), &limits).await.expect("after a refusal");
     assert_eq!(results[0].row_count, 3);
 
     let wide = body(json!({"sql": "SELECT repeat('x', 2000) AS s"}));
-    match sqlhttp::run_request(&client, &wide, &limits).await {
+    match sqlhttp::run_request(&client, &cache, &wide, &limits).await {
         Err(SqlError::TooLarge(message)) => assert!(message.contains("1000 bytes"), "{message}"),
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -448,4 +453,86 @@ async fn raw_runs_leave_transactions_to_the_caller() {
     sqlhttp::run_raw(&client, &rollback, &LIMITS).await.expect("ROLLBACK on a handle");
     let seen = only_row(&client, "SELECT count(*) AS n FROM t", json!([])).await;
     assert_eq!(seen["n"], "0");
+}
+
+/// The statements a pooled connection keeps between requests (single statements in
+/// autocommit) follow the schema, survive the tenant's `DEALLOCATE ALL`, never run twice, and
+/// stay bounded on the server.
+#[tokio::test]
+async fn kept_statements_follow_the_schema_and_stay_bounded() {
+    let client = database().await;
+    let cache = StatementCache::default();
+    let kept = |sql: &'static str, params: Value| {
+        let (client, cache) = (&client, &cache);
+        async move {
+            let request = body(json!({ "sql": sql, "params": params }));
+            sqlhttp::run_request(client, cache, &request, &LIMITS).await.map(|mut r| r.remove(0))
+        }
+    };
+    let select = "SELECT * FROM items WHERE id = $1";
+    kept("CREATE TABLE items (id int PRIMARY KEY, name text)", json!([])).await.unwrap();
+    kept("INSERT INTO items VALUES (1, 'one')", json!([])).await.unwrap();
+    let first = kept(select, json!([1])).await.unwrap();
+    assert_eq!(first.rows, vec![json!({"id": 1, "name": "one"}).as_object().unwrap().clone()]);
+    assert_eq!(cache.len(), 3, "each statement kept");
+
+    // A column more: the kept statement's result type changed ("cached plan must not change
+    // result type"); it is prepared again and answers with the new shape.
+    kept("ALTER TABLE items ADD COLUMN note text DEFAULT 'n'", json!([])).await.unwrap();
+    let wider = kept(select, json!([1])).await.unwrap();
+    let names: Vec<&str> = wider.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["id", "name", "note"]);
+
+    // A parameter's type widened: the kept statement binds $1 as int4, too small for the value;
+    // prepared again it binds int8.
+    kept("ALTER TABLE items ALTER COLUMN id TYPE bigint", json!([])).await.unwrap();
+    kept("INSERT INTO items (id, name) VALUES (5000000000, 'big')", json!([])).await.unwrap();
+    let big = kept(select, json!([5_000_000_000i64])).await.unwrap();
+    assert_eq!(big.rows[0]["name"], "big", "{:?}", big.rows);
+
+    // The tenant drops every prepared statement of its session: each kept one is prepared
+    // again, and a write runs exactly once.
+    let insert = "INSERT INTO items (id, name) VALUES ($1, 'again')";
+    kept(insert, json!([2])).await.unwrap();
+    kept("DEALLOCATE ALL", json!([])).await.unwrap();
+    kept(insert, json!([3])).await.unwrap();
+    let count = kept("SELECT count(*) AS n FROM items WHERE name = 'again'", json!([])).await.unwrap();
+    assert_eq!(count.rows[0]["n"], "2", "each insert ran once");
+
+    // A statement that fails while it runs is not run again.
+    kept("CREATE TABLE runs (n int)", json!([])).await.unwrap();
+    let failing = "INSERT INTO runs VALUES (1); SELECT 1/0";
+    assert!(kept(failing, json!([])).await.is_err(), "two statements in one are refused by the server");
+    let divide = "WITH w AS (INSERT INTO runs VALUES (1) RETURNING n) SELECT n / (n - 1) FROM w";
+    for _ in 0..2 {
+        let (state, ..) = sqlstate(kept(divide, json!([])).await);
+        assert_eq!(state, "22012");
+    }
+    let runs = kept("SELECT count(*) AS n FROM runs", json!([])).await.unwrap();
+    assert_eq!(runs.rows[0]["n"], "0", "failed statements rolled back, none retried into success");
+
+    // Ever new SQL: the connection keeps at most CAPACITY statements, here and on the server.
+    for i in 0..(StatementCache::CAPACITY * 2) {
+        let sql: &'static str = Box::leak(format!("SELECT {i} AS n").into_boxed_str());
+        kept(sql, json!([])).await.unwrap();
+    }
+    assert!(cache.len() <= StatementCache::CAPACITY, "{} kept", cache.len());
+    let on_server = kept("SELECT count(*) AS n FROM pg_prepared_statements", json!([])).await.unwrap();
+    let on_server: usize = on_server.rows[0]["n"].as_str().unwrap().parse().unwrap();
+    assert!(on_server <= StatementCache::CAPACITY + 4, "{on_server} prepared statements on the server");
+}
+
+#[tokio::test]
+async fn huge_statements_are_not_kept() {
+    let client = database().await;
+    let cache = StatementCache::default();
+    let huge = format!("SELECT 1 AS n /* {} */", "x".repeat(StatementCache::MAX_STATEMENT_WEIGHT));
+    let request = body(json!({ "sql": huge }));
+    let results = sqlhttp::run_request(&client, &cache, &request, &LIMITS).await.expect("runs");
+    assert_eq!(results[0].rows[0]["n"], 1);
+    assert!(cache.is_empty(), "a statement over the weight limit runs but is not kept");
+    let wide: Vec<String> = (0..200).map(|i| format!("{i} AS c{i}")).collect();
+    let request = body(json!({ "sql": format!("SELECT {}", wide.join(", ")) }));
+    sqlhttp::run_request(&client, &cache, &request, &LIMITS).await.expect("runs");
+    assert!(cache.is_empty(), "200 columns weigh more than the limit too");
 }
