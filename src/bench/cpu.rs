@@ -54,6 +54,21 @@ impl CpuTimes {
     }
 }
 
+/// CPU time used so far by the PostgreSQL processes `pids` of a server on this machine, or
+/// `None` when one of them is not a local `postgres` process (the server is elsewhere).
+pub fn postgres_cpu(pids: &[i32]) -> Option<Duration> {
+    let mut spent = Duration::ZERO;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, ticks) = parse_stat(&stat)?;
+        if name != "postgres" {
+            return None;
+        }
+        spent += Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND);
+    }
+    Some(spent)
+}
+
 /// `comm` and utime + stime (fields 14 and 15) of one `stat` line. `comm` sits between the
 /// first `(` and the last `)`, and may itself hold spaces and parentheses.
 fn parse_stat(stat: &str) -> Option<(&str, u64)> {

@@ -51,6 +51,9 @@ struct SqlFigures {
     http_cpu: CpuTimes,
     /// CPU time of the concurrent direct run.
     direct_cpu: CpuTimes,
+    /// CPU time of the tenant role's backends in each concurrent run (HTTP, direct), when the
+    /// server runs on this machine.
+    postgres_cpu: Option<(Duration, Duration)>,
     queries: usize,
 }
 
@@ -112,7 +115,13 @@ impl SqlFigures {
             "direct tokio-postgres client",
             per_query(self.direct_cpu.clients, q)
         );
-        println!("  (PostgreSQL's own CPU is in its backends, outside these figures)");
+        match self.postgres_cpu {
+            Some((http, direct)) => {
+                println!("  {:<40} {:>8.1} us", "PostgreSQL backends, HTTP run", per_query(http, q));
+                println!("  {:<40} {:>8.1} us", "PostgreSQL backends, direct run", per_query(direct, q));
+            }
+            None => println!("  (PostgreSQL's backends are on another machine: their CPU is not counted)"),
+        }
     }
 }
 
@@ -154,6 +163,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
         direct_times.push(direct_select(&direct).await?);
     }
     let per_client = n.div_ceil(concurrency);
+    let backends_before = backend_cpu(&direct).await?;
     let cpu_before = CpuTimes::now()?;
     let started = Instant::now();
     futures::future::try_join_all((0..concurrency).map(|_| {
@@ -169,10 +179,12 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     .await?;
     let http_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
     let http_cpu = CpuTimes::now()?.since(&cpu_before);
+    let backends_http = backend_cpu(&direct).await?;
     let mut connections = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         connections.push(crate::pg::connect(&parse_url(&details.url)?, &tls, "bench").await.map_err(err)?);
     }
+    let backends_direct_before = backend_cpu(&direct).await?;
     let cpu_before = CpuTimes::now()?;
     let started = Instant::now();
     futures::future::try_join_all(connections.iter().map(|c| async move {
@@ -184,6 +196,11 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     .await?;
     let direct_rate = (per_client * concurrency) as f64 / started.elapsed().as_secs_f64();
     let direct_cpu = CpuTimes::now()?.since(&cpu_before);
+    let backends_after = backend_cpu(&direct).await?;
+    let postgres_cpu = match (backends_before, backends_http, backends_direct_before, backends_after) {
+        (Some(a), Some(b), Some(c), Some(d)) => Some((b.saturating_sub(a), d.saturating_sub(c))),
+        _ => None,
+    };
     Ok(SqlFigures {
         http: http_times,
         direct: direct_times,
@@ -191,8 +208,21 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
         direct_rate,
         http_cpu,
         direct_cpu,
+        postgres_cpu,
         queries: per_client * concurrency,
     })
+}
+
+/// CPU time so far of every backend of the tenant role (the daemon's pool and the direct
+/// connections), when the server runs on this machine. Backends started during a run count
+/// from their start; none ends during one.
+async fn backend_cpu(client: &Client) -> Result<Option<Duration>, BenchError> {
+    let rows = client
+        .query("SELECT pid FROM pg_catalog.pg_stat_activity WHERE usename = current_user", &[])
+        .await
+        .map_err(pg)?;
+    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(super::cpu::postgres_cpu(&pids))
 }
 
 /// One `SELECT 1` on a direct connection; returns ms.
