@@ -143,9 +143,13 @@ const RESET_WITHIN: Duration = Duration::from_secs(5);
 
 /// What `DISCARD ALL` does except `DEALLOCATE ALL` and `DISCARD PLANS`:
 /// - tenantd keeps prepared statements of its own on the connection (the driver's type
-///   lookups, [`PREPARED_BY_SQL`], the SQL endpoint's kept statements), and deallocating them
-///   would break the next borrower's queries. The tenant's own `PREPARE`d statements are listed
-///   by [`PREPARED_BY_SQL`], sent right behind this message, and then deallocated one by one.
+///   lookups, the SQL endpoint's kept statements), and deallocating them would break the next
+///   borrower's queries. The last statement lists the tenant's own `PREPARE`d statements,
+///   which are then deallocated one by one. It is sent as SQL text on purpose: a statement
+///   prepared once and bound here could be replaced by the tenant (`DEALLOCATE s3; PREPARE s3
+///   AS ...` under the same name), and the reset would run the tenant's SQL. A tenant
+///   statement that took a kept statement's name is deallocated here, so the kept one is
+///   prepared again at its next use.
 /// - A cached plan carries nothing a borrower set: PostgreSQL plans again by itself when an
 ///   object, the `search_path` or the role a plan depends on changes. Dropping every plan at
 ///   each lending would only make the kept statements plan again on every request.
@@ -155,11 +159,12 @@ const RESET_WITHIN: Duration = Duration::from_secs(5);
 /// first. Only then: a `ROLLBACK` with no block open costs PostgreSQL a `WARNING` written to
 /// its log, on every lending, which made the reset cost four times a `SELECT 1`.
 const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+    SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LIMIT 1000";
 
-/// The tenant's own prepared statements (SQL `PREPARE`, directly or in a function). Prepared
-/// once per connection: planning it in every reset cost as much as the rest of the reset.
-pub(super) const PREPARED_BY_SQL: &str = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+/// The `LIMIT` of the listing in [`RESET`]: a connection holding that many prepared statements
+/// of the tenant's is closed rather than cleaned one `DEALLOCATE` at a time.
+const MOST_PREPARED: usize = 1000;
 
 /// Resets a connection before it goes back to the pool; closes it if that fails. A statement
 /// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
@@ -171,18 +176,30 @@ async fn reset(object: managed::Object<TenantManager>) {
         if object.guard.tripped().is_some() || object.client.is_closed() {
             return Ok(false);
         }
+        // A request dropped inside `run_guarded` left its lookup limit in place.
+        object.guard.unlimited();
         let client = &object.client;
         let reset = match object.guard.idle_in_session() {
             true => std::borrow::Cow::Borrowed(RESET),
             false => std::borrow::Cow::Owned(format!("ROLLBACK; {RESET}")),
         };
-        // Both sent before either reply is read: one round trip.
-        let (_, prepared) =
-            tokio::try_join!(client.simple_query(&reset), client.query(&object.prepared_by_sql, &[]))?;
-        let deallocate = prepared
+        let replies = client.simple_query(&reset).await?;
+        let deallocate: Vec<String> = replies
             .iter()
-            .map(|row| row.try_get(0).map(crate::tenant_sql::deallocate))
-            .collect::<Result<Vec<String>, _>>()?;
+            .filter_map(|m| match m {
+                // Only the last statement's rows: the advisory unlock answers a row too.
+                tokio_postgres::SimpleQueryMessage::Row(row)
+                    if row.columns().first().map(|c| c.name()) == Some("name") =>
+                {
+                    row.try_get(0).ok().flatten()
+                }
+                _ => None,
+            })
+            .map(crate::tenant_sql::deallocate)
+            .collect();
+        if deallocate.len() >= MOST_PREPARED {
+            return Ok(false);
+        }
         if !deallocate.is_empty() {
             client.batch_execute(&deallocate.join("; ")).await?;
         }

@@ -97,9 +97,6 @@ pub struct PooledConn {
     busy: AtomicBool,
     /// Its backend on the server, for ending it when a cancel request is not enough.
     backend: Backend,
-    /// Lists the prepared statements the tenant made with SQL `PREPARE` (prepared once per
-    /// connection; the reset runs it after every lending).
-    prepared_by_sql: tokio_postgres::Statement,
     /// The statements kept prepared for the SQL endpoint (its single statements).
     statements: crate::sqlhttp::StatementCache,
     _permit: OwnedSemaphorePermit,
@@ -154,12 +151,11 @@ impl managed::Manager for TenantManager {
         };
         let guard = WireGuard::new(self.max_message);
         let client = self.connect(&guard).await?;
-        let (pid, prepared_by_sql) = tokio::try_join!(
-            client.query_one("SELECT pg_catalog.pg_backend_pid()", &[]),
-            client.prepare(lent::PREPARED_BY_SQL),
-        )
-        .map_err(ManagerError::Connect)?;
-        let pid: i32 = pid.get(0);
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await
+            .map_err(ManagerError::Connect)?
+            .get(0);
         let backend = Backend { server: self.server.clone(), role: self.role.clone(), pid };
         metrics::counter!("tenantd_pool_connections_opened_total", "server" => self.server.clone())
             .increment(1);
@@ -169,7 +165,6 @@ impl managed::Manager for TenantManager {
             address: self.address.clone(),
             busy: AtomicBool::new(false),
             backend,
-            prepared_by_sql,
             statements: crate::sqlhttp::StatementCache::default(),
             _permit: permit,
         })

@@ -322,8 +322,11 @@ impl StatementCache {
 
 /// Why running a prepared statement failed, and whether it had started.
 enum Attempt {
-    /// Refused before the statement ran: its parameters did not bind, or the server refused
-    /// the `Bind` (a kept statement gone stale is refused here). Nothing was executed.
+    /// Refused before the statement's `Execute` began: its parameters did not bind here, or
+    /// the server answered the `Bind` with an error (a kept statement gone stale is refused
+    /// there), and then skipped the `Execute` sent with it. Tenant code may still have run
+    /// during the `Bind` (a domain's check on a parameter, a function folded while planning),
+    /// never the statement itself.
     NotRun(SqlError),
     /// Failed while running or streaming rows.
     Failed(SqlError),
@@ -340,7 +343,8 @@ impl Attempt {
     /// types (a column's type changed), or the server refused the `Bind` for a reason of
     /// class 26 (statement gone), 0A (cached plan must not change result type) or 42 (an
     /// object or operator it used is no longer there). A cancel or a resource error is not
-    /// worth a second try.
+    /// worth a second try. (Tenant code raising such an error during `Bind` runs twice; the
+    /// statement itself never started.)
     fn stale(&self) -> bool {
         match self {
             Attempt::NotRun(SqlError::BadRequest(_)) => true,
@@ -392,9 +396,10 @@ pub async fn run_statement(
 }
 
 /// [`run_statement`] with a statement kept in `cache` when there is one. A kept statement
-/// refused as stale before it ran is forgotten, prepared afresh and run once more; only
-/// then does its error reach the client. Only for a statement in autocommit: inside a
-/// transaction block a refused `Bind` would have aborted the transaction.
+/// refused as stale before its `Execute` began is forgotten, prepared afresh and run once
+/// more; only then does its error reach the client. Any other refusal at `Bind` forgets it
+/// too, so that no kept statement fails for good. Only for a statement in autocommit: inside
+/// a transaction block a refused `Bind` would have aborted the transaction.
 async fn run_kept(
     client: &Client,
     cache: &StatementCache,
@@ -408,6 +413,10 @@ async fn run_kept(
             Err(attempt) if attempt.stale() => {
                 metrics::counter!("tenantd_sql_statements_reprepared_total").increment(1);
                 cache.forget(&req.sql);
+            }
+            Err(Attempt::NotRun(error)) => {
+                cache.forget(&req.sql);
+                return Err(error);
             }
             result => return result.map_err(Attempt::error),
         }

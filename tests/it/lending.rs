@@ -267,6 +267,42 @@ async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
     assert_eq!(row["customers"], "0", "the open transaction was rolled back");
 }
 
+/// The SQL endpoint keeps statements prepared on its connections. A tenant that puts its own
+/// statement under a kept one's name (SQL `PREPARE` shares the protocol's namespace) does not
+/// change what the next request runs: the reset deallocates every statement the tenant
+/// prepared, and the kept one is prepared again.
+#[tokio::test]
+async fn a_kept_statement_cannot_be_swapped_for_the_next_request() {
+    let app = app()
+        .configure(|s| {
+            s.pools.per_tenant = 1;
+            s.pools.max_handles_per_tenant = 1;
+        })
+        .spawn()
+        .await;
+    let token = ready_tenant(&app, "swap").await;
+    let genuine = json!({ "sql": "SELECT 'genuine' AS v, pg_backend_pid() AS pid" });
+    let (status, first) = sql_as(&app, &token, "swap", genuine.clone()).await;
+    assert_eq!((status, &first["rows"][0]["v"]), (200, &json!("genuine")), "{first}");
+    let swap = r#"DO $$
+        DECLARE kept text;
+        BEGIN
+            SELECT name INTO STRICT kept FROM pg_prepared_statements
+             WHERE statement = 'SELECT ''genuine'' AS v, pg_backend_pid() AS pid';
+            EXECUTE format('DEALLOCATE %I', kept);
+            EXECUTE format('PREPARE %I AS SELECT ''forged''::text AS v, pg_backend_pid() AS pid', kept);
+        END $$"#;
+    let (status, body) = sql_as(&app, &token, "swap", json!({ "sql": swap })).await;
+    assert_eq!(status, 200, "the tenant may do this to its own session: {body}");
+    let (status, again) = sql_as(&app, &token, "swap", genuine).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["rows"][0]["pid"], first["rows"][0]["pid"],
+        "the same session (else this proves nothing)"
+    );
+    assert_eq!(again["rows"][0]["v"], "genuine", "the kept statement was prepared again");
+}
+
 #[tokio::test]
 async fn bounds_hold_under_a_burst() {
     let app = app()
