@@ -224,6 +224,14 @@ impl AppBuilder {
         self
     }
 
+    /// One pooled connection (and one handle) per tenant: each borrower gets the same session.
+    pub fn one_connection_per_tenant(self) -> Self {
+        self.configure(|s| {
+            s.pools.per_tenant = 1;
+            s.pools.max_handles_per_tenant = 1;
+        })
+    }
+
     /// Inject faults into provisioning steps.
     pub fn faults(mut self, hook: tenantd::steps::FaultHook) -> Self {
         self.faults = Some(hook);

@@ -311,13 +311,7 @@ async fn huge_values_are_refused_before_they_are_read_into_memory() {
 
 #[tokio::test]
 async fn the_reset_between_borrowers_keeps_the_drivers_type_lookups_working() {
-    let app = app()
-        .configure(|s| {
-            s.pools.per_tenant = 1;
-            s.pools.max_handles_per_tenant = 1;
-        })
-        .spawn()
-        .await;
+    let app = app().one_connection_per_tenant().spawn().await;
     let (token, _) = tenant(&app, "enums").await;
     for ddl in ["CREATE TYPE e1 AS ENUM ('a')", "CREATE TYPE e2 AS ENUM ('b')"] {
         let (status, body) = sql(&app, &token, "enums", json!({ "sql": ddl })).await;

@@ -204,13 +204,7 @@ async fn a_handle_holds_a_transaction_invisible_to_others_until_commit() {
 #[tokio::test]
 async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
     // One connection per tenant: the next borrower gets the very same session.
-    let app = app()
-        .configure(|s| {
-            s.pools.per_tenant = 1;
-            s.pools.max_handles_per_tenant = 1;
-        })
-        .spawn()
-        .await;
+    let app = app().one_connection_per_tenant().spawn().await;
     let token = ready_tenant(&app, "clean").await;
     let (_, opened) = app.request_as(Method::POST, "/v1/tenants/clean/handles", None, Some(&token)).await;
     let handle = opened["handle"].as_str().unwrap().to_owned();
@@ -273,13 +267,7 @@ async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
 /// prepared, and the kept one is prepared again.
 #[tokio::test]
 async fn a_kept_statement_cannot_be_swapped_for_the_next_request() {
-    let app = app()
-        .configure(|s| {
-            s.pools.per_tenant = 1;
-            s.pools.max_handles_per_tenant = 1;
-        })
-        .spawn()
-        .await;
+    let app = app().one_connection_per_tenant().spawn().await;
     let token = ready_tenant(&app, "swap").await;
     let genuine = json!({ "sql": "SELECT 'genuine' AS v, pg_backend_pid() AS pid" });
     let (status, first) = sql_as(&app, &token, "swap", genuine.clone()).await;
