@@ -41,6 +41,17 @@ fn run_as() -> Option<nix::unistd::User> {
     )
 }
 
+/// A free port for PgBouncer, outside the kernel's ephemeral range (32768–60999 on Linux). Every
+/// `bind(…:0)` and every outgoing connection of the tests running alongside draws from that
+/// range, so a port found free there could be taken by another test before PgBouncer binds it
+/// (it then listens only on its Unix socket, and the test talks to someone else's server).
+fn bouncer_port() -> u16 {
+    (0..1000)
+        .map(|_| rand::random_range(20_000..30_000))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port between 20000 and 30000")
+}
+
 /// A PgBouncer process on `DIR/pgbouncer.ini`, killed when dropped. Its log is
 /// `DIR/pgbouncer.log` (shown when a test fails to connect) and its pid is in `DIR/pgbouncer.pid`.
 struct PgBouncer {
@@ -60,6 +71,17 @@ impl PgBouncer {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start pgbouncer: {e}; {INSTALL_HINT}"));
         std::fs::write(dir.join("pgbouncer.pid"), child.id().to_string()).expect("pid file");
         let bouncer = PgBouncer { child, port, dir: dir.to_owned() };
+        // Something else may answer on the port: PgBouncer logs whether it took it before it
+        // says it is up.
+        wait_for("PgBouncer to start", Duration::from_secs(10), || async {
+            bouncer.log().contains("process up").then_some(())
+        })
+        .await;
+        assert!(
+            !bouncer.log().contains("cannot listen on"),
+            "PgBouncer did not get its port:\n{}",
+            bouncer.log()
+        );
         wait_for("PgBouncer to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
@@ -170,7 +192,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 #[tokio::test]
 async fn pgbench_runs_ten_clients_through_a_transaction_pool() {
-    let port = tenantd::pgcluster::free_port().expect("free port");
+    let port = bouncer_port();
     // CONNECTION LIMIT 8 less tenantd's own pool of 5: PgBouncer may use 3 server connections.
     let app = daemon_behind(port, 8).await;
     let details = ready_tenant(&app, "bench-shop").await;
@@ -284,7 +306,7 @@ async fn pgbench_runs_ten_clients_through_a_transaction_pool() {
 
 #[tokio::test]
 async fn watch_routes_a_new_tenant_within_two_seconds_and_drops_suspended_and_deleted_ones() {
-    let port = tenantd::pgcluster::free_port().expect("free port");
+    let port = bouncer_port();
     let app = daemon_behind(port, 20).await;
     let dir = traversable_tempdir();
     write_config(&app, dir.path(), port).await;
@@ -371,7 +393,7 @@ async fn unrouted(bouncer: &PgBouncer, user: &str, password: &str, db: &str, wha
 
 #[tokio::test]
 async fn a_tenants_credentials_reach_only_its_own_database_through_pgbouncer() {
-    let port = tenantd::pgcluster::free_port().expect("free port");
+    let port = bouncer_port();
     let app = daemon_behind(port, 20).await;
     let a = ready_tenant(&app, "own-a").await;
     let b = ready_tenant(&app, "own-b").await;
