@@ -74,6 +74,13 @@ impl Lent {
             }
         };
         conn.busy.store(false, Ordering::SeqCst);
+        if let Err(SqlError::Postgres { sqlstate, .. }) = &result
+            && sqlstate == "26000"
+        {
+            // A prepared statement is missing: maybe one of the driver's own type lookups, which
+            // it never prepares again (the tenant's `DEALLOCATE ALL`). Start afresh.
+            conn.retire.store(true, Ordering::SeqCst);
+        }
         result.map_err(|e| match (conn.guard.tripped(), e) {
             (Some(Tripped::TooLarge(limit)), _) => SqlError::TooLarge(format!(
                 "a row of the result is larger than {limit} bytes; the connection was closed before reading it"
@@ -144,8 +151,9 @@ const RESET_WITHIN: Duration = Duration::from_secs(5);
 /// What `DISCARD ALL` does except `DEALLOCATE ALL` and `DISCARD PLANS`:
 /// - tenantd keeps prepared statements of its own on the connection (the driver's type
 ///   lookups, the SQL endpoint's kept statements), and deallocating them would break the next
-///   borrower's queries. The last statement lists the tenant's own `PREPARE`d statements,
-///   which are then deallocated one by one. It is sent as SQL text on purpose: a statement
+///   borrower's queries. The last statement lists every prepared statement; the tenant's own
+///   (`PREPARE`d) are then deallocated one by one, and the connection is closed instead when
+///   it holds too many ([`Listed::retire`]). It is sent as SQL text on purpose: a statement
 ///   prepared once and bound here could be replaced by the tenant (`DEALLOCATE s3; PREPARE s3
 ///   AS ...` under the same name), and the reset would run the tenant's SQL. A tenant
 ///   statement that took a kept statement's name is deallocated here, so the kept one is
@@ -157,14 +165,61 @@ const RESET_WITHIN: Duration = Duration::from_secs(5);
 /// One simple-query message, its statements in one implicit transaction. When the borrower
 /// left a transaction block open (the wire's last `ReadyForQuery` says so), `ROLLBACK` goes
 /// first. Only then: a `ROLLBACK` with no block open costs PostgreSQL a `WARNING` written to
-/// its log, on every lending, which made the reset cost four times a `SELECT 1`.
+/// its log, on every lending, which made the reset cost about five times a `SELECT 1`.
 const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-    SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LIMIT 1000";
+    SELECT name, from_sql FROM pg_catalog.pg_prepared_statements LIMIT 1000";
 
 /// The `LIMIT` of the listing in [`RESET`]: a connection holding that many prepared statements
-/// of the tenant's is closed rather than cleaned one `DEALLOCATE` at a time.
+/// is closed rather than cleaned one `DEALLOCATE` at a time.
 const MOST_PREPARED: usize = 1000;
+
+/// Most statements of tenantd's own (the SQL endpoint's kept statements, the driver's type
+/// lookups) a connection may hold at its reset; more means some leaked (a preparation that
+/// failed after its `Parse` leaves a statement nobody closes), and the connection is closed.
+const MOST_OWN_STATEMENTS: usize = crate::sqlhttp::StatementCache::CAPACITY + 8;
+
+/// What the reset's listing found.
+#[derive(Debug, Default, PartialEq)]
+struct Listed {
+    /// The tenant's own (`PREPARE`) statements, to deallocate.
+    tenants: Vec<String>,
+    /// Statements prepared over the protocol: tenantd's.
+    own: usize,
+    /// The tenant prepared a statement under a name of the driver's kind (`s` and digits): it
+    /// may have stood in for one of the driver's type lookups, whose answers the driver caches.
+    driver_name_taken: bool,
+}
+
+impl Listed {
+    /// Reads the rows of the listing (`name`, `from_sql`) among the reset's replies.
+    fn from_replies(replies: &[tokio_postgres::SimpleQueryMessage]) -> Listed {
+        let mut listed = Listed::default();
+        for message in replies {
+            // Only the listing's rows: the advisory unlock answers a row too.
+            let tokio_postgres::SimpleQueryMessage::Row(row) = message else { continue };
+            if row.columns().first().map(|c| c.name()) != Some("name") {
+                continue;
+            }
+            let (Ok(Some(name)), Ok(Some(from_sql))) = (row.try_get(0), row.try_get(1)) else { continue };
+            if from_sql == "t" {
+                let digits = name.strip_prefix('s').unwrap_or("");
+                listed.driver_name_taken |= !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                listed.tenants.push(name.to_owned());
+            } else {
+                listed.own += 1;
+            }
+        }
+        listed
+    }
+
+    /// The connection is better closed than cleaned.
+    fn retire(&self) -> bool {
+        self.tenants.len() + self.own >= MOST_PREPARED
+            || self.own > MOST_OWN_STATEMENTS
+            || self.driver_name_taken
+    }
+}
 
 /// Resets a connection before it goes back to the pool; closes it if that fails. A statement
 /// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
@@ -173,7 +228,10 @@ async fn reset(object: managed::Object<TenantManager>) {
         if object.busy.load(Ordering::SeqCst) {
             cancel(&object).await;
         }
-        if object.guard.tripped().is_some() || object.client.is_closed() {
+        if object.guard.tripped().is_some()
+            || object.client.is_closed()
+            || object.retire.load(Ordering::SeqCst)
+        {
             return Ok(false);
         }
         // A request dropped inside `run_guarded` left its lookup limit in place.
@@ -183,23 +241,12 @@ async fn reset(object: managed::Object<TenantManager>) {
             true => std::borrow::Cow::Borrowed(RESET),
             false => std::borrow::Cow::Owned(format!("ROLLBACK; {RESET}")),
         };
-        let replies = client.simple_query(&reset).await?;
-        let deallocate: Vec<String> = replies
-            .iter()
-            .filter_map(|m| match m {
-                // Only the last statement's rows: the advisory unlock answers a row too.
-                tokio_postgres::SimpleQueryMessage::Row(row)
-                    if row.columns().first().map(|c| c.name()) == Some("name") =>
-                {
-                    row.try_get(0).ok().flatten()
-                }
-                _ => None,
-            })
-            .map(crate::tenant_sql::deallocate)
-            .collect();
-        if deallocate.len() >= MOST_PREPARED {
+        let listed = Listed::from_replies(&client.simple_query(&reset).await?);
+        if listed.retire() {
             return Ok(false);
         }
+        let deallocate: Vec<String> =
+            listed.tenants.iter().map(|name| crate::tenant_sql::deallocate(name)).collect();
         if !deallocate.is_empty() {
             client.batch_execute(&deallocate.join("; ")).await?;
         }
@@ -233,5 +280,29 @@ async fn reset(object: managed::Object<TenantManager>) {
                 None => tracing::warn!("no terminator: the backend ends when it next writes to its socket"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_limit_is_the_one_enforced() {
+        assert!(RESET.ends_with(&format!("LIMIT {MOST_PREPARED}")), "{RESET}");
+    }
+
+    #[test]
+    fn names_of_the_drivers_kind_and_too_many_statements_retire_a_connection() {
+        let listed = |tenants: &[&str], own: usize| Listed {
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+            own,
+            driver_name_taken: false,
+        };
+        assert!(!listed(&["mine", "s", "s1x", "stmt"], 3).retire());
+        assert!(!listed(&[], MOST_OWN_STATEMENTS).retire());
+        assert!(listed(&[], MOST_OWN_STATEMENTS + 1).retire());
+        assert!(listed(&["x"; 10], MOST_PREPARED - 10).retire());
+        assert!(Listed { driver_name_taken: true, ..listed(&["s12"], 0) }.retire());
     }
 }

@@ -95,6 +95,8 @@ pub struct PooledConn {
     address: Arc<Endpoint>,
     /// A statement may be running (a request is using the connection).
     busy: AtomicBool,
+    /// Close instead of reset when the lending ends (see [`Lent::run_guarded`]).
+    retire: AtomicBool,
     /// Its backend on the server, for ending it when a cancel request is not enough.
     backend: Backend,
     /// The statements kept prepared for the SQL endpoint (its single statements).
@@ -164,6 +166,7 @@ impl managed::Manager for TenantManager {
             guard,
             address: self.address.clone(),
             busy: AtomicBool::new(false),
+            retire: AtomicBool::new(false),
             backend,
             statements: crate::sqlhttp::StatementCache::default(),
             _permit: permit,

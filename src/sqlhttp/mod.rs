@@ -411,7 +411,9 @@ async fn run_kept(
     if let Some(statement) = cache.get(&req.sql) {
         match execute(client, &statement, req, command.clone(), limits, budget).await {
             Err(attempt) if attempt.stale() => {
-                metrics::counter!("tenantd_sql_statements_reprepared_total").increment(1);
+                if let Attempt::NotRun(SqlError::Postgres { .. }) = attempt {
+                    metrics::counter!("tenantd_sql_statements_reprepared_total").increment(1);
+                }
                 cache.forget(&req.sql);
             }
             Err(Attempt::NotRun(error)) => {
@@ -423,7 +425,10 @@ async fn run_kept(
     }
     let statement = client.prepare(&req.sql).await?;
     let result = execute(client, &statement, req, command, limits, budget).await;
-    cache.keep(&req.sql, statement);
+    // Kept only once it bound: parameters that never fit it would only cycle through the cache.
+    if !matches!(result, Err(Attempt::NotRun(_))) {
+        cache.keep(&req.sql, statement);
+    }
     result.map_err(Attempt::error)
 }
 

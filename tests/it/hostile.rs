@@ -328,6 +328,34 @@ async fn the_reset_between_borrowers_keeps_the_drivers_type_lookups_working() {
     assert_eq!(status, 200);
     let (status, body) = sql(&app, &token, "enums", json!({ "sql": "EXECUTE mine" })).await;
     assert_eq!((status, body["error"]["sqlstate"].as_str()), (400, Some("26000")), "{body}");
+
+    // (That 26000 replaced the connection too: the missing statement might have been the
+    // driver's.) The tenant drops every prepared statement of its session, the driver's type
+    // lookup included. The driver never prepares it again, so the next lookup of a type fails
+    // once; the connection is then replaced, and the request after that works.
+    let pid = async || {
+        let (status, body) =
+            sql(&app, &token, "enums", json!({ "sql": "SELECT pg_backend_pid() AS pid" })).await;
+        assert_eq!(status, 200, "{body}");
+        body["rows"][0]["pid"].clone()
+    };
+    let before = pid().await;
+    for step in ["SELECT 'a'::e1 AS v", "DEALLOCATE ALL", "CREATE TYPE e3 AS ENUM ('c')"] {
+        let (status, body) = sql(&app, &token, "enums", json!({ "sql": step })).await;
+        assert_eq!(status, 200, "{step}: {body}");
+    }
+    let (status, body) = sql(&app, &token, "enums", json!({ "sql": "SELECT 'c'::e3 AS v" })).await;
+    assert_eq!((status, body["error"]["sqlstate"].as_str()), (400, Some("26000")), "{body}");
+    let (status, body) = sql(&app, &token, "enums", json!({ "sql": "SELECT 'c'::e3 AS v" })).await;
+    assert_eq!((status, &body["rows"][0]["v"]), (200, &json!("c")), "a fresh connection: {body}");
+    let replaced = pid().await;
+    assert_ne!(replaced, before, "the connection was replaced");
+
+    // A statement under a name of the driver's kind may have stood in for one of its type
+    // lookups, whose answers the driver keeps: the connection is replaced after that lending.
+    let (status, body) = sql(&app, &token, "enums", json!({ "sql": "PREPARE s99 AS SELECT 1" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(pid().await, replaced, "replaced again");
 }
 
 #[tokio::test]

@@ -261,10 +261,11 @@ async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
     assert_eq!(row["customers"], "0", "the open transaction was rolled back");
 }
 
-/// The SQL endpoint keeps statements prepared on its connections. A tenant that puts its own
-/// statement under a kept one's name (SQL `PREPARE` shares the protocol's namespace) does not
-/// change what the next request runs: the reset deallocates every statement the tenant
-/// prepared, and the kept one is prepared again.
+/// The SQL endpoint keeps statements prepared on its connections, and SQL `PREPARE` and
+/// `DEALLOCATE` share the protocol's namespace. A tenant that drops a kept statement gets it
+/// prepared again on the same connection; one that puts its own statement under a kept one's
+/// name gets the connection replaced after that lending. Either way the next request runs
+/// what it sent.
 #[tokio::test]
 async fn a_kept_statement_cannot_be_swapped_for_the_next_request() {
     let app = app().one_connection_per_tenant().spawn().await;
@@ -272,23 +273,32 @@ async fn a_kept_statement_cannot_be_swapped_for_the_next_request() {
     let genuine = json!({ "sql": "SELECT 'genuine' AS v, pg_backend_pid() AS pid" });
     let (status, first) = sql_as(&app, &token, "swap", genuine.clone()).await;
     assert_eq!((status, &first["rows"][0]["v"]), (200, &json!("genuine")), "{first}");
-    let swap = r#"DO $$
-        DECLARE kept text;
-        BEGIN
-            SELECT name INTO STRICT kept FROM pg_prepared_statements
-             WHERE statement = 'SELECT ''genuine'' AS v, pg_backend_pid() AS pid';
-            EXECUTE format('DEALLOCATE %I', kept);
-            EXECUTE format('PREPARE %I AS SELECT ''forged''::text AS v, pg_backend_pid() AS pid', kept);
-        END $$"#;
-    let (status, body) = sql_as(&app, &token, "swap", json!({ "sql": swap })).await;
+    let tamper = |forge: &str| {
+        format!(
+            r#"DO $$
+            DECLARE kept text;
+            BEGIN
+                SELECT name INTO STRICT kept FROM pg_prepared_statements
+                 WHERE statement = 'SELECT ''genuine'' AS v, pg_backend_pid() AS pid';
+                EXECUTE format('DEALLOCATE %I', kept);
+                {forge}
+            END $$"#
+        )
+    };
+
+    let (status, body) = sql_as(&app, &token, "swap", json!({ "sql": tamper("") })).await;
     assert_eq!(status, 200, "the tenant may do this to its own session: {body}");
-    let (status, again) = sql_as(&app, &token, "swap", genuine).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(
-        again["rows"][0]["pid"], first["rows"][0]["pid"],
-        "the same session (else this proves nothing)"
-    );
-    assert_eq!(again["rows"][0]["v"], "genuine", "the kept statement was prepared again");
+    let (status, again) = sql_as(&app, &token, "swap", genuine.clone()).await;
+    assert_eq!((status, &again["rows"][0]["v"]), (200, &json!("genuine")), "prepared again: {again}");
+    assert_eq!(again["rows"][0]["pid"], first["rows"][0]["pid"], "on the same session");
+
+    let forge =
+        "EXECUTE format('PREPARE %I AS SELECT ''forged''::text AS v, pg_backend_pid() AS pid', kept);";
+    let (status, body) = sql_as(&app, &token, "swap", json!({ "sql": tamper(forge) })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, last) = sql_as(&app, &token, "swap", genuine).await;
+    assert_eq!((status, &last["rows"][0]["v"]), (200, &json!("genuine")), "{last}");
+    assert_ne!(last["rows"][0]["pid"], first["rows"][0]["pid"], "the connection was replaced");
 }
 
 #[tokio::test]

@@ -456,8 +456,8 @@ async fn raw_runs_leave_transactions_to_the_caller() {
 }
 
 /// The statements a pooled connection keeps between requests (single statements in
-/// autocommit) follow the schema, survive the tenant's `DEALLOCATE ALL`, never run twice, and
-/// stay bounded on the server.
+/// autocommit) follow the schema, are prepared again after the tenant's `DEALLOCATE ALL`, never
+/// run twice, and stay bounded on the server.
 #[tokio::test]
 async fn kept_statements_follow_the_schema_and_stay_bounded() {
     let client = database().await;
