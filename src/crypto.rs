@@ -173,7 +173,6 @@ pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
     a.ct_eq(&b).into()
 }
 
-/// Iterations of the SCRAM verifiers tenantd writes (PostgreSQL's default).
 /// PBKDF2 iterations of the SCRAM verifiers of tenant roles made by this build. Tenant
 /// passwords are 24 random bytes ([`random_secret`]): no iteration count makes them harder to
 /// guess (iterations slow down guessing human passwords), while each one costs time at every

@@ -126,7 +126,7 @@ impl MigrationSet {
     ///
     /// Everything refinery does — create the history table if missing, read it, check it
     /// against this set, apply what is pending and record it — runs in that one transaction
-    /// (see [`Session`]): all or nothing, in four round trips and one commit.
+    /// (see [`Session`]): all or nothing, in at most three round trips and one commit.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
         match self.run(client, false).await? {
             Upgrade::Done { to, applied, .. } => Ok((to, applied)),

@@ -132,14 +132,13 @@ async fn measure_migrate(
     Ok(MigrateFigures { floor_before, floor_after, tenantd })
 }
 
-/// The floor: `table` created by plain SQL in every database, as its tenant role, one
-/// connection and one transaction per database, `concurrency` at a time. Returns seconds.
 /// The floor's migration: one table in one transaction.
 fn create_table(table: &str) -> String {
     format!("BEGIN; CREATE TABLE {table} (id bigint PRIMARY KEY, note text); COMMIT")
 }
 
-/// Connects to every database, `concurrency` at a time, and runs `sql`; returns seconds.
+/// The floor: `sql` run in every database as its tenant role, one connection per database,
+/// `concurrency` at a time. Returns seconds.
 async fn floor(
     targets: &[(tokio_postgres::Config, crate::pgtls::PgTls)],
     concurrency: usize,

@@ -12,8 +12,9 @@
 //!   transaction block is open) and everything `DISCARD ALL` does but deallocating the
 //!   driver's own statements (session settings, temporary objects, the tenant's prepared
 //!   statements, advisory locks, LISTENs, role) before anyone else may borrow it; a
-//!   connection that cannot be reset, or is still in a transaction block after it, is closed
-//!   instead.
+//!   connection that cannot be reset, is still in a transaction block after it, or whose
+//!   prepared statements cannot be trusted (one went missing, too many, a tenant statement
+//!   named like the driver's) is closed instead.
 //! - **Limits the tenant cannot lift** ([`Lent::run_guarded`]): a deadline enforced with a
 //!   cancel request, a cap on server message size read from the wire before the message is
 //!   (see `pgwire`), and a cap on type lookups while preparing.
