@@ -170,7 +170,7 @@ impl std::fmt::Debug for AdminPools {
 }
 
 impl AdminPools {
-    /// Pools of at most `size` connections per server (one per provisioning worker suits).
+    /// Pools of at most `size` connections per server (two per provisioning worker suit).
     pub fn new(size: usize) -> Self {
         Self { size: size.max(1), pools: std::sync::Mutex::default() }
     }

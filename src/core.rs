@@ -63,7 +63,8 @@ impl Core {
         settings.validate()?;
         let keyring = keyring(&settings)?;
         let catalog = open_catalog(&settings).await?;
-        let admin_pools = AdminPools::new(settings.workers.concurrency + 1);
+        // Two per worker (a tenant's role and database are made at once), one for the rest.
+        let admin_pools = AdminPools::new(2 * settings.workers.concurrency + 1);
         Ok(Core {
             settings,
             catalog,

@@ -46,6 +46,10 @@ pub enum MigrationError {
     /// A migration failed or the history does not match the migrations of this binary.
     #[error("{}", describe_refinery(.0))]
     Refinery(#[from] refinery::Error),
+    /// The caller's gate said no before the commit ([`MigrationSet::apply_gated`]): nothing
+    /// was committed.
+    #[error("stopped before the commit")]
+    Gated,
 }
 
 fn describe_refinery(e: &refinery::Error) -> String {
@@ -128,7 +132,19 @@ impl MigrationSet {
     /// against this set, apply what is pending and record it — runs in that one transaction
     /// (see [`Session`]): all or nothing, in at most three round trips and one commit.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
-        match self.run(client, false).await? {
+        self.apply_gated(client, std::future::ready(true)).await
+    }
+
+    /// [`MigrationSet::apply`], with `gate` run meanwhile: the run commits only when `gate`
+    /// ends `true` ([`MigrationError::Gated`] otherwise, and the run rolls back). The
+    /// provisioner records the previous step's state in the catalog this way, while the first
+    /// migration round trip is on the wire.
+    pub async fn apply_gated(
+        &self,
+        client: &mut Client,
+        gate: impl Future<Output = bool>,
+    ) -> Result<(i32, Vec<Known>), MigrationError> {
+        match self.run(client, false, gate).await? {
             Upgrade::Done { to, applied, .. } => Ok((to, applied)),
             Upgrade::Ahead(version) => Ok((version, Vec::new())),
         }
@@ -138,10 +154,15 @@ impl MigrationSet {
     /// history is newer than this set is left untouched ([`Upgrade::Ahead`]) — checked
     /// inside the same transaction, under the same lock, before anything is applied.
     pub async fn upgrade(&self, client: &mut Client) -> Result<Upgrade, MigrationError> {
-        self.run(client, true).await
+        self.run(client, true, std::future::ready(true)).await
     }
 
-    async fn run(&self, client: &mut Client, refuse_ahead: bool) -> Result<Upgrade, MigrationError> {
+    async fn run(
+        &self,
+        client: &mut Client,
+        refuse_ahead: bool,
+        gate: impl Future<Output = bool>,
+    ) -> Result<Upgrade, MigrationError> {
         let ceiling = refuse_ahead.then(|| self.latest_version());
         let mut session = Session {
             client,
@@ -152,8 +173,12 @@ impl MigrationSet {
             ceiling,
             ahead: false,
         };
-        let report = self.runner().run_async(&mut session).await;
-        let ended = session.end(report.is_ok()).await;
+        let runner = self.runner();
+        let (report, open) = tokio::join!(runner.run_async(&mut session), gate);
+        let ended = session.end(report.is_ok() && open).await;
+        if !open {
+            return Err(MigrationError::Gated);
+        }
         if session.ahead {
             return Ok(Upgrade::Ahead(session.recorded));
         }

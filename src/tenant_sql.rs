@@ -208,11 +208,31 @@ pub fn rename_database(from: &PgIdent, to: &PgIdent) -> String {
 
 /// Renames a database, retrying for up to 5 s while it is "in use": sessions tenantd just
 /// closed (or ended) can linger for a moment.
+///
+/// PostgreSQL waits for other sessions on the database itself, but by sleeping 100 ms at a
+/// time; a session closed a moment ago is gone within a millisecond or two. So the sessions
+/// are first looked for here, every millisecond for up to 100 ms, and the rename is sent once
+/// none is left.
 pub async fn rename_database_when_free(
     admin: &tokio_postgres::Client,
     from: &PgIdent,
     to: &PgIdent,
 ) -> Result<(), tokio_postgres::Error> {
+    let quiet_by = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        let sessions: i64 = admin
+            .query_one(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity \
+                 WHERE datname OPERATOR(pg_catalog.=) $1::pg_catalog.text",
+                &[&from.as_str()],
+            )
+            .await?
+            .get(0);
+        if sessions == 0 || std::time::Instant::now() > quiet_by {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let ddl = rename_database(from, to);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {

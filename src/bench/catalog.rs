@@ -185,7 +185,7 @@ async fn phase(
     let slugs: Vec<String> = (0..NEW_TENANTS).map(|i| format!("ttr-{tag}-{i:02}")).collect();
     let mut ready = Vec::with_capacity(NEW_TENANTS);
     for slug in &slugs {
-        ready.extend(super::create_ready(app, std::slice::from_ref(slug), Duration::from_secs(120)).await?);
+        ready.extend(super::create_ready(app, std::slice::from_ref(slug), Duration::from_secs(120)).await?.0);
     }
     let steps = super::provision::step_breakdown(&app.catalog, &slugs).await?;
     let place = steps.iter().find(|(kind, _)| kind == "step.placed").map_or(f64::NAN, |(_, ms)| *ms);

@@ -14,10 +14,12 @@
 
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Client;
 
 use crate::admin::AdminTarget;
+use crate::app::App;
 use crate::catalog::Catalog;
 use crate::catalog::servers::{NewServer, ServerRecord};
 use crate::config::Settings;
@@ -227,25 +229,43 @@ async fn floor_parallel(
 
 /// Asks for `slugs` as new tenants (all at once) and returns their time-to-READY (ms) once
 /// every one is READY.
-async fn create_ready(
-    app: &crate::app::App,
-    slugs: &[String],
-    timeout: Duration,
-) -> Result<Vec<f64>, BenchError> {
+/// Asks for `slugs` all at once and waits until every one is READY; returns their
+/// time-to-READY (ms) and the rate from the first `created_at` to the last `ready_at`
+/// (tenants/s, catalog clock).
+async fn create_ready(app: &App, slugs: &[String], timeout: Duration) -> Result<(Vec<f64>, f64), BenchError> {
+    let create = |slug: &String| crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
+    // At once, as sign-ups come: at most 32 inserts in flight (the catalog pool's waiters).
+    futures::stream::iter(slugs)
+        .map(|slug| async move { crate::tenants::create(&app.catalog, &app.settings, &create(slug)).await })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(err)?;
+    let times = ready_times(app, slugs, timeout).await?;
+    let (mut first, mut last) = (None, None);
     for slug in slugs {
-        let req = crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
-        crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
+        let t = app.catalog.tenant(slug).await.map_err(err)?;
+        first = Some(first.map_or(t.created_at, |f: chrono::DateTime<chrono::Utc>| f.min(t.created_at)));
+        last = t.ready_at.map(|r| last.map_or(r, |l: chrono::DateTime<chrono::Utc>| l.max(r)));
     }
-    ready_times(&app.catalog, slugs, timeout).await
+    let span = match (first, last) {
+        (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
+        _ => f64::NAN,
+    };
+    Ok((times, slugs.len() as f64 / span.max(1e-6)))
 }
 
-/// Time-to-READY of `slugs` (ms) read from the scratch catalog once all are READY.
-async fn ready_times(catalog: &Catalog, slugs: &[String], timeout: Duration) -> Result<Vec<f64>, BenchError> {
+/// Time-to-READY of `slugs` (ms, the catalog's clock), once all are READY. Waits on the
+/// daemon's catalog notifications as `?wait=` does, reading a tenant again when one names it
+/// (or after 250 ms without): polling the catalog would load the very server being measured.
+async fn ready_times(app: &App, slugs: &[String], timeout: Duration) -> Result<Vec<f64>, BenchError> {
     let deadline = Instant::now() + timeout;
+    // Subscribed before the first read: a change after that read is on the channel.
+    let mut changes = app.changes.subscribe();
     let mut times = Vec::with_capacity(slugs.len());
     for slug in slugs {
         loop {
-            let t = catalog.tenant(slug).await.map_err(err)?;
+            let t = app.catalog.tenant(slug).await.map_err(err)?;
             match (t.status, t.ready_at) {
                 (crate::catalog::tenants::TenantStatus::Ready, Some(ready)) => {
                     times.push((ready - t.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
@@ -260,7 +280,24 @@ async fn ready_times(catalog: &Catalog, slugs: &[String], timeout: Duration) -> 
                 _ if Instant::now() > deadline => {
                     return Err(BenchError(format!("tenant {slug} not READY in time")));
                 }
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => {}
+            }
+            let named = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(change) if change.key == *slug => return Ok(()),
+                        Ok(_) => {}
+                        // Missed some: read again.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return Err(BenchError("the daemon stopped".into()));
+                        }
+                    }
+                }
+            };
+            // Elapsed without a notification naming it: read again all the same.
+            if let Ok(outcome) = tokio::time::timeout(Duration::from_millis(250), named).await {
+                outcome?;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `tenantd bench provision`: time-to-READY next to the raw floor.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{
     BenchError, Scratch, drop_floor, err, floor_one, floor_parallel, pick_server, ready_times, stats,
@@ -131,14 +131,12 @@ async fn measure(
         floor.push(floor_one(admin, &maintenance, &format!("tenantd_floor_{tag}_{i}"), &migrations).await?);
         let slug = format!("seq-{i:04}");
         crate::tenants::create(&app.catalog, &app.settings, &create(slug.clone())).await.map_err(err)?;
-        sequential.extend(ready_times(&app.catalog, &[slug], Duration::from_secs(120)).await?);
+        sequential.extend(ready_times(app, &[slug], Duration::from_secs(120)).await?);
     }
     let seq_slugs: Vec<String> = (0..n).map(|i| format!("seq-{i:04}")).collect();
     let steps = step_breakdown(&app.catalog, &seq_slugs).await?;
     let floor_rate = floor_parallel(admin, tag, n, concurrency).await?;
-    let started = Instant::now();
     let slugs: Vec<String> = (0..n).map(|i| format!("par-{i:04}")).collect();
-    let batch = super::create_ready(app, &slugs, Duration::from_secs(600)).await?;
-    let batch_rate = n as f64 / started.elapsed().as_secs_f64();
+    let (batch, batch_rate) = super::create_ready(app, &slugs, Duration::from_secs(600)).await?;
     Ok(Figures { steps, floor, sequential, floor_rate, batch, batch_rate })
 }

@@ -255,7 +255,7 @@ async fn measure(
         crate::tenants::CreateTenant { slug: SLUG.into(), server: Some(source.into()), ..Default::default() };
     let created = crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
     let token = created.token.ok_or_else(|| BenchError("no token".into()))?;
-    ready_times(&app.catalog, &[SLUG.to_owned()], Duration::from_secs(120)).await?;
+    ready_times(app, &[SLUG.to_owned()], Duration::from_secs(120)).await?;
     let tenant = app.catalog.tenant(SLUG).await.map_err(err)?;
     let on_source =
         crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant).await.map_err(err)?;

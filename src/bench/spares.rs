@@ -168,35 +168,20 @@ async fn measure(
         if status.as_u16() != 201 || body["status"] != "READY" {
             return Err(BenchError(format!("POST /v1/tenants for {slug}: HTTP {status}: {body}")));
         }
-        ready.extend(ready_times(catalog, std::slice::from_ref(slug), Duration::from_secs(30)).await?);
+        ready.extend(ready_times(app, std::slice::from_ref(slug), Duration::from_secs(30)).await?);
     }
     let from_spares_seq = from_spares(catalog, &slugs).await?;
     filled(catalog, server, version, burst.min(spares)).await?;
     settle(&app.core, server).await?;
     let burst_slugs: Vec<String> = (0..burst).map(|i| format!("burst-{i:04}")).collect();
     println!("burst: {burst} tenants asked for at once");
-    let create = |slug: &String| crate::tenants::CreateTenant { slug: slug.clone(), ..Default::default() };
-    futures::future::try_join_all(burst_slugs.iter().map(|slug| async move {
-        crate::tenants::create(catalog, &app.settings, &create(slug)).await.map_err(err)
-    }))
-    .await?;
-    ready_times(catalog, &burst_slugs, Duration::from_secs(600)).await?;
-    let (mut first, mut last) = (None, None);
-    for slug in &burst_slugs {
-        let t = catalog.tenant(slug).await.map_err(err)?;
-        first = Some(first.map_or(t.created_at, |f: chrono::DateTime<chrono::Utc>| f.min(t.created_at)));
-        last = t.ready_at.map(|r| last.map_or(r, |l: chrono::DateTime<chrono::Utc>| l.max(r)));
-    }
-    let span = match (first, last) {
-        (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
-        _ => f64::NAN,
-    };
+    let (_, burst_rate) = super::create_ready(app, &burst_slugs, Duration::from_secs(600)).await?;
     Ok(Figures {
         ready,
         http: round_trips,
         from_spares: from_spares_seq,
         burst,
-        burst_rate: burst as f64 / span.max(1e-6),
+        burst_rate,
         burst_from_spares: from_spares(catalog, &burst_slugs).await?,
         fill_rate,
         spare_bytes,

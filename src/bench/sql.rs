@@ -131,7 +131,7 @@ async fn measure_sql(daemon: &Daemon, n: usize, concurrency: usize) -> Result<Sq
     let req = crate::tenants::CreateTenant { slug: "bench-sql".into(), ..Default::default() };
     let created = crate::tenants::create(&app.catalog, &app.settings, &req).await.map_err(err)?;
     let token = created.token.ok_or_else(|| BenchError("no token".into()))?;
-    ready_times(&app.catalog, &["bench-sql".to_owned()], Duration::from_secs(120)).await?;
+    ready_times(app, &["bench-sql".to_owned()], Duration::from_secs(120)).await?;
     let tenant = app.catalog.tenant("bench-sql").await.map_err(err)?;
     let target =
         crate::target::TenantTarget::resolve(&app.catalog, &app.keyring, &tenant).await.map_err(err)?;

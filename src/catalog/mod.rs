@@ -68,6 +68,10 @@ pub struct Change {
     /// The row's new status.
     #[serde(default)]
     pub status: Option<String>,
+    /// A tenant whose lease is in force: its holder goes on with it, so no other worker has
+    /// anything to claim because of this change (absent from catalogs before V14: false).
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// A catalog problem.

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::{Location, Phase, Provisioner, Step, StepError, Target, pg_retry};
 use crate::catalog::events::EventKind;
 use crate::names::PgIdent;
-use crate::tenant_migrations;
+use crate::tenant_migrations::{self, Known};
 use tokio_postgres::Client;
 
 impl Provisioner<'_> {
@@ -99,25 +99,27 @@ impl Provisioner<'_> {
         Ok((client, db))
     }
 
-    /// Step 5: the embedded migrations, as the tenant role.
+    /// Step 5: the embedded migrations, as the tenant role; they commit only once `gate`
+    /// ends `true`. Returns the version and what was applied (the step's event is the
+    /// caller's).
     pub(super) async fn migrate(
         &self,
         t: &Target,
         location: Location,
         connection: Option<Client>,
-    ) -> Result<i32, StepError> {
+        gate: impl Future<Output = bool>,
+    ) -> Result<(i32, Vec<Known>), StepError> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let (mut client, _) = self.tenant_connection(t, location, connection).await?;
-        let (version, applied) = self
+        let applied = self
             .core
             .migrations
-            .apply(&mut client)
+            .apply_gated(&mut client, gate)
             .await
             .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(t.id, EventKind::Migrated, json!({ "version": version, "applied": applied })).await?;
-        Ok(version)
+        Ok(applied)
     }
 }

@@ -49,6 +49,21 @@ pub use attempt::{Outcome, run_claimed};
 pub use error::StepError;
 use error::{admin_retry, pg_retry};
 
+/// The error for a role under our name that is not this tenant's (`Foreign`); `Ok` otherwise.
+fn refuse_foreign_role(t: &Target, found: &Ownership) -> Result<(), StepError> {
+    let Ownership::Foreign(comment) = found else { return Ok(()) };
+    Err(StepError::Fatal(
+        Step::Role,
+        format!(
+            "role {:?} already exists and is not this tenant's (comment {:?}, expected {:?}); \
+             tenantd never adopts or alters a role it did not create",
+            t.role.as_str(),
+            comment.clone().unwrap_or_default(),
+            tenant_sql::marker(t.id)
+        ),
+    ))
+}
+
 /// Runs one step, recording its duration (`tenantd_provision_step_seconds{step}`).
 async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
     let started = Instant::now();
@@ -135,19 +150,43 @@ impl Provisioner<'_> {
         };
         let target = self.target(tenant, placed).await?;
         let admin = self.admin(&target, Step::Role).await?;
-        // A foreign database under our final name stops everything before anything is made.
-        let mut location = self.locate(&admin, &target, Step::Role).await?;
         let mut tenant_conn = None;
-        if tenant.status != TenantStatus::Migrating {
-            timed(Step::Role, self.ensure_role(&admin, &target, tenant)).await?;
-            let created = timed(Step::Database, self.ensure_database(&admin, &target, location)).await?;
-            tenant_conn = Some(timed(Step::Lockdown, self.lock_down(&admin, &target, created)).await?);
-            self.core
-                .catalog
-                .set_status(target.id, self.actor, TenantStatus::Migrating, EventKind::Lockdown, &json!({}))
-                .await?;
-            location = Some(created);
-        }
+        let mut locked_down = false;
+        let location = if tenant.status == TenantStatus::Migrating {
+            self.locate(&admin, &target, Step::Role).await?
+        } else {
+            // The role and the database do not depend on each other: they are made at once,
+            // on two admin connections (CREATE DATABASE is most of the wait). What is there
+            // already is looked up first, in one round trip; a foreign database under our
+            // final name, or a foreign role under our role name, stops everything before
+            // anything is made.
+            let (located, role, second) = tokio::join!(
+                self.locate(&admin, &target, Step::Role),
+                markers::role(&admin, target.id, &target.role),
+                self.admin(&target, Step::Database),
+            );
+            let (location, role) = (located?, role.map_err(pg_retry(Step::Role))?);
+            refuse_foreign_role(&target, &role.ownership)?;
+            let second = second?;
+            let (role, made) = tokio::join!(
+                timed(Step::Role, self.ensure_role(&admin, &target, tenant, role.ownership)),
+                timed(Step::Database, self.make_database(&second, &target, location)),
+            );
+            drop(second);
+            role?;
+            let made = made?;
+            // The database's event (after the role's, whichever finished first) is recorded
+            // while the lockdown's grants run on the server; the lockdown's own event comes
+            // with its state, below.
+            let (created, locked) = tokio::join!(
+                self.database_made(&target, made),
+                timed(Step::Lockdown, self.lock_down(&admin, &target, made.0)),
+            );
+            let created = created?;
+            tenant_conn = Some(locked?);
+            locked_down = true;
+            Some(created)
+        };
         let Some(location) = location else {
             // The database vanished (dropped by hand?): start the creation steps again.
             let detail = json!({ "reason": "tenant database is missing" });
@@ -159,13 +198,71 @@ impl Provisioner<'_> {
         };
         // Migrations may run long: give the pooled admin connection back meanwhile.
         drop(admin);
-        let version = match self.restore_from {
-            Some(file) => timed(Step::Migrate, self.restore(&target, location, file, tenant_conn)).await?,
-            None => timed(Step::Migrate, self.migrate(&target, location, tenant_conn)).await?,
+        // The lockdown's state (MIGRATING, and its event) is written while the migrate step
+        // starts; the migrations commit only once it is (a lost lease stops them).
+        let lockdown_recorded = async {
+            if !locked_down {
+                return Ok::<_, StepError>(());
+            }
+            let detail = json!({});
+            let catalog = &self.core.catalog;
+            Ok(catalog
+                .set_status(target.id, self.actor, TenantStatus::Migrating, EventKind::Lockdown, &detail)
+                .await?)
         };
-        if location == Location::Staging {
-            let admin = self.admin(&target, Step::Rename).await?;
-            timed(Step::Rename, self.rename(&admin, &target)).await?;
+        let (version, applied) = match self.restore_from {
+            Some(file) => {
+                lockdown_recorded.await?;
+                (timed(Step::Migrate, self.restore(&target, location, file, tenant_conn)).await?, None)
+            }
+            None => {
+                let (recorded, gate) = tokio::sync::oneshot::channel();
+                let recorded = async {
+                    let outcome = lockdown_recorded.await;
+                    if recorded.send(outcome.is_ok()).is_err() {
+                        tracing::trace!("the migrate step ended before the lockdown was recorded");
+                    }
+                    outcome
+                };
+                let gate = async { gate.await.unwrap_or(false) };
+                let migrate = timed(Step::Migrate, self.migrate(&target, location, tenant_conn, gate));
+                let (recorded, migrated) = tokio::join!(recorded, migrate);
+                recorded?;
+                let (version, applied) = migrated?;
+                (version, Some(applied))
+            }
+        };
+        // The migrate step's event is recorded while the rename starts (they are on the catalog
+        // and on the server); the rename's comes after it.
+        let migrated = async {
+            match applied {
+                Some(applied) => {
+                    self.event(
+                        target.id,
+                        EventKind::Migrated,
+                        json!({ "version": version, "applied": applied }),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let renamed = async {
+            if location == Location::Staging {
+                let admin = self.admin(&target, Step::Rename).await?;
+                timed(Step::Rename, self.rename(&admin, &target)).await?;
+            }
+            Ok::<_, StepError>(location == Location::Staging)
+        };
+        let (migrated, renamed) = tokio::join!(migrated, renamed);
+        migrated?;
+        if renamed? {
+            self.event(
+                target.id,
+                EventKind::Renamed,
+                json!({ "from": target.staging.as_str(), "to": target.database.as_str() }),
+            )
+            .await?;
         }
         self.fault(&target.slug, Step::Ready, Phase::Before).await?;
         let seconds = started.elapsed().as_secs_f64();
@@ -237,18 +334,21 @@ impl Provisioner<'_> {
         self.core.admin_pools.get(&t.server, &t.admin).await.map_err(admin_retry(step))
     }
 
-    /// Step 2: the role, created with its marker in one transaction, or adopted by marker.
-    async fn ensure_role(&self, admin: &Client, t: &Target, tenant: &TenantRecord) -> Result<(), StepError> {
+    /// Step 2: the role, created with its marker in one transaction, or adopted by marker
+    /// (`found`: what the marker lookup found under the role's name).
+    async fn ensure_role(
+        &self,
+        admin: &Client,
+        t: &Target,
+        tenant: &TenantRecord,
+        found: Ownership,
+    ) -> Result<(), StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
-        // The SCRAM verifier (4096 rounds of PBKDF2) is computed while the marker query is
-        // on the wire: `join` sends the query first.
-        let (found, verifier) =
-            tokio::join!(markers::role(admin, t.id, &t.role), async { t.scram_verifier() });
-        let found = found.map_err(pg_retry(STEP))?;
-        let kind = match found.ownership {
+        let verifier = t.scram_verifier();
+        let kind = match found {
             Ownership::Absent => {
                 // One simple-query message = one implicit transaction: role and marker together.
                 // Its limits too: no window in which the role could open connections unbounded.
@@ -270,18 +370,7 @@ impl Provisioner<'_> {
                 admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
                 EventKind::RoleAdopted
             }
-            Ownership::Foreign(comment) => {
-                return Err(StepError::Fatal(
-                    STEP,
-                    format!(
-                        "role {:?} already exists and is not this tenant's (comment {:?}, expected {:?}); \
-                         tenantd never adopts or alters a role it did not create",
-                        t.role.as_str(),
-                        comment.unwrap_or_default(),
-                        tenant_sql::marker(t.id)
-                    ),
-                ));
-            }
+            Ownership::Foreign(_) => return refuse_foreign_role(t, &found),
         };
         self.fault(&t.slug, STEP, Phase::After).await?;
         let detail = json!({ "role": t.role.as_str(), "limits": limits });
@@ -318,34 +407,46 @@ impl Provisioner<'_> {
         Ok(location)
     }
 
-    /// Step 3: the database under its staging name, with its marker.
-    async fn ensure_database(
+    /// Step 3: the database under its staging name, with its marker. Its event is
+    /// [`Provisioner::database_made`]'s, once the role step has recorded its own.
+    async fn make_database(
         &self,
         admin: &Client,
         t: &Target,
         found: Option<Location>,
-    ) -> Result<Location, StepError> {
+    ) -> Result<(Location, EventKind), StepError> {
         const STEP: Step = Step::Database;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let (location, kind) = match found {
+        let made = match found {
             Some(location) => (location, EventKind::DatabaseAdopted),
-            None => {
-                admin
-                    .batch_execute(&tenant_sql::create_tenant_database(&t.staging))
-                    .await
-                    .map_err(pg_retry(STEP))?;
-                (Location::Staging, EventKind::DatabaseCreated)
-            }
+            None => (Location::Staging, EventKind::DatabaseCreated),
         };
-        if location == Location::Staging {
-            // The staging name is derived from our id and used by nobody else: it is ours even
-            // when a crash came between CREATE DATABASE and this comment.
-            admin
-                .batch_execute(&tenant_sql::comment_on_database(&t.staging, t.id))
-                .await
-                .map_err(pg_retry(STEP))?;
+        // The staging name is derived from our id and used by nobody else: it is ours even
+        // when a crash came between CREATE DATABASE and its comment.
+        let comment = tenant_sql::comment_on_database(&t.staging, t.id);
+        match made {
+            (_, EventKind::DatabaseCreated) => {
+                // The comment is sent right behind CREATE DATABASE (one round trip): when the
+                // creation fails, the comment only fails too, and the creation's error is told.
+                let create = tenant_sql::create_tenant_database(&t.staging);
+                let (created, marked) =
+                    tokio::join!(admin.batch_execute(&create), admin.batch_execute(&comment));
+                created.map_err(pg_retry(STEP))?;
+                marked.map_err(pg_retry(STEP))?;
+            }
+            (Location::Staging, _) => admin.batch_execute(&comment).await.map_err(pg_retry(STEP))?,
+            (Location::Final, _) => {}
         }
         self.fault(&t.slug, STEP, Phase::After).await?;
+        Ok(made)
+    }
+
+    /// Records step 3's event.
+    async fn database_made(
+        &self,
+        t: &Target,
+        (location, kind): (Location, EventKind),
+    ) -> Result<Location, StepError> {
         self.event(
             t.id,
             kind,
@@ -402,8 +503,8 @@ impl Provisioner<'_> {
         Ok(tenant)
     }
 
-    /// Step 6: staging name → final name. Sessions on the staging database (ours, just
-    /// closed) can linger for a moment, so "in use" is retried briefly.
+    /// Step 6: staging name → final name (its event is the caller's). Sessions on the staging
+    /// database (ours, just closed) can linger for a moment, so "in use" is retried briefly.
     async fn rename(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
         self.fault(&t.slug, STEP, Phase::Before).await?;
@@ -411,12 +512,6 @@ impl Provisioner<'_> {
             .await
             .map_err(pg_retry(STEP))?;
         self.fault(&t.slug, STEP, Phase::After).await?;
-        self.event(
-            t.id,
-            EventKind::Renamed,
-            json!({ "from": t.staging.as_str(), "to": t.database.as_str() }),
-        )
-        .await?;
         Ok(())
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! The catalog's triggers `NOTIFY tenantd` on every tenant insert, status or schedule change,
 //! and every server change that matters to placement. The watcher turns them into
-//! [`Change`]s on a broadcast channel (for `?wait=` requests) and wakes the workers. It is only
-//! a shortcut: workers also poll every `workers.poll_interval`, so a lost notification, or a
-//! daemon that was down when it was sent, delays work by one interval at most. When the
-//! connection drops, the watcher reconnects with growing delays and wakes the workers (it may
-//! have missed something).
+//! [`Change`]s on a broadcast channel (for `?wait=` requests) and wakes the workers: one for a
+//! tenant's change (none when its new status is not one they claim, or when it is a step of a
+//! tenant whose worker still holds its lease), all of them for a server's. It is only a shortcut: workers also poll every
+//! `workers.poll_interval`, so a lost notification, or a daemon that was down when it was sent,
+//! delays work by one interval at most. When the connection drops, the watcher reconnects with
+//! growing delays and wakes the workers (it may have missed something).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,9 +162,29 @@ async fn on_notification(app: &App, wake: &Notify, changes: &broadcast::Sender<C
             close_if_not_lendable(app, &change.key).await;
         }
     }
+    // A tenant's change is at most one piece of work for the workers, and none at all when
+    // its new status is not one they claim (READY, ...) or while the worker holding it goes
+    // on with it: one idle worker is woken for it (a worker that claims something wakes the
+    // next, so a backlog still reaches them all), not every one, each of which would run a
+    // claim at the same moment. A server's change can concern any number of tenants.
+    let work = match change.table.as_str() {
+        "tenants" => Some(
+            !change.held
+                && change
+                    .status
+                    .as_deref()
+                    .and_then(TenantStatus::parse)
+                    .is_none_or(TenantStatus::is_workable),
+        ),
+        _ => None,
+    };
     // Nobody listening on the channel is normal (no ?wait= request in flight).
     if changes.send(change).is_err() {
         tracing::trace!("no subscribers for catalog changes");
     }
-    wake.notify_waiters();
+    match work {
+        Some(true) => wake.notify_one(),
+        Some(false) => {}
+        None => wake.notify_waiters(),
+    }
 }

@@ -1,7 +1,9 @@
 //! Provisioning workers: `workers.concurrency` tasks that claim the next tenant needing work
 //! (provisioning or deletion) and run one attempt on it ([`run_claimed`]). Woken by catalog
-//! notifications, and polling every `workers.poll_interval` in case one was lost; a catalog
-//! that cannot be reached makes them back off, and they resume by themselves when it returns.
+//! notifications (one worker per tenant change; a worker that claims something wakes the next,
+//! so a backlog reaches every idle worker), and polling every `workers.poll_interval` in case
+//! one was lost; a catalog that cannot be reached makes them back off, and they resume by
+//! themselves when it returns.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,8 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let idle_for = match app.catalog.claim_tenant(&owner, app.settings.workers.lease, None).await {
             Ok(Claim::Claimed(tenant)) => {
                 catalog_backoff = Duration::from_millis(200);
+                // There may be more: the next idle worker looks (notifications wake one each).
+                wake.notify_one();
                 tracing::debug!(
                     worker = n,
                     tenant = %tenant.slug,

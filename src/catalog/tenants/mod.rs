@@ -86,6 +86,11 @@ impl TenantStatus {
         matches!(self, Self::Pending | Self::Creating | Self::Migrating)
     }
 
+    /// True for the states a provisioning worker claims (the claim's `status IN (...)`).
+    pub fn is_workable(self) -> bool {
+        self.is_in_progress() || self == Self::Deleting
+    }
+
     /// True when nothing more will happen without an operator.
     pub fn is_settled(self) -> bool {
         matches!(self, Self::Ready | Self::Error | Self::Suspended | Self::Deleted)
