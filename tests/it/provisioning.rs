@@ -755,3 +755,49 @@ async fn a_dropped_listen_connection_is_reestablished() {
     })
     .await;
 }
+
+/// A notification stands for one tenant and wakes one idle worker, but one notification can
+/// stand for many (a bulk INSERT by a sign-up system, a notification lost): the worker it wakes
+/// wakes the next as it claims, so every idle worker takes part at once — not one worker
+/// going through them all while the others sleep until the poll.
+#[tokio::test]
+async fn one_notification_for_many_tenants_reaches_every_idle_worker() {
+    let app = app()
+        .configure(|s| {
+            s.workers.concurrency = 4;
+            // Far away: anything below comes from the one notification.
+            s.workers.poll_interval = Duration::from_secs(300);
+        })
+        .spawn()
+        .await;
+    let catalog = app.catalog().await;
+    let slugs: Vec<String> = (0..8).map(|i| format!("chain-{i}")).collect();
+    // Eight tenants, and a single notification for them all.
+    catalog.batch_execute("ALTER TABLE tenantd.tenants DISABLE TRIGGER tenants_notify_insert").await.unwrap();
+    catalog.execute("INSERT INTO tenantd.tenants (slug) SELECT unnest($1::text[])", &[&slugs]).await.unwrap();
+    catalog.batch_execute("ALTER TABLE tenantd.tenants ENABLE TRIGGER tenants_notify_insert").await.unwrap();
+    catalog
+        .batch_execute(r#"NOTIFY tenantd, '{"table": "tenants", "op": "INSERT", "key": "chain-0", "status": "PENDING"}'"#)
+        .await
+        .unwrap();
+    for slug in &slugs {
+        app.wait_tenant(slug, "READY well before the 300 s poll", Duration::from_secs(60), |t| {
+            t["status"] == "READY"
+        })
+        .await;
+    }
+    // The most tenants whose provisioning (placed → READY) overlapped one's own.
+    let row = catalog
+        .query_one(
+            "WITH s AS (SELECT t.slug, e.at AS placed, t.ready_at AS ready FROM tenantd.tenants t \
+               JOIN tenantd.tenant_events e ON e.tenant_id = t.id AND e.kind = 'step.placed' \
+               WHERE t.slug = ANY($1)) \
+             SELECT coalesce(max(n), 0) FROM (SELECT a.slug, count(*) AS n FROM s a JOIN s b \
+               ON a.slug <> b.slug AND a.placed < b.ready AND b.placed < a.ready GROUP BY a.slug) o",
+            &[&slugs],
+        )
+        .await
+        .unwrap();
+    let overlapping: i64 = row.get(0);
+    assert!(overlapping >= 1, "the eight tenants were provisioned one after another by one worker");
+}

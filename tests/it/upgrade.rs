@@ -768,3 +768,44 @@ async fn upgrade_auto_upgrades_every_ready_tenant_when_a_new_build_starts() {
     assert_eq!(doc["run"]["status"], "finished", "{doc}");
     assert_eq!(doc["progress"]["upgraded"], 2, "{doc}");
 }
+
+/// The provisioner records the lockdown in the catalog while the migrations start
+/// (`apply_gated`): a gate that says no — a lost lease — must leave nothing behind, and one
+/// that says yes late must still commit everything.
+#[tokio::test]
+async fn a_migration_run_commits_only_once_its_gate_opens() {
+    let cluster = shared_cluster();
+    let db = format!("gated_{}", crate::common::random_suffix());
+    let su = cluster.superuser("postgres").await;
+    su.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let inside = cluster.superuser(&db).await;
+    let tables = || async {
+        let row = inside
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('tenantd_schema_history', 'customers')",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let set = MigrationSet::embedded();
+
+    let mut client = cluster.superuser(&db).await;
+    let refused = set.apply_gated(&mut client, async { false }).await.unwrap_err();
+    assert!(matches!(refused, tenantd::tenant_migrations::MigrationError::Gated), "{refused}");
+    assert_eq!(tables().await, 0, "nothing of a refused run is committed");
+    // The session is usable again: nothing was left open.
+    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        true
+    };
+    let (version, applied) = set.apply_gated(&mut client, late).await.unwrap();
+    assert_eq!(version, base());
+    assert_eq!(applied.len(), set.sql().len(), "{applied:?}");
+    assert_eq!(tables().await, 2, "the history and the migrations are committed");
+    drop((client, inside));
+    su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
+}
