@@ -238,11 +238,13 @@ impl Catalog {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Sent together: the lock is taken before the loads are read.
-        let (_, rows) = tokio::try_join!(
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]),
-            tx.query(super::servers::LOADS, &[])
-        )?;
+        // The lock first, then the loads, one after the other. Sent together through
+        // `tokio::try_join!`, each statement's Bind went out once its prepare was answered,
+        // and the macro polls its branches in turn from a rotating first one: the loads could
+        // be read before the lock was taken, and two placements could count the same tenants
+        // (a server past its `max_tenants`, weights not kept).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
+        let rows = tx.query(super::servers::LOADS, &[]).await?;
         let servers: Vec<ServerLoad> = rows.iter().map(super::servers::load_from_row).collect();
         let Some(placement) = choose(&servers) else { return Ok(None) };
         static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -428,9 +428,11 @@ impl Provisioner<'_> {
             (_, EventKind::DatabaseCreated) => {
                 // The comment is sent right behind CREATE DATABASE (one round trip): when the
                 // creation fails, the comment only fails too, and the creation's error is told.
+                // `future::join` polls the creation first, and each message goes out at its
+                // future's first poll, so they are on the wire in this order.
                 let create = tenant_sql::create_tenant_database(&t.staging);
                 let (created, marked) =
-                    tokio::join!(admin.batch_execute(&create), admin.batch_execute(&comment));
+                    futures::future::join(admin.batch_execute(&create), admin.batch_execute(&comment)).await;
                 created.map_err(pg_retry(STEP))?;
                 marked.map_err(pg_retry(STEP))?;
             }
@@ -468,11 +470,12 @@ impl Provisioner<'_> {
         let inside = inside.map_err(admin_retry(STEP))?;
         // A GRANT or REVOKE that the admin may not make is only a WARNING in PostgreSQL:
         // check the result instead of trusting it. The check is sent right behind the grants
-        // (one round trip less); the server runs it after they committed.
+        // (one round trip less; `future::join` polls the grants first, so their message goes
+        // out first); the server runs it after they committed.
         let grant = tenant_sql::grant_schema(&t.role);
         let role = t.role.as_str();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&role];
-        let (granted, row) = tokio::join!(
+        let (granted, row) = futures::future::join(
             inside.batch_execute(&grant),
             inside.query_one(
                 "SELECT pg_catalog.has_schema_privilege($1::pg_catalog.text, 'public'::pg_catalog.text, \
@@ -480,8 +483,9 @@ impl Provisioner<'_> {
                         pg_catalog.has_database_privilege('public'::pg_catalog.text, \
                           pg_catalog.current_database()::pg_catalog.text, 'CONNECT'::pg_catalog.text)",
                 &params,
-            )
-        );
+            ),
+        )
+        .await;
         granted.map_err(pg_retry(STEP))?;
         let row = row.map_err(pg_retry(STEP))?;
         drop(inside);

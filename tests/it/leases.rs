@@ -111,7 +111,12 @@ async fn a_worker_that_loses_its_lease_does_no_more_ddl() {
     assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().replace('-', "");
     let stalled_at = stall_started(&app, "stolen", &passes).await;
-    let before_theft = events(&app, "stolen").await;
+    // The role is made while the database step runs (and stalls): its event follows.
+    let before_theft = wait_for("the role's event", Duration::from_secs(10), || async {
+        let events = events(&app, "stolen").await;
+        events.iter().any(|e| e["kind"] == "step.role.created").then_some(events)
+    })
+    .await;
     let first_owner =
         before_theft.iter().find(|e| e["kind"] == "step.role.created").unwrap()["actor"].clone();
 

@@ -190,28 +190,20 @@ impl Catalog {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Sent together: the lock is taken before the loads are read.
-        let (_, rows) = tokio::try_join!(
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]),
-            tx.query(crate::catalog::servers::LOADS, &[])
-        )?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
+        let rows = tx.query(crate::catalog::servers::LOADS, &[]).await?;
         let servers: Vec<ServerLoad> = rows.iter().map(crate::catalog::servers::load_from_row).collect();
         let placement = match choose(&servers) {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),
         };
-        // The placement and its event in one statement.
         let n = tx
             .execute(
                 concat!(
-                    "WITH placed AS (UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                       role_password_sealed = $6, scram_iterations = $7, status = 'CREATING', last_error = NULL \
-                       WHERE ",
-                    held!(),
-                    " RETURNING id) \
-                     INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) \
-                     SELECT placed.id, $8, jsonb_build_object('server', $3::text, 'database', $4::text, \
-                       'role', $5::text), $2 FROM placed"
+                    "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
+                 role_password_sealed = $6, scram_iterations = $7, status = 'CREATING', last_error = NULL \
+                 WHERE ",
+                    held!()
                 ),
                 &[
                     &id,
@@ -221,13 +213,21 @@ impl Catalog {
                     &placement.role_name,
                     &placement.role_password_sealed,
                     &crate::crypto::TENANT_SCRAM_ITERATIONS,
-                    &EventKind::StepPlaced.as_str(),
                 ],
             )
             .await;
         match n {
             Ok(0) => return Err(CatalogError::LeaseLost),
-            Ok(_) => {}
+            Ok(_) => {
+                let detail = serde_json::json!({
+                    "server": placement.server, "database": placement.database_name, "role": placement.role_name,
+                });
+                tx.execute(
+                    "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $4, $2, $3)",
+                    &[&id, &detail, &owner, &EventKind::StepPlaced.as_str()],
+                )
+                .await?;
+            }
             Err(e) if CatalogError::is_unique_violation(&e) => {
                 return Err(CatalogError::Conflict(format!(
                     "database or role name {:?} is already used by another tenant",
