@@ -247,16 +247,18 @@ impl Provisioner<'_> {
                 None => Ok(()),
             }
         };
+        let staging = location == Location::Staging;
         let renamed = async {
-            if location == Location::Staging {
+            if staging {
                 let admin = self.admin(&target, Step::Rename).await?;
                 timed(Step::Rename, self.rename(&admin, &target)).await?;
             }
-            Ok::<_, StepError>(location == Location::Staging)
+            Ok::<_, StepError>(())
         };
         let (migrated, renamed) = tokio::join!(migrated, renamed);
         migrated?;
-        if renamed? {
+        renamed?;
+        if staging {
             self.event(
                 target.id,
                 EventKind::Renamed,
