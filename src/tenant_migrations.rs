@@ -33,6 +33,17 @@ pub struct Known {
     pub name: String,
 }
 
+/// Statements that a migration run's transaction begins with (right after `BEGIN`) and ends
+/// with (right before its `COMMIT`, and only when it commits). Empty for a run on the tenant
+/// role's own session; see [`crate::tenant_sql::as_fresh_tenant`] for the other kind.
+#[derive(Debug, Default, Clone)]
+pub struct Around {
+    /// Sent after `BEGIN`, before the advisory lock; must end in `;`.
+    pub first: String,
+    /// Sent after the migrations, before `COMMIT`; must end in `;`.
+    pub last: String,
+}
+
 /// A failed migration run, described with the PostgreSQL error (message, SQLSTATE) that
 /// refinery wraps.
 #[derive(Debug, thiserror::Error)]
@@ -132,19 +143,20 @@ impl MigrationSet {
     /// against this set, apply what is pending and record it — runs in that one transaction
     /// (see [`Session`]): all or nothing, in at most three round trips and one commit.
     pub async fn apply(&self, client: &mut Client) -> Result<(i32, Vec<Known>), MigrationError> {
-        self.apply_gated(client, std::future::ready(true)).await
+        self.apply_gated(client, &Around::default(), std::future::ready(true)).await
     }
 
     /// [`MigrationSet::apply`], with `gate` run meanwhile: the run commits only when `gate`
     /// ends `true` ([`MigrationError::Gated`] otherwise, and the run rolls back). The
     /// provisioner records the previous step's state in the catalog this way, while the first
-    /// migration round trip is on the wire.
+    /// migration round trip is on the wire. `around` wraps the run's transaction.
     pub async fn apply_gated(
         &self,
         client: &mut Client,
+        around: &Around,
         gate: impl Future<Output = bool>,
     ) -> Result<(i32, Vec<Known>), MigrationError> {
-        match self.run(client, false, gate).await? {
+        match self.run(client, around, false, gate).await? {
             Upgrade::Done { to, applied, .. } => Ok((to, applied)),
             Upgrade::Ahead(version) => Ok((version, Vec::new())),
         }
@@ -154,18 +166,20 @@ impl MigrationSet {
     /// history is newer than this set is left untouched ([`Upgrade::Ahead`]) — checked
     /// inside the same transaction, under the same lock, before anything is applied.
     pub async fn upgrade(&self, client: &mut Client) -> Result<Upgrade, MigrationError> {
-        self.run(client, true, std::future::ready(true)).await
+        self.run(client, &Around::default(), true, std::future::ready(true)).await
     }
 
     async fn run(
         &self,
         client: &mut Client,
+        around: &Around,
         refuse_ahead: bool,
         gate: impl Future<Output = bool>,
     ) -> Result<Upgrade, MigrationError> {
         let ceiling = refuse_ahead.then(|| self.latest_version());
         let mut session = Session {
             client,
+            around,
             migrating: true,
             open: false,
             deferred: String::new(),
@@ -214,6 +228,7 @@ pub enum Upgrade {
 pub async fn current_version(client: &mut Client) -> Result<i32, MigrationError> {
     let mut session = Session {
         client,
+        around: &Around::default(),
         migrating: false,
         open: false,
         deferred: String::new(),
@@ -259,6 +274,8 @@ pub enum SessionError {
 /// may have written anything into it; a bad row is an error, never a panic.
 struct Session<'c> {
     client: &'c Client,
+    /// What the transaction begins and ends with (migrating).
+    around: &'c Around,
     migrating: bool,
     /// A transaction is open (migrating).
     open: bool,
@@ -279,7 +296,7 @@ impl Session<'_> {
     fn opening(&mut self) -> String {
         if self.migrating && !self.open {
             self.open = true;
-            format!("BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({LOCK});\n")
+            format!("BEGIN; {}\nSELECT pg_catalog.pg_advisory_xact_lock({LOCK});\n", self.around.first)
         } else {
             String::new()
         }
@@ -290,10 +307,11 @@ impl Session<'_> {
         if !std::mem::take(&mut self.open) {
             return Ok(());
         }
-        let deferred = std::mem::take(&mut self.deferred);
+        let deferred = std::mem::take(&mut self.deferred) + &self.around.last;
         if ok {
-            // The migrations, then `COMMIT` on its own: a process that stops or loses the
-            // tenant's lease while they run never sends it, and they roll back.
+            // The migrations (and what ends the transaction), then `COMMIT` on its own: a
+            // process that stops or loses the tenant's lease while they run never sends it,
+            // and they roll back.
             let applied = match deferred.is_empty() {
                 true => Ok(()),
                 false => self.client.batch_execute(&deferred).await.map_err(SessionError::Applying),

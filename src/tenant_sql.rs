@@ -182,6 +182,39 @@ pub fn lock_down_database(database: &PgIdent, role: &PgIdent) -> String {
     )
 }
 
+/// The first half of [`lock_down_database`], for a database made a moment ago and nobody's
+/// yet: PUBLIC loses its rights, then connections are allowed. Only the owner (the admin) and
+/// superusers can connect then; the tenant role gets its rights with [`lock_down_database`]
+/// once its migrations are in (see [`as_fresh_tenant`]). It needs no role, so it is sent right
+/// behind `CREATE DATABASE`.
+pub fn open_to_owner(database: &PgIdent) -> String {
+    let db = quote_ident(database.as_str());
+    format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC; ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+}
+
+/// What a first migration run wraps its transaction in when it runs on the admin's session
+/// inside a database that nobody else has been able to connect to yet ([`open_to_owner`]):
+/// the schema grants of [`grant_schema`]; then, for this transaction only, the admin becomes
+/// a member of the tenant role and acts as it (`SET LOCAL ROLE`), so every object is the tenant
+/// role's as on its own session, with its statement timeout and the default search path. At
+/// the end, deferred constraints are checked while still acting as the tenant, and the
+/// membership is revoked before the commit: it is never visible outside the transaction.
+///
+/// This saves the tenant role's own connection (a backend start in a new database). It is safe
+/// only because nothing in the database can be the tenant's: `RESET ROLE` in that session is
+/// the admin, so any tenant code run there could act as the admin.
+pub fn as_fresh_tenant(role: &PgIdent, statement_timeout_ms: u64) -> crate::tenant_migrations::Around {
+    let quoted = quote_ident(role.as_str());
+    crate::tenant_migrations::Around {
+        first: format!(
+            "{}; GRANT {quoted} TO CURRENT_USER; SET LOCAL ROLE {quoted}; \
+             SELECT pg_catalog.set_config('search_path', '\"$user\",public', true); SET LOCAL statement_timeout = {statement_timeout_ms};",
+            grant_schema(role)
+        ),
+        last: format!("SET CONSTRAINTS ALL IMMEDIATE; RESET ROLE; REVOKE {quoted} FROM CURRENT_USER;"),
+    }
+}
+
 /// [`lock_down_database`] again over a database whose grants drifted: every privilege of
 /// PUBLIC, of the tenant role and of `others` (roles found with grants on it) revoked, then
 /// exactly provisioning's grants given back. Names are quoted.
@@ -213,10 +246,13 @@ pub fn rename_database(from: &PgIdent, to: &PgIdent) -> String {
 /// time; a session closed a moment ago is gone within a millisecond or two. So the sessions
 /// are first looked for here, every millisecond for up to 100 ms, and the rename is sent once
 /// none is left.
+///
+/// `then` (SQL, may be empty) runs in the rename's transaction, after it.
 pub async fn rename_database_when_free(
     admin: &tokio_postgres::Client,
     from: &PgIdent,
     to: &PgIdent,
+    then: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let quiet_by = std::time::Instant::now() + std::time::Duration::from_millis(100);
     loop {
@@ -233,7 +269,10 @@ pub async fn rename_database_when_free(
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    let ddl = rename_database(from, to);
+    let mut ddl = rename_database(from, to);
+    if !then.is_empty() {
+        ddl = format!("{ddl}; {then}");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match admin.batch_execute(&ddl).await {

@@ -151,7 +151,7 @@ pub(super) async fn promote(m: &Mover<'_>, job: &MoveJob, ends: &Ends) -> Result
     let (staging, final_name) = (&found[0].1, &found[1].1);
     match (staging, final_name) {
         (Ownership::Ours, Ownership::Absent) => {
-            tenant_sql::rename_database_when_free(&admin, &ends.staging, &t.database)
+            tenant_sql::rename_database_when_free(&admin, &ends.staging, &t.database, "")
                 .await
                 .map_err(pg(STEP))?;
         }

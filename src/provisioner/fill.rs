@@ -3,10 +3,10 @@
 
 use serde_json::json;
 
-use super::{Location, Phase, Provisioner, Step, StepError, Target, pg_retry};
+use super::{Inside, Location, Phase, Provisioner, Step, StepError, Target, pg_retry};
 use crate::catalog::events::EventKind;
 use crate::names::PgIdent;
-use crate::tenant_migrations::{self, Known};
+use crate::tenant_migrations::{self, Around, Known};
 use tokio_postgres::Client;
 
 impl Provisioner<'_> {
@@ -99,23 +99,27 @@ impl Provisioner<'_> {
         Ok((client, db))
     }
 
-    /// Step 5: the embedded migrations, as the tenant role; they commit only once `gate`
-    /// ends `true`. Returns the version and what was applied (the step's event is the
-    /// caller's).
+    /// Step 5: the embedded migrations, as the tenant role (on the session step 4 opened, or
+    /// on its own); they commit only once `gate` ends `true`. Returns the version and what was
+    /// applied (the step's event is the caller's).
     pub(super) async fn migrate(
         &self,
         t: &Target,
         location: Location,
-        connection: Option<Client>,
+        inside: Option<Inside>,
         gate: impl Future<Output = bool>,
     ) -> Result<(i32, Vec<Known>), StepError> {
         const STEP: Step = Step::Migrate;
         self.fault(&t.slug, STEP, Phase::Before).await?;
+        let (connection, around) = match inside {
+            Some(Inside { client, around }) => (Some(client), around),
+            None => (None, Around::default()),
+        };
         let (mut client, _) = self.tenant_connection(t, location, connection).await?;
         let applied = self
             .core
             .migrations
-            .apply_gated(&mut client, gate)
+            .apply_gated(&mut client, &around, gate)
             .await
             .map_err(|e| StepError::Retry(STEP, e.to_string()))?;
         drop(client);

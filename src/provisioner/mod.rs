@@ -38,6 +38,7 @@ use crate::names::{PgIdent, TenantSlug};
 pub use crate::steps::Step;
 use crate::steps::{Fault, Phase};
 use crate::target::TenantTarget;
+use crate::tenant_migrations::Around;
 use crate::{placement, tenant_sql};
 
 mod attempt;
@@ -51,17 +52,23 @@ use error::{admin_retry, pg_retry};
 
 /// The error for a role under our name that is not this tenant's (`Foreign`); `Ok` otherwise.
 fn refuse_foreign_role(t: &Target, found: &Ownership) -> Result<(), StepError> {
-    let Ownership::Foreign(comment) = found else { return Ok(()) };
-    Err(StepError::Fatal(
+    match found {
+        Ownership::Foreign(comment) => Err(foreign_role(t, comment.as_deref())),
+        _ => Ok(()),
+    }
+}
+
+fn foreign_role(t: &Target, comment: Option<&str>) -> StepError {
+    StepError::Fatal(
         Step::Role,
         format!(
             "role {:?} already exists and is not this tenant's (comment {:?}, expected {:?}); \
              tenantd never adopts or alters a role it did not create",
             t.role.as_str(),
-            comment.clone().unwrap_or_default(),
+            comment.unwrap_or_default(),
             tenant_sql::marker(t.id)
         ),
-    ))
+    )
 }
 
 /// Runs one step, recording its duration (`tenantd_provision_step_seconds{step}`).
@@ -72,6 +79,13 @@ async fn timed<T>(step: Step, work: impl Future<Output = Result<T, StepError>>) 
     metrics::histogram!("tenantd_provision_step_seconds", "step" => step.as_str()).record(seconds);
     tracing::debug!(%step, ms = seconds * 1000.0, ok = result.is_ok(), "step finished");
     result
+}
+
+/// The session step 5 runs on, opened by step 4: the tenant role's own, or after a fresh
+/// run's lockdown the admin's, with the migrations' transaction wrapped to act as the tenant.
+pub(super) struct Inside {
+    client: Client,
+    around: Around,
 }
 
 /// Where the tenant's database is now.
@@ -150,10 +164,20 @@ impl Provisioner<'_> {
         };
         let target = self.target(tenant, placed).await?;
         let admin = self.admin(&target, Step::Role).await?;
-        let mut tenant_conn = None;
+        let mut inside = None;
         let mut locked_down = false;
+        // Whether the role and the database were both made by this run: the migrations then
+        // run on the admin's session acting as the tenant role, and the role gets CONNECT only
+        // at the rename (see `tenant_sql::as_fresh_tenant`).
+        let mut fresh = false;
         let location = if tenant.status == TenantStatus::Migrating {
-            self.locate(&admin, &target, Step::Role).await?
+            // A run that stopped after the lockdown; a fresh one may have stopped before the
+            // role had CONNECT, so the lockdown is made again (it is idempotent).
+            let location = self.locate(&admin, &target, Step::Role).await?;
+            if let Some(location) = location {
+                inside = Some(timed(Step::Lockdown, self.lock_down(&admin, &target, location)).await?);
+            }
+            location
         } else {
             // The role and the database do not depend on each other: they are made at once,
             // on two admin connections (CREATE DATABASE is most of the wait). What is there
@@ -173,17 +197,25 @@ impl Provisioner<'_> {
                 timed(Step::Database, self.make_database(&second, &target, location)),
             );
             drop(second);
-            role?;
+            let role = role?;
             let made = made?;
+            fresh = self.restore_from.is_none()
+                && role == EventKind::RoleCreated
+                && made.1 == EventKind::DatabaseCreated;
             // The database's event (after the role's, whichever finished first) is recorded
-            // while the lockdown's grants run on the server; the lockdown's own event comes
-            // with its state, below.
-            let (created, locked) = tokio::join!(
-                self.database_made(&target, made),
-                timed(Step::Lockdown, self.lock_down(&admin, &target, made.0)),
-            );
+            // while the lockdown runs on the server; the lockdown's own event comes with its
+            // state, below.
+            let lock_down = async {
+                if fresh {
+                    self.enter_fresh(&target, tenant).await
+                } else {
+                    self.lock_down(&admin, &target, made.0).await
+                }
+            };
+            let (created, locked) =
+                tokio::join!(self.database_made(&target, made), timed(Step::Lockdown, lock_down));
             let created = created?;
-            tenant_conn = Some(locked?);
+            inside = Some(locked?);
             locked_down = true;
             Some(created)
         };
@@ -213,7 +245,8 @@ impl Provisioner<'_> {
         let (version, applied) = match self.restore_from {
             Some(file) => {
                 lockdown_recorded.await?;
-                (timed(Step::Migrate, self.restore(&target, location, file, tenant_conn)).await?, None)
+                let connection = inside.map(|inside| inside.client);
+                (timed(Step::Migrate, self.restore(&target, location, file, connection)).await?, None)
             }
             None => {
                 let (recorded, gate) = tokio::sync::oneshot::channel();
@@ -225,7 +258,7 @@ impl Provisioner<'_> {
                     outcome
                 };
                 let gate = async { gate.await.unwrap_or(false) };
-                let migrate = timed(Step::Migrate, self.migrate(&target, location, tenant_conn, gate));
+                let migrate = timed(Step::Migrate, self.migrate(&target, location, inside, gate));
                 let (recorded, migrated) = tokio::join!(recorded, migrate);
                 recorded?;
                 let (version, applied) = migrated?;
@@ -251,7 +284,7 @@ impl Provisioner<'_> {
         let renamed = async {
             if staging {
                 let admin = self.admin(&target, Step::Rename).await?;
-                timed(Step::Rename, self.rename(&admin, &target)).await?;
+                timed(Step::Rename, self.rename(&admin, &target, fresh)).await?;
             }
             Ok::<_, StepError>(())
         };
@@ -344,7 +377,7 @@ impl Provisioner<'_> {
         t: &Target,
         tenant: &TenantRecord,
         found: Ownership,
-    ) -> Result<(), StepError> {
+    ) -> Result<EventKind, StepError> {
         const STEP: Step = Step::Role;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
@@ -372,12 +405,12 @@ impl Provisioner<'_> {
                 admin.batch_execute(&ddl).await.map_err(pg_retry(STEP))?;
                 EventKind::RoleAdopted
             }
-            Ownership::Foreign(_) => return refuse_foreign_role(t, &found),
+            Ownership::Foreign(comment) => return Err(foreign_role(t, comment.as_deref())),
         };
         self.fault(&t.slug, STEP, Phase::After).await?;
         let detail = json!({ "role": t.role.as_str(), "limits": limits });
         self.core.catalog.record_role_step(t.id, self.actor, &limits.to_json(), kind, &detail).await?;
-        Ok(())
+        Ok(kind)
     }
 
     /// Where the database is: staging name, final name (with our marker), or nowhere.
@@ -428,13 +461,15 @@ impl Provisioner<'_> {
         let comment = tenant_sql::comment_on_database(&t.staging, t.id);
         match made {
             (_, EventKind::DatabaseCreated) => {
-                // The comment is sent right behind CREATE DATABASE (one round trip): when the
-                // creation fails, the comment only fails too, and the creation's error is told.
-                // `future::join` polls the creation first, and each message goes out at its
-                // future's first poll, so they are on the wire in this order.
+                // The comment, and PUBLIC's rights taken before connections are allowed, are
+                // sent right behind CREATE DATABASE (one round trip): when the creation fails,
+                // they only fail too, and the creation's error is told. `future::join` polls
+                // the creation first, and each message goes out at its future's first poll, so
+                // they are on the wire in this order.
                 let create = tenant_sql::create_tenant_database(&t.staging);
+                let then = format!("{comment}; {}", tenant_sql::open_to_owner(&t.staging));
                 let (created, marked) =
-                    futures::future::join(admin.batch_execute(&create), admin.batch_execute(&comment)).await;
+                    futures::future::join(admin.batch_execute(&create), admin.batch_execute(&then)).await;
                 created.map_err(pg_retry(STEP))?;
                 marked.map_err(pg_retry(STEP))?;
             }
@@ -460,9 +495,23 @@ impl Provisioner<'_> {
         Ok(location)
     }
 
+    /// Step 4 of a fresh run (role and database made by this run; the database is open to its
+    /// owner only, see `make_database`): the admin's session inside it, on which step 5 acts
+    /// as the tenant role. The tenant role gets its rights on the database at the rename.
+    async fn enter_fresh(&self, t: &Target, tenant: &TenantRecord) -> Result<Inside, StepError> {
+        const STEP: Step = Step::Lockdown;
+        self.fault(&t.slug, STEP, Phase::Before).await?;
+        let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
+            .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
+        let client = t.admin.connect(Some(t.staging.as_str())).await.map_err(admin_retry(STEP))?;
+        let around = tenant_sql::as_fresh_tenant(&t.role, limits.statement_timeout_ms);
+        self.fault(&t.slug, STEP, Phase::After).await?;
+        Ok(Inside { client, around })
+    }
+
     /// Step 4: nobody but the tenant role (and the admin owner) may use the database. The
     /// tenant-role connection that step 5 needs is opened meanwhile and handed over.
-    async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<Client, StepError> {
+    async fn lock_down(&self, admin: &Client, t: &Target, location: Location) -> Result<Inside, StepError> {
         const STEP: Step = Step::Lockdown;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let db = if location == Location::Staging { &t.staging } else { &t.database };
@@ -504,17 +553,20 @@ impl Provisioner<'_> {
         if public_may_connect {
             return Err(StepError::Fatal(STEP, "PUBLIC can still connect after REVOKE".into()));
         }
-        let tenant = tenant?;
+        let client = tenant?;
         self.fault(&t.slug, STEP, Phase::After).await?;
-        Ok(tenant)
+        Ok(Inside { client, around: Around::default() })
     }
 
     /// Step 6: staging name → final name (its event is the caller's). Sessions on the staging
     /// database (ours, just closed) can linger for a moment, so "in use" is retried briefly.
-    async fn rename(&self, admin: &Client, t: &Target) -> Result<(), StepError> {
+    /// After a `fresh` run, the tenant role gets its rights on the database in the same
+    /// transaction (the lockdown's grants; the database is the admin's, so none can fail).
+    async fn rename(&self, admin: &Client, t: &Target, fresh: bool) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        tenant_sql::rename_database_when_free(admin, &t.staging, &t.database)
+        let then = if fresh { tenant_sql::lock_down_database(&t.database, &t.role) } else { String::new() };
+        tenant_sql::rename_database_when_free(admin, &t.staging, &t.database, &then)
             .await
             .map_err(pg_retry(STEP))?;
         self.fault(&t.slug, STEP, Phase::After).await?;

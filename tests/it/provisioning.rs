@@ -71,6 +71,38 @@ async fn assert_one_of_each(app: &TestApp, slugs: &[String]) {
     assert_eq!(dbs, expected, "exactly one database per tenant");
     assert_eq!(roles, expected, "exactly one role per tenant");
     assert!(staging.is_empty(), "no orphan staging databases: {staging:?}");
+    for db in &expected {
+        assert_locked_down(app, db).await;
+    }
+}
+
+/// What provisioning leaves on a tenant's database, whichever way it went: the tenant role may
+/// connect and make temporary tables, PUBLIC may not connect, and the admin holds no privileges
+/// of the tenant role (a first run acts as the role inside its transaction only).
+async fn assert_locked_down(app: &TestApp, db: &str) {
+    let su = shared_cluster().superuser("postgres").await;
+    let admin: String = app
+        .catalog()
+        .await
+        .query_one("SELECT admin_user FROM tenantd.servers LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row = su
+        .query_one(
+            "SELECT has_database_privilege($1::text, $1::text, 'CONNECT'), \
+                    has_database_privilege($1::text, $1::text, 'TEMPORARY'), \
+                    has_database_privilege('public', $1::text, 'CONNECT'), pg_has_role($2::text, $1::text, 'USAGE')",
+            &[&db, &admin],
+        )
+        .await
+        .unwrap();
+    let found: (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        found,
+        (true, true, false, false),
+        "{db}: (role CONNECT, role TEMP, PUBLIC CONNECT, admin acts as role)"
+    );
 }
 
 #[tokio::test]
@@ -136,6 +168,8 @@ async fn a_new_tenant_becomes_a_locked_down_ready_database() {
     let refused = crate::common::connect(&cluster.url(&outsider, "pw", &db)).await.unwrap_err();
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
 
+    assert_locked_down(&app, &db).await;
+
     let kinds = kinds(&events(&app, "acme-corp").await);
     assert_eq!(
         kinds,
@@ -149,6 +183,57 @@ async fn a_new_tenant_becomes_a_locked_down_ready_database() {
             "ready"
         ],
     );
+}
+
+/// A first run applies the migrations on the admin's session acting as the tenant role; a run
+/// that resumes applies them on the tenant role's own session. A migration sees the same either
+/// way: the tenant role as `current_user` (and owner), its statement timeout, the default
+/// search path, the bounded lock wait.
+#[tokio::test]
+async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one() {
+    let set = tenantd::tenant_migrations::MigrationSet::embedded();
+    let next = set.latest_version() + 1;
+    let set = set
+        .with(
+            &format!("V{next}__whoami"),
+            "CREATE TABLE whoami AS SELECT current_user::text AS acting, \
+                    current_setting('statement_timeout') AS statement_timeout, \
+                    current_setting('search_path') AS search_path, current_setting('lock_timeout') AS lock_timeout, \
+                    current_setting('transaction_read_only') AS read_only",
+        )
+        .unwrap();
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let hook: FaultHook = Arc::new(move |slug, step, phase| {
+        let first = slug == "resumed" && step == Step::Migrate && phase == Phase::Before;
+        (first && !failed_once.swap(true, Ordering::SeqCst)).then(|| Fault::Fail("once".into()))
+    });
+    let app = app().migrations(set).faults(hook).spawn().await;
+    let mut seen = Vec::new();
+    for slug in ["first", "resumed"] {
+        let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": slug })).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["status"], "READY", "{body}");
+        let failures = kinds(&events(&app, slug).await).iter().filter(|k| *k == "attempt.failed").count();
+        assert_eq!(failures, usize::from(slug == "resumed"), "{slug}: {:?}", events(&app, slug).await);
+        let db = db_name(&app, slug);
+        let su = shared_cluster().superuser(&db).await;
+        let row = su
+            .query_one(
+                "SELECT acting, statement_timeout, search_path, lock_timeout, read_only, \
+                        pg_get_userbyid((SELECT relowner FROM pg_class WHERE relname = 'whoami'))::text FROM whoami",
+                &[],
+            )
+            .await
+            .unwrap();
+        let acting: String = row.get(0);
+        let owner: String = row.get(5);
+        assert_eq!((acting.as_str(), owner.as_str()), (db.as_str(), db.as_str()), "{slug}");
+        let session: Vec<String> = (1..5).map(|i| row.get(i)).collect();
+        seen.push(session);
+        assert_locked_down(&app, &db).await;
+    }
+    assert_eq!(seen[0], seen[1], "the first run and the resumed one");
+    assert_eq!(seen[0], ["1min", "\"$user\",public", "5s", "off"], "the tenant role's own settings");
 }
 
 #[tokio::test]

@@ -792,7 +792,7 @@ async fn a_migration_run_commits_only_once_its_gate_opens() {
     let set = MigrationSet::embedded();
 
     let mut client = cluster.superuser(&db).await;
-    let refused = set.apply_gated(&mut client, async { false }).await.unwrap_err();
+    let refused = set.apply_gated(&mut client, &Default::default(), async { false }).await.unwrap_err();
     assert!(matches!(refused, tenantd::tenant_migrations::MigrationError::Gated), "{refused}");
     assert_eq!(tables().await, 0, "nothing of a refused run is committed");
     // The session is usable again: nothing was left open.
@@ -802,7 +802,7 @@ async fn a_migration_run_commits_only_once_its_gate_opens() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         true
     };
-    let (version, applied) = set.apply_gated(&mut client, late).await.unwrap();
+    let (version, applied) = set.apply_gated(&mut client, &Default::default(), late).await.unwrap();
     assert_eq!(version, base());
     assert_eq!(applied.len(), set.sql().len(), "{applied:?}");
     assert_eq!(tables().await, 2, "the history and the migrations are committed");
