@@ -18,13 +18,11 @@
 //!    work is due (cold provisioning is never starved by the refill).
 //!
 //! Making one spare: row (`creating`) → role with marker and limits (one transaction) →
-//! database (closed) → marker → lockdown → migrations as the spare's role → row `ready`.
+//! database (closed) with its marker, open to the admin only → migrations on the admin's
+//! session acting as the spare's role → lockdown (the spare's role may connect) → row `ready`.
 //! A crash anywhere leaves a `creating` row that the next holder discards: spares are
 //! cheap to remake, so nothing is resumed.
 
-use std::time::Duration;
-
-use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::admin::{AdminError, AdminTarget};
@@ -280,47 +278,39 @@ impl Admin {
             tenant_sql::role_limits(&name, &limits)
         );
         self.client.batch_execute(&role).await.map_err(self.failed("create the spare's role"))?;
-        self.client
-            .batch_execute(&tenant_sql::create_tenant_database(&name))
-            .await
-            .map_err(self.failed("create the spare's database"))?;
-        self.client
-            .batch_execute(&tenant_sql::comment_on_spare_database(&name, id))
-            .await
-            .map_err(self.failed("mark the spare's database"))?;
-        self.client
-            .batch_execute(&tenant_sql::lock_down_database(&name, &name))
-            .await
-            .map_err(self.failed("lock the spare down"))?;
-        let inside = self
+        // Role and database are this run's own, so the migrations run as a fresh tenant's first
+        // run does (`tenant_sql::as_fresh_tenant`): on the admin's session inside the database,
+        // acting as the spare's role, before that role may connect at all.
+        let (create, then) = (
+            tenant_sql::create_tenant_database(&name),
+            format!(
+                "{}; {}",
+                tenant_sql::comment_on_spare_database(&name, id),
+                tenant_sql::open_to_owner(&name)
+            ),
+        );
+        let (created, marked) =
+            futures::future::join(self.client.batch_execute(&create), self.client.batch_execute(&then)).await;
+        created.map_err(self.failed("create the spare's database"))?;
+        marked.map_err(self.failed("mark the spare's database"))?;
+        let mut inside = self
             .target
             .connect(Some(name.as_str()))
             .await
             .map_err(|source| SpareError::Admin { server: self.server.name.clone(), source })?;
-        inside.batch_execute(&tenant_sql::grant_schema(&name)).await.map_err(self.failed("grant schema"))?;
-        drop(inside);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.server.host)
-            .port(self.server.port)
-            .dbname(name.as_str())
-            .user(name.as_str())
-            .password(password.expose_secret())
-            .application_name("tenantd-spare")
-            .connect_timeout(Duration::from_secs(10));
-        crate::pg::add_options(&mut config, crate::pg::MIGRATION_SESSION);
-        let mut client =
-            crate::pg::connect(&config, &self.server.tls, "spare migration").await.map_err(|e| {
-                SpareError::Server {
+        let around = tenant_sql::as_fresh_tenant(&name, limits.statement_timeout_ms);
+        let (at, _) =
+            core.migrations.apply_gated(&mut inside, &around, std::future::ready(true)).await.map_err(
+                |e| SpareError::Server {
                     server: self.server.name.clone(),
-                    message: format!("connect as the spare's role: {e}"),
-                }
-            })?;
-        let (at, _) = core.migrations.apply(&mut client).await.map_err(|e| SpareError::Server {
-            server: self.server.name.clone(),
-            message: format!("migrate the spare: {e}"),
-        })?;
-        drop(client);
+                    message: format!("migrate the spare: {e}"),
+                },
+            )?;
+        drop(inside);
+        self.client
+            .batch_execute(&tenant_sql::lock_down_database(&name, &name))
+            .await
+            .map_err(self.failed("lock the spare down"))?;
         if !core.catalog.spare_ready(id, at).await? {
             // Discarded meanwhile (this process's lease ran out): nobody else knows it now.
             let gone = SpareRecord {

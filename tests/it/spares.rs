@@ -70,7 +70,28 @@ async fn works_with_its_credentials(app: &TestApp, slug: &str) -> String {
     let n: i64 = row.get(1);
     assert_eq!(n, 0);
     client.batch_execute("INSERT INTO customers (name, email) VALUES ('a', 'a@example.com')").await.unwrap();
-    row.get(0)
+    let role: String = row.get(0);
+    // Every table is the role's, and the admin (who migrated the spare acting as its role, in
+    // that transaction only) holds none of the role's privileges.
+    let admin: String = app
+        .catalog()
+        .await
+        .query_one("SELECT admin_user FROM tenantd.servers LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let su = shared_cluster().superuser(details["dbname"].as_str().unwrap()).await;
+    let row = su
+        .query_one(
+            "SELECT array_agg(DISTINCT pg_get_userbyid(c.relowner)::text), pg_has_role($1::text, $2::text, 'USAGE') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+            &[&admin, &role],
+        )
+        .await
+        .unwrap();
+    let (owners, admin_acts): (Vec<String>, bool) = (row.get(0), row.get(1));
+    assert_eq!((owners, admin_acts), (vec![role.clone()], false), "owners of public, admin acts as the role");
+    role
 }
 
 fn with_spares(n: usize) -> impl FnOnce(&mut tenantd::config::Settings) {
