@@ -174,6 +174,17 @@ impl Catalog {
 /// Advisory lock key serialising placement decisions across processes ("tenantd" + 2).
 pub(crate) const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
 
+/// Persists a placement (status CREATING) and its event, in one statement; no row when the
+/// lease is not this owner's.
+const PLACE: &str = concat!(
+    "WITH placed AS (UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
+       role_password_sealed = $6, scram_iterations = $7, status = 'CREATING', last_error = NULL \
+       WHERE ",
+    held!(),
+    " RETURNING id) \
+     INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) SELECT id, $9, $8, $2 FROM placed"
+);
+
 impl Catalog {
     /// Places a tenant: in one transaction under a catalog-wide advisory lock, reads the load of
     /// every server, lets `choose` decide, and persists the placement (status CREATING).
@@ -189,22 +200,31 @@ impl Catalog {
         F: FnOnce(&[ServerLoad]) -> Result<Placement, E>,
     {
         let mut client = self.client().await?;
+        // Prepared through the connection's statement cache: one round trip for each below.
+        let (lock, loads, place) = tokio::try_join!(
+            client.prepare_cached("SELECT pg_catalog.pg_advisory_xact_lock($1)"),
+            client.prepare_cached(crate::catalog::servers::LOADS),
+            client.prepare_cached(PLACE),
+        )?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
-        let rows = tx.query(crate::catalog::servers::LOADS, &[]).await?;
-        let servers: Vec<ServerLoad> = rows.iter().map(crate::catalog::servers::load_from_row).collect();
+        // The lock, then the loads, in one round trip: each prepared statement's message goes
+        // out at its future's first poll, and `future::join` polls the lock first, so the server
+        // reads the loads only once it holds the lock. (`tokio::join!` would not do: it polls
+        // from a rotating branch.)
+        let (locked, rows) =
+            futures::future::join(tx.execute(&lock, &[&PLACEMENT_LOCK]), tx.query(&loads, &[])).await;
+        locked?;
+        let servers: Vec<ServerLoad> = rows?.iter().map(crate::catalog::servers::load_from_row).collect();
         let placement = match choose(&servers) {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),
         };
+        let detail = serde_json::json!({
+            "server": placement.server, "database": placement.database_name, "role": placement.role_name,
+        });
         let n = tx
             .execute(
-                concat!(
-                    "UPDATE tenantd.tenants SET server = $3, database_name = $4, role_name = $5, \
-                 role_password_sealed = $6, scram_iterations = $7, status = 'CREATING', last_error = NULL \
-                 WHERE ",
-                    held!()
-                ),
+                &place,
                 &[
                     &id,
                     &owner,
@@ -213,21 +233,14 @@ impl Catalog {
                     &placement.role_name,
                     &placement.role_password_sealed,
                     &crate::crypto::TENANT_SCRAM_ITERATIONS,
+                    &detail,
+                    &EventKind::StepPlaced.as_str(),
                 ],
             )
             .await;
         match n {
             Ok(0) => return Err(CatalogError::LeaseLost),
-            Ok(_) => {
-                let detail = serde_json::json!({
-                    "server": placement.server, "database": placement.database_name, "role": placement.role_name,
-                });
-                tx.execute(
-                    "INSERT INTO tenantd.tenant_events (tenant_id, kind, detail, actor) VALUES ($1, $4, $2, $3)",
-                    &[&id, &detail, &owner, &EventKind::StepPlaced.as_str()],
-                )
-                .await?;
-            }
+            Ok(_) => {}
             Err(e) if CatalogError::is_unique_violation(&e) => {
                 return Err(CatalogError::Conflict(format!(
                     "database or role name {:?} is already used by another tenant",
