@@ -193,26 +193,74 @@ pub fn open_to_owner(database: &PgIdent) -> String {
 }
 
 /// What a first migration run wraps its transaction in when it runs on the admin's session
-/// inside a database that nobody else has been able to connect to yet ([`open_to_owner`]):
-/// the schema grants of [`grant_schema`]; then, for this transaction only, the admin becomes
-/// a member of the tenant role and acts as it (`SET LOCAL ROLE`), so every object is the tenant
-/// role's as on its own session, with its statement timeout and the default search path. At
-/// the end, deferred constraints are checked while still acting as the tenant, and the
-/// membership is revoked before the commit: it is never visible outside the transaction.
+/// inside a database that nobody else has been able to connect to yet ([`open_to_owner`]),
+/// a session opened with the tenant role's settings (`pg::fresh_migration_session`).
+///
+/// First, as the admin: the schema grants of [`grant_schema`] and the role's TEMPORARY right
+/// (its CONNECT comes only with the rename); then, for this transaction only, the admin
+/// becomes a member of the tenant role and acts as it (`SET LOCAL ROLE`), so every object is
+/// the tenant role's, as on the role's own session. At the end, deferred constraints are
+/// checked while still acting as the role; the run is refused unless it still acts as the role
+/// in the same transaction (a migration that ran `RESET ROLE` or `COMMIT` would have run the
+/// rest as the admin); the membership is revoked before the commit, so it is never visible
+/// outside the transaction.
 ///
 /// This saves the tenant role's own connection (a backend start in a new database). It is safe
-/// only because nothing in the database can be the tenant's: `RESET ROLE` in that session is
-/// the admin, so any tenant code run there could act as the admin.
-pub fn as_fresh_tenant(role: &PgIdent, statement_timeout_ms: u64) -> crate::tenant_migrations::Around {
-    let quoted = quote_ident(role.as_str());
+/// only because nothing in the database can be the tenant's yet: `RESET ROLE` in that session
+/// is the admin. A migration sees one difference: `session_user` is the admin.
+pub fn as_fresh_tenant(database: &PgIdent, role: &PgIdent) -> crate::tenant_migrations::Around {
+    let (db, quoted, literal) =
+        (quote_ident(database.as_str()), quote_ident(role.as_str()), quote_literal(role.as_str()));
     crate::tenant_migrations::Around {
         first: format!(
-            "{}; GRANT {quoted} TO CURRENT_USER; SET LOCAL ROLE {quoted}; \
-             SELECT pg_catalog.set_config('search_path', '\"$user\",public', true); SET LOCAL statement_timeout = {statement_timeout_ms};",
+            "{}; GRANT TEMPORARY ON DATABASE {db} TO {quoted}; GRANT {quoted} TO CURRENT_USER; \
+             SET LOCAL ROLE {quoted}; SELECT pg_catalog.set_config('tenantd.acting_as', {literal}, true);",
             grant_schema(role)
         ),
-        last: format!("SET CONSTRAINTS ALL IMMEDIATE; RESET ROLE; REVOKE {quoted} FROM CURRENT_USER;"),
+        last: format!(
+            "SET CONSTRAINTS ALL IMMEDIATE; \
+             DO $tenantd$BEGIN \
+               IF CURRENT_USER OPERATOR(pg_catalog.<>) {literal}::pg_catalog.name \
+                  OR pg_catalog.current_setting('tenantd.acting_as', true) IS DISTINCT FROM {literal} THEN \
+                 RAISE EXCEPTION 'a migration changed the role or ended the transaction (RESET ROLE, COMMIT): \
+                   the migrations of a new tenant run as its role in one transaction'; \
+               END IF; \
+             END$tenantd$; \
+             RESET ROLE; REVOKE {quoted} FROM CURRENT_USER;"
+        ),
     }
+}
+
+/// What follows a fresh run's migrations (see [`as_fresh_tenant`]): [`lock_down_database`],
+/// the tenant role may connect now; and [`regrant_to_creator`].
+pub fn lock_down_fresh(database: &PgIdent, role: &PgIdent, createrole_self_grant: &str) -> String {
+    let lock_down = lock_down_database(database, role);
+    match regrant_to_creator(role, createrole_self_grant) {
+        regrant if regrant.is_empty() => lock_down,
+        regrant => format!("{lock_down}; {regrant}"),
+    }
+}
+
+/// What `createrole_self_grant` (PostgreSQL 16+) made at `CREATE ROLE`, made again: the
+/// membership of the admin in a role it created, with the options the setting names. The
+/// REVOKE that ends [`as_fresh_tenant`] removes that grant too (it is the admin's own). Empty
+/// when the setting is.
+pub fn regrant_to_creator(role: &PgIdent, createrole_self_grant: &str) -> String {
+    let options: Vec<String> = createrole_self_grant
+        .split(',')
+        .map(|o| o.trim().to_ascii_lowercase())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if options.is_empty() {
+        return String::new();
+    }
+    let has = |o: &str| options.iter().any(|x| x == o);
+    format!(
+        "GRANT {} TO CURRENT_USER WITH INHERIT {}, SET {}",
+        quote_ident(role.as_str()),
+        has("inherit"),
+        has("set")
+    )
 }
 
 /// [`lock_down_database`] again over a database whose grants drifted: every privilege of
@@ -444,6 +492,21 @@ mod tests {
         assert_eq!(quote_ident("acme"), "\"acme\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("x\"; DROP DATABASE y; --"), "\"x\"\"; DROP DATABASE y; --\"");
+    }
+
+    #[test]
+    fn the_creators_grant_is_made_again_with_the_settings_options() {
+        let role = PgIdent::from_catalog("t_acme").unwrap();
+        assert_eq!(regrant_to_creator(&role, ""), "");
+        assert_eq!(
+            regrant_to_creator(&role, "set"),
+            "GRANT \"t_acme\" TO CURRENT_USER WITH INHERIT false, SET true"
+        );
+        assert_eq!(
+            regrant_to_creator(&role, " Inherit, set "),
+            "GRANT \"t_acme\" TO CURRENT_USER WITH INHERIT true, SET true"
+        );
+        assert!(lock_down_fresh(&role, &role, "inherit").ends_with("WITH INHERIT true, SET false"));
     }
 
     #[test]

@@ -170,6 +170,8 @@ impl Provisioner<'_> {
         // run on the admin's session acting as the tenant role, and the role gets CONNECT only
         // at the rename (see `tenant_sql::as_fresh_tenant`).
         let mut fresh = false;
+        // The server's `createrole_self_grant`, made again after a fresh run (see `rename`).
+        let mut self_grant = String::new();
         let location = if tenant.status == TenantStatus::Migrating {
             // A run that stopped after the lockdown; a fresh one may have stopped before the
             // role had CONNECT, so the lockdown is made again (it is idempotent).
@@ -191,6 +193,7 @@ impl Provisioner<'_> {
             );
             let (location, role) = (located?, role.map_err(pg_retry(Step::Role))?);
             refuse_foreign_role(&target, &role.ownership)?;
+            self_grant = role.self_grant;
             let second = second?;
             let (role, made) = tokio::join!(
                 timed(Step::Role, self.ensure_role(&admin, &target, tenant, role.ownership)),
@@ -284,7 +287,8 @@ impl Provisioner<'_> {
         let renamed = async {
             if staging {
                 let admin = self.admin(&target, Step::Rename).await?;
-                timed(Step::Rename, self.rename(&admin, &target, fresh)).await?;
+                timed(Step::Rename, self.rename(&admin, &target, fresh.then_some(self_grant.as_str())))
+                    .await?;
             }
             Ok::<_, StepError>(())
         };
@@ -503,8 +507,13 @@ impl Provisioner<'_> {
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
-        let client = t.admin.connect(Some(t.staging.as_str())).await.map_err(admin_retry(STEP))?;
-        let around = tenant_sql::as_fresh_tenant(&t.role, limits.statement_timeout_ms);
+        let session = crate::pg::fresh_migration_session(
+            limits.statement_timeout_ms,
+            limits.idle_in_transaction_timeout_ms,
+        );
+        let client =
+            t.admin.connect_with(Some(t.staging.as_str()), &session).await.map_err(admin_retry(STEP))?;
+        let around = tenant_sql::as_fresh_tenant(&t.staging, &t.role);
         self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(Inside { client, around })
     }
@@ -560,12 +569,14 @@ impl Provisioner<'_> {
 
     /// Step 6: staging name → final name (its event is the caller's). Sessions on the staging
     /// database (ours, just closed) can linger for a moment, so "in use" is retried briefly.
-    /// After a `fresh` run, the tenant role gets its rights on the database in the same
-    /// transaction (the lockdown's grants; the database is the admin's, so none can fail).
-    async fn rename(&self, admin: &Client, t: &Target, fresh: bool) -> Result<(), StepError> {
+    /// After a fresh run (`Some(createrole_self_grant)`), the tenant role gets its rights on
+    /// the database in the same transaction (the lockdown's grants; the database is the
+    /// admin's, so none can fail), and the admin the membership the server gave it at
+    /// `CREATE ROLE`, if any.
+    async fn rename(&self, admin: &Client, t: &Target, fresh: Option<&str>) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let then = if fresh { tenant_sql::lock_down_database(&t.database, &t.role) } else { String::new() };
+        let then = fresh.map_or_else(String::new, |g| tenant_sql::lock_down_fresh(&t.database, &t.role, g));
         tenant_sql::rename_database_when_free(admin, &t.staging, &t.database, &then)
             .await
             .map_err(pg_retry(STEP))?;

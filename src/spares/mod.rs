@@ -293,12 +293,16 @@ impl Admin {
             futures::future::join(self.client.batch_execute(&create), self.client.batch_execute(&then)).await;
         created.map_err(self.failed("create the spare's database"))?;
         marked.map_err(self.failed("mark the spare's database"))?;
+        let session = crate::pg::fresh_migration_session(
+            limits.statement_timeout_ms,
+            limits.idle_in_transaction_timeout_ms,
+        );
         let mut inside = self
             .target
-            .connect(Some(name.as_str()))
+            .connect_with(Some(name.as_str()), &session)
             .await
             .map_err(|source| SpareError::Admin { server: self.server.name.clone(), source })?;
-        let around = tenant_sql::as_fresh_tenant(&name, limits.statement_timeout_ms);
+        let around = tenant_sql::as_fresh_tenant(&name, &name);
         let (at, _) =
             core.migrations.apply_gated(&mut inside, &around, std::future::ready(true)).await.map_err(
                 |e| SpareError::Server {
@@ -307,8 +311,17 @@ impl Admin {
                 },
             )?;
         drop(inside);
+        let self_grant: String = self
+            .client
+            .query_one(
+                "SELECT COALESCE(pg_catalog.current_setting('createrole_self_grant', true), '')",
+                &[],
+            )
+            .await
+            .map_err(self.failed("read createrole_self_grant"))?
+            .get(0);
         self.client
-            .batch_execute(&tenant_sql::lock_down_database(&name, &name))
+            .batch_execute(&tenant_sql::lock_down_fresh(&name, &name, &self_grant))
             .await
             .map_err(self.failed("lock the spare down"))?;
         if !core.catalog.spare_ready(id, at).await? {

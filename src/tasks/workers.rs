@@ -35,10 +35,13 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let owner = claim_owner(&app.instance);
         let claimed_at = Instant::now();
         let idle_for = match app.catalog.claim_tenant(&owner, app.settings.workers.lease, None).await {
-            Ok(Claim::Claimed(tenant)) => {
+            Ok(Claim::Claimed(tenant, more)) => {
                 catalog_backoff = Duration::from_millis(200);
-                // There may be more: the next idle worker looks (notifications wake one each).
-                wake.notify_one();
+                // There are more: the next idle worker looks (notifications wake one each, and
+                // one notification may stand for many tenants, as after a bulk INSERT).
+                if more {
+                    wake.notify_one();
+                }
                 tracing::debug!(
                     worker = n,
                     tenant = %tenant.slug,

@@ -196,10 +196,12 @@ async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one
     let set = set
         .with(
             &format!("V{next}__whoami"),
-            "CREATE TABLE whoami AS SELECT current_user::text AS acting, \
+            "CREATE TEMP TABLE scratch (i int); RESET statement_timeout; RESET search_path; \
+             CREATE TABLE whoami AS SELECT current_user::text AS acting, \
                     current_setting('statement_timeout') AS statement_timeout, \
                     current_setting('search_path') AS search_path, current_setting('lock_timeout') AS lock_timeout, \
-                    current_setting('transaction_read_only') AS read_only",
+                    current_setting('transaction_read_only') AS read_only, \
+                    current_setting('idle_in_transaction_session_timeout') AS idle",
         )
         .unwrap();
     let failed_once = Arc::new(AtomicBool::new(false));
@@ -220,7 +222,8 @@ async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one
         let row = su
             .query_one(
                 "SELECT acting, statement_timeout, search_path, lock_timeout, read_only, \
-                        pg_get_userbyid((SELECT relowner FROM pg_class WHERE relname = 'whoami'))::text FROM whoami",
+                        pg_get_userbyid((SELECT relowner FROM pg_class WHERE relname = 'whoami'))::text, idle \
+                 FROM whoami",
                 &[],
             )
             .await
@@ -228,12 +231,42 @@ async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one
         let acting: String = row.get(0);
         let owner: String = row.get(5);
         assert_eq!((acting.as_str(), owner.as_str()), (db.as_str(), db.as_str()), "{slug}");
-        let session: Vec<String> = (1..5).map(|i| row.get(i)).collect();
+        let session: Vec<String> = (1..5).chain([6]).map(|i| row.get(i)).collect();
         seen.push(session);
         assert_locked_down(&app, &db).await;
     }
     assert_eq!(seen[0], seen[1], "the first run and the resumed one");
-    assert_eq!(seen[0], ["1min", "\"$user\",public", "5s", "off"], "the tenant role's own settings");
+    assert_eq!(seen[0], ["1min", "\"$user\",public", "5s", "off", "5min"], "the tenant role's own settings");
+}
+
+/// A migration that stops acting as the tenant role (`RESET ROLE`) on a first run, where the
+/// session is the admin's, is refused before anything commits, and the resumed run applies it
+/// on the role's own session: nothing is the admin's.
+#[tokio::test]
+async fn a_first_run_that_stops_acting_as_the_tenant_role_is_refused() {
+    let set = tenantd::tenant_migrations::MigrationSet::embedded();
+    let next = set.latest_version() + 1;
+    let set = set
+        .with(&format!("V{next}__reset_role"), "RESET ROLE; CREATE TABLE made_after_reset (i int)")
+        .unwrap();
+    let app = app().migrations(set).spawn().await;
+    let (status, body) = app.post("/v1/tenants?wait=30", &json!({ "slug": "resetter" })).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("READY")), "{body}");
+    let events = events(&app, "resetter").await;
+    let failed: Vec<&Value> = events.iter().filter(|e| e["kind"] == "attempt.failed").collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert!(failed[0]["detail"]["error"].as_str().unwrap().contains("changed the role"), "{failed:?}");
+    let db = db_name(&app, "resetter");
+    let su = shared_cluster().superuser(&db).await;
+    let owners: Vec<String> = su
+        .query("SELECT DISTINCT pg_get_userbyid(relowner)::text FROM pg_class WHERE relnamespace = 'public'::regnamespace", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(owners, [db.clone()], "everything in public is the tenant role's");
+    assert_locked_down(&app, &db).await;
 }
 
 #[tokio::test]

@@ -15,8 +15,8 @@ const FREE: &str = free!();
 /// What a claim attempt found.
 #[derive(Debug)]
 pub enum Claim {
-    /// A tenant, now leased to us.
-    Claimed(Box<TenantRecord>),
+    /// A tenant, now leased to us; `more`: another one was due and free at that moment.
+    Claimed(Box<TenantRecord>, bool),
     /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
     Idle(Option<Duration>),
 }
@@ -28,7 +28,9 @@ const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING
     AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
 
 /// A worker's poll: the next workable tenant, leased to `$1` for `$2` seconds (`$3`: only
-/// this one).
+/// this one), and whether another was due and free (the last column; rows being claimed by
+/// other workers at that moment count too, so it may say yes for nothing, never no for a
+/// tenant that was there).
 pub(crate) fn claim_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -38,7 +40,9 @@ pub(crate) fn claim_sql() -> &'static str {
                ORDER BY next_attempt_at FOR UPDATE SKIP LOCKED LIMIT 1) \
              UPDATE tenantd.tenants t SET lease_owner = $1, \
                lease_until = now() + make_interval(secs => $2) \
-             FROM next WHERE t.id = next.id RETURNING {}",
+             FROM next WHERE t.id = next.id RETURNING {}, \
+               EXISTS (SELECT 1 FROM tenantd.tenants WHERE {WORKABLE} AND next_attempt_at <= now() \
+                 AND {FREE} AND id <> next.id)",
             COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
         )
     })
@@ -93,7 +97,8 @@ impl Catalog {
         only: Option<Uuid>,
     ) -> Result<Claim, CatalogError> {
         if let Some(row) = self.query_opt(claim_sql(), &[&owner, &secs(lease), &only]).await? {
-            return Ok(Claim::Claimed(Box::new(from_row(&row))));
+            let more = row.get(row.len() - 1);
+            return Ok(Claim::Claimed(Box::new(from_row(&row)), more));
         }
         let next: Option<f64> = self.query_one(next_due_sql(), &[&only]).await?.get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
