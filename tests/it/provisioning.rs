@@ -265,7 +265,7 @@ async fn a_first_run_that_stops_acting_as_the_tenant_role_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(owners, [db.clone()], "everything in public is the tenant role's");
+    assert_eq!(owners, vec![db.as_str()], "everything in public is the tenant role's");
     assert_locked_down(&app, &db).await;
 }
 
