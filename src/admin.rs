@@ -117,11 +117,6 @@ impl AdminTarget {
 
     /// A connection configuration for `dbname` (the maintenance database when `None`).
     pub fn config(&self, dbname: Option<&str>) -> tokio_postgres::Config {
-        self.config_with(dbname, crate::pg::ADMIN_SESSION)
-    }
-
-    /// [`AdminTarget::config`] with other session settings than [`crate::pg::ADMIN_SESSION`].
-    fn config_with(&self, dbname: Option<&str>, options: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.host)
@@ -132,7 +127,7 @@ impl AdminTarget {
             .application_name("tenantd")
             .connect_timeout(ADMIN_CONNECT_TIMEOUT);
         self.tls.apply(&mut config);
-        crate::pg::add_options(&mut config, options);
+        crate::pg::add_options(&mut config, crate::pg::ADMIN_SESSION);
         config
     }
 
@@ -143,30 +138,17 @@ impl AdminTarget {
 
     /// Connects as admin; the connection driver runs on its own task.
     pub async fn connect(&self, dbname: Option<&str>) -> Result<tokio_postgres::Client, AdminError> {
-        self.connect_with(dbname, crate::pg::ADMIN_SESSION).await
-    }
-
-    /// [`AdminTarget::connect`] with other session settings than [`crate::pg::ADMIN_SESSION`]
-    /// (only for a session that acts as a fresh tenant's role; see
-    /// `tenant_sql::as_fresh_tenant`).
-    pub async fn connect_with(
-        &self,
-        dbname: Option<&str>,
-        options: &str,
-    ) -> Result<tokio_postgres::Client, AdminError> {
         let target =
             format!("{}@{}:{}/{}", self.user, self.host, self.port, dbname.unwrap_or(&self.maintenance_db));
-        crate::pg::connect(&self.config_with(dbname, options), &self.tls, &target).await.map_err(
-            |e| match e {
-                crate::pg::ConnectError::Tls(e) => AdminError::Tls(e),
-                crate::pg::ConnectError::Postgres(e) => {
-                    AdminError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) }
-                }
-                crate::pg::ConnectError::TimedOut(reason) => {
-                    AdminError::Unreachable { target: target.clone(), reason }
-                }
-            },
-        )
+        crate::pg::connect(&self.config(dbname), &self.tls, &target).await.map_err(|e| match e {
+            crate::pg::ConnectError::Tls(e) => AdminError::Tls(e),
+            crate::pg::ConnectError::Postgres(e) => {
+                AdminError::Unreachable { target: target.clone(), reason: crate::pg::describe(&e) }
+            }
+            crate::pg::ConnectError::TimedOut(reason) => {
+                AdminError::Unreachable { target: target.clone(), reason }
+            }
+        })
     }
 }
 

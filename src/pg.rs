@@ -72,16 +72,6 @@ pub const CATALOG_SESSION: &str = "-c search_path=pg_catalog -c lock_timeout=10s
 pub const MIGRATION_SESSION: &str =
     "-c search_path=\"$user\",public -c lock_timeout=5s -c default_transaction_read_only=off";
 
-/// [`MIGRATION_SESSION`] for a first run's session of the admin that acts as the tenant role
-/// (see `tenant_sql::as_fresh_tenant`), with the tenant role's own timeouts: what the role's
-/// settings would give its own session, so that `RESET` in a migration finds the same values.
-pub fn fresh_migration_session(statement_timeout_ms: u64, idle_in_transaction_timeout_ms: u64) -> String {
-    format!(
-        "{MIGRATION_SESSION} -c statement_timeout={statement_timeout_ms} \
-         -c idle_in_transaction_session_timeout={idle_in_transaction_timeout_ms}"
-    )
-}
-
 /// A PostgreSQL client or server program with a clean environment: `PATH` and a locale only.
 /// Nothing of the daemon's own environment (master key, admin token, catalog URL) reaches a
 /// child; callers add exactly the `PG*` variables it needs.

@@ -193,13 +193,15 @@ pub fn open_to_owner(database: &PgIdent) -> String {
 }
 
 /// What a first migration run wraps its transaction in when it runs on the admin's session
-/// inside a database that nobody else has been able to connect to yet ([`open_to_owner`]),
-/// a session opened with the tenant role's settings (`pg::fresh_migration_session`).
+/// (with its usual settings, `pg::ADMIN_SESSION`) inside a database that nobody else has been
+/// able to connect to yet ([`open_to_owner`]).
 ///
 /// First, as the admin: the schema grants of [`grant_schema`] and the role's TEMPORARY right
 /// (its CONNECT comes only with the rename); then, for this transaction only, the admin
-/// becomes a member of the tenant role and acts as it (`SET LOCAL ROLE`), so every object is
-/// the tenant role's, as on the role's own session. At the end, deferred constraints are
+/// becomes a member of the tenant role and acts as it (`SET LOCAL ROLE`), with the search
+/// path of the role's own migration session (`pg::MIGRATION_SESSION`) and its statement
+/// timeout (0 keeps the admin's bound), so every object is the tenant role's, as on the
+/// role's own session. At the end, deferred constraints are
 /// checked while still acting as the role; the run is refused unless it still acts as the role
 /// in the same transaction (a migration that ran `RESET ROLE` or `COMMIT` would have run the
 /// rest as the admin); the membership is revoked before the commit, so it is never visible
@@ -207,14 +209,25 @@ pub fn open_to_owner(database: &PgIdent) -> String {
 ///
 /// This saves the tenant role's own connection (a backend start in a new database). It is safe
 /// only because nothing in the database can be the tenant's yet: `RESET ROLE` in that session
-/// is the admin. A migration sees one difference: `session_user` is the admin.
-pub fn as_fresh_tenant(database: &PgIdent, role: &PgIdent) -> crate::tenant_migrations::Around {
+/// is the admin. A migration sees two differences: `session_user` is the admin, and `RESET`
+/// of a setting finds the admin's session value (for `search_path`, `pg_catalog`: creating a
+/// table then fails, and the retry runs on the role's own session).
+pub fn as_fresh_tenant(
+    database: &PgIdent,
+    role: &PgIdent,
+    statement_timeout_ms: u64,
+) -> crate::tenant_migrations::Around {
     let (db, quoted, literal) =
         (quote_ident(database.as_str()), quote_ident(role.as_str()), quote_literal(role.as_str()));
+    let timeout = match statement_timeout_ms {
+        0 => String::new(),
+        ms => format!(" SET LOCAL statement_timeout = {ms};"),
+    };
     crate::tenant_migrations::Around {
         first: format!(
             "{}; GRANT TEMPORARY ON DATABASE {db} TO {quoted}; GRANT {quoted} TO CURRENT_USER; \
-             SET LOCAL ROLE {quoted}; SELECT pg_catalog.set_config('tenantd.acting_as', {literal}, true);",
+             SET LOCAL ROLE {quoted}; SELECT pg_catalog.set_config('tenantd.acting_as', {literal}, true); \
+             SELECT pg_catalog.set_config('search_path', '\"$user\",public', true);{timeout}",
             grant_schema(role)
         ),
         last: format!(

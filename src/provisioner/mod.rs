@@ -507,13 +507,8 @@ impl Provisioner<'_> {
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
-        let session = crate::pg::fresh_migration_session(
-            limits.statement_timeout_ms,
-            limits.idle_in_transaction_timeout_ms,
-        );
-        let client =
-            t.admin.connect_with(Some(t.staging.as_str()), &session).await.map_err(admin_retry(STEP))?;
-        let around = tenant_sql::as_fresh_tenant(&t.staging, &t.role);
+        let client = t.admin.connect(Some(t.staging.as_str())).await.map_err(admin_retry(STEP))?;
+        let around = tenant_sql::as_fresh_tenant(&t.staging, &t.role, limits.statement_timeout_ms);
         self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(Inside { client, around })
     }

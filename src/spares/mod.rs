@@ -293,16 +293,12 @@ impl Admin {
             futures::future::join(self.client.batch_execute(&create), self.client.batch_execute(&then)).await;
         created.map_err(self.failed("create the spare's database"))?;
         marked.map_err(self.failed("mark the spare's database"))?;
-        let session = crate::pg::fresh_migration_session(
-            limits.statement_timeout_ms,
-            limits.idle_in_transaction_timeout_ms,
-        );
         let mut inside = self
             .target
-            .connect_with(Some(name.as_str()), &session)
+            .connect(Some(name.as_str()))
             .await
             .map_err(|source| SpareError::Admin { server: self.server.name.clone(), source })?;
-        let around = tenant_sql::as_fresh_tenant(&name, &name);
+        let around = tenant_sql::as_fresh_tenant(&name, &name, limits.statement_timeout_ms);
         let (at, _) =
             core.migrations.apply_gated(&mut inside, &around, std::future::ready(true)).await.map_err(
                 |e| SpareError::Server {
@@ -313,10 +309,7 @@ impl Admin {
         drop(inside);
         let self_grant: String = self
             .client
-            .query_one(
-                "SELECT COALESCE(pg_catalog.current_setting('createrole_self_grant', true), '')",
-                &[],
-            )
+            .query_one("SELECT COALESCE(pg_catalog.current_setting('createrole_self_grant', true), '')", &[])
             .await
             .map_err(self.failed("read createrole_self_grant"))?
             .get(0);
