@@ -35,13 +35,15 @@ pub struct Known {
 
 /// Statements that a migration run's transaction begins with (right after `BEGIN`) and ends
 /// with (right before its `COMMIT`, and only when it commits). Empty for a run on the tenant
-/// role's own session; see [`crate::tenant_sql::as_fresh_tenant`] for the other kind.
+/// role's own session; the provisioner's first run acting as the role is the other kind.
 #[derive(Debug, Default, Clone)]
 pub struct Around {
     /// Sent after `BEGIN`, before the advisory lock; must end in `;`.
     pub first: String,
     /// Sent after the migrations, before `COMMIT`; must end in `;`.
     pub last: String,
+    /// Sent after the `COMMIT`, when it succeeded (its own transaction).
+    pub after: String,
 }
 
 /// A failed migration run, described with the PostgreSQL error (message, SQLSTATE) that
@@ -317,7 +319,11 @@ impl Session<'_> {
                 false => self.client.batch_execute(&deferred).await.map_err(SessionError::Applying),
             };
             if applied.is_ok() {
-                return Ok(self.client.batch_execute("COMMIT").await?);
+                self.client.batch_execute("COMMIT").await?;
+                if !self.around.after.is_empty() {
+                    self.client.batch_execute(&self.around.after).await?;
+                }
+                return Ok(());
             }
             if let Err(rollback) = self.client.batch_execute("ROLLBACK").await {
                 tracing::debug!(error = %crate::pg::describe(&rollback), "ROLLBACK after a failed migration run failed");

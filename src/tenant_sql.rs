@@ -197,25 +197,30 @@ pub fn open_to_owner(database: &PgIdent) -> String {
 /// able to connect to yet ([`open_to_owner`]).
 ///
 /// First, as the admin: the schema grants of [`grant_schema`] and the role's TEMPORARY right
-/// (its CONNECT comes only with the rename); then, for this transaction only, the admin
-/// becomes a member of the tenant role and acts as it (`SET LOCAL ROLE`), with the search
-/// path of the role's own migration session (`pg::MIGRATION_SESSION`) and its statement
-/// timeout (0 keeps the admin's bound), so every object is the tenant role's, as on the
-/// role's own session. At the end, deferred constraints are
-/// checked while still acting as the role; the run is refused unless it still acts as the role
-/// in the same transaction (a migration that ran `RESET ROLE` or `COMMIT` would have run the
-/// rest as the admin); the membership is revoked before the commit, so it is never visible
-/// outside the transaction.
+/// (its CONNECT comes only with the rename); then the admin becomes a member of the tenant
+/// role and acts as it for the transaction (`SET LOCAL ROLE`), with the search path of the
+/// role's own migration session (`pg::MIGRATION_SESSION`) and its statement timeout (0 keeps
+/// the admin's bound), so every object is the tenant role's, as on the role's own session.
+/// At the end, deferred constraints are checked, and the run is refused unless it still acts
+/// as the role in the same transaction (a migration that ran `RESET ROLE` or `COMMIT` would
+/// have run the rest as the admin). The `COMMIT` itself runs acting as the role (what runs at
+/// commit, such as a `WITH HOLD` cursor or a constraint deferred again, runs as the role);
+/// right after it, the membership is revoked — and, where the server's
+/// `createrole_self_grant` (`self_grant`, PostgreSQL 16+) gave the admin one at `CREATE ROLE`,
+/// made again as the setting says, in the same transaction as the revoke.
 ///
 /// This saves the tenant role's own connection (a backend start in a new database). It is safe
 /// only because nothing in the database can be the tenant's yet: `RESET ROLE` in that session
-/// is the admin. A migration sees two differences: `session_user` is the admin, and `RESET`
-/// of a setting finds the admin's session value (for `search_path`, `pg_catalog`: creating a
-/// table then fails, and the retry runs on the role's own session).
+/// is the admin, so it must run nothing but the embedded migrations, which are trusted code (a
+/// migration that deliberately switches roles and back is not caught). A migration sees two
+/// differences: `session_user` is the admin, and `RESET` of a setting finds the admin's
+/// session value (for `search_path`, `pg_catalog`: creating a table then fails, and the retry
+/// runs on the role's own session).
 pub fn as_fresh_tenant(
     database: &PgIdent,
     role: &PgIdent,
     statement_timeout_ms: u64,
+    self_grant: &str,
 ) -> crate::tenant_migrations::Around {
     let (db, quoted, literal) =
         (quote_ident(database.as_str()), quote_ident(role.as_str()), quote_literal(role.as_str()));
@@ -223,9 +228,12 @@ pub fn as_fresh_tenant(
         0 => String::new(),
         ms => format!(" SET LOCAL statement_timeout = {ms};"),
     };
+    let regrant = regrant_to_creator(role, self_grant);
+    // With a self-grant, the admin's membership exists already, perhaps without SET.
+    let member = if regrant.is_empty() { "" } else { " WITH SET TRUE" };
     crate::tenant_migrations::Around {
         first: format!(
-            "{}; GRANT TEMPORARY ON DATABASE {db} TO {quoted}; GRANT {quoted} TO CURRENT_USER; \
+            "{}; GRANT TEMPORARY ON DATABASE {db} TO {quoted}; GRANT {quoted} TO CURRENT_USER{member}; \
              SET LOCAL ROLE {quoted}; SELECT pg_catalog.set_config('tenantd.acting_as', {literal}, true); \
              SELECT pg_catalog.set_config('search_path', '\"$user\",public', true);{timeout}",
             grant_schema(role)
@@ -234,30 +242,24 @@ pub fn as_fresh_tenant(
             "SET CONSTRAINTS ALL IMMEDIATE; \
              DO $tenantd$BEGIN \
                IF CURRENT_USER OPERATOR(pg_catalog.<>) {literal}::pg_catalog.name \
-                  OR pg_catalog.current_setting('tenantd.acting_as', true) IS DISTINCT FROM {literal} THEN \
+                  OR COALESCE(pg_catalog.current_setting('tenantd.acting_as', true), '') \
+                     OPERATOR(pg_catalog.<>) {literal} THEN \
                  RAISE EXCEPTION 'a migration changed the role or ended the transaction (RESET ROLE, COMMIT): \
                    the migrations of a new tenant run as its role in one transaction'; \
                END IF; \
-             END$tenantd$; \
-             RESET ROLE; REVOKE {quoted} FROM CURRENT_USER;"
+             END$tenantd$;"
         ),
+        after: match regrant.is_empty() {
+            true => format!("REVOKE {quoted} FROM CURRENT_USER"),
+            false => format!("REVOKE {quoted} FROM CURRENT_USER; {regrant}"),
+        },
     }
 }
 
-/// What follows a fresh run's migrations (see [`as_fresh_tenant`]): [`lock_down_database`],
-/// the tenant role may connect now; and [`regrant_to_creator`].
-pub fn lock_down_fresh(database: &PgIdent, role: &PgIdent, createrole_self_grant: &str) -> String {
-    let lock_down = lock_down_database(database, role);
-    match regrant_to_creator(role, createrole_self_grant) {
-        regrant if regrant.is_empty() => lock_down,
-        regrant => format!("{lock_down}; {regrant}"),
-    }
-}
-
-/// What `createrole_self_grant` (PostgreSQL 16+) made at `CREATE ROLE`, made again: the
-/// membership of the admin in a role it created, with the options the setting names. The
-/// REVOKE that ends [`as_fresh_tenant`] removes that grant too (it is the admin's own). Empty
-/// when the setting is.
+/// What `createrole_self_grant` (PostgreSQL 16+; empty when unset, on older servers, or for a
+/// superuser admin, who gets no self-grant) made at `CREATE ROLE`, made again: the admin's
+/// membership in a role it created, with the options the setting names. Empty when the
+/// setting is.
 pub fn regrant_to_creator(role: &PgIdent, createrole_self_grant: &str) -> String {
     let options: Vec<String> = createrole_self_grant
         .split(',')
@@ -275,6 +277,12 @@ pub fn regrant_to_creator(role: &PgIdent, createrole_self_grant: &str) -> String
         has("set")
     )
 }
+
+/// The server's `createrole_self_grant` as it applies to roles the current (admin) role creates:
+/// empty for a superuser, or where the setting is unset or unknown (before PostgreSQL 16).
+pub const SELF_GRANT: &str = "CASE WHEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r \
+      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER) THEN '' \
+    ELSE COALESCE(pg_catalog.current_setting('createrole_self_grant', true), '') END";
 
 /// [`lock_down_database`] again over a database whose grants drifted: every privilege of
 /// PUBLIC, of the tenant role and of `others` (roles found with grants on it) revoked, then
@@ -519,7 +527,10 @@ mod tests {
             regrant_to_creator(&role, " Inherit, set "),
             "GRANT \"t_acme\" TO CURRENT_USER WITH INHERIT true, SET true"
         );
-        assert!(lock_down_fresh(&role, &role, "inherit").ends_with("WITH INHERIT true, SET false"));
+        let around = as_fresh_tenant(&role, &role, 0, "inherit");
+        assert!(around.first.contains("TO CURRENT_USER WITH SET TRUE;"), "{}", around.first);
+        assert!(around.after.ends_with("WITH INHERIT true, SET false"), "{}", around.after);
+        assert_eq!(as_fresh_tenant(&role, &role, 0, "").after, "REVOKE \"t_acme\" FROM CURRENT_USER");
     }
 
     #[test]

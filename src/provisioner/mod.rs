@@ -170,8 +170,6 @@ impl Provisioner<'_> {
         // run on the admin's session acting as the tenant role, and the role gets CONNECT only
         // at the rename (see `tenant_sql::as_fresh_tenant`).
         let mut fresh = false;
-        // The server's `createrole_self_grant`, made again after a fresh run (see `rename`).
-        let mut self_grant = String::new();
         let location = if tenant.status == TenantStatus::Migrating {
             // A run that stopped after the lockdown; a fresh one may have stopped before the
             // role had CONNECT, so the lockdown is made again (it is idempotent).
@@ -193,7 +191,7 @@ impl Provisioner<'_> {
             );
             let (location, role) = (located?, role.map_err(pg_retry(Step::Role))?);
             refuse_foreign_role(&target, &role.ownership)?;
-            self_grant = role.self_grant;
+            let self_grant = role.self_grant;
             let second = second?;
             let (role, made) = tokio::join!(
                 timed(Step::Role, self.ensure_role(&admin, &target, tenant, role.ownership)),
@@ -210,7 +208,7 @@ impl Provisioner<'_> {
             // state, below.
             let lock_down = async {
                 if fresh {
-                    self.enter_fresh(&target, tenant).await
+                    self.enter_fresh(&target, tenant, &self_grant).await
                 } else {
                     self.lock_down(&admin, &target, made.0).await
                 }
@@ -287,8 +285,7 @@ impl Provisioner<'_> {
         let renamed = async {
             if staging {
                 let admin = self.admin(&target, Step::Rename).await?;
-                timed(Step::Rename, self.rename(&admin, &target, fresh.then_some(self_grant.as_str())))
-                    .await?;
+                timed(Step::Rename, self.rename(&admin, &target, fresh)).await?;
             }
             Ok::<_, StepError>(())
         };
@@ -502,13 +499,19 @@ impl Provisioner<'_> {
     /// Step 4 of a fresh run (role and database made by this run; the database is open to its
     /// owner only, see `make_database`): the admin's session inside it, on which step 5 acts
     /// as the tenant role. The tenant role gets its rights on the database at the rename.
-    async fn enter_fresh(&self, t: &Target, tenant: &TenantRecord) -> Result<Inside, StepError> {
+    async fn enter_fresh(
+        &self,
+        t: &Target,
+        tenant: &TenantRecord,
+        self_grant: &str,
+    ) -> Result<Inside, StepError> {
         const STEP: Step = Step::Lockdown;
         self.fault(&t.slug, STEP, Phase::Before).await?;
         let limits = TenantLimits::resolve(&self.core.settings.limits, &tenant.limits)
             .map_err(|e| StepError::Fatal(STEP, e.to_string()))?;
         let client = t.admin.connect(Some(t.staging.as_str())).await.map_err(admin_retry(STEP))?;
-        let around = tenant_sql::as_fresh_tenant(&t.staging, &t.role, limits.statement_timeout_ms);
+        let around =
+            tenant_sql::as_fresh_tenant(&t.staging, &t.role, limits.statement_timeout_ms, self_grant);
         self.fault(&t.slug, STEP, Phase::After).await?;
         Ok(Inside { client, around })
     }
@@ -564,14 +567,12 @@ impl Provisioner<'_> {
 
     /// Step 6: staging name → final name (its event is the caller's). Sessions on the staging
     /// database (ours, just closed) can linger for a moment, so "in use" is retried briefly.
-    /// After a fresh run (`Some(createrole_self_grant)`), the tenant role gets its rights on
-    /// the database in the same transaction (the lockdown's grants; the database is the
-    /// admin's, so none can fail), and the admin the membership the server gave it at
-    /// `CREATE ROLE`, if any.
-    async fn rename(&self, admin: &Client, t: &Target, fresh: Option<&str>) -> Result<(), StepError> {
+    /// After a `fresh` run, the tenant role gets its rights on the database in the same
+    /// transaction (the lockdown's grants; the database is the admin's, so none can fail).
+    async fn rename(&self, admin: &Client, t: &Target, fresh: bool) -> Result<(), StepError> {
         const STEP: Step = Step::Rename;
         self.fault(&t.slug, STEP, Phase::Before).await?;
-        let then = fresh.map_or_else(String::new, |g| tenant_sql::lock_down_fresh(&t.database, &t.role, g));
+        let then = if fresh { tenant_sql::lock_down_database(&t.database, &t.role) } else { String::new() };
         tenant_sql::rename_database_when_free(admin, &t.staging, &t.database, &then)
             .await
             .map_err(pg_retry(STEP))?;

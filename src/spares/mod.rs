@@ -293,12 +293,18 @@ impl Admin {
             futures::future::join(self.client.batch_execute(&create), self.client.batch_execute(&then)).await;
         created.map_err(self.failed("create the spare's database"))?;
         marked.map_err(self.failed("mark the spare's database"))?;
+        let self_grant: String = self
+            .client
+            .query_one(&format!("SELECT {}", tenant_sql::SELF_GRANT), &[])
+            .await
+            .map_err(self.failed("read createrole_self_grant"))?
+            .get(0);
         let mut inside = self
             .target
             .connect(Some(name.as_str()))
             .await
             .map_err(|source| SpareError::Admin { server: self.server.name.clone(), source })?;
-        let around = tenant_sql::as_fresh_tenant(&name, &name, limits.statement_timeout_ms);
+        let around = tenant_sql::as_fresh_tenant(&name, &name, limits.statement_timeout_ms, &self_grant);
         let (at, _) =
             core.migrations.apply_gated(&mut inside, &around, std::future::ready(true)).await.map_err(
                 |e| SpareError::Server {
@@ -307,14 +313,8 @@ impl Admin {
                 },
             )?;
         drop(inside);
-        let self_grant: String = self
-            .client
-            .query_one("SELECT COALESCE(pg_catalog.current_setting('createrole_self_grant', true), '')", &[])
-            .await
-            .map_err(self.failed("read createrole_self_grant"))?
-            .get(0);
         self.client
-            .batch_execute(&tenant_sql::lock_down_fresh(&name, &name, &self_grant))
+            .batch_execute(&tenant_sql::lock_down_database(&name, &name))
             .await
             .map_err(self.failed("lock the spare down"))?;
         if !core.catalog.spare_ready(id, at).await? {

@@ -37,8 +37,9 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let idle_for = match app.catalog.claim_tenant(&owner, app.settings.workers.lease, None).await {
             Ok(Claim::Claimed(tenant, more)) => {
                 catalog_backoff = Duration::from_millis(200);
-                // There are more: the next idle worker looks (notifications wake one each, and
-                // one notification may stand for many tenants, as after a bulk INSERT).
+                // There is other work: the next idle worker looks, to claim it or time it (a
+                // notification wakes one worker, and may stand for many tenants, as after a bulk
+                // INSERT; or a retry scheduled meanwhile needs a worker's timer).
                 if more {
                     wake.notify_one();
                 }

@@ -197,6 +197,10 @@ async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one
         .with(
             &format!("V{next}__whoami"),
             "CREATE TEMP TABLE scratch (i int); \
+             CREATE TABLE at_commit (who text); \
+             CREATE FUNCTION note_who() RETURNS int LANGUAGE sql AS \
+               $$ INSERT INTO at_commit VALUES (current_user::text) RETURNING 1 $$; \
+             DECLARE held CURSOR WITH HOLD FOR SELECT note_who(); \
              CREATE TABLE whoami AS SELECT current_user::text AS acting, \
                     current_setting('statement_timeout') AS statement_timeout, \
                     current_setting('search_path') AS search_path, current_setting('lock_timeout') AS lock_timeout, \
@@ -231,6 +235,10 @@ async fn the_migrations_see_the_same_session_on_a_first_run_and_on_a_resumed_one
         let owner: String = row.get(5);
         assert_eq!((acting.as_str(), owner.as_str()), (db.as_str(), db.as_str()), "{slug}");
         let session: Vec<String> = (1..5).map(|i| row.get(i)).collect();
+        // A WITH HOLD cursor's query runs at the commit: as the tenant role too.
+        let at_commit: Vec<String> =
+            su.query("SELECT who FROM at_commit", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(at_commit, [db.as_str()], "{slug}: what runs at commit");
         seen.push(session);
         assert_locked_down(&app, &db).await;
     }

@@ -15,7 +15,7 @@ const FREE: &str = free!();
 /// What a claim attempt found.
 #[derive(Debug)]
 pub enum Claim {
-    /// A tenant, now leased to us; `more`: another one was due and free at that moment.
+    /// A tenant, now leased to us; `more`: there is another workable one (due or not).
     Claimed(Box<TenantRecord>, bool),
     /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
     Idle(Option<Duration>),
@@ -28,9 +28,9 @@ const WORKABLE: &str = "status IN ('PENDING', 'CREATING', 'MIGRATING', 'DELETING
     AND (restore_source IS NULL OR status = 'DELETING' OR $3::uuid IS NOT NULL)";
 
 /// A worker's poll: the next workable tenant, leased to `$1` for `$2` seconds (`$3`: only
-/// this one), and whether another was due and free (the last column; rows being claimed by
-/// other workers at that moment count too, so it may say yes for nothing, never no for a
-/// tenant that was there).
+/// this one), and whether there is any other workable tenant, due or not, held or not (the
+/// last column): then an idle worker should look, claim it or set its timer for it. It may
+/// say yes for nothing, never no for a tenant that was there.
 pub(crate) fn claim_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -41,8 +41,7 @@ pub(crate) fn claim_sql() -> &'static str {
              UPDATE tenantd.tenants t SET lease_owner = $1, \
                lease_until = now() + make_interval(secs => $2) \
              FROM next WHERE t.id = next.id RETURNING {}, \
-               EXISTS (SELECT 1 FROM tenantd.tenants WHERE {WORKABLE} AND next_attempt_at <= now() \
-                 AND {FREE} AND id <> next.id)",
+               EXISTS (SELECT 1 FROM tenantd.tenants WHERE {WORKABLE} AND id <> next.id)",
             COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
         )
     })
