@@ -42,7 +42,7 @@ pub struct Around {
     pub first: String,
     /// Sent after the migrations, before `COMMIT`; must end in `;`.
     pub last: String,
-    /// Sent after the `COMMIT`, when it succeeded (its own transaction).
+    /// Sent with the `COMMIT`, after it, running only when it succeeded (its own transaction).
     pub after: String,
 }
 
@@ -319,11 +319,13 @@ impl Session<'_> {
                 false => self.client.batch_execute(&deferred).await.map_err(SessionError::Applying),
             };
             if applied.is_ok() {
-                self.client.batch_execute("COMMIT").await?;
-                if !self.around.after.is_empty() {
-                    self.client.batch_execute(&self.around.after).await?;
-                }
-                return Ok(());
+                // What follows the commit goes in the same message: it runs only if the
+                // commit succeeded.
+                let commit = match self.around.after.is_empty() {
+                    true => "COMMIT".to_owned(),
+                    false => format!("COMMIT; {}", self.around.after),
+                };
+                return Ok(self.client.batch_execute(&commit).await?);
             }
             if let Err(rollback) = self.client.batch_execute("ROLLBACK").await {
                 tracing::debug!(error = %crate::pg::describe(&rollback), "ROLLBACK after a failed migration run failed");
