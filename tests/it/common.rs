@@ -390,6 +390,12 @@ impl TestApp {
         connect(&self.catalog_url).await.expect("catalog connection")
     }
 
+    /// The admin role of this test's (first) server, as the catalog has it.
+    pub async fn admin_user(&self) -> String {
+        let catalog = self.catalog().await;
+        catalog.query_one("SELECT admin_user FROM tenantd.servers LIMIT 1", &[]).await.unwrap().get(0)
+    }
+
     /// Environment for running the `tenantd` binary against this test's catalog.
     pub fn cli_env(&self) -> BTreeMap<String, String> {
         BTreeMap::from([

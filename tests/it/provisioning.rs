@@ -81,13 +81,7 @@ async fn assert_one_of_each(app: &TestApp, slugs: &[String]) {
 /// of the tenant role (a first run acts as the role inside its transaction only).
 async fn assert_locked_down(app: &TestApp, db: &str) {
     let su = shared_cluster().superuser("postgres").await;
-    let admin: String = app
-        .catalog()
-        .await
-        .query_one("SELECT admin_user FROM tenantd.servers LIMIT 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let admin = app.admin_user().await;
     let row = su
         .query_one(
             "SELECT has_database_privilege($1::text, $1::text, 'CONNECT'), \

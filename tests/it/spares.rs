@@ -73,13 +73,7 @@ async fn works_with_its_credentials(app: &TestApp, slug: &str) -> String {
     let role: String = row.get(0);
     // Every table is the role's, and the admin (who migrated the spare acting as its role, in
     // that transaction only) holds none of the role's privileges.
-    let admin: String = app
-        .catalog()
-        .await
-        .query_one("SELECT admin_user FROM tenantd.servers LIMIT 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let admin = app.admin_user().await;
     let su = shared_cluster().superuser(details["dbname"].as_str().unwrap()).await;
     let row = su
         .query_one(
