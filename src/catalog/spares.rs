@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::events::EventKind;
 use super::servers::ServerLoad;
-use super::tenants::{PLACEMENT_LOCK, Placement, secs};
+use super::tenants::{Placement, Placing, secs};
 use super::{Catalog, CatalogError};
 
 /// State of a spare (stored as text with a CHECK constraint).
@@ -236,17 +236,6 @@ impl Catalog {
     where
         F: FnOnce(&[ServerLoad]) -> Option<Placement>,
     {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The lock first, then the loads, one after the other. Sent together through
-        // `tokio::try_join!`, each statement's Bind went out once its prepare was answered,
-        // and the macro polls its branches in turn from a rotating first one: the loads could
-        // be read before the lock was taken, and two placements could count the same tenants
-        // (a server past its `max_tenants`, weights not kept).
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLACEMENT_LOCK]).await?;
-        let rows = tx.query(super::servers::LOADS, &[]).await?;
-        let servers: Vec<ServerLoad> = rows.iter().map(super::servers::load_from_row).collect();
-        let Some(placement) = choose(&servers) else { return Ok(None) };
         static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let sql = SQL.get_or_init(|| {
             let returned = COLUMNS.split(", ").map(|c| format!("spare.{c}")).collect::<Vec<_>>().join(", ");
@@ -265,9 +254,14 @@ impl Catalog {
                 held!()
             )
         });
+        let mut client = self.client().await?;
+        let (placing, take) = Placing::prepare(&client, sql).await?;
+        let tx = client.transaction().await?;
+        let servers = placing.loads(&tx).await?;
+        let Some(placement) = choose(&servers) else { return Ok(None) };
         let row = tx
             .query_opt(
-                sql,
+                &take,
                 &[
                     &id,
                     &owner,

@@ -174,6 +174,45 @@ impl Catalog {
 /// Advisory lock key serialising placement decisions across processes ("tenantd" + 2).
 pub(crate) const PLACEMENT_LOCK: i64 = 0x7465_6e61_6e74_6402;
 
+/// The start of a placement's transaction, shared by the cold path and the spare take: the
+/// placement lock, then every server's load.
+pub(crate) struct Placing {
+    lock: tokio_postgres::Statement,
+    loads: tokio_postgres::Statement,
+}
+
+impl Placing {
+    /// Prepares the lock, the loads and the caller's `statement` through the connection's
+    /// statement cache (a round trip the first time only).
+    pub(crate) async fn prepare(
+        client: &deadpool_postgres::Client,
+        statement: &str,
+    ) -> Result<(Placing, tokio_postgres::Statement), tokio_postgres::Error> {
+        let (lock, loads, statement) = tokio::try_join!(
+            client.prepare_cached("SELECT pg_catalog.pg_advisory_xact_lock($1)"),
+            client.prepare_cached(crate::catalog::servers::LOADS),
+            client.prepare_cached(statement),
+        )?;
+        Ok((Placing { lock, loads }, statement))
+    }
+
+    /// Takes the lock, then reads the loads, in one round trip: each prepared statement's
+    /// message goes out at its future's first poll, and `future::join` polls the lock first,
+    /// so the server reads the loads only once it holds the lock. (`tokio::join!` would not do:
+    /// it polls from a rotating branch, and a statement not yet prepared would send its Bind
+    /// only once its prepare is answered; two placements could then count the same tenants.)
+    pub(crate) async fn loads(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<Vec<ServerLoad>, tokio_postgres::Error> {
+        let (locked, rows) =
+            futures::future::join(tx.execute(&self.lock, &[&PLACEMENT_LOCK]), tx.query(&self.loads, &[]))
+                .await;
+        locked?;
+        Ok(rows?.iter().map(crate::catalog::servers::load_from_row).collect())
+    }
+}
+
 /// Persists a placement (status CREATING) and its event, in one statement; no row when the
 /// lease is not this owner's.
 const PLACE: &str = concat!(
@@ -200,21 +239,9 @@ impl Catalog {
         F: FnOnce(&[ServerLoad]) -> Result<Placement, E>,
     {
         let mut client = self.client().await?;
-        // Prepared through the connection's statement cache: one round trip for each below.
-        let (lock, loads, place) = tokio::try_join!(
-            client.prepare_cached("SELECT pg_catalog.pg_advisory_xact_lock($1)"),
-            client.prepare_cached(crate::catalog::servers::LOADS),
-            client.prepare_cached(PLACE),
-        )?;
+        let (placing, place) = Placing::prepare(&client, PLACE).await?;
         let tx = client.transaction().await?;
-        // The lock, then the loads, in one round trip: each prepared statement's message goes
-        // out at its future's first poll, and `future::join` polls the lock first, so the server
-        // reads the loads only once it holds the lock. (`tokio::join!` would not do: it polls
-        // from a rotating branch.)
-        let (locked, rows) =
-            futures::future::join(tx.execute(&lock, &[&PLACEMENT_LOCK]), tx.query(&loads, &[])).await;
-        locked?;
-        let servers: Vec<ServerLoad> = rows?.iter().map(crate::catalog::servers::load_from_row).collect();
+        let servers = placing.loads(&tx).await?;
         let placement = match choose(&servers) {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),

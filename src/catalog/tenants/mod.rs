@@ -21,7 +21,7 @@ mod limits;
 mod passwords;
 
 pub use claims::Claim;
-pub(crate) use leased::PLACEMENT_LOCK;
+pub(crate) use leased::{PLACEMENT_LOCK, Placing};
 
 /// Life-cycle state of a tenant (stored as text with a CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
