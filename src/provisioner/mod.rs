@@ -5,11 +5,17 @@
 //! 2. **role**: `CREATE ROLE` + `COMMENT ON ROLE 'tenantd:<id>'` in one transaction. An existing
 //!    role is adopted only when it carries that marker.
 //! 3. **database**: `CREATE DATABASE` under a staging name derived from the tenant id, from
-//!    `template0`, then the marker comment. A final-name database counts only with our marker.
-//! 4. **lockdown**: PUBLIC loses CONNECT/TEMP; the tenant role gets CONNECT, TEMP and
-//!    USAGE/CREATE on schema `public` (status MIGRATING).
+//!    `template0`, closed, then the marker comment, PUBLIC's rights taken and connections
+//!    allowed (to the owner, the admin). A final-name database counts only with our marker.
+//! 4. **lockdown**: the tenant role gets CONNECT, TEMP and USAGE/CREATE on schema `public`
+//!    (status MIGRATING).
 //! 5. **migrate**: the embedded migrations, as the tenant role, all or nothing.
 //! 6. **rename** staging → final name, then **ready**.
+//!
+//! A first run (role and database both made by this run, not a restore) migrates on the
+//! admin's session acting as the role instead of opening the role's own (one backend start
+//! less), and gives the role its database rights with the rename: see
+//! `tenant_sql::as_fresh_tenant`. Every other run takes the steps as written.
 //!
 //! With `spares.per_server` set, a warm spare is taken instead when the chosen server has one
 //! (`spare`: take, switch, ready); the steps above are the cold path.
