@@ -101,7 +101,7 @@ impl<'a> Driver<'a> {
             let owner = crate::leases::claim_owner(&self.core.instance);
             let claimed_at = Instant::now();
             let pause = match self.core.catalog.claim_tenant(&owner, lease, Some(tenant.id)).await? {
-                Claim::Claimed(claimed, _) => {
+                Claim::Claimed { tenant: claimed, .. } => {
                     let p = Provisioner::new(self.core, &owner).restoring_from(restore_from);
                     match run_claimed(&p, &claimed, claimed_at, &cancel).await {
                         Outcome::Crashed => return Ok(self.core.catalog.tenant_by_id(tenant.id).await?),

@@ -53,14 +53,17 @@ pub struct RoleFound {
 
 /// Looks up `role` and tells whether it is `tenant`'s.
 pub async fn role(client: &Client, tenant: Uuid, role: &PgIdent) -> Result<RoleFound, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT r.oid IS NOT NULL, pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), \
-                r.oid IS NOT NULL AND pg_catalog.pg_has_role(CURRENT_USER, r.oid, 'MEMBER'::pg_catalog.text), \
-                {} \
-         FROM (SELECT) one LEFT JOIN pg_catalog.pg_roles r ON r.rolname = $1::pg_catalog.text",
-        crate::tenant_sql::SELF_GRANT
-    );
-    let row = client.query_one(&sql, &[&role.as_str()]).await?;
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT r.oid IS NOT NULL, pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), \
+                    r.oid IS NOT NULL AND pg_catalog.pg_has_role(CURRENT_USER, r.oid, 'MEMBER'::pg_catalog.text), \
+                    {} \
+             FROM (SELECT) one LEFT JOIN pg_catalog.pg_roles r ON r.rolname = $1::pg_catalog.text",
+            crate::tenant_sql::SELF_GRANT
+        )
+    });
+    let row = client.query_one(sql.as_str(), &[&role.as_str()]).await?;
     let (exists, self_grant): (bool, String) = (row.get(0), row.get(3));
     let ownership = if exists { Ownership::of(row.get(1), tenant) } else { Ownership::Absent };
     Ok(RoleFound { ownership, admin_is_member: row.get(2), self_grant })

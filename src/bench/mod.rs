@@ -227,8 +227,6 @@ async fn floor_parallel(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Asks for `slugs` as new tenants (all at once) and returns their time-to-READY (ms) once
-/// every one is READY.
 /// Asks for `slugs` all at once and waits until every one is READY; returns their
 /// time-to-READY (ms) and the rate from the first `created_at` to the last `ready_at`
 /// (tenants/s, catalog clock).
@@ -241,24 +239,39 @@ async fn create_ready(app: &App, slugs: &[String], timeout: Duration) -> Result<
         .try_collect::<Vec<_>>()
         .await
         .map_err(err)?;
-    let times = ready_times(app, slugs, timeout).await?;
-    let (mut first, mut last) = (None, None);
-    for slug in slugs {
-        let t = app.catalog.tenant(slug).await.map_err(err)?;
-        first = Some(first.map_or(t.created_at, |f: chrono::DateTime<chrono::Utc>| f.min(t.created_at)));
-        last = t.ready_at.map(|r| last.map_or(r, |l: chrono::DateTime<chrono::Utc>| l.max(r)));
-    }
+    let ready = ready_at(app, slugs, timeout).await?;
+    let first = ready.iter().map(|(created, _)| *created).min();
+    let last = ready.iter().map(|(_, ready)| *ready).max();
     let span = match (first, last) {
-        (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
+        (Some(f), Some(l)) => millis(f, l) / 1000.0,
         _ => f64::NAN,
     };
+    let times = ready.iter().map(|(created, ready)| millis(*created, *ready)).collect();
     Ok((times, slugs.len() as f64 / span.max(1e-6)))
 }
 
-/// Time-to-READY of `slugs` (ms, the catalog's clock), once all are READY. Waits on the
-/// daemon's catalog notifications as `?wait=` does, reading a tenant again when one names it
-/// (or after 250 ms without): polling the catalog would load the very server being measured.
+/// Milliseconds from `from` to `to`.
+fn millis(from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Time-to-READY of `slugs` (ms, the catalog's clock), once all are READY.
 async fn ready_times(app: &App, slugs: &[String], timeout: Duration) -> Result<Vec<f64>, BenchError> {
+    Ok(ready_at(app, slugs, timeout)
+        .await?
+        .into_iter()
+        .map(|(created, ready)| millis(created, ready))
+        .collect())
+}
+
+/// `created_at` and `ready_at` of `slugs`, once all are READY. Waits on the daemon's catalog
+/// notifications as `?wait=` does, reading a tenant again when one names it (or after 250 ms
+/// without): polling the catalog would load the very server being measured.
+async fn ready_at(
+    app: &App,
+    slugs: &[String],
+    timeout: Duration,
+) -> Result<Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>, BenchError> {
     let deadline = Instant::now() + timeout;
     // Subscribed before the first read: a change after that read is on the channel.
     let mut changes = app.changes.subscribe();
@@ -268,7 +281,7 @@ async fn ready_times(app: &App, slugs: &[String], timeout: Duration) -> Result<V
             let t = app.catalog.tenant(slug).await.map_err(err)?;
             match (t.status, t.ready_at) {
                 (crate::catalog::tenants::TenantStatus::Ready, Some(ready)) => {
-                    times.push((ready - t.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    times.push((t.created_at, ready));
                     break;
                 }
                 (crate::catalog::tenants::TenantStatus::Error, _) => {

@@ -4,9 +4,9 @@
 //! and every server change that matters to placement. The watcher turns them into
 //! [`Change`]s on a broadcast channel (for `?wait=` requests) and wakes the workers: one for a
 //! tenant's change (none when its new status is not one they claim, or when it is a step of a
-//! tenant whose worker still holds its lease), all of them for a server's. It is only a shortcut: workers also poll every
-//! `workers.poll_interval`, so a lost notification, or a daemon that was down when it was sent,
-//! delays work by one interval at most. When the connection drops, the watcher reconnects with
+//! tenant whose worker still holds its lease), all of them for a server's. It is only a
+//! shortcut: workers also poll every `workers.poll_interval`, so a lost notification, or a
+//! daemon that was down when it was sent, delays work by one interval at most. When the connection drops, the watcher reconnects with
 //! growing delays and wakes the workers (it may have missed something).
 
 use std::sync::Arc;

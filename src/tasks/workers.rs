@@ -35,7 +35,7 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
         let owner = claim_owner(&app.instance);
         let claimed_at = Instant::now();
         let idle_for = match app.catalog.claim_tenant(&owner, app.settings.workers.lease, None).await {
-            Ok(Claim::Claimed(tenant, more)) => {
+            Ok(Claim::Claimed { tenant, more }) => {
                 catalog_backoff = Duration::from_millis(200);
                 // There is other work: the next idle worker looks, to claim it or time it (a
                 // notification wakes one worker, and may stand for many tenants, as after a bulk

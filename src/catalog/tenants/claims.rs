@@ -15,8 +15,13 @@ const FREE: &str = free!();
 /// What a claim attempt found.
 #[derive(Debug)]
 pub enum Claim {
-    /// A tenant, now leased to us; `more`: there is another workable one (due or not).
-    Claimed(Box<TenantRecord>, bool),
+    /// A tenant, now leased to us.
+    Claimed {
+        /// The tenant.
+        tenant: Box<TenantRecord>,
+        /// There is another workable tenant (due or not): an idle worker should look.
+        more: bool,
+    },
     /// Nothing to do now; the earliest scheduled attempt is in this long (if any).
     Idle(Option<Duration>),
 }
@@ -97,7 +102,7 @@ impl Catalog {
     ) -> Result<Claim, CatalogError> {
         if let Some(row) = self.query_opt(claim_sql(), &[&owner, &secs(lease), &only]).await? {
             let more = row.get(row.len() - 1);
-            return Ok(Claim::Claimed(Box::new(from_row(&row)), more));
+            return Ok(Claim::Claimed { tenant: Box::new(from_row(&row)), more });
         }
         let next: Option<f64> = self.query_one(next_due_sql(), &[&only]).await?.get(0);
         Ok(Claim::Idle(next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
