@@ -121,10 +121,12 @@ pub async fn sql(
     let tenant = lendable(&app, &caller, &slug).await?;
     let connection = borrow(&app, &tenant).await?;
     let limits = limits(&app);
+    // The connection's reset goes right behind a single statement.
+    let reset_behind = || connection.reset_behind();
     let results = connection
         // One more `Bind` than statements: a kept statement gone stale is bound a second time.
         .run_guarded(deadline(&app), req.len() + 1, |client| {
-            sqlhttp::run_request(client, connection.statements(), &req, &limits)
+            sqlhttp::run_request(client, connection.statements(), &req, &limits, &reset_behind)
         })
         .await
         .map_err(|e| refused(&tenant, e))?;

@@ -1,11 +1,14 @@
 //! A lent connection: limits enforced while a tenant's request runs on it, cancellation,
 //! and the reset before it goes back to the pool.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool::managed;
+use futures::{FutureExt, TryStreamExt};
+use tokio::task::JoinHandle;
+use tokio_postgres::SimpleQueryMessage;
 
 use super::{PooledConn, TenantManager};
 use crate::pgtls::Endpoint;
@@ -17,7 +20,13 @@ use crate::sqlhttp::SqlError;
 /// to the pool.
 pub struct Lent {
     pub(super) object: Option<managed::Object<TenantManager>>,
+    /// Resets already sent right behind a statement ([`Lent::reset_behind`]), each read by a
+    /// task of its own; the last one is the connection's reset.
+    pub(super) behind: Mutex<Vec<SentReset>>,
 }
+
+/// The replies to a reset sent ahead of the lending's end, read as they come.
+pub(super) type SentReset = JoinHandle<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>>;
 
 impl std::ops::Deref for Lent {
     type Target = tokio_postgres::Client;
@@ -31,6 +40,28 @@ impl Lent {
     /// The statements this connection keeps prepared between requests.
     pub fn statements(&self) -> &crate::sqlhttp::StatementCache {
         &self.conn().statements
+    }
+
+    /// Sends the connection's reset right behind what was just sent on it, before its answer is
+    /// read: the server runs the reset as soon as the statement ends, without waiting for the
+    /// daemon in between, and the two go out together when the driver writes them in one go.
+    /// For a single statement in autocommit only (the SQL endpoint's), called once its messages
+    /// are queued: the session is idle before it and after it, so no `ROLLBACK` is needed. A
+    /// statement sent after this one (a kept statement prepared again) gets a reset of its own
+    /// behind it; the last reset sent is the one whose listing counts.
+    ///
+    /// The replies are read by a task of their own at once: the driver hands a connection's
+    /// replies out in order, so an unread reset would hold back the replies to whatever is sent
+    /// after it.
+    pub fn reset_behind(&self) {
+        // `simple_query_raw` queues its message when first polled and awaits nothing after.
+        let Some(Ok(replies)) = self.conn().client.simple_query_raw(RESET).now_or_never() else {
+            // The connection is closed (or the driver changed): the reset at the lending's end
+            // finds that out and closes the connection, or resets it the usual way.
+            return;
+        };
+        let read = tokio::spawn(replies.try_collect::<Vec<_>>());
+        self.behind.lock().unwrap_or_else(PoisonError::into_inner).push(read);
     }
 
     fn conn(&self) -> &PooledConn {
@@ -135,9 +166,10 @@ async fn cancel_with(token: &tokio_postgres::CancelToken, endpoint: &Endpoint) {
 impl Drop for Lent {
     fn drop(&mut self) {
         let Some(object) = self.object.take() else { return };
+        let behind = std::mem::take(self.behind.get_mut().unwrap_or_else(PoisonError::into_inner));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(reset(object));
+                runtime.spawn(reset(object, behind));
             }
             // No runtime to reset it on: close it rather than return it dirty.
             Err(_) => drop(managed::Object::take(object)),
@@ -221,9 +253,25 @@ impl Listed {
     }
 }
 
+/// Why a reset failed.
+#[derive(Debug, thiserror::Error)]
+enum ResetFailed {
+    #[error("{}", crate::pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("reading the reset's replies failed: {0}")]
+    Reader(#[from] tokio::task::JoinError),
+}
+
+/// The replies to a reset sent behind a statement.
+async fn replies(sent: SentReset) -> Result<Vec<SimpleQueryMessage>, ResetFailed> {
+    Ok(sent.await??)
+}
+
 /// Resets a connection before it goes back to the pool; closes it if that fails. A statement
 /// still running (its request was dropped) is cancelled first, and the whole reset is bounded.
-async fn reset(object: managed::Object<TenantManager>) {
+/// `behind` holds the resets already sent behind the lending's statements, if any
+/// ([`Lent::reset_behind`]); the last of them stands for the reset.
+async fn reset(object: managed::Object<TenantManager>, mut behind: Vec<SentReset>) {
     let reset = async {
         if object.busy.load(Ordering::SeqCst) {
             cancel(&object).await;
@@ -237,11 +285,23 @@ async fn reset(object: managed::Object<TenantManager>) {
         // A request dropped inside `run_guarded` left its lookup limit in place.
         object.guard.unlimited();
         let client = &object.client;
-        let reset = match object.guard.idle_in_session() {
-            true => std::borrow::Cow::Borrowed(RESET),
-            false => std::borrow::Cow::Owned(format!("ROLLBACK; {RESET}")),
+        let listed = match behind.pop() {
+            Some(last) => {
+                // A reset sent before another statement was run (a kept statement prepared
+                // again) is only waited for: the last one ran after everything.
+                for earlier in behind {
+                    replies(earlier).await?;
+                }
+                Listed::from_replies(&replies(last).await?)
+            }
+            None => {
+                let reset = match object.guard.idle_in_session() {
+                    true => std::borrow::Cow::Borrowed(RESET),
+                    false => std::borrow::Cow::Owned(format!("ROLLBACK; {RESET}")),
+                };
+                Listed::from_replies(&client.simple_query(&reset).await?)
+            }
         };
-        let listed = Listed::from_replies(&client.simple_query(&reset).await?);
         if listed.retire() {
             return Ok(false);
         }
@@ -252,7 +312,7 @@ async fn reset(object: managed::Object<TenantManager>) {
         }
         // A request whose reply had not been read when the reset began may have opened a
         // transaction block after all (the reset then ran inside it): close such a connection.
-        Ok::<_, tokio_postgres::Error>(object.guard.idle_in_session())
+        Ok::<_, ResetFailed>(object.guard.idle_in_session())
     };
     match tokio::time::timeout(RESET_WITHIN, reset).await {
         Ok(Ok(true)) => {
@@ -262,7 +322,7 @@ async fn reset(object: managed::Object<TenantManager>) {
         Ok(Ok(false)) => drop(managed::Object::take(object)),
         Ok(Err(error)) => {
             metrics::counter!("tenantd_pool_reset_failures_total").increment(1);
-            tracing::warn!(error = %crate::pg::describe(&error), "connection could not be reset; closing it");
+            tracing::warn!(%error, "connection could not be reset; closing it");
             drop(managed::Object::take(object));
         }
         Err(_) => {

@@ -14,7 +14,9 @@
 //!   statements, advisory locks, LISTENs, role) before anyone else may borrow it; a
 //!   connection that cannot be reset, is still in a transaction block after it, or whose
 //!   prepared statements cannot be trusted (one went missing, too many, a tenant statement
-//!   named like the driver's) is closed instead.
+//!   named like the driver's) is closed instead. For a single statement of the SQL endpoint
+//!   the reset is queued right behind it ([`Lent::reset_behind`]), so the server runs it
+//!   without waiting for the daemon in between.
 //! - **Limits the tenant cannot lift** ([`Lent::run_guarded`]): a deadline enforced with a
 //!   cancel request, a cap on server message size read from the wire before the message is
 //!   (see `pgwire`), and a cap on type lookups while preparing.
@@ -440,7 +442,7 @@ impl Pools {
             managed::PoolError::Closed => LendError::Closed,
             other => LendError::Connect(format!("{other:?}")),
         })?;
-        Ok(Lent { object: Some(object) })
+        Ok(Lent { object: Some(object), behind: Default::default() })
     }
 
     /// Closes a tenant's pool (suspended, deleted, moved): idle connections close now, lent

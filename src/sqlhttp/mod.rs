@@ -23,6 +23,7 @@ mod rows;
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -392,24 +393,31 @@ pub async fn run_statement(
 ) -> Result<StatementResult, SqlError> {
     let command = check(req)?;
     let statement = client.prepare(&req.sql).await?;
-    execute(client, &statement, req, command, limits, budget).await.map_err(Attempt::error)
+    execute(client, &statement, req, command, limits, budget, None).await.map_err(Attempt::error)
 }
+
+/// Called once a statement's messages are queued on its connection, before its answer is
+/// read: what the caller wants sent right behind it (the pool's reset, see
+/// `Lent::reset_behind`).
+pub type Behind<'a> = &'a (dyn Fn() + Sync);
 
 /// [`run_statement`] with a statement kept in `cache` when there is one. A kept statement
 /// refused as stale before its `Execute` began is forgotten, prepared afresh and run once
 /// more; only then does its error reach the client. Any other refusal at `Bind` forgets it
 /// too, so that no kept statement fails for good. Only for a statement in autocommit: inside
-/// a transaction block a refused `Bind` would have aborted the transaction.
+/// a transaction block a refused `Bind` would have aborted the transaction. `behind` is called
+/// behind each attempt that reached the server.
 async fn run_kept(
     client: &Client,
     cache: &StatementCache,
     req: &StatementRequest,
     limits: &Limits,
     budget: &mut usize,
+    behind: Behind<'_>,
 ) -> Result<StatementResult, SqlError> {
     let command = check(req)?;
     if let Some(statement) = cache.get(&req.sql) {
-        match execute(client, &statement, req, command.clone(), limits, budget).await {
+        match execute(client, &statement, req, command.clone(), limits, budget, Some(behind)).await {
             Err(attempt) if attempt.stale() => {
                 if let Attempt::NotRun(SqlError::Postgres { .. }) = attempt {
                     metrics::counter!("tenantd_sql_statements_reprepared_total").increment(1);
@@ -424,7 +432,7 @@ async fn run_kept(
         }
     }
     let statement = client.prepare(&req.sql).await?;
-    let result = execute(client, &statement, req, command, limits, budget).await;
+    let result = execute(client, &statement, req, command, limits, budget, Some(behind)).await;
     // Kept only once it bound: parameters that never fit it would only cycle through the cache.
     if !matches!(result, Err(Attempt::NotRun(_))) {
         cache.keep(&req.sql, statement);
@@ -432,7 +440,8 @@ async fn run_kept(
     result.map_err(Attempt::error)
 }
 
-/// Binds and runs a prepared statement, rendering its rows.
+/// Binds and runs a prepared statement, rendering its rows; calls `behind` once the statement
+/// is on its way.
 async fn execute(
     client: &Client,
     statement: &Statement,
@@ -440,12 +449,23 @@ async fn execute(
     command: String,
     limits: &Limits,
     budget: &mut usize,
+    behind: Option<Behind<'_>>,
 ) -> Result<StatementResult, Attempt> {
     let params = bind::bind(statement.params(), &req.params).map_err(Attempt::NotRun)?;
     let shape = Shape::new(statement.columns());
     // tokio-postgres reads the server's answer to `Bind` before it returns the stream: an error
     // here means the statement never ran.
-    let stream = client.query_raw(statement, params.iter()).await;
+    let mut bound = pin!(client.query_raw(statement, params.iter()));
+    // Its first poll queues `Bind`/`Execute`/`Sync` on the connection, then waits for the
+    // answer (`Pending`); `Ready` at once means nothing was sent (the connection is closed).
+    let stream = match (futures::poll!(bound.as_mut()), behind) {
+        (Poll::Pending, Some(behind)) => {
+            behind();
+            bound.await
+        }
+        (Poll::Pending, None) => bound.await,
+        (Poll::Ready(answered), _) => answered,
+    };
     let mut stream = pin!(stream.map_err(|e| Attempt::NotRun(e.into()))?);
     let mut rows = Vec::new();
     while let Some(row) = stream.try_next().await.map_err(|e| Attempt::Failed(e.into()))? {
@@ -466,19 +486,21 @@ async fn execute(
 /// error says `statement N: ...`, N counting from 1). Transaction control statements are
 /// refused: explicit transactions belong on a connection handle ([`run_raw`]).
 ///
-/// A single statement uses (and fills) `cache`, the connection's kept statements; statements
-/// of a list are prepared for the request and closed after it.
+/// A single statement uses (and fills) `cache`, the connection's kept statements, and
+/// `behind` is called once it is on its way (see [`Behind`]); statements of a list are
+/// prepared for the request and closed after it.
 pub async fn run_request(
     client: &Client,
     cache: &StatementCache,
     req: &SqlRequest,
     limits: &Limits,
+    behind: Behind<'_>,
 ) -> Result<Vec<StatementResult>, SqlError> {
     let mut budget = limits.max_result_bytes;
     let statements = match req {
         SqlRequest::One(statement) => {
             refuse_transaction_control(statement)?;
-            return Ok(vec![run_kept(client, cache, statement, limits, &mut budget).await?]);
+            return Ok(vec![run_kept(client, cache, statement, limits, &mut budget, behind).await?]);
         }
         SqlRequest::Many { statements } => statements,
     };

@@ -261,6 +261,74 @@ async fn state_left_on_a_connection_never_reaches_the_next_borrower() {
     assert_eq!(row["customers"], "0", "the open transaction was rolled back");
 }
 
+/// The SQL endpoint sends a connection's reset right behind a single statement, before its
+/// answer is read. Whatever a single statement leaves on its session is gone at the next
+/// request on that session, including what a kept statement did when it went stale and was
+/// prepared and run again after the reset sent behind its first attempt.
+#[tokio::test]
+async fn state_left_by_single_statements_never_reaches_the_next_request() {
+    let app = app().one_connection_per_tenant().spawn().await;
+    let token = ready_tenant(&app, "behind").await;
+    let probe = json!({ "sql": "SELECT pg_backend_pid() AS pid, current_setting('application_name') AS app, \
+        current_setting('search_path') AS path, \
+        (SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't') AS temp, \
+        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, \
+        (SELECT count(*) FROM pg_listening_channels()) AS listening, \
+        (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) AS prepared, \
+        (SELECT count(*) FROM pg_cursors WHERE is_holdable) AS cursors" });
+    let (status, first) = sql_as(&app, &token, "behind", probe.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let pid = first["rows"][0]["pid"].clone();
+    let assert_clean = |body: &Value, after: &str| {
+        let row = &body["rows"][0];
+        assert_eq!(
+            row["pid"], pid,
+            "after {after}: same session reused (the test would prove nothing otherwise)"
+        );
+        let clean = json!({ "pid": pid, "app": "tenantd-lend", "path": "\"$user\", public", "temp": "0",
+            "locks": "0", "listening": "0", "prepared": "0", "cursors": "0" });
+        assert_eq!(row, &clean, "after {after}");
+    };
+    for sql in [
+        "SELECT set_config('application_name', 'dirty', false)",
+        "SET search_path TO pg_catalog",
+        "CREATE TEMP TABLE scratch (x int)",
+        "SELECT pg_advisory_lock(42)",
+        "LISTEN gossip",
+        "PREPARE leftover AS SELECT 1",
+        "DECLARE kept_open CURSOR WITH HOLD FOR SELECT 1",
+    ] {
+        let (status, body) = sql_as(&app, &token, "behind", json!({ "sql": sql })).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+        let (status, body) = sql_as(&app, &token, "behind", probe.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_clean(&body, sql);
+    }
+
+    let (status, body) =
+        sql_as(&app, &token, "behind", json!({ "sql": "CREATE TABLE shape AS SELECT 1 AS a" })).await;
+    assert_eq!(status, 200, "{body}");
+    let stale =
+        json!({ "sql": "SELECT set_config('application_name', 'stale', false) AS app, * FROM shape" });
+    let (status, body) = sql_as(&app, &token, "behind", stale.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sql_as(&app, &token, "behind", probe.clone()).await;
+    assert_clean(&body, &format!("the statement kept ({status})"));
+    let (status, body) =
+        sql_as(&app, &token, "behind", json!({ "sql": "ALTER TABLE shape ADD COLUMN b int" })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sql_as(&app, &token, "behind", stale).await;
+    assert_eq!(status, 200, "{body}");
+    let columns: Vec<&str> =
+        body["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["app", "a", "b"], "the kept statement went stale and was prepared again: {body}");
+    assert_eq!(body["rows"][0]["app"], "stale", "{body}");
+    let (status, body) = sql_as(&app, &token, "behind", probe).await;
+    eprintln!("FINAL {body}");
+    assert_eq!(status, 200, "{body}");
+    assert_clean(&body, "a kept statement run again after going stale");
+}
+
 /// The SQL endpoint keeps statements prepared on its connections, and SQL `PREPARE` and
 /// `DEALLOCATE` share the protocol's namespace. A tenant that drops a kept statement gets it
 /// prepared again on the same connection; one that puts its own statement under a kept one's

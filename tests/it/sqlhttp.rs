@@ -22,7 +22,8 @@ fn body(value: Value) -> SqlRequest {
 async fn run(client: &tokio_postgres::Client, sql: &str, params: Value) -> Result<StatementResult, SqlError> {
     let cache = StatementCache::default();
     let mut results =
-        sqlhttp::run_request(client, &cache, &body(json!({ "sql": sql, "params": params })), &LIMITS).await?;
+        sqlhttp::run_request(client, &cache, &body(json!({ "sql": sql, "params": params })), &LIMITS, &|| {})
+            .await?;
     Ok(results.remove(0))
 }
 
@@ -39,7 +40,7 @@ async fn many(
     limits: &Limits,
 ) -> Result<Vec<StatementResult>, SqlError> {
     let cache = StatementCache::default();
-    sqlhttp::run_request(client, &cache, &body(json!({ "statements": statements })), limits).await
+    sqlhttp::run_request(client, &cache, &body(json!({ "statements": statements })), limits, &|| {}).await
 }
 
 fn bad_request(result: Result<impl std::fmt::Debug, SqlError>) -> String {
@@ -314,18 +315,20 @@ async fn results_over_the_limits_are_refused_early() {
     // the kept ones.
     let cache = StatementCache::default();
     let count = |n: i32| body(json!({"sql": "SELECT generate_series(1, $1) AS n", "params": [n]}));
-    let results = sqlhttp::run_request(&client, &cache, &count(10), &limits).await.expect("10 rows fit");
+    let results =
+        sqlhttp::run_request(&client, &cache, &count(10), &limits, &|| {}).await.expect("10 rows fit");
     assert_eq!(results[0].row_count, 10);
-    match sqlhttp::run_request(&client, &cache, &count(100_000), &limits).await {
+    match sqlhttp::run_request(&client, &cache, &count(100_000), &limits, &|| {}).await {
         Err(SqlError::TooLarge(message)) => assert!(message.contains("10 rows"), "{message}"),
         other => panic!("expected TooLarge, got {other:?}"),
     }
     // The connection is still usable after a statement stopped early.
-    let results = sqlhttp::run_request(&client, &cache, &count(3), &limits).await.expect("after a refusal");
+    let results =
+        sqlhttp::run_request(&client, &cache, &count(3), &limits, &|| {}).await.expect("after a refusal");
     assert_eq!(results[0].row_count, 3);
 
     let wide = body(json!({"sql": "SELECT repeat('x', 2000) AS s"}));
-    match sqlhttp::run_request(&client, &cache, &wide, &limits).await {
+    match sqlhttp::run_request(&client, &cache, &wide, &limits, &|| {}).await {
         Err(SqlError::TooLarge(message)) => assert!(message.contains("1000 bytes"), "{message}"),
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -466,7 +469,7 @@ async fn kept_statements_follow_the_schema_and_stay_bounded() {
         let (client, cache) = (&client, &cache);
         async move {
             let request = body(json!({ "sql": sql, "params": params }));
-            sqlhttp::run_request(client, cache, &request, &LIMITS).await.map(|mut r| r.remove(0))
+            sqlhttp::run_request(client, cache, &request, &LIMITS, &|| {}).await.map(|mut r| r.remove(0))
         }
     };
     let select = "SELECT * FROM items WHERE id = $1";
@@ -528,11 +531,11 @@ async fn huge_statements_are_not_kept() {
     let cache = StatementCache::default();
     let huge = format!("SELECT 1 AS n /* {} */", "x".repeat(StatementCache::MAX_STATEMENT_WEIGHT));
     let request = body(json!({ "sql": huge }));
-    let results = sqlhttp::run_request(&client, &cache, &request, &LIMITS).await.expect("runs");
+    let results = sqlhttp::run_request(&client, &cache, &request, &LIMITS, &|| {}).await.expect("runs");
     assert_eq!(results[0].rows[0]["n"], 1);
     assert!(cache.is_empty(), "a statement over the weight limit runs but is not kept");
     let wide: Vec<String> = (0..200).map(|i| format!("{i} AS c{i}")).collect();
     let request = body(json!({ "sql": format!("SELECT {}", wide.join(", ")) }));
-    sqlhttp::run_request(&client, &cache, &request, &LIMITS).await.expect("runs");
+    sqlhttp::run_request(&client, &cache, &request, &LIMITS, &|| {}).await.expect("runs");
     assert!(cache.is_empty(), "200 columns weigh more than the limit too");
 }
