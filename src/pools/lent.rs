@@ -2,7 +2,7 @@
 //! and the reset before it goes back to the pool.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool::managed;
@@ -85,11 +85,13 @@ impl Lent {
         Fut: Future<Output = Result<T, SqlError>>,
     {
         let conn = self.conn();
+        // A cancel for an earlier, abandoned request on this connection (a handle's) lands first.
+        cancelled_before(conn).await;
         conn.busy.store(true, Ordering::SeqCst);
         conn.guard.limit_lookups(MAX_TYPE_LOOKUPS + i64::try_from(statements).unwrap_or(i64::MAX / 2));
         // Dropped before the work ends (client gone, HTTP timeout): cancel it on the server,
         // so a held connection (a handle) is not left running it.
-        let abandoned = CancelOnDrop { conn: Some((conn.client.cancel_token(), conn.address.clone())) };
+        let abandoned = CancelOnDrop { conn: Some(conn) };
         let outcome = tokio::time::timeout(deadline, work(&conn.client)).await;
         abandoned.disarm();
         conn.guard.unlimited();
@@ -124,23 +126,41 @@ impl Lent {
     }
 }
 
-/// Cancels a tenant statement when dropped while armed.
-struct CancelOnDrop {
-    conn: Option<(tokio_postgres::CancelToken, Arc<Endpoint>)>,
+/// Cancels a tenant statement when dropped while armed. The cancel request is sent by a task
+/// of its own, recorded on the connection ([`cancelled_before`] waits for it).
+struct CancelOnDrop<'a> {
+    conn: Option<&'a PooledConn>,
 }
 
-impl CancelOnDrop {
+impl CancelOnDrop<'_> {
     fn disarm(mut self) {
         self.conn = None;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        let Some((token, address)) = self.conn.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { cancel_with(&token, &address).await });
+            let (token, address) = (conn.client.cancel_token(), conn.address.clone());
+            let sending = runtime.spawn(async move { cancel_with(&token, &address).await });
+            *conn.cancelling.lock().unwrap_or_else(PoisonError::into_inner) = Some(sending);
         }
+    }
+}
+
+/// Waits for a cancel request sent for an abandoned request on `conn`, if one is on its way;
+/// true when there was one.
+async fn cancelled_before(conn: &PooledConn) -> bool {
+    let sending = conn.cancelling.lock().unwrap_or_else(PoisonError::into_inner).take();
+    match sending {
+        Some(sending) => {
+            if let Err(error) = sending.await {
+                tracing::warn!(%error, "sending a cancel request failed");
+            }
+            true
+        }
+        None => false,
     }
 }
 
@@ -273,7 +293,9 @@ async fn replies(sent: SentReset) -> Result<Vec<SimpleQueryMessage>, ResetFailed
 /// ([`Lent::reset_behind`]); the last of them stands for the reset.
 async fn reset(object: managed::Object<TenantManager>, mut behind: Vec<SentReset>) {
     let reset = async {
-        if object.busy.load(Ordering::SeqCst) {
+        // A statement still running is cancelled once: by the request that was abandoned, or
+        // here. A second cancel could hit the reset sent behind the statement.
+        if !cancelled_before(&object).await && object.busy.load(Ordering::SeqCst) {
             cancel(&object).await;
         }
         if object.guard.tripped().is_some()

@@ -100,6 +100,9 @@ pub struct PooledConn {
     busy: AtomicBool,
     /// Close instead of reset when the lending ends (see [`Lent::run_guarded`]).
     retire: AtomicBool,
+    /// A cancel request sent for an abandoned request, still on its way: what comes next on
+    /// this connection waits for it, so that it cannot land on a later statement.
+    cancelling: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Its backend on the server, for ending it when a cancel request is not enough.
     backend: Backend,
     /// The statements kept prepared for the SQL endpoint (its single statements).
@@ -170,6 +173,7 @@ impl managed::Manager for TenantManager {
             address: self.address.clone(),
             busy: AtomicBool::new(false),
             retire: AtomicBool::new(false),
+            cancelling: Mutex::new(None),
             backend,
             statements: crate::sqlhttp::StatementCache::default(),
             _permit: permit,

@@ -456,15 +456,18 @@ async fn execute(
     // tokio-postgres reads the server's answer to `Bind` before it returns the stream: an error
     // here means the statement never ran.
     let mut bound = pin!(client.query_raw(statement, params.iter()));
-    // Its first poll queues `Bind`/`Execute`/`Sync` on the connection, then waits for the
-    // answer (`Pending`); `Ready` at once means nothing was sent (the connection is closed).
-    let stream = match (futures::poll!(bound.as_mut()), behind) {
-        (Poll::Pending, Some(behind)) => {
-            behind();
-            bound.await
-        }
-        (Poll::Pending, None) => bound.await,
-        (Poll::Ready(answered), _) => answered,
+    // Its first poll queues `Bind`/`Execute`/`Sync` on the connection (unless it cannot be
+    // encoded or the connection is closed), then looks for the answer: `Ready` may come at
+    // once when the connection's task, on another thread, already read it. Either way what
+    // goes behind is sent after the statement; after a statement that was never sent it is
+    // one reset more.
+    let first = futures::poll!(bound.as_mut());
+    if let Some(behind) = behind {
+        behind();
+    }
+    let stream = match first {
+        Poll::Ready(answered) => answered,
+        Poll::Pending => bound.await,
     };
     let mut stream = pin!(stream.map_err(|e| Attempt::NotRun(e.into()))?);
     let mut rows = Vec::new();

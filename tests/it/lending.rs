@@ -308,12 +308,20 @@ async fn state_left_by_single_statements_never_reaches_the_next_request() {
     let (status, body) =
         sql_as(&app, &token, "behind", json!({ "sql": "CREATE TABLE shape AS SELECT 1 AS a" })).await;
     assert_eq!(status, 200, "{body}");
-    let stale =
-        json!({ "sql": "SELECT set_config('application_name', 'stale', false) AS app, * FROM shape" });
+    // Prepares a statement under a new name each time it runs (SQL `PREPARE` through a function):
+    // only the listing of the reset sent after the retry can find the one its retry makes.
+    let function = "CREATE FUNCTION prepare_one() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+        EXECUTE format('PREPARE p%s AS SELECT 1', (SELECT count(*) FROM pg_prepared_statements)); \
+        RETURN 1; END $$";
+    let (status, body) = sql_as(&app, &token, "behind", json!({ "sql": function })).await;
+    assert_eq!(status, 200, "{body}");
+    let stale = json!({ "sql": "SELECT set_config('application_name', 'stale', false) AS app, \
+        prepare_one() AS prepared, * FROM shape" });
     let (status, body) = sql_as(&app, &token, "behind", stale.clone()).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = sql_as(&app, &token, "behind", probe.clone()).await;
-    assert_clean(&body, &format!("the statement kept ({status})"));
+    assert_eq!(status, 200, "{body}");
+    assert_clean(&body, "the statement kept");
     let (status, body) =
         sql_as(&app, &token, "behind", json!({ "sql": "ALTER TABLE shape ADD COLUMN b int" })).await;
     assert_eq!(status, 200, "{body}");
@@ -321,12 +329,52 @@ async fn state_left_by_single_statements_never_reaches_the_next_request() {
     assert_eq!(status, 200, "{body}");
     let columns: Vec<&str> =
         body["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["app", "a", "b"], "the kept statement went stale and was prepared again: {body}");
+    assert_eq!(
+        columns,
+        ["app", "prepared", "a", "b"],
+        "the kept statement went stale and was prepared again: {body}"
+    );
     assert_eq!(body["rows"][0]["app"], "stale", "{body}");
     let (status, body) = sql_as(&app, &token, "behind", probe).await;
-    eprintln!("FINAL {body}");
     assert_eq!(status, 200, "{body}");
     assert_clean(&body, "a kept statement run again after going stale");
+}
+
+/// A client that gives up on a slow statement gets it cancelled on the server; the cancel
+/// lands on that statement and never on the next request on the same connection, which runs
+/// at once.
+#[tokio::test]
+async fn an_abandoned_request_is_cancelled_and_the_next_one_runs() {
+    let app = app().one_connection_per_tenant().spawn().await;
+    let token = ready_tenant(&app, "gone").await;
+    let url = format!("{}/v1/tenants/gone/sql", app.base);
+    let (status, first) =
+        sql_as(&app, &token, "gone", json!({ "sql": "SELECT pg_backend_pid() AS pid" })).await;
+    assert_eq!(status, 200, "{first}");
+    for _ in 0..3 {
+        let abandoned = app
+            .http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&json!({ "sql": "SELECT pg_sleep(30)" }))
+            .timeout(std::time::Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(abandoned.is_err_and(|e| e.is_timeout()), "the client gave up");
+        let started = std::time::Instant::now();
+        let (status, body) = sql_as(
+            &app,
+            &token,
+            "gone",
+            json!({ "sql": "SELECT pg_backend_pid() AS pid, pg_sleep(0.2)::text AS slept, \
+                (SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%') AS sleeping" }),
+        )
+        .await;
+        assert_eq!(status, 200, "the next request is not hit by the cancel: {body}");
+        assert_eq!(body["rows"][0]["pid"], first["rows"][0]["pid"], "on the same connection");
+        assert_eq!(body["rows"][0]["sleeping"], "0", "the abandoned statement was cancelled");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    }
 }
 
 /// The SQL endpoint keeps statements prepared on its connections, and SQL `PREPARE` and

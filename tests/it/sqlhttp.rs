@@ -539,3 +539,29 @@ async fn huge_statements_are_not_kept() {
     sqlhttp::run_request(&client, &cache, &request, &LIMITS, &|| {}).await.expect("runs");
     assert!(cache.is_empty(), "200 columns weigh more than the limit too");
 }
+
+/// What the pool sends behind a single statement (its reset) is asked for once per attempt
+/// that reached the server: a new statement, a kept one, twice for a kept one gone stale and
+/// run again; never for a list or a statement refused before it was sent.
+#[tokio::test]
+async fn what_goes_behind_is_asked_for_once_per_attempt_sent() {
+    let client = database().await;
+    let cache = StatementCache::default();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let behind = || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    let mut run = async |request: Value| {
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let outcome = sqlhttp::run_request(&client, &cache, &body(request), &LIMITS, &behind).await;
+        (outcome.is_ok(), calls.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    assert_eq!(run(json!({"sql": "CREATE TABLE shape AS SELECT 1 AS a"})).await, (true, 1));
+    assert_eq!(run(json!({"sql": "SELECT * FROM shape"})).await, (true, 1), "new");
+    assert_eq!(run(json!({"sql": "SELECT * FROM shape"})).await, (true, 1), "kept");
+    assert_eq!(run(json!({"sql": "ALTER TABLE shape ADD COLUMN b int"})).await, (true, 1));
+    assert_eq!(run(json!({"sql": "SELECT * FROM shape"})).await, (true, 2), "stale, run again");
+    assert_eq!(run(json!({"statements": [{"sql": "SELECT 1"}]})).await, (true, 0), "a list");
+    assert_eq!(run(json!({"sql": "BEGIN"})).await, (false, 0), "refused before sending");
+    assert_eq!(run(json!({"sql": "SELECT $1::int", "params": ["x"]})).await, (false, 0), "does not bind");
+}
