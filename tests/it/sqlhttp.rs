@@ -551,7 +551,7 @@ async fn what_goes_behind_is_asked_for_once_per_attempt_sent() {
     let behind = || {
         calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     };
-    let mut run = async |request: Value| {
+    let run = async |request: Value| {
         calls.store(0, std::sync::atomic::Ordering::SeqCst);
         let outcome = sqlhttp::run_request(&client, &cache, &body(request), &LIMITS, &behind).await;
         (outcome.is_ok(), calls.load(std::sync::atomic::Ordering::SeqCst))
