@@ -55,10 +55,18 @@ impl Lent {
     /// after it.
     pub fn reset_behind(&self) {
         // `simple_query_raw` queues its message when first polled and awaits nothing after.
-        let Some(Ok(replies)) = self.conn().client.simple_query_raw(RESET).now_or_never() else {
-            // The connection is closed (or the driver changed): the reset at the lending's end
-            // finds that out and closes the connection, or resets it the usual way.
-            return;
+        // When it cannot (the connection is closed, or the driver changed), the reset at the
+        // lending's end finds that out and closes the connection, or resets it the usual way.
+        let replies = match self.conn().client.simple_query_raw(RESET).now_or_never() {
+            Some(Ok(replies)) => replies,
+            Some(Err(error)) => {
+                tracing::debug!(error = %crate::pg::describe(&error), "reset not sent behind the statement");
+                return;
+            }
+            None => {
+                tracing::warn!("the driver did not queue the reset at once; it is sent at the lending's end");
+                return;
+            }
         };
         let read = tokio::spawn(replies.try_collect::<Vec<_>>());
         self.behind.lock().unwrap_or_else(PoisonError::into_inner).push(read);
