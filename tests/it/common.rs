@@ -103,18 +103,25 @@ impl TestCluster {
         panic!("PostgreSQL did not start: {}", last_error.map(|e| e.to_string()).unwrap_or_default());
     }
 
-    /// Stops PostgreSQL (fast shutdown) and waits for it: the server is "down".
+    /// Stops PostgreSQL (fast shutdown) and waits for it: the server is "down". The daemon
+    /// under test keeps running meanwhile (see [`off_the_runtime`]).
     pub fn stop(&self) {
+        off_the_runtime(|| self.stop_here());
+    }
+
+    fn stop_here(&self) {
         if let Some(running) = self.running.lock().unwrap().take() {
             running.stop().expect("cluster stop");
         }
     }
 
-    /// Starts PostgreSQL again on the same port.
+    /// Starts PostgreSQL again on the same port, the daemon running meanwhile.
     pub fn restart(&self) {
-        let mut running = self.running.lock().unwrap();
-        assert!(running.is_none(), "cluster is running");
-        *running = Some(self.cluster.start(self.port, false).expect("cluster restart"));
+        off_the_runtime(|| {
+            let mut running = self.running.lock().unwrap();
+            assert!(running.is_none(), "cluster is running");
+            *running = Some(self.cluster.start(self.port, false).expect("cluster restart"));
+        });
     }
 
     /// The cluster's data directory.
@@ -164,11 +171,29 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if self.remove_on_drop {
-            self.stop();
+            self.stop_here();
             if let Some(root) = self.cluster.data_dir().parent() {
                 let _removed = std::fs::remove_dir_all(root);
             }
         }
+    }
+}
+
+/// Runs `blocking` (stopping or starting PostgreSQL, seconds on a loaded machine) without
+/// stopping the runtime, so the daemon under test goes on serving meanwhile, as a real one
+/// would. On a current-thread runtime everything, the HTTP server included, would stand
+/// still; an HTTP connection kept alive then idles past `http.header_read_timeout` and the
+/// server closes it just as the test sends its next request on it (CI saw that as
+/// `IncompleteMessage`). Tests that stop a cluster therefore run on a multi-thread runtime.
+fn off_the_runtime<T>(blocking: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(blocking),
+        Ok(_) => panic!(
+            "stopping or starting a cluster blocks: run the test with \
+             #[tokio::test(flavor = \"multi_thread\", worker_threads = 2)]"
+        ),
+        Err(_) => blocking(),
     }
 }
 

@@ -71,7 +71,7 @@ async fn databases_of(name: &str, id: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_outage_answers_503_and_everything_resumes_by_itself() {
     let catalog_cluster = TestCluster::start_owned();
     let db = catalog_cluster.create_database("catalog").await;
@@ -183,7 +183,7 @@ async fn a_catalog_outage_answers_503_and_everything_resumes_by_itself() {
     assert_eq!(readies, 1, "{events}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_server_outage_is_503_for_its_tenants_only_and_heals_by_itself() {
     let second = Arc::new(TestCluster::start_owned());
     // "placed-there" is placed on pg2, and pg2 goes down right after: its provisioning must

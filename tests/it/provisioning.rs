@@ -533,7 +533,7 @@ async fn two_daemons_on_one_catalog_never_do_a_step_twice() {
     assert!(staging.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
     let app = app().without_server().spawn().await;
     let cluster = shared_cluster();
@@ -595,7 +595,7 @@ async fn placement_spreads_by_weight_and_skips_ineligible_servers() {
     assert_eq!(placed["server"], "down");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_failing_mid_provisioning_is_retried_with_the_error_recorded() {
     let second = crate::common::TestCluster::start_owned();
     // The server dies right after the tenant's role is created.
