@@ -47,6 +47,7 @@ async fn worker(app: Arc<App>, wake: Arc<Notify>, n: usize) {
                     worker = n,
                     tenant = %tenant.slug,
                     since_created_ms = (chrono::Utc::now() - tenant.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                    claim_ms = claimed_at.elapsed().as_secs_f64() * 1000.0,
                     "claimed"
                 );
                 let p = Provisioner::new(&app.core, &owner);
