@@ -6,8 +6,9 @@
 //! tenant's change (none when its new status is not one they claim, or when it is a step of a
 //! tenant whose worker still holds its lease), all of them for a server's. It is only a
 //! shortcut: workers also poll every `workers.poll_interval`, so a lost notification, or a
-//! daemon that was down when it was sent, delays work by one interval at most. When the connection drops, the watcher reconnects with
-//! growing delays and wakes the workers (it may have missed something).
+//! daemon that was down when it was sent, delays work by one interval at most. When the
+//! connection drops, the watcher reconnects with growing delays and wakes the workers (it may
+//! have missed something).
 
 use std::sync::Arc;
 use std::time::Duration;
